@@ -1,0 +1,275 @@
+"""The packed FoundIR format, defined once: keys, tar members, index schema, manifest.
+
+Both the writer (``shard_tools``) and every reader (``foundir_data``) import this module;
+nothing else may hard-code a member name, a column or a path of the layout.
+
+A packed folder looks like::
+
+    <root>/
+      README.md                        dataset card (YAML ``configs:`` for ``datasets``)
+      manifest.json                    every shard: split, degradation, layout, count, bytes, sha256
+      index/pairs.parquet              one row per sample (see INDEX_SCHEMA)
+      rejects.jsonl                    every input pair that was not packed, with its reason
+      shards/<layout>/<split>/<degradation>/<split>-<degradation>-<seq>.tar
+
+Each tar holds samples of three consecutive members sharing a dot-free key::
+
+    <key>.lq.img   original LQ bytes, untouched (format sniffed from content, see ``lq_format``)
+    <key>.gt.img   original GT bytes, untouched
+    <key>.json     the sample's metadata record (a JSON object, see ``record_fields``)
+
+The image members use the neutral extension ``img`` on purpose: WebDataset and
+``datasets`` name a column after the member's full extension, so ``lq.png`` and ``lq.jpg``
+would be two columns and a sample whose format differs from the first samples would
+silently lose its image (REFERENCE.md section 5). The real format is in the index and the
+JSON record; both Pillow and ``datasets.Image`` decode by content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from foundir_data import taxonomy
+
+FORMAT_NAME = "foundir-shards"
+#: Bump when a reader of the previous version could misread new folders.
+FORMAT_VERSION = 1
+#: Versions this reader understands.
+READABLE_VERSIONS = (1,)
+
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "index/pairs.parquet"
+INDEX_PARTS_DIR = "index/parts"
+REJECTS_FILE = "rejects.jsonl"
+CARD_FILE = "README.md"
+SHARDS_DIR = "shards"
+
+LQ_MEMBER = "lq.img"
+GT_MEMBER = "gt.img"
+JSON_MEMBER = "json"
+MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
+
+LAYOUT_FULL = "full"
+LAYOUT_TILE = "tile"
+LAYOUTS = (LAYOUT_FULL, LAYOUT_TILE)
+SPLITS = ("train", "test")
+
+#: Default shard roll-over (issue: about 1 GB per shard).
+DEFAULT_SHARD_BYTES = 1_000_000_000
+DEFAULT_SHARD_COUNT = 10_000
+
+_KEY_OK = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class FormatError(ValueError):
+    """A packed folder, manifest or record that does not follow this format."""
+
+
+def make_key(split: str, lq_relpath: str, gt_relpath: str, max_slug: int = 60) -> str:
+    """Return the stable, unique, dot-free sample key of a source pair.
+
+    The key is a readable slug of the LQ path (without extension) plus 10 hex digits of a
+    SHA-1 over (split, LQ path, GT path), so two pairs differing anywhere never collide and
+    the same pair always gets the same key, whatever machine or job packs it.
+
+    Args:
+        split: ``train`` or ``test``.
+        lq_relpath: LQ path relative to the source root, with ``/`` separators.
+        gt_relpath: GT path relative to the source root.
+        max_slug: Maximum length of the readable part.
+    """
+    stem = lq_relpath.rsplit(".", 1)[0] if "." in lq_relpath.rsplit("/", 1)[-1] else lq_relpath
+    slug = _KEY_OK.sub("-", stem).strip("-")[-max_slug:].lstrip("-") or "pair"
+    digest = hashlib.sha1(f"{split}\0{lq_relpath}\0{gt_relpath}".encode()).hexdigest()[:10]
+    return f"{slug}_{digest}"
+
+
+def tile_key(pair_key: str, y: int, x: int) -> str:
+    """Key of the tile of ``pair_key`` whose top-left corner is (y, x)."""
+    return f"{pair_key}_y{y:05d}x{x:05d}"
+
+
+def validate_key(key: str) -> str:
+    """Raise :class:`FormatError` unless ``key`` is a non-empty dot-free WebDataset key."""
+    if not key or "." in key or "/" in key or _KEY_OK.search(key):
+        raise FormatError(f"invalid sample key {key!r}: keys must match [A-Za-z0-9_-]+")
+    return key
+
+
+def shard_relpath(layout: str, split: str, degradation: str, seq: int) -> str:
+    """Path of a shard relative to the dataset root."""
+    if layout not in LAYOUTS:
+        raise FormatError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    return f"{SHARDS_DIR}/{layout}/{split}/{degradation}/{split}-{degradation}-{seq:06d}.tar"
+
+
+def shard_glob(layout: str = LAYOUT_FULL, split: str = "*", degradation: str = "*") -> str:
+    """Glob (relative to the root) matching shards of a layout/split/degradation."""
+    return f"{SHARDS_DIR}/{layout}/{split}/{degradation}/*.tar"
+
+
+# ---------------------------------------------------------------- index schema
+#: One row per sample. Offsets/sizes are of the member's *data* inside its tar, so a
+#: reader can fetch one image with a single HTTP range request.
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("degradation", pa.string()),
+        ("degradation_id", pa.int16()),
+        ("cls", pa.string()),  # "isolated" | "coupled"
+        *[(c, pa.bool_()) for c in taxonomy.COMPONENTS],
+        ("layout", pa.string()),  # "full" | "tile"
+        ("lq_source", pa.string()),
+        ("gt_source", pa.string()),
+        ("shard", pa.string()),  # relative path of the tar
+        ("sample_index", pa.int32()),  # position of the sample inside its shard
+        ("lq_offset", pa.int64()),
+        ("lq_size", pa.int64()),
+        ("gt_offset", pa.int64()),
+        ("gt_size", pa.int64()),
+        ("json_offset", pa.int64()),
+        ("json_size", pa.int64()),
+        ("lq_width", pa.int32()),
+        ("lq_height", pa.int32()),
+        ("gt_width", pa.int32()),
+        ("gt_height", pa.int32()),
+        ("lq_format", pa.string()),  # Pillow format name lower-cased: "png", "jpeg", ...
+        ("gt_format", pa.string()),
+        ("lq_sha256", pa.string()),
+        ("gt_sha256", pa.string()),
+        # EXIF camera fields, null where the source has none.
+        ("iso", pa.int32()),
+        ("exposure_time", pa.float64()),
+        ("f_number", pa.float64()),
+        ("camera_model", pa.string()),
+        # Tile layout only (null for full frames): the tile's window in the source frame.
+        ("source_key", pa.string()),
+        ("tile_x", pa.int32()),
+        ("tile_y", pa.int32()),
+        ("tile_w", pa.int32()),
+        ("tile_h", pa.int32()),
+    ]
+)
+INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
+
+#: Fields of the per-sample JSON record (a subset of the index row: what a streaming
+#: reader needs without the index).
+RECORD_FIELDS = (
+    "key", "split", "degradation", "degradation_id", "cls", *taxonomy.COMPONENTS, "layout",
+    "lq_source", "gt_source", "lq_width", "lq_height", "gt_width", "gt_height",
+    "lq_format", "gt_format", "lq_sha256", "gt_sha256",
+    "iso", "exposure_time", "f_number", "camera_model",
+    "source_key", "tile_x", "tile_y", "tile_w", "tile_h",
+)
+
+
+def record_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record stored in the tar for an index row (missing fields become null)."""
+    return {k: row.get(k) for k in RECORD_FIELDS}
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """Canonical JSON bytes of a record (sorted keys, no spaces: reproducible tars)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def empty_index() -> pa.Table:
+    return INDEX_SCHEMA.empty_table()
+
+
+def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Build an index table with exactly :data:`INDEX_SCHEMA` from row dicts."""
+    rows = list(rows)
+    return pa.Table.from_pylist([{k: r.get(k) for k in INDEX_COLUMNS} for r in rows], schema=INDEX_SCHEMA)
+
+
+def check_index_schema(table: pa.Table, where: str) -> pa.Table:
+    """Raise :class:`FormatError` naming ``where`` if ``table`` lacks index columns."""
+    missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
+    if missing:
+        raise FormatError(f"{where}: index is missing columns {missing}")
+    return table.select(list(INDEX_COLUMNS)).cast(INDEX_SCHEMA)
+
+
+# ---------------------------------------------------------------- manifest
+@dataclass
+class ShardInfo:
+    """One shard as listed in the manifest."""
+
+    path: str
+    split: str
+    degradation: str
+    layout: str
+    count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """The dataset's manifest: the only file a reader must fetch before reading shards.
+
+    Readers never list a remote folder: everything they open is named here (the Hub's API
+    rate limit is far lower than its file-resolve limit; REFERENCE.md section 5).
+    """
+
+    shards: list[ShardInfo] = field(default_factory=list)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    name: str = "foundir"
+    index: str = INDEX_FILE
+    num_samples: int = 0
+    num_rejected: int = 0
+    tile: dict[str, int] | None = None  # {"size": S, "stride": T} when a tile layout exists
+    created_by: str = "foundir"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = MANIFEST_FILE) -> "Manifest":
+        """Parse and validate a manifest; errors name ``where`` (a path or URL)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise FormatError(f"{where}: not a {FORMAT_NAME} manifest (format={data.get('format') if isinstance(data, dict) else None!r})")
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise FormatError(
+                f"{where}: format_version {version!r} is not readable by this foundir "
+                f"(reads {READABLE_VERSIONS}); upgrade foundir or repack the dataset"
+            )
+        try:
+            shards = [ShardInfo(**s) for s in data.pop("shards", [])]
+            return cls(shards=shards, **data)
+        except TypeError as e:
+            raise FormatError(f"{where}: malformed manifest ({e})") from None
+
+    def select(self, *, split: str | None = None, degradations: Iterable[str] | None = None,
+               layout: str | None = LAYOUT_FULL) -> list[ShardInfo]:
+        """Shards matching a split, a set of degradation names and a layout (None = any)."""
+        degs = set(degradations) if degradations is not None else None
+        return [
+            s for s in self.shards
+            if (split is None or s.split == split)
+            and (degs is None or s.degradation in degs)
+            and (layout is None or s.layout == layout)
+        ]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({s.split for s in self.shards})
+
+    @property
+    def layouts(self) -> list[str]:
+        return sorted({s.layout for s in self.shards})

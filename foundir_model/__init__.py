@@ -1,0 +1,1 @@
+"""foundir_model: the residual-diffusion generalist, specialists, training and evaluation."""

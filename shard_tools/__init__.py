@@ -1,0 +1,1 @@
+"""shard_tools: pack paired LQ/GT image collections into FoundIR WebDataset shards."""
