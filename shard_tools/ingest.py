@@ -1,0 +1,398 @@
+"""Sources -> pair records: the four input layouts ``shard_tools pack`` understands.
+
+Every source becomes a deterministic stream of :class:`PairSpec` (a pair to pack) and
+:class:`Reject` (an input item that cannot be packed, with its reason). Each input item
+yields exactly one record, so *count in = packed + rejected* holds by construction.
+
+Layouts (``REFERENCE.md`` section 1 for the release's own):
+    ``list``: the release's training list files, ``<gt_relpath>, <lq_relpath>`` per line,
+        relative to a data root (default: the folder ``Train`` next to the list file).
+    ``test``: the release's test layout ``<root>/NNName/{GT,LQ}/<id>.<ext>``.
+    ``folder``: a generic paired folder ``<root>/lq/`` + ``<root>/gt/`` with matching stems,
+        the degradation given by a subfolder token (``lq/Blur/x.png``) or by ``--degradation``.
+    ``manifest``: a CSV or Parquet table with columns ``lq``, ``gt`` and optionally
+        ``degradation`` and ``split``, paths relative to a data root (default: its folder).
+
+File extensions are never trusted for pairing beyond the stem: the release mixes
+``png``/``jpg``/``JPG`` and has JPEG bytes behind ``.png`` names.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
+
+KINDS = ("auto", "list", "test", "folder", "manifest")
+_LQ_NAMES = ("lq",)
+_GT_NAMES = ("gt",)
+
+
+class IngestError(ValueError):
+    """A source that cannot be read at all (empty, unknown layout, missing columns)."""
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One LQ/GT pair to pack.
+
+    Attributes:
+        lq_path: Absolute local path of the LQ image.
+        gt_path: Absolute local path of the GT image.
+        lq_rel: LQ path relative to the source root, ``/``-separated (index ``lq_source``).
+        gt_rel: GT path relative to the source root (index ``gt_source``).
+        degradation: Canonical degradation name (``taxonomy.NAMES``).
+        split: ``train`` or ``test``.
+        origin: Where the pair came from, for messages (``list.txt:12`` or a folder).
+    """
+
+    lq_path: str
+    gt_path: str
+    lq_rel: str
+    gt_rel: str
+    degradation: str
+    split: str
+    origin: str
+
+    @property
+    def key(self) -> str:
+        return fmt.make_key(self.split, self.lq_rel, self.gt_rel)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One input item that was not packed, with the reason (a line of ``rejects.jsonl``)."""
+
+    lq_rel: str | None
+    gt_rel: str | None
+    split: str | None
+    degradation: str | None
+    reason: str
+    origin: str
+
+    def to_json(self) -> dict:
+        return {"lq": self.lq_rel, "gt": self.gt_rel, "split": self.split,
+                "degradation": self.degradation, "reason": self.reason, "origin": self.origin}
+
+
+Record = PairSpec | Reject
+
+
+def detect_kind(source: str | os.PathLike) -> str:
+    """Guess the layout of ``source`` from its content.
+
+    A directory with ``lq``/``gt`` children is a ``folder``; one whose children hold
+    ``LQ``/``GT`` folders is the ``test`` layout. A file starting with Parquet's magic
+    bytes, or whose first line is a CSV header naming ``lq`` and ``gt``, is a ``manifest``;
+    any other text file is a release ``list``.
+
+    Raises:
+        IngestError: naming the source when nothing matches.
+    """
+    p = Path(source)
+    if p.is_dir():
+        children = _subdirs(p)
+        if _find_child(children, _LQ_NAMES) and _find_child(children, _GT_NAMES):
+            return "folder"
+        if any(_find_child(_subdirs(c), _LQ_NAMES) and _find_child(_subdirs(c), _GT_NAMES) for c in children):
+            return "test"
+        if not any(p.iterdir()):
+            raise IngestError(f"{p}: empty folder, nothing to pack")
+        raise IngestError(
+            f"{p}: unknown folder layout; expected lq/ + gt/ (paired folder) or "
+            f"NNName/LQ + NNName/GT (release test layout). Pass --kind to force one."
+        )
+    if not p.is_file():
+        raise IngestError(f"{p}: no such file or folder")
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PAR1"):
+        return "manifest"
+    first = head.decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+    cols = {c.strip().strip('"').lower() for c in first.split(",")}
+    if {"lq", "gt"} <= cols:
+        return "manifest"
+    if not head.strip():
+        raise IngestError(f"{p}: empty file, nothing to pack")
+    return "list"
+
+
+def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | None = None,
+               degradation: str | None = None, data_root: str | os.PathLike | None = None,
+               mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
+    """Yield one :class:`PairSpec` or :class:`Reject` per input item, in a fixed order.
+
+    Args:
+        source: A list file, a CSV/Parquet manifest, or a folder.
+        kind: One of :data:`KINDS`; ``auto`` detects it from content.
+        split: Force the split (default: ``test`` for the test layout, ``train`` otherwise,
+            or the manifest's ``split`` column).
+        degradation: Force the degradation type of every pair (a name or token).
+        data_root: Root that list/manifest paths are relative to.
+        mapping: User mapping of unknown degradation tokens to canonical names.
+
+    Raises:
+        IngestError: the source is empty, unreadable, or of an unknown layout.
+    """
+    if kind not in KINDS:
+        raise IngestError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if split is not None and split not in fmt.SPLITS:
+        raise IngestError(f"unknown split {split!r}; expected one of {', '.join(fmt.SPLITS)}")
+    forced = None
+    if degradation is not None:
+        try:
+            forced = taxonomy.parse_token(degradation, mapping).name
+        except taxonomy.UnknownDegradationError as e:
+            raise IngestError(f"--degradation: {e}") from None
+    kind = detect_kind(source) if kind == "auto" else kind
+    fn = {"list": _iter_list, "test": _iter_test, "folder": _iter_folder, "manifest": _iter_manifest}[kind]
+    n = 0
+    for rec in fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}):
+        n += 1
+        yield rec
+    if n == 0:
+        raise IngestError(f"{source}: empty source, no pairs found ({kind} layout)")
+
+
+# ---------------------------------------------------------------- helpers
+def _subdirs(p: Path) -> list[Path]:
+    try:
+        return sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _find_child(children: list[Path], names: tuple[str, ...]) -> Path | None:
+    for c in children:
+        if c.name.lower() in names:
+            return c
+    return None
+
+
+def _files(root: Path) -> list[str]:
+    """All non-hidden files under ``root`` as sorted ``/``-relative paths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        for name in filenames:
+            if not name.startswith("."):
+                out.append(name if rel == "." else f"{rel}/{name}")
+    return sorted(out)
+
+
+def _stem(rel: str) -> str:
+    head, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{head}/{stem}" if head else stem
+
+
+def _parse_deg(token: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(canonical name, None) or (None, error message)."""
+    try:
+        return taxonomy.parse_token(token, mapping).name, None
+    except taxonomy.UnknownDegradationError as e:
+        return None, str(e)
+
+
+def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: str,
+               deg_of: callable) -> Iterator[Record]:
+    """Pair files under ``lq_dir`` and ``gt_dir`` by relative stem (extension-agnostic).
+
+    ``deg_of(relative_path_under_lq)`` returns (name, error). Paths in records are relative
+    to ``base``.
+    """
+    lq_files, gt_files = _files(lq_dir), _files(gt_dir)
+    lq_pre = lq_dir.relative_to(base).as_posix()
+    gt_pre = gt_dir.relative_to(base).as_posix()
+    if not lq_files and not gt_files:
+        yield Reject(lq_pre, gt_pre, split, None, f"empty folder: no files in {lq_dir} or {gt_dir}", origin)
+        return
+    gt_by_stem: dict[str, list[str]] = {}
+    for g in gt_files:
+        gt_by_stem.setdefault(_stem(g), []).append(g)
+    lq_seen: dict[str, str] = {}
+    for rel in lq_files:
+        stem = _stem(rel)
+        lq_rel = f"{lq_pre}/{rel}"
+        deg, err = deg_of(rel)
+        gts = gt_by_stem.get(stem, [])
+        if stem in lq_seen:
+            yield Reject(lq_rel, None, split, deg,
+                         f"duplicate pair: LQ {lq_rel} has the same stem as {lq_pre}/{lq_seen[stem]}", origin)
+            continue
+        lq_seen[stem] = rel
+        if not gts:
+            yield Reject(lq_rel, None, split, deg,
+                         f"missing partner: no GT file {gt_pre}/{stem}.* for LQ {lq_rel}", origin)
+            continue
+        # The first (sorted) GT of a stem pairs; any others are rejected as duplicates below.
+        gt_rel = f"{gt_pre}/{gts[0]}"
+        if err:
+            yield Reject(lq_rel, gt_rel, split, None, err, origin)
+            continue
+        yield PairSpec(str(base / lq_rel), str(base / gt_rel), lq_rel, gt_rel, deg, split, origin)
+    for stem, gts in gt_by_stem.items():
+        for i, g in enumerate(gts):
+            g_rel = f"{gt_pre}/{g}"
+            if stem in lq_seen and i > 0:
+                yield Reject(None, g_rel, split, None,
+                             f"duplicate pair: GT {g_rel} has the same stem as {gt_pre}/{gts[0]}", origin)
+            elif stem not in lq_seen:
+                yield Reject(None, g_rel, split, None,
+                             f"missing partner: no LQ file {lq_pre}/{stem}.* for GT {g_rel}", origin)
+
+
+# ---------------------------------------------------------------- layouts
+def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
+    split = split or "test"
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a folder (test layout expects NNName/{{GT,LQ}}/)")
+    for sub in _subdirs(root):
+        kids = _subdirs(sub)
+        lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+        if lq is None or gt is None:
+            yield Reject(sub.name, None, split, None,
+                         f"{sub}: expected LQ/ and GT/ subfolders (release test layout)", str(sub))
+            continue
+        deg, err = (forced, None) if forced else _parse_deg(sub.name, mapping)
+        yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(sub),
+                              deg_of=lambda rel, d=deg, e=err: (d, e))
+
+
+def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
+    split = split or "train"
+    kids = _subdirs(root)
+    lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+    if lq is None or gt is None:
+        raise IngestError(f"{root}: a paired folder needs lq/ and gt/ subfolders")
+
+    def deg_of(rel: str) -> tuple[str | None, str | None]:
+        if forced:
+            return forced, None
+        if "/" not in rel:
+            return None, (f"no degradation for {lq.name}/{rel}: put it in a degradation subfolder "
+                          f"({lq.name}/Blur/...) or pass --degradation NAME")
+        return _parse_deg(rel.split("/", 1)[0], mapping)
+
+    yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(root), deg_of=deg_of)
+
+
+def _deg_from_path(rel: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """Degradation from the first folder token of a release path that parses."""
+    parts = [p for p in rel.split("/")[:-1] if p.lower() not in _LQ_NAMES + _GT_NAMES]
+    first_err = None
+    for p in parts:
+        name, err = _parse_deg(p, mapping)
+        if name:
+            return name, None
+        first_err = first_err or err
+    return None, first_err or f"no degradation folder token in path {rel!r}"
+
+
+def _iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
+    split = split or "train"
+    root = Path(data_root) if data_root else path.parent / "Train"
+    seen: dict[tuple[str, str], str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            origin = f"{path}:{lineno}"
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = [s.strip() for s in text.split(",")]
+            if len(parts) != 2 or not all(parts):
+                yield Reject(None, None, split, None,
+                             f"list line does not parse: expected '<gt_path>, <lq_path>', got {text[:200]!r}", origin)
+                continue
+            gt_rel, lq_rel = (_clean(p) for p in parts)
+            deg, err = (forced, None) if forced else _deg_from_path(lq_rel, mapping)
+            if (lq_rel, gt_rel) in seen:
+                yield Reject(lq_rel, gt_rel, split, deg, f"duplicate pair (first listed at {seen[(lq_rel, gt_rel)]})", origin)
+                continue
+            seen[(lq_rel, gt_rel)] = origin
+            if err:
+                yield Reject(lq_rel, gt_rel, split, None, err, origin)
+                continue
+            yield PairSpec(str(root / lq_rel), str(root / gt_rel), lq_rel, gt_rel, deg, split, origin)
+
+
+def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, "rb") as f:
+        is_parquet = f.read(4) == b"PAR1"
+    if is_parquet:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        cols = {c.lower(): c for c in pf.schema_arrow.names}
+        _check_columns(path, cols)
+        n = 0
+        for batch in pf.iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                n += 1
+                yield n + 1, {k.lower(): v for k, v in row.items()}
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        _check_columns(path, cols)
+        for i, row in enumerate(reader, 2):
+            yield i, {(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+
+
+def _check_columns(path: Path, cols: dict) -> None:
+    missing = [c for c in ("lq", "gt") if c not in cols]
+    if missing:
+        raise IngestError(f"{path}: manifest is missing column(s) {missing}; it needs lq, gt "
+                          f"and optionally degradation, split (found {sorted(cols)})")
+
+
+def _iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
+    root = Path(data_root) if data_root else path.parent
+    seen: dict[tuple[str, str, str], str] = {}
+    for rowno, row in _manifest_rows(path):
+        origin = f"{path}:{rowno}"
+        lq, gt = row.get("lq"), row.get("gt")
+        s = split or row.get("split") or "train"
+        if not lq or not gt:
+            yield Reject(lq or None, gt or None, s, None, "manifest row has an empty lq or gt path", origin)
+            continue
+        lq_rel, gt_rel = (_rel_to(str(p), root) for p in (lq, gt))
+        if s not in fmt.SPLITS:
+            yield Reject(lq_rel, gt_rel, None, None, f"unknown split {s!r}; expected one of {', '.join(fmt.SPLITS)}", origin)
+            continue
+        if forced:
+            deg, err = forced, None
+        elif row.get("degradation"):
+            deg, err = _parse_deg(str(row["degradation"]), mapping)
+        else:
+            deg, err = _deg_from_path(lq_rel, mapping)
+        if (s, lq_rel, gt_rel) in seen:
+            yield Reject(lq_rel, gt_rel, s, deg, f"duplicate pair (first listed at {seen[(s, lq_rel, gt_rel)]})", origin)
+            continue
+        seen[(s, lq_rel, gt_rel)] = origin
+        if err:
+            yield Reject(lq_rel, gt_rel, s, None, err, origin)
+            continue
+        yield PairSpec(str(root / lq_rel), str(root / gt_rel), lq_rel, gt_rel, deg, s, origin)
+
+
+def _clean(p: str) -> str:
+    p = p.replace("\\", "/")
+    return p[2:] if p.startswith("./") else p
+
+
+def _rel_to(p: str, root: Path) -> str:
+    """A manifest path as stored in the index: relative to ``root`` when inside it."""
+    p = p.replace("\\", "/")
+    if os.path.isabs(p):
+        try:
+            return Path(p).relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return p
+    return p[2:] if p.startswith("./") else p

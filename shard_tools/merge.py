@@ -1,0 +1,104 @@
+"""``shard_tools merge``: index parts -> the one index, manifest, rejects report and card.
+
+Every pack job writes, per shard, ``index/parts/<shard>.parquet`` (rows + the shard's
+size/sha256 in its metadata) and ``index/parts/<shard>.rejects.jsonl``; job 0 also writes
+the ingest-level rejects. Merge reads the plan (``index/parts/_plan.json``), checks that every
+planned shard is done, and writes, each atomically:
+
+* ``index/pairs.parquet`` (``format.INDEX_FILE``): all rows in plan order (split,
+  degradation in release order, shard sequence, position in the shard);
+* ``rejects.jsonl``: every rejected input item with its reason;
+* ``manifest.json``: every non-empty shard, ``num_samples``, ``num_rejected``;
+* ``README.md``: the dataset card (``shard_tools.card``).
+
+Merging twice gives the same bytes (idempotent), and it checks count in = packed + rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from foundir_data import format as fmt
+from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE, PlannedShard, read_part_info
+from shard_tools.writer import write_atomic
+
+
+class MergeError(RuntimeError):
+    """A folder that cannot be merged yet (unfinished shards, missing plan)."""
+
+
+def merge(root: str | Path) -> fmt.Manifest:
+    """Merge the index parts under ``root``; return the manifest written.
+
+    Raises:
+        MergeError: naming the missing plan or unfinished shards.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    plan_path = root / PLAN_FILE
+    if not plan_path.exists():
+        raise MergeError(f"{plan_path} not found: {root} is not a pack output folder (run `shard_tools pack` first)")
+    plan = json.loads(plan_path.read_text())
+    shards = [PlannedShard(s["path"], s["split"], s["degradation"], []) for s in plan["shards"]]
+    missing = [s.path for s in shards if not (root / s.part).exists()]
+    if missing or not (root / INGEST_REJECTS_PART).exists():
+        what = f"{len(missing)} of {len(shards)} shards are not finished (first: {missing[:3]})" if missing else \
+            f"{INGEST_REJECTS_PART} is missing (job 0 has not run)"
+        raise MergeError(f"{root}: cannot merge yet: {what}; rerun the pack job(s) with the same arguments")
+    tables, infos, rejects = [], [], _read_jsonl(root / INGEST_REJECTS_PART)
+    for s in shards:
+        t = pq.read_table(root / s.part)
+        tables.append(fmt.check_index_schema(t, str(root / s.part)).replace_schema_metadata(None))
+        info = read_part_info(root / s.part)
+        if info.count:
+            infos.append(info)
+        rejects.extend(_read_jsonl(root / s.rejects_part))
+    index = pa.concat_tables(tables) if tables else fmt.empty_index()
+    if len(index) + len(rejects) != plan["num_input"]:
+        raise MergeError(f"{root}: {len(index)} packed + {len(rejects)} rejected != {plan['num_input']} input "
+                         f"pairs; the parts do not belong to one pack (delete {root} and pack again)")
+    sink = pa.BufferOutputStream()
+    pq.write_table(index, sink)
+    write_atomic(root / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
+    write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    manifest = fmt.Manifest(shards=infos, num_samples=len(index), num_rejected=len(rejects),
+                            extra={"num_input": plan["num_input"]})
+    write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
+    try:
+        from shard_tools.card import write_card
+    except ModuleNotFoundError as e:
+        # TODO(P2): remove once shard_tools/card.py has landed.
+        if e.name != "shard_tools.card":
+            raise
+        write_card = None
+    if write_card is not None:
+        write_card(str(root), manifest, index)
+    return manifest
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``merge``'s arguments."""
+    parser.description = "Merge the index parts of a (multi-job) pack into index, manifest, rejects and card."
+    parser.add_argument("out", help="the pack output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 = merged, nothing rejected; 1 = merged, some input rejected; 2 = cannot merge."""
+    try:
+        m = merge(args.out)
+    except (MergeError, fmt.FormatError) as e:
+        print(f"shard_tools merge: error: {e}", file=sys.stderr)
+        return 2
+    print(f"merged {m.num_samples} pairs in {len(m.shards)} shards; {m.num_rejected} rejected", file=sys.stderr)
+    return 1 if m.num_rejected else 0

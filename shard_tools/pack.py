@@ -1,0 +1,437 @@
+"""``shard_tools pack``: plan shards, build them with worker processes, resume, merge.
+
+The pack is a pure function of (source, arguments), so it can be cut anywhere:
+
+1. **Plan** (every job computes the same one): ingest the source, stat every file,
+   group pairs by (split, degradation), sort each group by sample key, and roll shards
+   over at ``--shard-bytes`` / ``--shard-count``. The plan holds paths and sizes only.
+2. **Build**: job ``I`` of ``J`` builds the shards whose position ``i`` in the plan has
+   ``i % J == I``; ``--workers`` processes build them in parallel. A shard is read, probed
+   (format, size, EXIF, truncation; ``shard_tools.probe``), written as a tar
+   (``writer.TarShardWriter``) and finished by atomically writing its index part
+   ``index/parts/<shard>.parquet``; that file is the shard's *done* marker.
+3. **Merge** (a single-job pack does it at the end; a cluster runs ``shard_tools merge``).
+
+Resume: rerunning with the same arguments skips every shard whose index part exists,
+removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
+same folder is refused. Since the plan does not depend on ``--num-jobs``/``--workers``,
+slices + merge give exactly the bytes of a single-job pack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
+from shard_tools import ingest
+from shard_tools.writer import TarShardWriter, write_atomic
+
+PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
+INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
+#: Parquet key-value metadata key holding the shard's ShardInfo in its index part.
+SHARD_META_KEY = b"foundir.shard"
+#: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
+#: used only to roll shards over near the target size).
+_PER_SAMPLE_OVERHEAD = 3 * 512 + 2048
+
+
+class PackError(RuntimeError):
+    """A pack that must stop (``--strict`` problem, plan mismatch)."""
+
+
+@dataclass
+class PackConfig:
+    """``shard_tools pack`` arguments (CLI flags map one-to-one onto these fields)."""
+
+    source: str
+    out: str
+    kind: str = "auto"
+    split: str | None = None
+    degradation: str | None = None
+    data_root: str | None = None
+    map: list[str] = field(default_factory=list)
+    workers: int = 1
+    num_jobs: int = 1
+    job_index: int = 0
+    shard_bytes: float = fmt.DEFAULT_SHARD_BYTES
+    shard_count: int = fmt.DEFAULT_SHARD_COUNT
+    strict: bool = False
+    full_decode: bool = False
+    progress: bool = True
+
+    def mapping(self) -> dict[str, str]:
+        out = {}
+        for item in self.map:
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip() or not v.strip():
+                raise PackError(f"--map {item!r}: expected TOKEN=TYPE, e.g. --map Snow=Rain")
+            out[k.strip()] = taxonomy.get(v.strip()).name
+        return out
+
+
+@dataclass
+class PlannedShard:
+    """One shard of the plan: its path and the pairs (paths, sizes) it will hold."""
+
+    path: str
+    split: str
+    degradation: str
+    pairs: list[tuple[str, str, str, str, str, int, int]]  # lq_path, gt_path, lq_rel, gt_rel, key, lq_size, gt_size
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name[: -len(".tar")]
+
+    @property
+    def part(self) -> str:
+        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
+
+    @property
+    def rejects_part(self) -> str:
+        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.rejects.jsonl"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p[5] + p[6] for p in self.pairs)
+
+
+@dataclass
+class Plan:
+    shards: list[PlannedShard]
+    rejects: list[ingest.Reject]
+    num_input: int
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for s in self.shards:
+            h.update(s.path.encode() + b"\0")
+            for p in s.pairs:
+                h.update(f"{p[4]}\0{p[5]}\0{p[6]}\0".encode())
+        return h.hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "fingerprint": self.fingerprint(), "num_input": self.num_input,
+            "num_ingest_rejects": len(self.rejects),
+            "shards": [{"path": s.path, "split": s.split, "degradation": s.degradation,
+                        "count": len(s.pairs)} for s in self.shards],
+        }, indent=1, sort_keys=True) + "\n"
+
+
+def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes: float,
+              shard_count: int, strict: bool = False) -> Plan:
+    """Stat every pair and cut the (split, degradation) groups into shards.
+
+    Missing files and duplicate keys become rejects here, so the plan (and hence which
+    shard a pair lands in) is the same on every job.
+
+    Raises:
+        PackError: with ``strict``, at the first reject.
+    """
+    groups: dict[tuple[str, str], list] = {}
+    rejects: list[ingest.Reject] = []
+    seen: dict[str, str] = {}
+    n = 0
+
+    def reject(r: ingest.Reject) -> None:
+        if strict:
+            raise PackError(f"{r.origin}: {r.reason}")
+        rejects.append(r)
+
+    for rec in records:
+        n += 1
+        if isinstance(rec, ingest.Reject):
+            reject(rec)
+            continue
+        key = rec.key
+        if key in seen:
+            reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+                                 f"duplicate pair: same sample key {key} as {seen[key]}", rec.origin))
+            continue
+        sizes = []
+        for what, path in (("LQ", rec.lq_path), ("GT", rec.gt_path)):
+            try:
+                sizes.append(os.stat(path).st_size)
+            except OSError as e:
+                reason = "missing partner" if isinstance(e, FileNotFoundError) else "unreadable file"
+                reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+                                     f"{reason}: {what} file {path} ({e.strerror})", rec.origin))
+                break
+        else:
+            seen[key] = rec.origin
+            groups.setdefault((rec.split, rec.degradation), []).append(
+                (rec.lq_path, rec.gt_path, rec.lq_rel, rec.gt_rel, key, sizes[0], sizes[1]))
+    shards: list[PlannedShard] = []
+    order = {name: i for i, name in enumerate(taxonomy.NAMES)}
+    for (split, deg) in sorted(groups, key=lambda g: (g[0], order[g[1]])):
+        pairs = sorted(groups.pop((split, deg)), key=lambda p: p[4])
+        cuts: list[list] = [[]]
+        cur_bytes = 0
+        for p in pairs:
+            size = p[5] + p[6] + _PER_SAMPLE_OVERHEAD
+            if cuts[-1] and (len(cuts[-1]) >= shard_count or cur_bytes + size > shard_bytes):
+                cuts.append([])
+                cur_bytes = 0
+            cuts[-1].append(p)
+            cur_bytes += size
+        shards.extend(PlannedShard(fmt.shard_relpath(fmt.LAYOUT_FULL, split, deg, seq), split, deg, c)
+                      for seq, c in enumerate(cuts))
+    return Plan(shards, rejects, n)
+
+
+# ---------------------------------------------------------------- building one shard
+@dataclass
+class ShardResult:
+    path: str
+    count: int
+    rejected: int
+    bytes_in: int
+
+
+def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False) -> ShardResult:
+    """Build one planned shard: tar, then its rejects part, then its index part (done marker).
+
+    Runs in a worker process; holds one pair's bytes at a time.
+
+    Raises:
+        PackError: with ``strict``, at the first bad pair (no file of this shard is left).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shard_tools.probe import BadImage, probe_image
+
+    root = Path(out)
+    t = taxonomy.get(shard.degradation)
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    bytes_in = 0
+    writer: TarShardWriter | None = None
+    try:
+        for lq_path, gt_path, lq_rel, gt_rel, key, _, _ in shard.pairs:
+            try:
+                lq, gt = _read(lq_path), _read(gt_path)
+                bytes_in += len(lq) + len(gt)
+                li = probe_image(lq, lq_path, full_decode)
+                gi = probe_image(gt, gt_path, full_decode)
+                if (li.width, li.height) != (gi.width, gi.height):
+                    raise BadImage(f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
+                                   f"but {gt_path} is {gi.width}x{gi.height}")
+            except (BadImage, OSError) as e:
+                reason = str(e) if isinstance(e, BadImage) else f"unreadable file: {e.filename} ({e.strerror})"
+                if strict:
+                    raise PackError(reason) from None
+                rejects.append(ingest.Reject(lq_rel, gt_rel, shard.split, shard.degradation, reason, shard.path).to_json())
+                continue
+            if writer is None:
+                writer = TarShardWriter(root / shard.path).__enter__()
+            row = {
+                "key": key, "split": shard.split, "degradation": t.name, "degradation_id": t.index,
+                "cls": t.cls, **t.flags(), "layout": fmt.LAYOUT_FULL,
+                "lq_source": lq_rel, "gt_source": gt_rel, "shard": shard.path, "sample_index": len(rows),
+                "lq_width": li.width, "lq_height": li.height, "gt_width": gi.width, "gt_height": gi.height,
+                "lq_format": li.format, "gt_format": gi.format,
+                "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
+                # Camera settings: the LQ's EXIF first (the degraded capture), else the GT's.
+                **{f: getattr(li, f) if getattr(li, f) is not None else getattr(gi, f)
+                   for f in ("iso", "exposure_time", "f_number", "camera_model")},
+            }
+            m_lq = writer.add(f"{key}.{fmt.LQ_MEMBER}", lq)
+            m_gt = writer.add(f"{key}.{fmt.GT_MEMBER}", gt)
+            m_js = writer.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
+            row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
+                       gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
+            rows.append(row)
+        if writer is not None:
+            w, writer = writer, None
+            w.__exit__(None, None, None)
+            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, len(rows), w.bytes, w.sha256)
+        else:
+            # Every pair was rejected: no tar, but still a (empty) part so the shard is done.
+            (root / shard.path).unlink(missing_ok=True)
+            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, 0, 0, "")
+    except BaseException:
+        if writer is not None:
+            writer.__exit__(*sys.exc_info())
+        raise
+    write_atomic(root / shard.rejects_part, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    table = fmt.index_table(rows)
+    table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(root / shard.part, sink.getvalue().to_pybytes())
+    return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_part_info(path: str | os.PathLike) -> fmt.ShardInfo:
+    """The ShardInfo stored in an index part's metadata."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if SHARD_META_KEY not in meta:
+        raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
+    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
+
+
+def _is_done(root: Path, shard: PlannedShard) -> bool:
+    part = root / shard.part
+    if not part.exists():
+        return False
+    try:
+        info = read_part_info(part)
+    except Exception:
+        return False
+    # A part whose tar was removed or altered since is not done.
+    return info.count == 0 or ((root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes)
+
+
+def _remove_stale(root: Path, shard: PlannedShard) -> None:
+    for rel in (shard.path, shard.part, shard.rejects_part):
+        p = root / rel
+        if p.parent.exists():
+            for tmp in p.parent.glob(f"{p.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the command
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``pack``'s flags."""
+    parser.description = "Pack paired LQ/GT images into WebDataset tar shards + Parquet index."
+    parser.add_argument("source", help="release list file, test-layout folder, lq/+gt/ folder, or CSV/Parquet manifest")
+    parser.add_argument("out", help="output folder (created; rerun with the same arguments to resume)")
+    parser.add_argument("--kind", choices=ingest.KINDS, default="auto", help="source layout (default: detect)")
+    parser.add_argument("--split", choices=fmt.SPLITS, help="force the split of every pair")
+    parser.add_argument("--degradation", help="force the degradation type of every pair")
+    parser.add_argument("--data-root", help="root that list/manifest paths are relative to")
+    parser.add_argument("--map", action="append", default=[], metavar="TOKEN=TYPE",
+                        help="map an unknown degradation token to a type (repeatable), e.g. Snow=Rain")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--num-jobs", type=int, default=1, help="total jobs of a cluster pack")
+    parser.add_argument("--job-index", type=int, default=0, help="this job's index, 0..num-jobs-1")
+    parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll shards over at this size (default 1e9)")
+    parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many pairs")
+    parser.add_argument("--strict", action="store_true", help="stop at the first problem")
+    parser.add_argument("--full-decode", action="store_true", help="decode every image to check it (slow)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl), 2 = error."""
+    cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
+    try:
+        return pack(cfg)
+    except (PackError, ingest.IngestError, taxonomy.UnknownDegradationError, fmt.FormatError) as e:
+        print(f"shard_tools pack: error: {e}", file=sys.stderr)
+        return 2
+
+
+def pack(cfg: PackConfig) -> int:
+    """Pack ``cfg.source`` into ``cfg.out`` (this job's slice; merges when single-job).
+
+    Returns:
+        0 when every input pair was packed, 1 when some were rejected.
+
+    Raises:
+        PackError, ingest.IngestError: bad arguments, plan mismatch, ``--strict`` problem.
+    """
+    if cfg.num_jobs < 1 or not 0 <= cfg.job_index < cfg.num_jobs:
+        raise PackError(f"--job-index {cfg.job_index} must be in 0..{cfg.num_jobs - 1} (--num-jobs {cfg.num_jobs})")
+    if cfg.workers < 1 or cfg.shard_count < 1 or cfg.shard_bytes <= 0:
+        raise PackError("--workers, --shard-count and --shard-bytes must be positive")
+    root = Path(cfg.out)
+    records = ingest.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
+                                data_root=cfg.data_root, mapping=cfg.mapping())
+    plan = make_plan(records, shard_bytes=cfg.shard_bytes, shard_count=cfg.shard_count, strict=cfg.strict)
+    plan_json = plan.to_json()
+    old = root / PLAN_FILE
+    if old.exists() and old.read_text() != plan_json:
+        raise PackError(f"{root} already holds a pack with a different plan (other source or arguments); "
+                        f"use a new output folder, or delete {root} to start over")
+    write_atomic(old, plan_json.encode())
+    if cfg.job_index == 0:
+        write_atomic(root / INGEST_REJECTS_PART,
+                     "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in plan.rejects).encode())
+    mine = [s for i, s in enumerate(plan.shards) if i % cfg.num_jobs == cfg.job_index]
+    todo = []
+    for s in mine:
+        if not _is_done(root, s):
+            _remove_stale(root, s)
+            todo.append(s)
+    done_pairs = sum(len(s.pairs) for s in mine if s not in todo)
+    _build(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
+    # Counted from the parts, so a resumed run reports the rejects of earlier runs too.
+    n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(_part_rejects(root, s) for s in mine)
+    if cfg.num_jobs == 1:
+        from shard_tools.merge import merge
+
+        manifest = merge(root)
+        print(f"packed {manifest.num_samples} pairs into {len(manifest.shards)} shards under {root}; "
+              f"{manifest.num_rejected} rejected", file=sys.stderr)
+    else:
+        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {len(mine)} shards; run `shard_tools merge {root}` "
+              f"when every job has finished", file=sys.stderr)
+    if n_rejected:
+        print(f"{n_rejected} input pair(s) rejected; reasons in {root / fmt.REJECTS_FILE if cfg.num_jobs == 1 else root / fmt.INDEX_PARTS_DIR}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _part_rejects(root: Path, shard: PlannedShard) -> int:
+    p = root / shard.rejects_part
+    return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.exists() else 0
+
+
+def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> int:
+    """Build ``todo`` with ``cfg.workers`` processes and a progress bar; return #rejects."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
+               desc=f"pack job {cfg.job_index}/{cfg.num_jobs}", mininterval=1.0)
+    start, nbytes, rejected = time.monotonic(), 0, 0
+
+    def done(r: ShardResult) -> None:
+        nonlocal nbytes, rejected
+        nbytes += r.bytes_in
+        rejected += r.rejected
+        bar.update(r.count + r.rejected)
+        bar.set_postfix_str(f"{nbytes / max(time.monotonic() - start, 1e-9) / 1e6:.1f} MB/s", refresh=False)
+
+    try:
+        if cfg.workers == 1 or len(todo) <= 1:
+            for s in todo:
+                done(build_shard(str(root), s, cfg.full_decode, cfg.strict))
+        else:
+            with ProcessPoolExecutor(cfg.workers) as pool:
+                pending = set()
+                it = iter(todo)
+                # Bounded submission: at most 2 shards per worker in flight (flat memory).
+                for s in it:
+                    pending.add(pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict))
+                    if len(pending) >= 2 * cfg.workers:
+                        break
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        done(f.result())
+                        nxt = next(it, None)
+                        if nxt is not None:
+                            pending.add(pool.submit(build_shard, str(root), nxt, cfg.full_decode, cfg.strict))
+    finally:
+        bar.close()
+    return rejected
