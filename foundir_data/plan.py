@@ -1,0 +1,215 @@
+"""The seeded global sample order and its partition over ranks and DataLoader workers.
+
+Pure numpy, mosaicml-streaming style: nothing here depends on the world size except the
+final slicing, so the global order is a function of (seed, epoch, schedule, batch size, step)
+only.
+
+* Each degradation type present has an endless *stream* of its rows: stream-epoch ``e`` is a
+  seeded permutation keyed by (seed, epoch, type, e) that shuffles the type's shards, groups
+  them into blocks of ``shuffle_block`` shards and shuffles the samples inside each block, so
+  consecutive reads stay within a few shards (``shuffle_block=0``: one uniform shuffle).
+* Global step ``s`` takes ``counts[s, d]`` rows (``schedules.BatchCounts``) from the cursor of
+  each stream ``d`` and shuffles them within the batch (seeded by the chunk of steps).
+* Rank ``r`` of ``W`` takes columns ``[r*B/W, (r+1)*B/W)`` of every global batch, so every rank
+  gets the same number of batches (DDP never waits on an uneven rank); worker ``k`` of ``K``
+  takes steps ``start + k, start + k + K, ...`` and a ``DataLoader(batch_size=None)`` that
+  round-robins over workers yields them in step order.
+* Resuming at step ``s`` needs only ``s``: cursors come from per-chunk count totals.
+
+With ``mix`` and its default length (``ceil(N / B)`` steps) one pass serves every row once,
+plus fewer than ``B`` rows of padding that start the next stream-epoch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from foundir_data import taxonomy
+from foundir_data.schedules import BatchCounts, Curriculum, resolve
+
+#: Default shards per shuffle block (mosaicml streaming's py1b idea: shuffle within a block
+#: of shards so a reader touches few shards at a time).
+DEFAULT_SHUFFLE_BLOCK = 8
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+class EpochPlan:
+    """The global batch order of one epoch of a curriculum over an index.
+
+    Args:
+        degradation_id: Taxonomy index of each row (int array).
+        shard: Shard code of each row (int array; rows of one shard share a code, and codes
+            sort like the shard paths).
+        within: Position of each row inside its shard (int array) or None.
+        schedule: A name from ``schedules.SCHEDULES``, a dict/YAML path or a Curriculum.
+        batch_size: Global batch size in rows (pairs).
+        seed: Seed of every draw.
+        epoch: Epoch number mixed into every draw (``set_epoch`` in the stream).
+        steps: The schedule's step parameter (``n`` for incremental, the run length for
+            mix/combine, steps per task for sequence); None for one pass.
+        shuffle_block: Shards per shuffle block; 0 shuffles each stream uniformly.
+    """
+
+    def __init__(self, degradation_id: np.ndarray, shard: np.ndarray, within: np.ndarray | None,
+                 schedule: "str | Curriculum | Mapping", batch_size: int, *, seed: int = 0,
+                 epoch: int = 0, steps: int | None = None,
+                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK) -> None:
+        deg = np.asarray(degradation_id, np.int64)
+        if len(deg) and (deg.min() < 0 or deg.max() >= len(taxonomy.TYPES)):
+            raise ValueError(f"degradation_id outside 0..{len(taxonomy.TYPES) - 1} in the index")
+        if shuffle_block < 0:
+            raise ValueError(f"shuffle_block must be >= 0, got {shuffle_block}")
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), int(epoch)
+        self.shuffle_block = int(shuffle_block)
+        self.num_rows = len(deg)
+        sizes = np.bincount(deg, minlength=len(taxonomy.TYPES))
+        self.type_ids = np.flatnonzero(sizes)  # taxonomy indices of the present types
+        self.types = [taxonomy.TYPES[i].name for i in self.type_ids]
+        counts = {taxonomy.TYPES[i].name: int(sizes[i]) for i in self.type_ids}
+        self.curriculum = resolve(schedule, counts, self.batch_size, steps)
+        self.counts = BatchCounts(self.curriculum, self.types, self.batch_size, self.seed, self.epoch)
+        # Rows of each type sorted by (shard, position): the unshuffled stream.
+        shard = np.asarray(shard, np.int64)
+        within = np.zeros(len(deg), np.int64) if within is None else np.asarray(within, np.int64)
+        order = np.lexsort((within, shard, deg))
+        bounds = np.concatenate([[0], np.cumsum(sizes[self.type_ids])])
+        self._rows = [order[bounds[j]: bounds[j + 1]] for j in range(len(self.type_ids))]
+        self._shard = shard
+        self._streams: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    @classmethod
+    def from_index(cls, index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int,
+                   **kw) -> "EpochPlan":
+        """Plan over an index table (needs ``degradation_id``, ``shard``, ``sample_index``)."""
+        for c in ("degradation_id", "shard", "sample_index"):
+            if c not in index.column_names:
+                raise ValueError(f"index lacks column {c!r} needed for planning")
+        return cls(index.column("degradation_id").to_numpy(), shard_codes(index.column("shard")),
+                   index.column("sample_index").to_numpy(), schedule, batch_size, **kw)
+
+    @property
+    def total_steps(self) -> int:
+        return self.counts.total_steps
+
+    # ------------------------------------------------------------ streams
+    def stream_epoch(self, j: int, e: int) -> np.ndarray:
+        """Row order of stream-epoch ``e`` of the ``j``-th present type (cached, LRU)."""
+        key = (j, e)
+        hit = self._streams.get(key)
+        if hit is not None:
+            self._streams.move_to_end(key)
+            return hit
+        rows = self._rows[j]
+        rng = _rng(self.seed, self.epoch, 5, self.type_ids[j], e)
+        if self.shuffle_block == 0:
+            perm = rows[rng.permutation(len(rows))]
+        else:
+            sh = self._shard[rows]
+            starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])  # rows are grouped by shard
+            nsh = len(starts)
+            block = np.empty(nsh, np.int64)
+            block[rng.permutation(nsh)] = np.arange(nsh) // self.shuffle_block
+            row_block = np.repeat(block, np.diff(np.r_[starts, len(rows)]))
+            perm = rows[np.lexsort((rng.random(len(rows)), row_block))]
+        self._streams[key] = perm
+        while len(self._streams) > 2 * len(self._rows) + 2:
+            self._streams.popitem(last=False)
+        return perm
+
+    def stream_rows(self, j: int, start: int, stop: int) -> np.ndarray:
+        """Rows at positions ``[start, stop)`` of the endless stream of present type ``j``."""
+        n = len(self._rows[j])
+        out = []
+        p = start
+        while p < stop:
+            e, off = divmod(p, n)
+            take = min(stop - p, n - off)
+            out.append(self.stream_epoch(j, e)[off: off + take])
+            p += take
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    # ------------------------------------------------------------ batches
+    def chunk_batches(self, ci: int) -> tuple[int, np.ndarray]:
+        """Global batches of chunk ``ci``: (first step, rows array of shape (steps, B))."""
+        counts = self.counts.chunk_counts(ci)
+        s0, s1 = self.counts.chunk_range(ci)
+        n = s1 - s0
+        cur = self.counts.chunk_cursor(ci)
+        rows, steps = [], []
+        for j in range(len(self.types)):
+            c = counts[:, j]
+            t = int(c.sum())
+            if t:
+                rows.append(self.stream_rows(j, int(cur[j]), int(cur[j]) + t))
+                steps.append(np.repeat(np.arange(n), c))
+        rows_a, steps_a = np.concatenate(rows), np.concatenate(steps)
+        # Shuffle inside each batch so ranks do not get type-sorted slices.
+        key = _rng(self.seed, self.epoch, 6, ci).random(len(rows_a))
+        return s0, rows_a[np.lexsort((key, steps_a))].reshape(n, self.batch_size)
+
+    def global_batch(self, step: int) -> np.ndarray:
+        """Rows of the global batch at ``step``."""
+        s0, b = self.chunk_batches(self.counts.chunk_of(step))
+        return b[step - s0]
+
+    def batches(self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
+                start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(step, rows)`` for this rank's slice of the steps this worker serves.
+
+        Args:
+            rank, world_size: This process's slice of every global batch.
+            worker, num_workers: DataLoader worker id and count.
+            start: First step (resume point).
+        """
+        lo, hi = partition_columns(self.batch_size, rank, world_size)
+        if not 0 <= worker < num_workers:
+            raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+        total = self.total_steps
+        first = start + worker
+        if first >= total:
+            return
+        ci = self.counts.chunk_of(first)
+        s = first
+        while s < total:
+            s0, b = self.chunk_batches(ci)
+            s1 = s0 + len(b)
+            while s < s1:
+                yield s, b[s - s0, lo:hi]
+                s += num_workers
+            while ci < self.counts.num_chunks and self.counts.chunk_range(ci)[1] <= s:
+                ci += 1
+
+    def steps_for(self, worker: int = 0, num_workers: int = 1, start: int = 0) -> int:
+        """Number of batches a worker yields from ``start`` (the same on every rank)."""
+        return len(range(start + worker, self.total_steps, num_workers))
+
+
+def partition_columns(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Columns ``[lo, hi)`` of the global batch that belong to ``rank``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    if batch_size % world_size:
+        raise ValueError(f"global batch size {batch_size} is not divisible by world size "
+                         f"{world_size}; choose a multiple so every rank gets equal batches")
+    b = batch_size // world_size
+    return rank * b, (rank + 1) * b
+
+
+def shard_codes(shards: "pa.Array | pa.ChunkedArray | Sequence[str]") -> np.ndarray:
+    """Integer code per row whose order follows the sorted shard paths."""
+    arr = shards if isinstance(shards, (pa.Array, pa.ChunkedArray)) else pa.array(list(shards), pa.string())
+    enc = pc.dictionary_encode(arr)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    names = enc.dictionary
+    rank = np.empty(len(names), np.int64)
+    rank[np.asarray(pc.sort_indices(names))] = np.arange(len(names))
+    return rank[enc.indices.to_numpy(zero_copy_only=False)]
