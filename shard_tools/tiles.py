@@ -1,0 +1,408 @@
+"""``shard_tools tile``: lossless aligned LQ/GT training tiles from a packed folder's full frames.
+
+The paper trains on 256x256 crops of ~2514x1516 frames (REFERENCE.md section 2); decoding a
+whole PNG frame for one crop costs ~100-200 ms, a 512 tile ~5-8 ms (``bench/decode.py``). So
+each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
+``size`` at ``stride`` and every tile is stored as a PNG: pixel-exact with the decoded source
+(PNG is lossless; the source's JPEG pixels are stored as decoded, never re-encoded lossily).
+
+Grid: top-left corners at ``0, stride, 2*stride, ...`` and the last row/column snapped to the
+edge so the whole frame is covered (as the release's tiled inference does, REFERENCE.md
+section 2); a frame side shorter than ``size`` gives one tile of that side (no upscaling).
+
+Output, next to the full frames (``format.LAYOUT_TILE``): tile shards
+``shards/tile/<split>/<degradation>/...tar`` with the usual members and keys
+``format.tile_key(pair_key, y, x)``; one index part per tile shard under
+``index/parts/tile/`` (the shard's *done* marker: rerunning resumes); then the folder's
+``index/pairs.parquet`` gets the tile rows (layout ``tile``, ``source_key``, ``tile_*``) and
+``manifest.json`` the tile shards and ``tile = {"size", "stride"}``.
+
+The tile plan is a pure function of (index, arguments): the same input gives the same shards,
+byte for byte, with any ``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from foundir_data import format as fmt
+from shard_tools.merge import MergeError
+from shard_tools.writer import TarShardWriter, write_atomic
+
+TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
+TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
+#: Parquet key-value metadata key of a part's ShardInfo (the same key as ``shard_tools.pack``).
+SHARD_META_KEY = b"foundir.shard"
+
+DEFAULT_SIZE = 512
+#: zlib level of the tile PNGs. bench/decode.py (2000 px photos, 512 tiles, Pillow 13 +
+#: zlib-ng, see bench/README.md): level 1 is within ~7% of the smallest bytes (level 9), encodes
+#: ~15x faster than level 9 and ~3x faster than level 6, and decodes about as fast as any
+#: compressed level; level 0 decodes fastest but stores raw rows (~1.7x the bytes). Counting
+#: packing once + decoding for a full training run, level 1 costs the least core time.
+DEFAULT_PNG_LEVEL = 1
+
+
+class TileError(RuntimeError):
+    """A folder that cannot be tiled (not packed, not local, other tile layout present)."""
+
+
+def grid(length: int, size: int, stride: int) -> list[int]:
+    """Tile starts along one side: every ``stride``, the last snapped to ``length - size``.
+
+    A side shorter than ``size`` gives the single start 0 (the tile is then the whole side).
+    """
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def windows(height: int, width: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """All tile windows ``(y, x, h, w)`` of a ``height`` x ``width`` frame, row-major."""
+    th, tw = min(size, height), min(size, width)
+    return [(y, x, th, tw) for y in grid(height, size, stride) for x in grid(width, size, stride)]
+
+
+def encode_png(tile: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
+    """Lossless PNG bytes of a uint8 HxWx3 array (deterministic for a given Pillow/zlib build)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    """The project's reference decoder; the identical exact Pillow path until it is installed."""
+    try:
+        from foundir_data.decode import decode_image
+    except ModuleNotFoundError as e:  # TODO(S): drop the fallback once foundir_data/decode.py lands.
+        if e.name != "foundir_data.decode":
+            raise
+        from foundir_data.fastdecode import decode_rgb as decode_image
+    return decode_image(data, name)
+
+
+# ---------------------------------------------------------------- plan
+@dataclass
+class TileShard:
+    """One planned tile shard: its path and the source rows (index rows) it tiles."""
+
+    path: str
+    split: str
+    degradation: str
+    sources: list[dict] = field(default_factory=list)
+    count: int = 0  # tiles
+
+    @property
+    def part(self) -> str:
+        return f"{TILE_PARTS_DIR}/{Path(self.path).name[:-len('.tar')]}.parquet"
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """``shard_tools tile`` arguments (CLI flags map one-to-one onto these fields)."""
+
+    root: str
+    size: int = DEFAULT_SIZE
+    stride: int | None = None
+    workers: int = 1
+    split: str | None = "train"
+    png_level: int = DEFAULT_PNG_LEVEL
+    shard_bytes: float = fmt.DEFAULT_SHARD_BYTES
+    shard_count: int = fmt.DEFAULT_SHARD_COUNT
+    progress: bool = True
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.size
+
+
+def plan_tiles(index, cfg: TileConfig) -> list[TileShard]:
+    """Cut the full-frame rows of ``index`` into tile shards, per (split, degradation).
+
+    Pairs keep the index order (the full shards' order); a shard rolls over at
+    ``cfg.shard_count`` tiles or at an estimate of ``cfg.shard_bytes`` (the source bytes
+    scaled by the tiles' area over the frame's: known before anything is encoded, so the plan
+    is the same on every run).
+    """
+    rows = [r for r in index.to_pylist() if r["layout"] == fmt.LAYOUT_FULL
+            and (cfg.split is None or r["split"] == cfg.split)]
+    shards: list[TileShard] = []
+    cur: dict[tuple[str, str], TileShard] = {}
+    est: dict[tuple[str, str], float] = {}
+    seq: dict[tuple[str, str], int] = {}
+    for r in rows:
+        if (r["lq_width"], r["lq_height"]) != (r["gt_width"], r["gt_height"]):
+            raise TileError(f"index row {r['key']}: LQ {r['lq_width']}x{r['lq_height']} and GT "
+                            f"{r['gt_width']}x{r['gt_height']} differ; cannot cut aligned tiles")
+        wins = windows(r["lq_height"], r["lq_width"], cfg.size, cfg.step)
+        area = sum(h * w for _, _, h, w in wins) / (r["lq_height"] * r["lq_width"])
+        nbytes = (r["lq_size"] + r["gt_size"]) * area + len(wins) * 3 * 512
+        g = (r["split"], r["degradation"])
+        s = cur.get(g)
+        if s is None or (s.count and (s.count + len(wins) > cfg.shard_count or est[g] + nbytes > cfg.shard_bytes)):
+            seq[g] = seq.get(g, -1) + 1
+            s = cur[g] = TileShard(fmt.shard_relpath(fmt.LAYOUT_TILE, g[0], g[1], seq[g]), g[0], g[1])
+            shards.append(s)
+            est[g] = 0.0
+        s.sources.append(r)
+        s.count += len(wins)
+        est[g] += nbytes
+    return shards
+
+
+def _plan_json(shards: list[TileShard], cfg: TileConfig) -> str:
+    return json.dumps({
+        "size": cfg.size, "stride": cfg.step, "png_level": cfg.png_level, "split": cfg.split,
+        "shards": [{"path": s.path, "count": s.count, "sources": [r["key"] for r in s.sources]} for s in shards],
+    }, indent=1, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------- build one tile shard
+def build_tile_shard(root: str, shard: TileShard, cfg: TileConfig) -> int:
+    """Decode each source pair once, write its tiles into one tar, then the index part.
+
+    Returns the number of tiles written. Runs in a worker process.
+
+    Raises:
+        TileError: a source member whose bytes do not match the index's sha256.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = Path(root)
+    rows = []
+    with TarShardWriter(base / shard.path) as w:
+        for src in shard.sources:
+            with open(base / src["shard"], "rb") as f:
+                pix = {}
+                for side in ("lq", "gt"):
+                    f.seek(src[f"{side}_offset"])
+                    data = f.read(src[f"{side}_size"])
+                    if hashlib.sha256(data).hexdigest() != src[f"{side}_sha256"]:
+                        raise TileError(f"{base / src['shard']}: {side.upper()} of {src['key']} does not match "
+                                        f"its sha256 in the index; the shard is damaged (run `shard_tools verify`)")
+                    pix[side] = _decode(data, f"{src['shard']}:{src['key']}.{side}")
+            h, wd = pix["lq"].shape[:2]
+            if pix["gt"].shape[:2] != (h, wd):
+                raise TileError(f"{src['shard']}: {src['key']} decodes to LQ {wd}x{h} but GT "
+                                f"{pix['gt'].shape[1]}x{pix['gt'].shape[0]}")
+            for y, x, th, tw in windows(h, wd, cfg.size, cfg.step):
+                key = fmt.tile_key(src["key"], y, x)
+                lq = encode_png(pix["lq"][y:y + th, x:x + tw], cfg.png_level)
+                gt = encode_png(pix["gt"][y:y + th, x:x + tw], cfg.png_level)
+                row = {**src, "key": key, "layout": fmt.LAYOUT_TILE, "shard": shard.path, "sample_index": len(rows),
+                       "lq_width": tw, "lq_height": th, "gt_width": tw, "gt_height": th,
+                       "lq_format": "png", "gt_format": "png",
+                       "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
+                       "source_key": src["key"], "tile_x": x, "tile_y": y, "tile_w": tw, "tile_h": th}
+                m_lq = w.add(f"{key}.{fmt.LQ_MEMBER}", lq)
+                m_gt = w.add(f"{key}.{fmt.GT_MEMBER}", gt)
+                m_js = w.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
+                row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
+                           gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
+                rows.append(row)
+    info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_TILE, len(rows), w.bytes, w.sha256)
+    table = fmt.index_table(rows).replace_schema_metadata(
+        {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(base / shard.part, sink.getvalue().to_pybytes())
+    return len(rows)
+
+
+def _part_info(path: Path) -> fmt.ShardInfo | None:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
+    except Exception:
+        return None
+
+
+def _is_done(root: Path, shard: TileShard) -> bool:
+    """Done iff its index part exists and names a tar of exactly the recorded size."""
+    info = _part_info(root / shard.part) if (root / shard.part).exists() else None
+    return info is not None and (root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes
+
+
+# ---------------------------------------------------------------- the command
+def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *, workers: int = 1,
+               split: str | None = "train", png_level: int = DEFAULT_PNG_LEVEL,
+               shard_bytes: float = fmt.DEFAULT_SHARD_BYTES, shard_count: int = fmt.DEFAULT_SHARD_COUNT,
+               progress: bool = False) -> dict:
+    """Tile the full-frame shards of the packed folder ``root`` (local) and update its index
+    and manifest.
+
+    Args:
+        root: A folder written by ``shard_tools pack``.
+        size: Tile side in pixels.
+        stride: Distance between tile starts (default ``size``: no overlap).
+        workers: Processes building tile shards in parallel.
+        split: Split to tile (``None``: all splits).
+        png_level: zlib level of the tile PNGs (lossless at every level).
+        shard_bytes, shard_count: Tile shard roll-over (estimated bytes, tiles).
+        progress: Show a progress bar.
+
+    Returns:
+        A summary dict: ``shards``, ``tiles``, ``built`` (shards built by this call),
+        ``bytes`` (all tile shards), ``source_pairs``, ``seconds``.
+
+    Raises:
+        TileError: bad arguments, an unpacked folder, or another tile layout in ``root``.
+    """
+    cfg = TileConfig(root, size, stride, workers, split, png_level, shard_bytes, shard_count, progress)
+    if size < 1 or cfg.step < 1 or workers < 1 or shard_count < 1 or shard_bytes <= 0:
+        raise TileError("--size, --stride, --workers, --shard-count and --shard-bytes must be positive")
+    if cfg.step > size:
+        raise TileError(f"--stride {cfg.step} > --size {size} would leave parts of frames untiled")
+    if not 0 <= png_level <= 9:
+        raise TileError(f"--png-level {png_level} must be in 0..9")
+    if split is not None and split not in fmt.SPLITS:
+        raise TileError(f"--split {split!r}: expected one of {fmt.SPLITS} or 'all'")
+    base = Path(root)
+    if "://" in root or not (base / fmt.INDEX_FILE).exists():
+        raise TileError(f"{root}: no {fmt.INDEX_FILE} here; tile a local folder written by `shard_tools pack`")
+    import pyarrow.parquet as pq
+
+    t0 = time.monotonic()
+    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
+    shards = plan_tiles(index, cfg)
+    plan = _plan_json(shards, cfg)
+    old = base / TILE_PLAN_FILE
+    if old.exists() and old.read_text() != plan:
+        raise TileError(f"{root} already holds tiles of another plan (other size/stride/level/split or "
+                        f"source); delete {base / fmt.SHARDS_DIR / fmt.LAYOUT_TILE} and {base / TILE_PARTS_DIR} "
+                        f"to re-tile")
+    write_atomic(old, plan.encode())
+    todo = [s for s in shards if not _is_done(base, s)]
+    for s in todo:
+        for p in (base / s.path, base / s.part):
+            for tmp in p.parent.glob(f"{p.name}.tmp-*") if p.parent.exists() else ():
+                tmp.unlink(missing_ok=True)
+    _build(root, todo, cfg)
+    manifest = merge_tiles(root)
+    tile_shards = manifest.select(layout=fmt.LAYOUT_TILE)
+    return {"shards": len(tile_shards), "tiles": sum(s.count for s in tile_shards), "built": len(todo),
+            "bytes": sum(s.bytes for s in tile_shards), "source_pairs": sum(len(s.sources) for s in shards),
+            "seconds": time.monotonic() - t0}
+
+
+def _build(root: str, todo: list[TileShard], cfg: TileConfig) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(s.count for s in todo), unit="tile", disable=not cfg.progress, desc="tile",
+               dynamic_ncols=True, mininterval=1.0)
+    try:
+        if cfg.workers == 1 or len(todo) <= 1:
+            for s in todo:
+                bar.update(build_tile_shard(root, s, cfg))
+        else:
+            with ProcessPoolExecutor(cfg.workers) as pool:
+                for n in pool.map(build_tile_shard, [root] * len(todo), todo, [cfg] * len(todo)):
+                    bar.update(n)
+    finally:
+        bar.close()
+
+
+def merge_tiles(root: str) -> fmt.Manifest:
+    """Put the tile parts into ``index/pairs.parquet`` and ``manifest.json`` (idempotent).
+
+    Runs ``shard_tools.merge`` first when the pack's parts are there (it rewrites index and
+    manifest from the full-frame parts), then replaces any tile rows/shards with the current
+    tile parts. Raises :class:`TileError` if a planned tile shard is not finished.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    base = Path(root)
+    plan = json.loads((base / TILE_PLAN_FILE).read_text())
+    from shard_tools import pack as _pack
+
+    if (base / _pack.PLAN_FILE).exists():
+        from shard_tools.merge import merge
+
+        merge(root)
+    manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
+    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
+    index = index.filter(pc.not_equal(index["layout"], fmt.LAYOUT_TILE))
+    tables, infos = [index], []
+    for s in plan["shards"]:
+        part = base / TileShard(s["path"], "", "").part
+        info = _part_info(part) if part.exists() else None
+        if info is None:
+            raise TileError(f"{root}: tile shard {s['path']} is not finished; rerun `shard_tools tile`")
+        tables.append(fmt.check_index_schema(pq.read_table(part), str(part)).replace_schema_metadata(None))
+        infos.append(info)
+    index = pa.concat_tables(tables)
+    manifest.shards = [s for s in manifest.shards if s.layout != fmt.LAYOUT_TILE] + infos
+    manifest.tile = {"size": plan["size"], "stride": plan["stride"]}
+    manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
+    sink = pa.BufferOutputStream()
+    pq.write_table(index, sink)
+    write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
+    write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())
+    try:
+        from shard_tools.card import write_card
+    except ModuleNotFoundError as e:
+        if e.name != "shard_tools.card":
+            raise
+    else:
+        write_card(str(base), manifest, index)
+    return manifest
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``tile``'s flags."""
+    parser.description = "Cut a packed folder's full frames into lossless aligned LQ/GT tile shards."
+    parser.add_argument("root", help="a local folder written by `shard_tools pack` (rerun to resume)")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"tile side in px (default {DEFAULT_SIZE})")
+    parser.add_argument("--stride", type=int, default=None, help="distance between tiles (default: --size)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--split", choices=(*fmt.SPLITS, "all"), default="train", help="split to tile (default train)")
+    parser.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL,
+                        help=f"zlib level of the tile PNGs, lossless at any level (default {DEFAULT_PNG_LEVEL}, see bench/README.md)")
+    parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll tile shards over at about this size")
+    parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many tiles")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tile``: 0 = done, 2 = error."""
+    try:
+        s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
+                       split=None if args.split == "all" else args.split, png_level=args.png_level,
+                       shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress)
+    except (TileError, fmt.FormatError, MergeError) as e:
+        print(f"shard_tools tile: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{s['tiles']} tiles of {s['source_pairs']} pairs in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB; "
+          f"{s['built']} built now) under {args.root}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shard_tools.tiles ROOT ...`` (the same as ``shard_tools tile``)."""
+    parser = argparse.ArgumentParser(prog="shard_tools tile")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
