@@ -1,0 +1,193 @@
+"""Configuration dataclasses of the model package, and their plain-dict round trip.
+
+Every config is a dataclass. Checkpoints store them with :func:`to_dict` (plain dicts,
+lists, strings and numbers only, so ``torch.load(weights_only=True)`` can read them back)
+and rebuild them with :func:`from_dict`. Named presets are chosen from plain dicts with a
+helpful ``ValueError`` for unknown names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The conditional UNet (REFERENCE.md section 2).
+
+    Attributes:
+        channels: Image channels; the network sees ``2 * channels`` (x_t and LQ).
+        dim: Base width.
+        dim_mults: Width multipliers per resolution level.
+        blocks_per_level: ResNet blocks per level (two in the release).
+        groups: GroupNorm groups.
+        attn_heads: Heads of the linear (per level) and full (middle) attention.
+        attn_dim_head: Width of one attention head.
+        pad_multiple: Inputs are reflect-padded to a multiple of this and cropped back.
+    """
+
+    channels: int = 3
+    dim: int = 64
+    dim_mults: tuple[int, ...] = (1, 2, 4, 8)
+    blocks_per_level: int = 2
+    groups: int = 8
+    attn_heads: int = 4
+    attn_dim_head: int = 32
+    pad_multiple: int = 16
+
+
+#: Named network presets. ``default`` is the release's network (~36.26M parameters);
+#: ``tiny`` trains on a CPU in seconds (tests, smoke runs).
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "default": UNetConfig(),
+    "tiny": UNetConfig(dim=16, dim_mults=(1, 2), blocks_per_level=1, attn_heads=2, attn_dim_head=8),
+    "small": UNetConfig(dim=32, dim_mults=(1, 2, 4), attn_heads=4, attn_dim_head=16),
+}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The residual-diffusion schedule and sampler (REFERENCE.md section 2).
+
+    Attributes:
+        timesteps: T.
+        gamma_T: Target ``1 - delta_bar_T`` (paper section 5.1: 0.3). Used to derive the
+            end of the linear ``delta`` ramp when ``delta_end`` is None.
+        delta_start: First value of the ``delta`` ramp (release: 1e-6).
+        delta_end: Last value of the ``delta`` ramp; the release uses 1.4e-3, giving
+            ``1 - delta_bar_T = 0.2995``. None derives it from ``gamma_T``.
+        beta_start: First DDPM beta (release: 1e-4).
+        beta_end: Last DDPM beta (release: 0.02).
+        sampling_steps: Sampler steps (release: 4, grid [999, 749, 499, 249, -1]).
+        start_noise: Std of the noise added to ``(1 - delta_bar_T) LQ`` at the start (0.1).
+    """
+
+    timesteps: int = 1000
+    gamma_T: float = 0.3
+    delta_start: float = 1e-6
+    delta_end: float | None = None
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    sampling_steps: int = 4
+    start_noise: float = 0.1
+
+
+#: The release's exact schedule (delta = linspace(1e-6, 1.4e-3)).
+RELEASE_DIFFUSION = DiffusionConfig(delta_end=1.4e-3)
+
+
+@dataclass
+class TrainConfig:
+    """One training run of the generalist; CLI flags of ``foundir-train`` map onto fields.
+
+    Defaults follow the paper (section 5.1) and the release (REFERENCE.md section 2)
+    except where noted: the paper's batch is 80 across 32 GPUs.
+    """
+
+    data: str = ""  # packed dataset location (folder, s3://, https://, hf://)
+    config: str = "all"  # degradation selector of the stream ("all", "isolated", "Lowlight", ...)
+    split: str = "train"
+    schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules)
+    preset: str = "default"  # UNET_PRESETS name
+    steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
+    batch_size: int = 8  # per rank, per micro-batch
+    crop: int = 256
+    lr: float = 1e-4
+    lr_halve_step: int = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations
+    step_scale: float = 1.0  # scales lr_halve_step (and the stream's phase lengths) for short runs
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    grad_accum: int = 1
+    amp: str = "auto"  # auto | bf16 | fp16 | none (autocast only on GPU)
+    seed: int = 0
+    ckpt_every: int = 5000
+    val_every: int = 0  # 0 = never
+    val_pairs: int = 2  # held-out pairs per degradation for validation PSNR
+    val_steps: int = 4  # sampler steps during validation
+    log_every: int = 50
+    out_dir: str = "runs/foundir"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader workers for the stream
+    resume: bool = True  # continue from <out_dir>/last.pt when it exists
+    gamma_T: float = 0.3
+    delta_end: float | None = None  # None: derive from gamma_T; 1.4e-3 = the release
+
+    def diffusion(self) -> DiffusionConfig:
+        """The diffusion config this run trains with."""
+        return DiffusionConfig(gamma_T=self.gamma_T, delta_end=self.delta_end)
+
+
+@dataclass
+class SpecialistConfig:
+    """A small refinement network G -> S (REFERENCE.md section 3).
+
+    Attributes:
+        width: Channels of the refinement network.
+        blocks: Residual blocks.
+    """
+
+    width: int = 32
+    blocks: int = 4
+
+
+def unet_preset(name: str) -> UNetConfig:
+    """Return the named network preset.
+
+    Raises:
+        ValueError: naming the valid presets.
+    """
+    try:
+        return UNET_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(UNET_PRESETS)}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as a plain dict (tuples become lists) safe for ``weights_only`` loads."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Rebuild dataclass ``cls`` from :func:`to_dict` output.
+
+    Unknown keys raise (they mean the dict was written by another version or another
+    config class); missing keys take the class defaults.
+
+    Raises:
+        ValueError: naming ``where`` and the unknown keys.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a dict for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    kw = {}
+    for k, v in data.items():
+        if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
+            v = tuple(v)
+        kw[k] = v
+    return cls(**kw)
+
+
+def diff_fields(a: Any, b: Any) -> list[str]:
+    """Names of the fields where two dataclasses of the same class differ."""
+    return [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+__all__ = [
+    "UNetConfig", "UNET_PRESETS", "DiffusionConfig", "RELEASE_DIFFUSION", "TrainConfig",
+    "SpecialistConfig", "unet_preset", "to_dict", "from_dict", "diff_fields",
+]

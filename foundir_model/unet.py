@@ -1,0 +1,237 @@
+"""The generalist's conditional UNet (REFERENCE.md section 2).
+
+The network sees ``concat(x_t, LQ)`` (6 channels for RGB) and the diffusion time, and
+predicts the residual ``LQ - GT``. The layout follows the release: base width 64,
+multipliers (1, 2, 4, 8), two ResNet blocks per level built from weight-standardised
+3x3 convolutions, GroupNorm(8) and SiLU with a time scale/shift, linear attention at
+every level, full attention in the middle, and a sinusoidal time embedding of width
+``dim`` expanded to ``4 * dim``. With the default config it has about 36.26M parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foundir_model.config import UNetConfig
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Sinusoidal embedding of a (float) time value, width ``dim``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000) / (half - 1)))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class WeightStandardizedConv2d(nn.Conv2d):
+    """Conv2d whose weights are standardised per output channel (works with GroupNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) * (var + eps).rsqrt()
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, dim_out: int, groups: int):
+        super().__init__()
+        self.proj = WeightStandardizedConv2d(dim, dim_out, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, dim_out)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.norm(self.proj(x))
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = x * (scale + 1) + shift
+        return self.act(x)
+
+
+class ResnetBlock(nn.Module):
+    """Two :class:`Block` s with a time scale/shift on the first and a 1x1 skip."""
+
+    def __init__(self, dim: int, dim_out: int, time_dim: int, groups: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, dim_out * 2))
+        self.block1 = Block(dim, dim_out, groups)
+        self.block2 = Block(dim_out, dim_out, groups)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale_shift = self.mlp(temb)[:, :, None, None].chunk(2, dim=1)
+        h = self.block2(self.block1(x, scale_shift))
+        return h + self.res_conv(x)
+
+
+class LayerNorm(nn.Module):
+    """Channel LayerNorm with a gain only (as in the release)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        var = x.var(dim=1, unbiased=False, keepdim=True)
+        mean = x.mean(dim=1, keepdim=True)
+        return (x - mean) * (var + eps).rsqrt() * self.g
+
+
+class LinearAttention(nn.Module):
+    """Linear attention (softmax over keys' positions), cost linear in pixels."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Sequential(nn.Conv2d(hidden, dim, 1), LayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
+        q = q.softmax(dim=-2) * self.scale
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)
+        return self.to_out(out.reshape(b, -1, h, w))
+
+
+class Attention(nn.Module):
+    """Full softmax attention over all pixels (used at the lowest resolution only)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, d)
+        return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+class PreNormResidual(nn.Module):
+    """``x + fn(LayerNorm(x))``."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm, self.fn = LayerNorm(dim), fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(self.norm(x))
+
+
+def _downsample(dim: int, dim_out: int) -> nn.Module:
+    # A strided 4x4 convolution, as in the release (its parameter count gives the 36.26M).
+    return nn.Conv2d(dim, dim_out, 4, 2, 1)
+
+
+def _upsample(dim: int, dim_out: int) -> nn.Module:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim, dim_out, 3, padding=1))
+
+
+class UNet(nn.Module):
+    """Conditional UNet predicting the residual from ``(x_t, LQ, time)``.
+
+    Args:
+        cfg: The network configuration (:data:`foundir_model.config.UNET_PRESETS`).
+    """
+
+    def __init__(self, cfg: UNetConfig | None = None):
+        super().__init__()
+        cfg = cfg or UNetConfig()
+        if cfg.dim % cfg.groups:
+            raise ValueError(f"UNet dim {cfg.dim} must be divisible by groups {cfg.groups}")
+        if cfg.pad_multiple % (2 ** (len(cfg.dim_mults) - 1)):
+            raise ValueError(f"pad_multiple {cfg.pad_multiple} must be a multiple of 2^(levels-1)")
+        self.cfg = cfg
+        dim, g, heads, dh = cfg.dim, cfg.groups, cfg.attn_heads, cfg.attn_dim_head
+        time_dim = dim * 4
+        self.init_conv = nn.Conv2d(cfg.channels * 2, dim, 7, padding=3)
+        self.time_mlp = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+        dims = [dim, *(dim * m for m in cfg.dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        n = cfg.blocks_per_level
+        self.downs = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(in_out):
+            last = i == len(in_out) - 1
+            self.downs.append(nn.ModuleList([
+                nn.ModuleList([ResnetBlock(d_in, d_in, time_dim, g) for _ in range(n)]),
+                PreNormResidual(d_in, LinearAttention(d_in, heads, dh)),
+                nn.Conv2d(d_in, d_out, 3, padding=1) if last else _downsample(d_in, d_out),
+            ]))
+        mid = dims[-1]
+        self.mid_block1 = ResnetBlock(mid, mid, time_dim, g)
+        self.mid_attn = PreNormResidual(mid, Attention(mid, heads, dh))
+        self.mid_block2 = ResnetBlock(mid, mid, time_dim, g)
+        self.ups = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(reversed(in_out)):
+            last = i == len(in_out) - 1
+            self.ups.append(nn.ModuleList([
+                nn.ModuleList([ResnetBlock(d_out + d_in, d_out, time_dim, g) for _ in range(n)]),
+                PreNormResidual(d_out, LinearAttention(d_out, heads, dh)),
+                nn.Conv2d(d_out, d_in, 3, padding=1) if last else _upsample(d_out, d_in),
+            ]))
+        self.final_res_block = ResnetBlock(dim * 2, dim, time_dim, g)
+        self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
+
+    def forward(self, x_t: torch.Tensor, lq: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """Predict the residual.
+
+        Args:
+            x_t: Noisy state, ``[B, C, H, W]`` in model space ([-1, 1]).
+            lq: The degraded input, same shape.
+            time: ``[B]`` float time fed to the embedding (``alpha_bar_t * 1000``).
+
+        Returns:
+            The predicted residual ``LQ - GT``, shape of ``x_t`` (any H, W: the input is
+            reflect-padded to a multiple of ``pad_multiple`` and the output cropped back).
+        """
+        h, w = x_t.shape[-2:]
+        m = self.cfg.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = torch.cat((x_t, lq), dim=1)
+        if ph or pw:
+            # Reflect needs pad < size; replicate covers tiny inputs (documented conversion).
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = self.init_conv(x)
+        r = x
+        temb = self.time_mlp(time)
+        skips = []
+        for blocks, attn, down in self.downs:
+            for blk in blocks:
+                x = blk(x, temb)
+                skips.append(x)
+            x = attn(x)
+            x = down(x)
+        x = self.mid_block2(self.mid_attn(self.mid_block1(x, temb)), temb)
+        for blocks, attn, up in self.ups:
+            for blk in blocks:
+                x = blk(torch.cat((x, skips.pop()), dim=1), temb)
+            x = attn(x)
+            x = up(x)
+        x = self.final_res_block(torch.cat((x, r), dim=1), temb)
+        return self.final_conv(x)[..., :h, :w]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
