@@ -1,0 +1,278 @@
+"""The torch streaming dataset for training: curriculum-ordered aligned LQ/GT crop batches.
+
+``FoundIRStream`` is an ``IterableDataset`` that yields whole per-rank batches (use it with
+``DataLoader(stream, batch_size=None, num_workers=K)``). The global order comes from
+``plan.EpochPlan`` (seeded, independent of world size and workers); each row is read through
+the index's byte offsets (one pread on a local or cached shard, or one range request),
+decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
+bounded by one batch of decoded pairs per worker plus the index columns (numpy, ~60 bytes
+per row); there is no shuffle buffer: the plan shuffles shards within blocks of
+``shuffle_block`` shards, the bounded, seekable equivalent.
+
+Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
+dataset object in the training process does not see the workers' progress, so pass the
+next step explicitly: ``stream.state_dict(step=batch["step"] + 1)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
+from foundir_data.decode import decode_pair
+from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, partition_columns, shard_codes
+from foundir_data.schedules import Curriculum, nested_subset
+from foundir_data.transforms import check_augment, random_crops
+
+_COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "source_key"]
+READ_MODES = ("auto", "pread", "cache", "range")
+DTYPES = ("uint8", "float32")
+#: LQ and GT members of a sample are adjacent in the tar (one 512-byte header between them);
+#: when the gap is at most this, one read fetches both.
+_JOIN_GAP = 64 << 10
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class FoundIRStream(torch.utils.data.IterableDataset):
+    """Curriculum-ordered, rank/worker-partitioned batches of aligned LQ/GT crops.
+
+    Args:
+        location_or_store: A packed folder path/URL (see ``store.Store.open``) or a Store.
+        split: ``train`` or ``test``.
+        config: Types to use: ``"all"``, ``"isolated"``, ``"coupled"``, a name or a list.
+        layout: ``"full"`` frames or ``"tile"`` training tiles (same schedules).
+        schedule: A name from ``schedules.SCHEDULES``, a Curriculum, a dict or a YAML path.
+        steps_per_phase: The schedule's step parameter (``n`` of incremental; run length of
+            mix/combine; steps per task of sequence). None: one pass over the data.
+        batch_size: Global batch size in crops (every rank gets ``batch_size / world_size``).
+        crop: Crop side in pixels (REFERENCE.md section 2: 256).
+        crops_per_pair: Crops cut from each decoded pair (must divide the per-rank batch).
+        augment: ``"hflip"`` (the reference), ``"dihedral"`` or ``"none"``.
+        seed: Seed of the order, the crops and the augmentations.
+        epoch: Epoch mixed into every draw (see :meth:`set_epoch`).
+        dtype: ``"uint8"`` (0..255) or ``"float32"`` (0..1) tensors.
+        subset_fraction: Keep a nested, type-stratified subset of the pairs (Figure 6).
+        subset_seed: Seed of that subset (kept apart from ``seed`` so runs with different
+            seeds train on the same subset).
+        rank, world_size: Default: torch.distributed if initialised, else torchrun's
+            ``RANK``/``WORLD_SIZE``, else 0/1.
+        shuffle_block: Shards per shuffle block (0: uniform shuffle per type).
+        read: ``"auto"`` (pread locally, range requests remotely), ``"pread"``/``"cache"``
+            (whole shards through the store's local cache) or ``"range"``.
+        store_kwargs: Passed to ``Store.open`` when a location is given.
+    """
+
+    def __init__(self, location_or_store: Any, *, split: str = "train", config: Any = "all",
+                 layout: str = fmt.LAYOUT_FULL, schedule: "str | Curriculum | Mapping" = "incremental",
+                 steps_per_phase: int | None = None, batch_size: int = 80, crop: int = 256,
+                 crops_per_pair: int = 1, augment: str = "hflip", seed: int = 0, epoch: int = 0,
+                 dtype: str = "uint8", subset_fraction: float = 1.0, subset_seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None,
+                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, read: str = "auto",
+                 store_kwargs: dict | None = None) -> None:
+        super().__init__()
+        from foundir_data.store import Store
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if read not in READ_MODES:
+            raise ValueError(f"read must be one of {READ_MODES}, got {read!r}")
+        if layout not in fmt.LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {fmt.LAYOUTS}")
+        if crop < 1 or crops_per_pair < 1:
+            raise ValueError("crop and crops_per_pair must be >= 1")
+        check_augment(augment)
+        if rank is None or world_size is None:
+            r, w = _dist_rank_world()
+            rank = r if rank is None else rank
+            world_size = w if world_size is None else world_size
+        self.store = location_or_store if isinstance(location_or_store, Store) else \
+            Store.open(str(location_or_store), **(store_kwargs or {}))
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.batch_size, self.crop, self.crops_per_pair = int(batch_size), int(crop), int(crops_per_pair)
+        if self.batch_size % (self.world_size * self.crops_per_pair):
+            raise ValueError(f"batch_size {batch_size} must be a multiple of world_size * crops_per_pair "
+                             f"= {self.world_size} * {self.crops_per_pair}")
+        self.augment, self.dtype, self.read = augment, dtype, read
+        self.split, self.layout, self.config = split, layout, config
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.schedule, self.steps_per_phase, self.shuffle_block = schedule, steps_per_phase, shuffle_block
+        self.subset_fraction, self.subset_seed = subset_fraction, subset_seed
+        self._load_index()
+        self._start = 0
+        self._build_plan()
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pid = -1
+
+    # ------------------------------------------------------------ index and plan
+    def _load_index(self) -> None:
+        t = self.store.index(columns=_COLUMNS)
+        types = taxonomy.select(self.config)
+        ids = pa.array([ty.index for ty in types], pa.int16())
+        mask = pc.and_(pc.and_(pc.equal(t["split"], self.split), pc.equal(t["layout"], self.layout)),
+                       pc.is_in(t["degradation_id"], value_set=ids))
+        sel = t.filter(mask)
+        if sel.num_rows == 0:
+            have = sorted({(s.split, s.layout) for s in self.store.manifest().shards})
+            raise ValueError(f"{self.store.location}: no pairs for split={self.split!r}, layout={self.layout!r}, "
+                             f"config={self.config!r}; the dataset has (split, layout): {have}")
+        if self.subset_fraction < 1:
+            # Tiles of one source frame stay together: subsets are of pairs, not tiles.
+            keys = sel["key"] if self.layout == fmt.LAYOUT_FULL else pc.coalesce(sel["source_key"], sel["key"])
+            if self.layout != fmt.LAYOUT_FULL:
+                uniq = pc.unique(keys)
+                keep = nested_subset(uniq, self.subset_fraction, self.subset_seed)
+                sel = sel.filter(pc.is_in(keys, value_set=uniq.take(pa.array(keep))))
+            else:
+                keep = nested_subset(keys, self.subset_fraction, self.subset_seed,
+                                     strata=sel["degradation_id"].to_numpy())
+                sel = sel.take(pa.array(keep))
+        self._keys = sel["key"].combine_chunks()
+        self._deg = sel["degradation_id"].to_numpy().astype(np.int16)
+        self._shard_names = pc.unique(sel["shard"]).to_pylist()
+        self._shard_names.sort()
+        self._shard = shard_codes(sel["shard"]).astype(np.int32)
+        self._within = sel["sample_index"].to_numpy().astype(np.int32)
+        self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1)
+
+    def _build_plan(self) -> None:
+        self.plan = EpochPlan(self._deg, self._shard, self._within, self.schedule,
+                              self.batch_size // self.crops_per_pair, seed=self.seed, epoch=self.epoch,
+                              steps=self.steps_per_phase, shuffle_block=self.shuffle_block)
+
+    @property
+    def curriculum(self) -> Curriculum:
+        return self.plan.curriculum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global steps (batches on every rank) in one epoch of the curriculum."""
+        return self.plan.total_steps
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self._deg)
+
+    def __len__(self) -> int:
+        return max(0, self.plan.total_steps - self._start)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (a new seeded order) at step 0."""
+        self.epoch, self._start = int(epoch), 0
+        self._build_plan()
+
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """Resume state. ``step``: the next step to serve (``batch["step"] + 1``); default:
+        the step after the last batch this object yielded in-process."""
+        return {"seed": self.seed, "epoch": self.epoch, "step": int(self._start if step is None else step),
+                "batch_size": self.batch_size, "crops_per_pair": self.crops_per_pair,
+                "schedule": self.curriculum.to_dict(), "num_pairs": self.num_pairs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue at ``state["step"]`` (any world size: the global order is the same)."""
+        for k in ("seed", "batch_size", "crops_per_pair", "num_pairs"):
+            if k in state and state[k] != getattr(self, k):
+                raise ValueError(f"cannot resume: state has {k}={state[k]!r} but this stream has "
+                                 f"{getattr(self, k)!r}; open the stream with the same settings")
+        if "schedule" in state and state["schedule"] != self.curriculum.to_dict():
+            raise ValueError("cannot resume: the state's curriculum differs from this stream's "
+                             f"({state['schedule'].get('name')!r} vs {self.curriculum.name!r})")
+        if int(state.get("epoch", self.epoch)) != self.epoch:
+            self.epoch = int(state["epoch"])
+            self._build_plan()
+        step = int(state["step"])
+        if not 0 <= step <= self.plan.total_steps:
+            raise ValueError(f"cannot resume at step {step}: the epoch has {self.plan.total_steps} steps")
+        self._start = step
+
+    # ------------------------------------------------------------ reading
+    def _fd(self, code: int) -> int:
+        if self._pid != os.getpid():  # forked worker: never share the parent's descriptors
+            self._fds, self._pid = OrderedDict(), os.getpid()
+        fd = self._fds.get(code)
+        if fd is None:
+            fd = os.open(self.store.local_path(self._shard_names[code]), os.O_RDONLY)
+            self._fds[code] = fd
+            while len(self._fds) > 32:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(code)
+        return fd
+
+    def read_pair(self, row: int) -> tuple[bytes, bytes]:
+        """The LQ and GT bytes of index row ``row`` (of this stream's selection)."""
+        lo, ls, go, gs = (int(v) for v in self._off[row])
+        code = int(self._shard[row])
+        joined = 0 <= go - (lo + ls) <= _JOIN_GAP
+        mode = self.read if self.read != "auto" else ("pread" if self.store.is_local else "range")
+        if mode == "range":
+            rel = self._shard_names[code]
+            if joined:
+                buf = self.store.read_range(rel, lo, go + gs - lo)
+                return buf[:ls], buf[go - lo:]
+            return self.store.read_range(rel, lo, ls), self.store.read_range(rel, go, gs)
+        fd = self._fd(code)
+        if joined:
+            buf = os.pread(fd, go + gs - lo, lo)
+            lq, gt = buf[:ls], buf[go - lo:]
+        else:
+            lq, gt = os.pread(fd, ls, lo), os.pread(fd, gs, go)
+        if len(lq) != ls or len(gt) != gs:
+            raise fmt.FormatError(f"{self.store.url(self._shard_names[code])}: truncated shard (sample "
+                                  f"{self._keys[row]} ends past the end of the file); re-download or repack it")
+        return lq, gt
+
+    # ------------------------------------------------------------ iteration
+    def _batch(self, step: int, rows: np.ndarray, col0: int) -> dict[str, Any]:
+        k, c = self.crops_per_pair, self.crop
+        n = len(rows) * k
+        lq = np.empty((n, 3, c, c), np.uint8)
+        gt = np.empty_like(lq)
+        win = np.empty((n, 3), np.int64)
+        keys = self._keys.take(pa.array(rows)).to_pylist()
+        for i, row in enumerate(rows):
+            a, b = decode_pair(*self.read_pair(int(row)), keys[i])
+            # Crops depend on (seed, epoch, step, global slot) only: world-size independent.
+            rng = np.random.default_rng([self.seed, self.epoch, 7, step, col0 + i])
+            _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
+                                                         lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k])
+        lq_t, gt_t = torch.from_numpy(lq), torch.from_numpy(gt)
+        if self.dtype == "float32":
+            lq_t, gt_t = lq_t.float().div_(255), gt_t.float().div_(255)
+        return {"lq": lq_t, "gt": gt_t,
+                "degradation": torch.from_numpy(np.repeat(self._deg[rows].astype(np.int64), k)),
+                "key": [kk for kk in keys for _ in range(k)], "step": int(step),
+                "window": torch.from_numpy(win)}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        col0, _ = partition_columns(self.plan.batch_size, self.rank, self.world_size)
+        for step, rows in self.plan.batches(self.rank, self.world_size, worker, num_workers, self._start):
+            batch = self._batch(step, rows, col0)
+            if info is None:
+                self._start = step + 1
+            yield batch
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass

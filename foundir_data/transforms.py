@@ -1,0 +1,99 @@
+"""Aligned training crops of LQ/GT pairs: the same window and the same flip/rotation on both.
+
+Follows the released training recipe (REFERENCE.md section 2): 256x256 random crops, a flip
+shared by LQ and GT, and images under the crop size resized up first. Decoding a full
+2514x1516 PNG costs ~90 ms (REFERENCE.md section 5), so :func:`random_crops` can cut several
+crops from one decoded pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+#: Augmentation variants: how many of the 8 dihedral ops (flip x rot90) may be drawn.
+#: ``hflip`` is the reference's shared horizontal flip; ``dihedral`` adds 90-degree rotations.
+AUGMENTS = {"none": 1, "hflip": 2, "dihedral": 8}
+
+
+def check_augment(augment: str) -> str:
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; expected one of {sorted(AUGMENTS)}")
+    return augment
+
+
+def check_pair(lq: np.ndarray, gt: np.ndarray, key: str) -> None:
+    """Raise ValueError naming ``key`` unless LQ and GT have the same size."""
+    if lq.shape[:2] != gt.shape[:2]:
+        raise ValueError(f"{key}: LQ is {lq.shape[1]}x{lq.shape[0]} but GT is {gt.shape[1]}x{gt.shape[0]}; "
+                         "cannot cut aligned crops")
+
+
+def resize_up(lq: np.ndarray, gt: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize both images up (bicubic, aspect kept) so the short side is at least ``size``.
+
+    The reference resizes images under 256 px up (REFERENCE.md section 2); pairs already
+    large enough are returned unchanged (no copy).
+    """
+    h, w = lq.shape[:2]
+    if h >= size and w >= size:
+        return lq, gt
+    s = size / min(h, w)
+    nh, nw = max(size, math.ceil(h * s)), max(size, math.ceil(w * s))
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).resize((nw, nh), Image.BICUBIC))
+
+    return up(lq), up(gt)
+
+
+def dihedral(a: np.ndarray, op: int) -> np.ndarray:
+    """Apply dihedral op ``op`` (0..7) to an HxWxC array: bit 0 flips horizontally, then
+    ``op >> 1`` counter-clockwise quarter turns. Returns a view."""
+    if op & 1:
+        a = a[:, ::-1]
+    k = op >> 1
+    return np.rot90(a, k) if k else a
+
+
+def crop_windows(h: int, w: int, size: int, k: int, rng: np.random.Generator,
+                 augment: str = "hflip") -> np.ndarray:
+    """``k`` random windows ``(y, x, op)`` of ``size`` inside an ``h`` x ``w`` image."""
+    if h < size or w < size:
+        raise ValueError(f"image {w}x{h} is smaller than the crop {size}; resize it up first")
+    ys = rng.integers(0, h - size + 1, k)
+    xs = rng.integers(0, w - size + 1, k)
+    ops = rng.integers(0, AUGMENTS[check_augment(augment)], k)
+    return np.stack([ys, xs, ops], axis=1).astype(np.int64)
+
+
+def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.random.Generator,
+                 augment: str = "hflip", key: str = "",
+                 out_lq: np.ndarray | None = None, out_gt: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut ``k`` aligned crops from a pair and write them channel-first.
+
+    Args:
+        lq, gt: uint8 HxWx3 arrays of the same size (else ValueError naming ``key``).
+        size: Crop side.
+        k: Crops per pair.
+        rng: Seeded generator (one per pair, keyed by seed/step/slot in the stream).
+        augment: A key of :data:`AUGMENTS`.
+        key: The pair's key, for errors.
+        out_lq, out_gt: Optional uint8 ``(k, 3, size, size)`` arrays to fill (else allocated).
+
+    Returns:
+        ``(lq_crops, gt_crops, windows)``: the filled (or new) crop arrays and the windows
+        ``(k, 3)`` as ``(y, x, op)`` in the coordinates of the (possibly resized-up) pair.
+    """
+    check_pair(lq, gt, key)
+    lq, gt = resize_up(lq, gt, size)
+    win = crop_windows(lq.shape[0], lq.shape[1], size, k, rng, augment)
+    out_lq = np.empty((k, 3, size, size), np.uint8) if out_lq is None else out_lq
+    out_gt = np.empty((k, 3, size, size), np.uint8) if out_gt is None else out_gt
+    for i, (y, x, op) in enumerate(win):
+        for src, dst in ((lq, out_lq), (gt, out_gt)):
+            dst[i] = dihedral(src[y: y + size, x: x + size], int(op)).transpose(2, 0, 1)
+    return out_lq, out_gt, win
