@@ -30,6 +30,7 @@ import yaml
 import cards
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools.stats import counts_by, resolution_stats
 
 #: The template ships as package data of the top-level ``cards`` package (setup.cfg).
 TEMPLATE = Path(cards.__file__).resolve().parent / "dataset_card.md"
@@ -156,26 +157,8 @@ def _full_rows(index: pa.Table) -> pa.Table:
     return index.filter(pc.equal(index["layout"], fmt.LAYOUT_FULL))
 
 
-def _count_by(t: pa.Table, *cols: str) -> dict[tuple, int]:
-    if t.num_rows == 0:
-        return {}
-    g = t.group_by(list(cols)).aggregate([([], "count_all")])
-    return {tuple(r[c] for c in cols): r["count_all"] for r in g.to_pylist()}
-
-
-def resolution_stats(t: pa.Table) -> dict[str, float | int | None]:
-    """Mean/min/max of the LQ width and height of index rows (GT sizes equal LQ sizes)."""
-    out: dict[str, float | int | None] = {}
-    for dim in ("width", "height"):
-        col = t[f"lq_{dim}"]
-        mm = pc.min_max(col).as_py() if t.num_rows else {"min": None, "max": None}
-        out[f"{dim}_mean"] = pc.mean(col).as_py() if t.num_rows else None
-        out[f"{dim}_min"], out[f"{dim}_max"] = mm["min"], mm["max"]
-    return out
-
-
 def _fmt_counts(t: pa.Table, col: str) -> str:
-    c = _count_by(t, col)
+    c = counts_by(t, col)
     return ", ".join(f"{k[0]} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))) or "-"
 
 
@@ -185,8 +168,8 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
     shards = manifest.select(layout=fmt.LAYOUT_FULL)
     present = {(s.split, s.degradation) for s in shards}
     splits = _splits(present) or list(fmt.SPLITS)
-    per_type = _count_by(full, "split", "degradation")
-    by_split = _count_by(full, "split")
+    per_type = counts_by(full, "split", "degradation")
+    by_split = counts_by(full, "split")
 
     def cells(degs: list[str]) -> str:
         return " | ".join(f"{sum(per_type.get((s, d), 0) for d in degs):,}" for s in splits)
