@@ -1,0 +1,250 @@
+"""Tiled inference for any image size, and the ``foundir-restore`` CLI.
+
+The release restores images over 1024x1024 as 1024x1024 tiles at stride 512, the last row and
+column snapped to the image edge, and averages the overlaps (``REFERENCE.md`` section 2). It
+breaks on an image with one side under 1024; here the tile clamps to that side instead. An image
+that fits one tile is restored in one call, so tiling never changes its result.
+
+A *restorer* is any callable ``f(lq, degradation) -> out`` on ``[B, 3, H, W]`` float tensors in
+[0, 1] (``degradation``: ``LongTensor[B]`` of taxonomy indices, or None to let the model decide),
+e.g. :func:`foundir_model.checkpoint.load_restorer`. Tiles go to the restorer's device in batches
+of ``tile_batch``; the output is accumulated on the CPU, so device memory is bounded by the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from foundir_model import images
+
+Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+#: Overlap blending, chosen by name: ``average`` as released; ``window`` weights each tile by a
+#: separable raised-cosine that fades towards its edges (never zero), hiding tile seams.
+BLENDS = ("average", "window")
+
+
+@dataclass
+class TileConfig:
+    """How an image is cut into tiles (defaults: the release, ``REFERENCE.md`` section 2).
+
+    Attributes:
+        tile: Tile side in pixels; clamps to the image side where the image is smaller.
+        stride: Step between tile origins; must be in 1..tile so tiles cover the image.
+        blend: One of :data:`BLENDS`.
+        tile_batch: Tiles per restorer call (bounds device memory).
+        min_size: Images with a side under this are edge-padded up to it and cropped back
+            (reflect padding inside the network needs a few pixels; 16 is its padding multiple).
+        device: Where tiles are sent; None = leave them on the CPU.
+    """
+
+    tile: int = 1024
+    stride: int = 512
+    blend: str = "average"
+    tile_batch: int = 4
+    min_size: int = 16
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile < 1:
+            raise ValueError(f"tile must be >= 1, got {self.tile}")
+        if not 1 <= self.stride <= self.tile:
+            raise ValueError(f"stride must be between 1 and the tile size {self.tile} (got {self.stride}); "
+                             "a larger stride would leave gaps between tiles")
+        if self.blend not in BLENDS:
+            raise ValueError(f"unknown blend {self.blend!r}; choose one of {BLENDS}")
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
+        if self.min_size < 1:
+            raise ValueError(f"min_size must be >= 1, got {self.min_size}")
+
+
+def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
+    """Tile size along one axis and the tile origins.
+
+    As released: origins ``0, stride, 2*stride, ...`` below ``length - tile`` plus a last tile
+    snapped to the edge at ``length - tile``. Unlike the release, the tile clamps to ``length``
+    when the side is shorter than the tile (one tile, origin 0).
+    """
+    if length < 1:
+        raise ValueError(f"cannot tile an axis of length {length}")
+    t = min(tile, length)
+    if length <= t:
+        return t, [0]
+    return t, list(range(0, length - t, stride)) + [length - t]
+
+
+def _window_1d(n: int, blend: str) -> torch.Tensor:
+    if blend == "average":
+        return torch.ones(n, dtype=torch.float64)
+    # Raised cosine sampled at pixel centres: sin^2(pi (i + 0.5) / n) > 0 for every pixel.
+    i = torch.arange(n, dtype=torch.float64)
+    return torch.sin(math.pi * (i + 0.5) / n) ** 2
+
+
+def tile_grid(height: int, width: int, cfg: TileConfig) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image."""
+    th, ys = tile_starts(height, cfg.tile, cfg.stride)
+    tw, xs = tile_starts(width, cfg.tile, cfg.stride)
+    return th, tw, [(y, x) for y in ys for x in xs]
+
+
+def blend_weights(height: int, width: int, cfg: TileConfig) -> torch.Tensor:
+    """Total blend weight per pixel (``HxW``, float64): the denominator of the tile blend.
+
+    Every pixel is covered (weight > 0); dividing each tile's weight by this map gives
+    per-pixel weights that sum to one.
+    """
+    th, tw, origins = tile_grid(height, width, cfg)
+    win = _window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]
+    total = torch.zeros(height, width, dtype=torch.float64)
+    for y, x in origins:
+        total[y : y + th, x : x + tw] += win
+    return total
+
+
+def _batches(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+@torch.no_grad()
+def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
+                  cfg: TileConfig | None = None) -> torch.Tensor:
+    """Restore one image of any size by tiles.
+
+    Args:
+        restorer: ``f(lq[B,3,h,w], degradation LongTensor[B] | None) -> [B,3,h,w]``.
+        lq: ``[3, H, W]`` or ``[1, 3, H, W]`` float tensor in [0, 1] (any device).
+        degradation: Taxonomy index of the degradation when known, else None.
+        cfg: Tiling configuration (default: the release's 1024 / 512, averaged).
+
+    Returns:
+        ``[3, H, W]`` float32 CPU tensor (not clamped: the restorer decides its range).
+    """
+    cfg = cfg or TileConfig()
+    x = lq[0] if lq.dim() == 4 else lq
+    if x.dim() != 3 or x.shape[0] != 3 or (lq.dim() == 4 and lq.shape[0] != 1):
+        raise ValueError(f"expected a [3,H,W] or [1,3,H,W] image tensor, got shape {tuple(lq.shape)}")
+    x = x.detach().to("cpu", torch.float32)
+    h, w = x.shape[-2:]
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot restore an empty image of {h}x{w}")
+    # Tiny images: edge-pad up to min_size (reflect needs side > pad), restore, crop back.
+    ph, pw = max(0, cfg.min_size - h), max(0, cfg.min_size - w)
+    if ph or pw:
+        x = F.pad(x[None], (0, pw, 0, ph), mode="replicate")[0]
+    H, W = x.shape[-2:]
+    device = torch.device(cfg.device) if cfg.device else torch.device("cpu")
+    label = None if degradation is None else int(degradation)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
+        out = restorer(batch.to(device), deg)
+        if out.shape != batch.shape:
+            raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
+        return out.detach().to("cpu", torch.float32)
+
+    th, tw, origins = tile_grid(H, W, cfg)
+    if len(origins) == 1:
+        out = run(x[None])[0]
+    else:
+        win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
+        acc = torch.zeros(3, H, W, dtype=torch.float32)
+        total = blend_weights(H, W, cfg).float()
+        for group in _batches(origins, cfg.tile_batch):
+            batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
+            res = run(batch)
+            for (y, xx), tile in zip(group, res):
+                acc[:, y : y + th, xx : xx + tw] += tile * win
+        out = acc / total
+    return out[:, :h, :w]
+
+
+def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None = None,
+                  cfg: TileConfig | None = None) -> np.ndarray:
+    """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image; returns float32 ``HxWx3``
+    clamped to [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)
+    out = restore_tiled(restorer, t, degradation, cfg).clamp_(0, 1)
+    return out.permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------- CLI
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``foundir-restore`` (they map onto :class:`TileConfig` fields)."""
+    d = TileConfig()
+    parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
+    parser.add_argument("output", help="output folder; results are <relative path>.png")
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt or .safetensors)")
+    parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
+    parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
+    parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
+    parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-specialists", action="store_true", help="generalist only (no G -> S refinement)")
+    parser.add_argument("--degradation", default=None,
+                        help="degradation type name of every input (default: the model decides)")
+
+
+def default_device(name: str | None) -> str:
+    """``name`` or ``cuda`` when available, else ``cpu``."""
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
+    from foundir_data import taxonomy
+    from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
+
+    device = default_device(args.device)
+    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch, device=device)
+    label = taxonomy.get(args.degradation).index if args.degradation else None
+    src = Path(args.input)
+    files = images.list_images(src)
+    if not files:
+        print(f"foundir-restore: no images under {src}", file=sys.stderr)
+        return 1
+    restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists)
+    out_root = Path(args.output)
+    failed: list[str] = []
+    for f in files:
+        rel = f.relative_to(src) if src.is_dir() else Path(f.name)
+        try:
+            d = images.load(f)
+            out = restore_array(restorer, d.rgb, label, cfg)
+            dst = images.save_png(out_root / rel.with_suffix(".png"), out, d.alpha)
+        except images.ImageError as e:
+            failed.append(str(e))
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        print(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    if failed:
+        print(f"foundir-restore: {len(failed)} of {len(files)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``foundir-restore``."""
+    parser = argparse.ArgumentParser(prog="foundir-restore", description=__doc__.split("\n\n")[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, images.ImageError, FileNotFoundError) as e:
+        print(f"foundir-restore: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
