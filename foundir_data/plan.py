@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import taxonomy
-from foundir_data.schedules import BatchCounts, Curriculum, resolve
+from foundir_data.schedules import CHUNK_SLOTS, BatchCounts, Curriculum, resolve
 
 #: Default shards per shuffle block (mosaicml streaming's py1b idea: shuffle within a block
 #: of shards so a reader touches few shards at a time).
@@ -56,12 +56,13 @@ class EpochPlan:
         steps: The schedule's step parameter (``n`` for incremental, the run length for
             mix/combine, steps per task for sequence); None for one pass.
         shuffle_block: Shards per shuffle block; 0 shuffles each stream uniformly.
+        chunk_slots: See ``schedules.BatchCounts`` (tests only).
     """
 
     def __init__(self, degradation_id: np.ndarray, shard: np.ndarray, within: np.ndarray | None,
                  schedule: "str | Curriculum | Mapping", batch_size: int, *, seed: int = 0,
                  epoch: int = 0, steps: int | None = None,
-                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK) -> None:
+                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, chunk_slots: int = CHUNK_SLOTS) -> None:
         deg = np.asarray(degradation_id, np.int64)
         if len(deg) and (deg.min() < 0 or deg.max() >= len(taxonomy.TYPES)):
             raise ValueError(f"degradation_id outside 0..{len(taxonomy.TYPES) - 1} in the index")
@@ -75,7 +76,7 @@ class EpochPlan:
         self.types = [taxonomy.TYPES[i].name for i in self.type_ids]
         counts = {taxonomy.TYPES[i].name: int(sizes[i]) for i in self.type_ids}
         self.curriculum = resolve(schedule, counts, self.batch_size, steps)
-        self.counts = BatchCounts(self.curriculum, self.types, self.batch_size, self.seed, self.epoch)
+        self.counts = BatchCounts(self.curriculum, self.types, self.batch_size, self.seed, self.epoch, chunk_slots)
         # Rows of each type sorted by (shard, position): the unshuffled stream.
         shard = np.asarray(shard, np.int64)
         within = np.zeros(len(deg), np.int64) if within is None else np.asarray(within, np.int64)

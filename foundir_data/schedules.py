@@ -352,10 +352,12 @@ class BatchCounts:
         batch_size: Global batch size (slots per step).
         seed: Seed of all draws.
         epoch: Epoch number, mixed into every draw.
+        chunk_slots: Slots per planning chunk (the unit of randomness); changing it changes
+            the order, so keep the default except in tests.
     """
 
     def __init__(self, curriculum: Curriculum, types: Sequence[str], batch_size: int,
-                 seed: int = 0, epoch: int = 0) -> None:
+                 seed: int = 0, epoch: int = 0, chunk_slots: int = CHUNK_SLOTS) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.curriculum, self.types = curriculum, list(types)
@@ -364,7 +366,7 @@ class BatchCounts:
         missing = [t for t in curriculum.types() if t not in col]
         if missing:
             raise ValueError(f"curriculum uses types {missing} that are not in the data {self.types}")
-        self.chunk_steps = max(1, CHUNK_SLOTS // self.batch_size)
+        self.chunk_steps = max(1, int(chunk_slots) // self.batch_size)
         self._chunks: list[tuple[int, int, int, int]] = []  # (phase, local chunk, start, steps)
         self._groups: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per phase: (columns, weights)
         self._draws: list[list[np.ndarray | None]] = []  # per phase, group: chunk totals table
