@@ -1,0 +1,130 @@
+"""Random access: one LQ/GT pair by key, through the index's byte offsets.
+
+For evaluation, previews and debugging: reading a pair costs one range request (the LQ and
+GT members are consecutive in their shard, so one request covers both) and never downloads
+the shard. Member bytes are checked against the sha256 recorded in the index.
+
+Example::
+
+    from foundir_data.access import get_pair
+    pair = get_pair("hf://datasets/foundir/MillionIRData", "01Blur-LQ-0001_c554fecf76")
+    pair["lq"], pair["gt"], pair["record"]["degradation"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import weakref
+from typing import Any
+
+import pyarrow as pa
+
+from foundir_data import format as fmt
+from foundir_data.store import ChecksumError, Store
+
+#: Read LQ and GT in one request when at most this many bytes lie between them (tar
+#: header + padding is 512-1023 bytes).
+MAX_GAP = 64 * 1024
+_lock = threading.Lock()
+_indexes: "weakref.WeakKeyDictionary[Store, tuple[pa.Table, dict[str, int]]]" = weakref.WeakKeyDictionary()
+_stores: dict[tuple[str, str | None], Store] = {}
+
+
+def _store(location_or_store: str | Store, token: str | None) -> Store:
+    if isinstance(location_or_store, Store):
+        return location_or_store
+    key = (str(location_or_store), token)
+    with _lock:
+        if key not in _stores:
+            _stores[key] = Store.open(str(location_or_store), token=token)
+        return _stores[key]
+
+
+def _index(store: Store) -> tuple[pa.Table, dict[str, int]]:
+    """The store's index and a key -> row map, read once per store."""
+    with _lock:
+        cached = _indexes.get(store)
+    if cached is None:
+        table = store.index()
+        keys = table.column("key").to_pylist()
+        cached = (table, {k: i for i, k in enumerate(keys)})
+        with _lock:
+            _indexes[store] = cached
+    return cached
+
+
+def get_record(location_or_store: str | Store, key: str, *, token: str | None = None) -> dict[str, Any]:
+    """The index row of ``key`` as a dict (no image bytes read).
+
+    Raises:
+        KeyError: no sample ``key`` in the index.
+    """
+    store = _store(location_or_store, token)
+    table, rows = _index(store)
+    i = rows.get(key)
+    if i is None:
+        raise KeyError(f"no sample {key!r} in the index of {store.location}")
+    return table.slice(i, 1).to_pylist()[0]
+
+
+def _check(store: Store, rec: dict[str, Any], member: str, data: bytes) -> bytes:
+    expected = rec[f"{member}_sha256"]
+    found = hashlib.sha256(data).hexdigest()
+    if expected and found != expected:
+        raise ChecksumError(store.url(rec["shard"]), f"member {rec['key']}.{member}.img at byte "
+                            f"{rec[f'{member}_offset']}: sha256 mismatch: expected {expected}, found "
+                            f"{found}; the shard is corrupt or does not match its index: re-pack or re-upload")
+    return data
+
+
+def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
+    """LQ and GT bytes of an index row, in one range request when they are adjacent."""
+    shard = rec["shard"]
+    lo, ls, go, gs = rec["lq_offset"], rec["lq_size"], rec["gt_offset"], rec["gt_size"]
+    if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0:
+        raise fmt.FormatError(f"{store.location}: index row of {rec['key']!r} has no member offsets")
+    if lo <= go and 0 <= go - (lo + ls) <= MAX_GAP:
+        block = store.read_range(shard, lo, go + gs - lo)
+        lq, gt = block[:ls], block[go - lo:]
+    else:
+        lq, gt = store.read_range(shard, lo, ls), store.read_range(shard, go, gs)
+    return _check(store, rec, "lq", lq), _check(store, rec, "gt", gt)
+
+
+def _decode(data: bytes, where: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise fmt.FormatError(f"{where}: cannot decode image ({e})") from None
+    return im
+
+
+def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
+             token: str | None = None) -> dict[str, Any]:
+    """Read one pair by key without downloading its shard.
+
+    Args:
+        location_or_store: A :class:`Store` or a location for :meth:`Store.open` (stores opened
+            from a location are kept, so the index is read once).
+        key: The sample key (``format.make_key``).
+        decode: Return PIL images (decoded by content); else the original bytes.
+        token: Hub token when ``location_or_store`` is an ``hf://`` location.
+
+    Returns:
+        ``{"key", "lq", "gt", "record"}``; ``record`` is the sample's index row.
+
+    Raises:
+        KeyError: unknown key. ChecksumError: member bytes differ from the index's sha256.
+    """
+    store = _store(location_or_store, token)
+    rec = get_record(store, key)
+    lq, gt = read_pair_bytes(store, rec)
+    if decode:
+        url = store.url(rec["shard"])
+        lq, gt = _decode(lq, f"{url} member {key}.lq.img"), _decode(gt, f"{url} member {key}.gt.img")
+    return {"key": key, "lq": lq, "gt": gt, "record": rec}

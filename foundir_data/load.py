@@ -1,0 +1,187 @@
+"""``load_dataset("foundir", name=..., split=..., streaming=...)``: FoundIR as a ``datasets`` dataset.
+
+The examples come from the manifest's shards read through :class:`~foundir_data.store.Store`
+(local, ``s3://``, ``http(s)://``, ``hf://``) with ``datasets``' ``from_generator``: the shard
+list is passed in ``gen_kwargs``, so ``datasets`` splits it over DataLoader workers and
+``split_dataset_by_node`` ranks. This does not go through ``datasets``' own remote tar path,
+which breaks on S3 with current s3fs (``REFERENCE.md`` section 5).
+
+Example::
+
+    from foundir_data.load import load_dataset
+    ds = load_dataset("foundir", name="isolated", split="train", streaming=True)
+    for ex in ds:
+        ex["lq"], ex["gt"]            # PIL images, decoded by content
+        ex["degradation"]             # ClassLabel id; ds.features["degradation"].int2str(...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Iterator
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
+from foundir_data.store import Store
+
+#: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
+DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
+#: Environment variable naming the location of ``"foundir"``.
+LOCATION_ENV = "FOUNDIR_DATA"
+#: Config names besides the 20 degradation type names.
+CONFIGS = ("all", "isolated", "coupled")
+#: Record fields exposed as columns (``degradation`` becomes a ClassLabel; ``split`` is the
+#: DatasetDict key; ``degradation_id`` is the ClassLabel's id).
+META_FIELDS = tuple(f for f in fmt.RECORD_FIELDS if f not in ("key", "degradation", "degradation_id", "split"))
+_VALUE_TYPES = {"string": "string", "bool": "bool", "int16": "int16", "int32": "int32",
+                "int64": "int64", "double": "float64"}
+#: Bumped when the example layout changes (part of the non-streaming cache fingerprint).
+_EXAMPLE_VERSION = 1
+
+
+def resolve_location(path: str = "foundir", location: str | None = None) -> str:
+    """The location ``load_dataset(path, location=...)`` reads.
+
+    ``"foundir"`` means ``location``, else ``$FOUNDIR_DATA``, else :data:`DEFAULT_LOCATION`;
+    any other ``path`` is itself the location (a folder or URL).
+    """
+    if path != "foundir":
+        return path
+    return location or os.environ.get(LOCATION_ENV) or DEFAULT_LOCATION
+
+
+def config_types(name: str) -> list[str]:
+    """Degradation type names of a config (``all``, ``isolated``, ``coupled`` or a type name).
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    try:
+        return [t.name for t in taxonomy.select(name)]
+    except (taxonomy.UnknownDegradationError, AttributeError, TypeError):
+        raise ValueError(f"unknown foundir config {name!r}; valid configs: {', '.join(CONFIGS)}, "
+                         f"or one degradation type: {', '.join(taxonomy.NAMES)}") from None
+
+
+def features():
+    """The declared ``datasets.Features`` of a foundir example."""
+    from datasets import ClassLabel, Features, Image, Value
+
+    cols: dict[str, Any] = {
+        "key": Value("string"),
+        "lq": Image(),
+        "gt": Image(),
+        "degradation": ClassLabel(names=list(taxonomy.NAMES)),
+    }
+    for name in META_FIELDS:
+        cols[name] = Value(_VALUE_TYPES[str(fmt.INDEX_SCHEMA.field(name).type)])
+    return Features(cols)
+
+
+def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A ``datasets`` example from a webdataset-style sample of :meth:`Store.iter_samples`."""
+    where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')!r}"
+    missing = [m for m in fmt.MEMBERS if m not in sample]
+    if missing:
+        raise fmt.FormatError(f"{where}: missing members {missing}; the shard is not a foundir shard")
+    try:
+        record = json.loads(sample[fmt.JSON_MEMBER])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise fmt.FormatError(f"{where}: unreadable JSON record ({e})") from None
+    if not isinstance(record, dict) or record.get("degradation") not in taxonomy.NAMES:
+        raise fmt.FormatError(f"{where}: record lacks a known 'degradation'")
+    out = {
+        "key": record.get("key") or sample["__key__"],
+        # path None: datasets.Image decodes the bytes by content, whatever the format.
+        "lq": {"bytes": sample[fmt.LQ_MEMBER], "path": None},
+        "gt": {"bytes": sample[fmt.GT_MEMBER], "path": None},
+        "degradation": record["degradation"],
+    }
+    for name in META_FIELDS:
+        out[name] = record.get(name)
+    return out
+
+
+def generate_examples(shards: list[str], location: str, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The ``from_generator`` generator: examples of ``shards`` (relative paths) in order.
+
+    Opens its own store (it runs in DataLoader workers); reads the manifest once, so shard
+    sizes and checksums are verified.
+    """
+    store = Store.open(location, **options)
+    store.manifest()
+    for rel in shards:
+        for sample in store.iter_samples(rel):
+            yield example_from_sample(sample)
+
+
+def load_dataset(path: str = "foundir", name: str = "all", split: str | None = None,
+                 streaming: bool = False, *, location: str | None = None, token: str | None = None,
+                 layout: str = fmt.LAYOUT_FULL, cache_dir: str | None = None,
+                 num_proc: int | None = None, **store_kw: Any):
+    """Load FoundIR (or any packed foundir folder) as a ``datasets`` dataset.
+
+    Args:
+        path: ``"foundir"`` (location from ``location``, ``$FOUNDIR_DATA`` or
+            :data:`DEFAULT_LOCATION`) or a packed folder / ``s3://`` / ``https://`` / ``hf://``.
+        name: Config: ``all``, ``isolated``, ``coupled`` or a degradation type name.
+        split: ``train`` / ``test``; None returns a DatasetDict of every split present.
+        streaming: Return an ``IterableDataset`` that reads shards as it goes.
+        location: Where ``"foundir"`` lives (overrides ``$FOUNDIR_DATA``).
+        token: Hub token (default: ``huggingface_hub.get_token()``).
+        layout: ``full`` frames or ``tile`` crops (when the folder was packed with tiles).
+        cache_dir: ``datasets``' Arrow cache (non-streaming) and the store's file cache.
+        num_proc: Processes building a non-streaming dataset (shards split among them).
+        **store_kw: Passed to :meth:`Store.open` (``retries``, ``backoff``, ``on_error``,
+            ``storage_options``, ``cache_limit_bytes``).
+
+    Returns:
+        ``datasets.Dataset`` / ``IterableDataset``, or a ``DatasetDict`` /
+        ``IterableDatasetDict`` when ``split`` is None. Columns: ``key``, ``lq``, ``gt``
+        (``datasets.Image``), ``degradation`` (``ClassLabel`` over the 20 types) and
+        :data:`META_FIELDS` (class, component flags, sources, formats, sizes, EXIF, tiles).
+
+    Raises:
+        ValueError: unknown config, split or layout (listing the valid ones).
+        NoManifestError: the location is not a packed foundir folder.
+    """
+    import datasets
+
+    types = config_types(name)
+    loc = resolve_location(path, location)
+    store = Store.open(loc, token=token, cache_dir=cache_dir, **store_kw)
+    manifest = store.manifest()
+    if layout not in manifest.layouts:
+        raise ValueError(f"{store.location} has no {layout!r} layout; it has {manifest.layouts}")
+    if split is not None and split not in manifest.splits:
+        raise ValueError(f"{store.location} has no split {split!r}; it has {manifest.splits}")
+    wanted = [split] if split is not None else manifest.splits
+    shards = {s: [sh.path for sh in manifest.select(split=s, degradations=types, layout=layout)] for s in wanted}
+    shards = {s: v for s, v in shards.items() if v}
+    if not shards:
+        raise ValueError(f"{store.location} has no {layout} shards of config {name!r}"
+                         f"{f' in split {split!r}' if split else ''}; degradations present: "
+                         f"{sorted({sh.degradation for sh in manifest.shards})}")
+    # Plain values only: the generator runs in workers and opens its own store.
+    options = dict(store_kw, token=token, cache_dir=cache_dir)
+    feats = features()
+    # Our own fingerprint (location + manifest + selection): datasets would otherwise hash
+    # gen_kwargs, token included, and could not tell that a re-packed folder changed.
+    digest = hashlib.sha256(json.dumps([store.location, manifest.to_json(), layout, types,
+                                        store.on_error, _EXAMPLE_VERSION]).encode()).hexdigest()
+    out = {}
+    for s, rels in shards.items():
+        kwargs = {"shards": rels, "location": store.location, "options": options}
+        if streaming:
+            out[s] = datasets.IterableDataset.from_generator(
+                generate_examples, features=feats, gen_kwargs=kwargs, split=datasets.NamedSplit(s))
+        else:
+            out[s] = datasets.Dataset.from_generator(
+                generate_examples, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir,
+                split=datasets.NamedSplit(s), num_proc=num_proc,
+                fingerprint=hashlib.sha256(f"{digest}|{s}".encode()).hexdigest()[:32])
+    if split is not None:
+        return out[split]
+    return datasets.IterableDatasetDict(out) if streaming else datasets.DatasetDict(out)

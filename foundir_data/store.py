@@ -1,0 +1,436 @@
+"""One reader for packed foundir folders wherever they live: disk, ``s3://``, ``http(s)://``, Hub.
+
+Every location goes through fsspec, with one code path:
+
+* local paths and ``file://`` -> fsspec's local filesystem;
+* ``s3://bucket/prefix`` -> s3fs; the endpoint comes from ``storage_options`` or
+  ``AWS_ENDPOINT_URL`` (MinIO, moto, R2, ...);
+* ``https://host/prefix`` -> fsspec's HTTP filesystem;
+* ``hf://datasets/<org>/<name>[@revision][/subdir]`` -> the same HTTP filesystem on the
+  Hub's file URLs ``{HF_ENDPOINT}/datasets/{repo}/resolve/{revision}/{path}``.
+
+The Hub is read with plain file GETs only: the manifest names every file, so nothing is
+ever listed and no API call is made (the Hub's API limit is far below its file-resolve
+limit, ``REFERENCE.md`` section 5). ``HF_ENDPOINT`` is read when a store is opened, not
+when ``huggingface_hub`` is imported. The token (argument, else
+``huggingface_hub.get_token()``) is sent as ``Authorization: Bearer`` and never appears in
+URLs, logs or error messages.
+
+Transient faults (HTTP 429 honouring ``Retry-After``, 5xx, connection resets, truncated
+bodies) are retried with exponential backoff and deterministic jitter; a shard stream that
+breaks mid-way resumes from the byte it reached with a ``Range`` request. A shard that
+still fails is reported with its URL and raised or skipped (``on_error``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import tarfile
+import time
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from urllib.parse import quote, unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from foundir_data import format as fmt
+from foundir_data.cache import DiskCache, default_cache_dir
+from foundir_data.retry import (
+    ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
+)
+
+__all__ = ["Store", "ShardError", "ChecksumError", "TruncatedShardError", "NoManifestError",
+           "hf_endpoint", "parse_hf_location"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Hub endpoint used when ``HF_ENDPOINT`` is unset (huggingface_hub's default).
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+HF_PREFIX = "hf://datasets/"
+#: Buffer between the resumable raw stream and readers such as tarfile (which reads 10 KiB
+#: records): few large reads keep the per-call overhead of the async HTTP client low.
+STREAM_BUFFER = 1 << 20
+
+
+class NoManifestError(FileNotFoundError):
+    """The location has no ``manifest.json``: it is not a packed foundir folder."""
+
+
+def hf_endpoint() -> str:
+    """The Hub endpoint, read from ``HF_ENDPOINT`` now (huggingface_hub reads it at import)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def parse_hf_location(location: str) -> tuple[str, str, str]:
+    """Split ``hf://datasets/<org>/<name>[@revision][/subdir]`` into (repo, revision, subdir).
+
+    A revision with slashes is written URL-encoded (``@refs%2Fpr%2F3``) or, for the Hub's
+    ``refs/pr/N`` and ``refs/convert/...`` refs, plainly (``@refs/pr/3``).
+    """
+    if not location.startswith(HF_PREFIX):
+        raise ValueError(f"Hub location {location!r} must look like "
+                         "hf://datasets/<org>/<name>[@revision][/subdir]")
+    parts = [p for p in location[len(HF_PREFIX):].split("/") if p]
+    if len(parts) < 2:
+        raise ValueError(f"Hub location {location!r} must name a dataset repo: "
+                         "hf://datasets/<org>/<name>[@revision][/subdir]")
+    org, name, rest = parts[0], parts[1], parts[2:]
+    revision = "main"
+    if "@" in name:
+        name, revision = name.split("@", 1)
+        if revision == "refs" and len(rest) >= 2:  # @refs/pr/3/subdir
+            revision, rest = "/".join(["refs", *rest[:2]]), rest[2:]
+        revision = unquote(revision)
+    if not org or not name or not revision:
+        raise ValueError(f"Hub location {location!r}: empty org, name or revision")
+    return f"{org}/{name}", revision, "/".join(rest)
+
+
+def _check_rel(rel: str) -> str:
+    """Reject paths that could escape the dataset root (they come from remote manifests)."""
+    norm = posixpath.normpath(rel) if rel else ""
+    if (not rel or rel.startswith("/") or "\\" in rel or norm.startswith("..")
+            or any(p == ".." for p in rel.split("/"))):
+        raise fmt.FormatError(f"invalid path {rel!r} in a foundir folder: paths must be "
+                              "relative to the dataset root, without '..'")
+    return rel
+
+
+class Store:
+    """A packed foundir folder at a local path or URL; see the module docstring.
+
+    Open with :meth:`Store.open`. Attributes: ``location`` (normalised root), ``protocol``
+    (``file``, ``s3``, ``http``, ``hf`` or another fsspec protocol), ``on_error``,
+    ``skipped`` (``(url, reason)`` of shards skipped under ``on_error="skip"``).
+    """
+
+    def __init__(self, location: str, protocol: str, fs: Any, root: str, headers: dict[str, str],
+                 cache: DiskCache, retries: int, backoff: float, on_error: str) -> None:
+        self.location = location
+        self.protocol = protocol
+        self.on_error = on_error
+        self.retries = retries
+        self.backoff = backoff
+        self.skipped: list[tuple[str, str]] = []
+        self._fs = fs
+        self._root = root
+        self._headers = headers  # may hold the token: never log or repr it
+        self._cache = cache
+        self._manifest: fmt.Manifest | None = None
+        self._index_bytes: bytes | None = None
+        self._fetched: set[str] = set()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, location: str, *, token: str | None = None, cache_dir: str | None = None,
+             cache_limit_bytes: int | None = None, retries: int = 6, backoff: float = 0.5,
+             on_error: str = "raise", storage_options: dict | None = None) -> "Store":
+        """Open a packed folder (nothing is read until it is needed).
+
+        Args:
+            location: Local path, ``file://``, ``s3://``, ``http(s)://`` or
+                ``hf://datasets/<org>/<name>[@rev][/subdir]``.
+            token: Hub token for ``hf://`` (default: ``huggingface_hub.get_token()``).
+            cache_dir: Where :meth:`local_path` keeps remote files (default
+                ``$FOUNDIR_CACHE`` or ``~/.cache/foundir``).
+            cache_limit_bytes: Size limit of that cache (least recently used files go first).
+            retries: Retries of a transient fault before a read fails.
+            backoff: First backoff delay in seconds (doubled per retry, jittered).
+            on_error: ``"raise"`` or ``"skip"``: what :meth:`iter_samples` does with a shard
+                that still fails after retries.
+            storage_options: Passed to the fsspec filesystem (e.g. ``{"anon": True}`` or
+                ``{"client_kwargs": {"endpoint_url": ...}}`` for S3, ``{"headers": ...}``).
+        """
+        import fsspec
+
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if retries < 0 or backoff < 0:
+            raise ValueError("retries and backoff must be >= 0")
+        opts = dict(storage_options or {})
+        headers = dict(opts.pop("headers", {}) or {})
+        location = str(os.fspath(location))
+        if location.startswith(HF_PREFIX) or location.startswith("hf://"):
+            repo, revision, subdir = parse_hf_location(location)
+            if token is None:
+                from huggingface_hub import get_token
+
+                token = get_token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            root = f"{hf_endpoint()}/datasets/{repo}/resolve/{quote(revision, safe='')}"
+            root = f"{root}/{quote(subdir, safe='/')}" if subdir else root
+            rev = quote(revision, safe="/") if revision != "main" else ""
+            norm = f"{HF_PREFIX}{repo}{'@' + rev if rev else ''}{'/' + subdir if subdir else ''}"
+            return cls(norm, "hf", _http_fs(opts), root, headers, _cache(cache_dir, cache_limit_bytes),
+                       retries, backoff, on_error)
+        if location.startswith(("http://", "https://")):
+            root = location.rstrip("/")
+            return cls(root, "http", _http_fs(opts), root, headers, _cache(cache_dir, cache_limit_bytes),
+                       retries, backoff, on_error)
+        if "://" not in location or location.startswith("file://"):
+            path = location[len("file://"):] if location.startswith("file://") else location
+            root = os.path.abspath(os.path.expanduser(path))
+            # Local reads do not retry: a short local file stays short.
+            return cls(root, "file", fsspec.filesystem("file"), root, {}, _cache(cache_dir, cache_limit_bytes),
+                       0, 0.0, on_error)
+        protocol = location.split("://", 1)[0]
+        if protocol in ("s3", "s3a"):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            client_kwargs = dict(opts.get("client_kwargs") or {})
+            if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
+                client_kwargs["endpoint_url"] = endpoint
+            if client_kwargs:
+                opts["client_kwargs"] = client_kwargs
+            protocol = "s3"
+            location = "s3://" + location.split("://", 1)[1]
+        try:
+            fs = fsspec.filesystem(protocol, **opts)
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"cannot read {location!r}: {e} (for s3:// install foundir[s3])") from None
+        root = location.rstrip("/")
+        return cls(root, protocol, fs, root, headers, _cache(cache_dir, cache_limit_bytes),
+                   retries, backoff, on_error)
+
+    def __repr__(self) -> str:  # no headers: they may hold the token
+        return f"Store({self.location!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    # ------------------------------------------------------------------ naming
+    def url(self, rel: str) -> str:
+        """Full URL (or absolute local path) of ``rel``; never contains the token."""
+        _check_rel(rel)
+        if self.protocol == "file":
+            return os.path.join(self._root, *rel.split("/"))
+        if self.protocol in ("hf", "http"):
+            return f"{self._root}/{quote(rel, safe='/')}"
+        return f"{self._root}/{rel}"
+
+    def shard_info(self, rel: str) -> fmt.ShardInfo | None:
+        """The manifest entry of ``rel`` if it is a shard (None otherwise or before the
+        manifest is read)."""
+        if self._manifest is None or rel == fmt.MANIFEST_FILE:
+            return None
+        by_path = getattr(self, "_by_path", None)
+        if by_path is None:
+            by_path = self._by_path = {s.path: s for s in self._manifest.shards}
+        return by_path.get(rel)
+
+    # ------------------------------------------------------------------ reading
+    def _retry(self, what: str, url: str, fn: Callable[[], T]) -> T:
+        return call_with_retries(fn, what=what, url=url, retries=self.retries, backoff=self.backoff)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """Read a whole file (one GET remotely), retrying transient faults."""
+        url = self.url(rel)
+        info = self.shard_info(rel)
+
+        def get() -> bytes:
+            data = self._fs.cat_file(url, **self._kw())
+            if info is not None and len(data) < info.bytes:
+                raise Truncated(url, info.bytes, len(data))
+            return data
+
+        return self._retry("reading", url, get)
+
+    def read_range(self, rel: str, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` (one range request remotely, a pread locally)."""
+        if offset < 0 or size < 0:
+            raise ValueError(f"read_range({rel!r}, {offset}, {size}): negative offset or size")
+        if size == 0:
+            return b""
+        url = self.url(rel)
+
+        def get() -> bytes:
+            if self.protocol == "file":
+                with open(url, "rb") as f:
+                    data = os.pread(f.fileno(), size, offset)
+            else:
+                data = self._fs.cat_file(url, start=offset, end=offset + size, **self._kw())
+            if len(data) > size:
+                raise ShardError(url, f"the server does not honour Range requests (asked for "
+                                      f"{size} bytes at {offset}, got {len(data)})")
+            if len(data) < size:
+                raise Truncated(url, size, len(data))
+            return data
+
+        return self._retry(f"reading bytes {offset}..{offset + size} of", url, get)
+
+    def open_shard(self, rel: str, *, verify: bool = True) -> BinaryIO:
+        """Open a file for sequential reading.
+
+        Transient faults are retried and the stream resumes from the byte it reached. When
+        ``rel`` is a manifest shard, its size and (with ``verify``) sha256 are checked when
+        the stream reaches its end: a mismatch raises :class:`ChecksumError` or
+        :class:`TruncatedShardError` naming the URL.
+        """
+        url = self.url(rel)
+        info = self.shard_info(rel)
+        raw = ShardStream(
+            url=url, opener=self._open_at, size=info.bytes if info else None,
+            sha256=info.sha256 if (info and verify) else None,
+            retries=self.retries, backoff=self.backoff,
+        )
+        return io.BufferedReader(raw, buffer_size=STREAM_BUFFER)
+
+    def _open_at(self, url: str, pos: int, size: int | None) -> BinaryIO:
+        """An fsspec file positioned at byte ``pos`` (HTTP: a streaming GET with Range)."""
+        if self.protocol in ("hf", "http"):
+            headers = dict(self._headers)
+            if pos:
+                headers["Range"] = f"bytes={pos}-"
+            # size given (or -1 if unknown) so fsspec opens a streaming GET without a HEAD first.
+            f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
+            status = getattr(getattr(f, "r", None), "status", None)
+            if pos and status is not None and status != 206:
+                f.close()
+                raise ShardError(url, f"the server does not honour Range requests (HTTP {status} "
+                                      f"when resuming at byte {pos})")
+            return f
+        f = self._fs.open(url, "rb") if self.protocol == "file" else self._fs.open(
+            url, "rb", block_size=8 << 20, cache_type="readahead")
+        if pos:
+            f.seek(pos)
+        return f
+
+    def _kw(self) -> dict:
+        return {"headers": dict(self._headers)} if self.protocol in ("hf", "http") else {}
+
+    def local_path(self, rel: str) -> str:
+        """A local file holding ``rel``: the file itself when local, else a cached copy.
+
+        Remote files are downloaded atomically into the cache (shards are checked against
+        the manifest's sha256 and stored by it, so a cached shard is never stale); the
+        cache is kept under ``cache_limit_bytes`` by evicting least recently used files.
+        """
+        url = self.url(rel)
+        if self.protocol == "file":
+            if not os.path.exists(url):
+                raise FileNotFoundError(f"{url}: no such file in {self.location}")
+            return url
+        info = self.shard_info(rel)
+        dest = self._cache.path_for(url, info.sha256 if info else None)
+        if (info or url in self._fetched) and self._cache.hit(dest, info.bytes if info else None):
+            return str(dest)
+        self._cache.fill(dest, lambda out: _copy(self.open_shard(rel), out))
+        self._fetched.add(url)
+        return str(dest)
+
+    # ------------------------------------------------------------------ format
+    def manifest(self) -> fmt.Manifest:
+        """The parsed, validated manifest (read once per store)."""
+        if self._manifest is None:
+            url = self.url(fmt.MANIFEST_FILE)
+            try:
+                text = self.read_bytes(fmt.MANIFEST_FILE)
+            except FileNotFoundError:
+                raise NoManifestError(
+                    f"no {fmt.MANIFEST_FILE} at {url}: is this a packed foundir folder? "
+                    "pack one with `shard_tools pack SOURCE OUT`") from None
+            self._manifest = fmt.Manifest.from_json(text, where=url)
+            self._by_path = None
+            for s in self._manifest.shards:
+                _check_rel(s.path)
+        return self._manifest
+
+    def index(self, columns: list[str] | None = None) -> pa.Table:
+        """The sample index (``format.INDEX_FILE``), schema-checked; optionally some columns.
+
+        Remote indexes are read once per store and kept in memory (compressed).
+        """
+        rel = _check_rel(self.manifest().index or fmt.INDEX_FILE)
+        url = self.url(rel)
+        if columns is not None:
+            unknown = [c for c in columns if c not in fmt.INDEX_COLUMNS]
+            if unknown:
+                raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(fmt.INDEX_COLUMNS)}")
+        if self.protocol == "file":
+            src: Any = url
+        else:
+            if self._index_bytes is None:
+                self._index_bytes = self.read_bytes(rel)
+            src = pa.BufferReader(self._index_bytes)
+        try:
+            table = pq.read_table(src, columns=columns)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no index at {url}: the manifest names it but it is missing; "
+                                    "repack or re-upload the folder") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise fmt.FormatError(f"{url}: unreadable index ({e})") from None
+        if columns is None:
+            return fmt.check_index_schema(table, url)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise fmt.FormatError(f"{url}: index is missing columns {missing}")
+        schema = pa.schema([fmt.INDEX_SCHEMA.field(c) for c in columns])
+        return table.select(columns).cast(schema)
+
+    def iter_samples(self, rel: str) -> Iterator[dict[str, Any]]:
+        """Yield the samples of a shard as webdataset-style dicts.
+
+        Each dict has ``__key__``, ``__url__`` and one bytes entry per member extension
+        (``lq.img``, ``gt.img``, ``json``). A shard that fails (after retries) is handled by
+        the ``on_error`` policy (:meth:`report_failure`): samples already yielded stay.
+        """
+        url = self.url(rel)
+        try:
+            with self.open_shard(rel) as f:
+                with tarfile.open(fileobj=f, mode="r|") as tf:
+                    cur: dict[str, Any] | None = None
+                    for m in tf:
+                        if not m.isfile():
+                            continue
+                        d, _, base = m.name.rpartition("/")
+                        stem, dot, ext = base.partition(".")
+                        if not dot:
+                            continue
+                        key = f"{d}/{stem}" if d else stem
+                        if cur is None or cur["__key__"] != key:
+                            if cur is not None:
+                                yield cur
+                            cur = {"__key__": key, "__url__": url}
+                        cur[ext] = tf.extractfile(m).read()
+                    if cur is not None:
+                        yield cur
+                while f.read(STREAM_BUFFER):  # to the end: size and sha256 are checked there
+                    pass
+        except (ShardError, tarfile.TarError, OSError) as e:
+            self.report_failure(rel, e)
+
+    def report_failure(self, rel: str, exc: BaseException) -> None:
+        """Apply the ``on_error`` policy to a shard that failed: raise, or log and record it."""
+        url = self.url(rel)
+        if self.on_error == "skip":
+            log.warning("skipping shard %s (on_error='skip'): %s", url, exc)
+            self.skipped.append((url, str(exc)))
+            return
+        if isinstance(exc, ShardError):
+            raise exc
+        raise ShardError(url, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _http_fs(opts: dict) -> Any:
+    import aiohttp
+    import fsspec
+
+    client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
+    # No total timeout: a 1 GB shard may take minutes; a stalled socket still fails.
+    client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
+    return fsspec.filesystem("https", client_kwargs=client_kwargs, **opts)
+
+
+def _cache(cache_dir: str | None, limit: int | None) -> DiskCache:
+    return DiskCache(cache_dir or default_cache_dir(), limit)
+
+
+def _copy(src: BinaryIO, out: BinaryIO) -> None:
+    with src:
+        while chunk := src.read(STREAM_BUFFER):
+            out.write(chunk)
