@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from foundir_data import format as fmt
+from foundir_data.decode import DecodeError, decode_image
 from shard_tools.merge import MergeError
 from shard_tools.writer import TarShardWriter, write_atomic
 
@@ -83,17 +84,6 @@ def encode_png(tile: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
     return buf.getvalue()
-
-
-def _decode(data: bytes, name: str) -> np.ndarray:
-    """The project's reference decoder; the identical exact Pillow path until it is installed."""
-    try:
-        from foundir_data.decode import decode_image
-    except ModuleNotFoundError as e:  # TODO(S): drop the fallback once foundir_data/decode.py lands.
-        if e.name != "foundir_data.decode":
-            raise
-        from foundir_data.fastdecode import decode_rgb as decode_image
-    return decode_image(data, name)
 
 
 # ---------------------------------------------------------------- plan
@@ -196,7 +186,7 @@ def build_tile_shard(root: str, shard: TileShard, cfg: TileConfig) -> int:
                     if hashlib.sha256(data).hexdigest() != src[f"{side}_sha256"]:
                         raise TileError(f"{base / src['shard']}: {side.upper()} of {src['key']} does not match "
                                         f"its sha256 in the index; the shard is damaged (run `shard_tools verify`)")
-                    pix[side] = _decode(data, f"{src['shard']}:{src['key']}.{side}")
+                    pix[side] = decode_image(data, f"{src['shard']}:{src['key']}.{side}")
             h, wd = pix["lq"].shape[:2]
             if pix["gt"].shape[:2] != (h, wd):
                 raise TileError(f"{src['shard']}: {src['key']} decodes to LQ {wd}x{h} but GT "
@@ -389,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
         s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
                        split=None if args.split == "all" else args.split, png_level=args.png_level,
                        shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress)
-    except (TileError, fmt.FormatError, MergeError) as e:
+    except (TileError, fmt.FormatError, MergeError, DecodeError) as e:
         print(f"shard_tools tile: error: {e}", file=sys.stderr)
         return 2
     print(f"{s['tiles']} tiles of {s['source_pairs']} pairs in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB; "

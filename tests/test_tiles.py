@@ -14,25 +14,18 @@ import pytest
 from PIL import Image
 
 from foundir_data import format as fmt
+from foundir_data.decode import decode_image
 from foundir_data.sample import make_sample
 from shard_tools import tiles
 from shard_tools.pack import PackConfig, pack
 
 
-def reference_decode(data: bytes, name: str) -> np.ndarray:
-    """The project's decoder (the pixels a tile must equal)."""
-    try:
-        from foundir_data.decode import decode_image
-    except ModuleNotFoundError:
-        from foundir_data.fastdecode import decode_rgb as decode_image
-    return decode_image(data, name)
-
-
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
-    """6 train pairs of 3 types, ~160 px frames (LQ JPEG, JPEG GT, JPEG bytes behind .png)."""
+    """6 train pairs of 3 types (2 isolated, 1 coupled), ~160 px frames (LQ JPEG, JPEG GT,
+    JPEG bytes behind .png)."""
     base = tmp_path_factory.mktemp("packed")
-    make_sample(base / "src", per_type=2, size=160, layout="list", types=("Blur", "JPEG", "Noise"))
+    make_sample(base / "src", per_type=2, size=160, layout="list", types=("Blur", "JPEG", "Blur_Noise"))
     rc = pack(PackConfig(source=str(base / "src" / "MillionIRData_train_meta_info.txt"), out=str(base / "out"),
                          progress=False))
     assert rc == 0
@@ -87,7 +80,7 @@ def test_every_tile_equals_its_window_of_the_decoded_source(root: Path):
     tile_rows = [r for r in rows if r["layout"] == fmt.LAYOUT_TILE]
     assert summary["tiles"] == len(tile_rows) > 0 and summary["source_pairs"] == len(full) == 6
     cover = {k: np.zeros((r["lq_height"], r["lq_width"]), int) for k, r in full.items()}
-    decoded = {k: {s: reference_decode(member(root, r, s), k) for s in ("lq", "gt")} for k, r in full.items()}
+    decoded = {k: {s: decode_image(member(root, r, s), k) for s in ("lq", "gt")} for k, r in full.items()}
     for t in tile_rows:
         src = full[t["source_key"]]
         assert t["key"] == fmt.tile_key(src["key"], t["tile_y"], t["tile_x"])
@@ -98,7 +91,7 @@ def test_every_tile_equals_its_window_of_the_decoded_source(root: Path):
             data = member(root, t, side)
             assert hashlib.sha256(data).hexdigest() == t[f"{side}_sha256"] and t[f"{side}_format"] == "png"
             assert Image.open(io.BytesIO(data)).format == "PNG"
-            px = reference_decode(data, t["key"])
+            px = decode_image(data, t["key"])
             assert (t[f"{side}_width"], t[f"{side}_height"]) == (w, h)
             np.testing.assert_array_equal(px, decoded[src["key"]][side][y:y + h, x:x + w])
         record = json.loads(member(root, t, "json"))
@@ -133,8 +126,8 @@ def test_frame_smaller_than_tile_gives_one_whole_frame_tile(root: Path):
     for t in tile_rows:
         src = full[t["source_key"]]
         assert (t["tile_y"], t["tile_x"], t["tile_w"], t["tile_h"]) == (0, 0, src["lq_width"], src["lq_height"])
-        np.testing.assert_array_equal(reference_decode(member(root, t, "gt"), "t"),
-                                      reference_decode(member(root, src, "gt"), "s"))
+        np.testing.assert_array_equal(decode_image(member(root, t, "gt"), "t"),
+                                      decode_image(member(root, src, "gt"), "s"))
 
 
 def test_webdataset_reads_tile_samples(root: Path):
@@ -155,11 +148,11 @@ def tile_files(root: Path) -> dict[str, bytes]:
 
 
 def test_resume_rebuilds_only_missing_shards(root: Path):
-    first = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=30)
+    first = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=10)
     before = tile_files(root)
     index_before = (root / fmt.INDEX_FILE).read_bytes()
     assert first["built"] == first["shards"] >= 4
-    again = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=30)
+    again = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=10)
     assert again["built"] == 0 and again["tiles"] == first["tiles"]
     # An interrupted build: one shard's done marker gone, another's tar truncated, a stale tmp file.
     parts = sorted((root / tiles.TILE_PARTS_DIR).glob("*.parquet"))
@@ -167,7 +160,7 @@ def test_resume_rebuilds_only_missing_shards(root: Path):
     tars = sorted((root / fmt.SHARDS_DIR / fmt.LAYOUT_TILE).rglob("*.tar"))
     tars[-1].write_bytes(tars[-1].read_bytes()[:1000])
     (tars[0].parent / f"{tars[0].name}.tmp-99999").write_bytes(b"partial")
-    resumed = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=30)
+    resumed = tiles.pack_tiles(str(root), size=64, stride=32, shard_count=10)
     assert resumed["built"] == 2
     assert tile_files(root) == before
     assert (root / fmt.INDEX_FILE).read_bytes() == index_before
@@ -209,6 +202,44 @@ def test_damaged_source_is_named(root: Path):
     shard.write_bytes(bytes(data))
     with pytest.raises(tiles.TileError, match=r"sha256.*damaged"):
         tiles.pack_tiles(str(root), size=64)
+
+
+def test_stream_over_tiles_yields_crops_of_the_right_tile_in_schedule_order(root: Path):
+    from foundir_data import taxonomy
+    from foundir_data.stream import FoundIRStream
+
+    tiles.pack_tiles(str(root), size=64, stride=48)
+    by_key = {r["key"]: r for r in read_index(root)}
+    frames: dict[tuple[str, str], np.ndarray] = {}
+
+    def frame(key: str, side: str) -> np.ndarray:
+        if (key, side) not in frames:
+            frames[key, side] = decode_image(member(root, by_key[key], side), key)
+        return frames[key, side]
+
+    stream = FoundIRStream(str(root), layout="tile", schedule="incremental", batch_size=4, crop=32,
+                           augment="none", seed=3)
+    assert stream.num_pairs == sum(r["layout"] == fmt.LAYOUT_TILE for r in by_key.values())
+    stage1 = sum(p.steps for p in stream.curriculum.phases[:-1])
+    isolated = {taxonomy.get(n).index for n in taxonomy.ISOLATED}
+    steps, types_seen = 0, set()
+    for batch in stream:
+        steps += 1
+        for i, key in enumerate(batch["key"]):
+            t = by_key[key]
+            assert t["layout"] == fmt.LAYOUT_TILE and int(batch["degradation"][i]) == t["degradation_id"]
+            y, x, op = batch["window"][i].tolist()
+            assert op == 0 and 0 <= y <= t["tile_h"] - 32 and 0 <= x <= t["tile_w"] - 32
+            # The crop is the window of its tile, i.e. of the source frame at the tile's offset.
+            fy, fx = t["tile_y"] + y, t["tile_x"] + x
+            for side in ("lq", "gt"):
+                np.testing.assert_array_equal(batch[side][i].numpy().transpose(1, 2, 0),
+                                              frame(t["source_key"], side)[fy:fy + 32, fx:fx + 32])
+            if batch["step"] < stage1:
+                assert t["degradation_id"] in isolated
+            types_seen.add(t["degradation"])
+    assert steps == stream.steps_per_epoch > stage1
+    assert types_seen == {"Blur", "JPEG", "Blur_Noise"}
 
 
 def test_cli_run(root: Path, capsys):
