@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 from foundir_data import format as fmt
-from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE, PlannedShard, read_part_info
-from shard_tools.writer import write_atomic
+from shard_tools.card import write_card
+from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
+from shard_tools.writer import PlannedShard, read_part_info, write_atomic
 
 
 class MergeError(RuntimeError):
@@ -69,15 +70,7 @@ def merge(root: str | Path) -> fmt.Manifest:
     manifest = fmt.Manifest(shards=infos, num_samples=len(index), num_rejected=len(rejects),
                             extra={"num_input": plan["num_input"]})
     write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
-    try:
-        from shard_tools.card import write_card
-    except ModuleNotFoundError as e:
-        # TODO(P2): remove once shard_tools/card.py has landed.
-        if e.name != "shard_tools.card":
-            raise
-        write_card = None
-    if write_card is not None:
-        write_card(str(root), manifest, index)
+    write_card(str(root), manifest, index)
     return manifest
 
 

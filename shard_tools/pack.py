@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -34,19 +35,13 @@ from typing import Iterable
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
-from shard_tools.writer import TarShardWriter, write_atomic
+from shard_tools.writer import PackError, PlannedShard, ShardResult, build_shard, is_done, remove_stale, write_atomic
 
 PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
 INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
-#: Parquet key-value metadata key holding the shard's ShardInfo in its index part.
-SHARD_META_KEY = b"foundir.shard"
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).
 _PER_SAMPLE_OVERHEAD = 3 * 512 + 2048
-
-
-class PackError(RuntimeError):
-    """A pack that must stop (``--strict`` problem, plan mismatch)."""
 
 
 @dataclass
@@ -77,32 +72,6 @@ class PackConfig:
                 raise PackError(f"--map {item!r}: expected TOKEN=TYPE, e.g. --map Snow=Rain")
             out[k.strip()] = taxonomy.get(v.strip()).name
         return out
-
-
-@dataclass
-class PlannedShard:
-    """One shard of the plan: its path and the pairs (paths, sizes) it will hold."""
-
-    path: str
-    split: str
-    degradation: str
-    pairs: list[tuple[str, str, str, str, str, int, int]]  # lq_path, gt_path, lq_rel, gt_rel, key, lq_size, gt_size
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name[: -len(".tar")]
-
-    @property
-    def part(self) -> str:
-        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
-
-    @property
-    def rejects_part(self) -> str:
-        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.rejects.jsonl"
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p[5] + p[6] for p in self.pairs)
 
 
 @dataclass
@@ -189,125 +158,6 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
     return Plan(shards, rejects, n)
 
 
-# ---------------------------------------------------------------- building one shard
-@dataclass
-class ShardResult:
-    path: str
-    count: int
-    rejected: int
-    bytes_in: int
-
-
-def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False) -> ShardResult:
-    """Build one planned shard: tar, then its rejects part, then its index part (done marker).
-
-    Runs in a worker process; holds one pair's bytes at a time.
-
-    Raises:
-        PackError: with ``strict``, at the first bad pair (no file of this shard is left).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from shard_tools.probe import BadImage, probe_image
-
-    root = Path(out)
-    t = taxonomy.get(shard.degradation)
-    rows: list[dict] = []
-    rejects: list[dict] = []
-    bytes_in = 0
-    writer: TarShardWriter | None = None
-    try:
-        for lq_path, gt_path, lq_rel, gt_rel, key, _, _ in shard.pairs:
-            try:
-                lq, gt = _read(lq_path), _read(gt_path)
-                bytes_in += len(lq) + len(gt)
-                li = probe_image(lq, lq_path, full_decode)
-                gi = probe_image(gt, gt_path, full_decode)
-                if (li.width, li.height) != (gi.width, gi.height):
-                    raise BadImage(f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
-                                   f"but {gt_path} is {gi.width}x{gi.height}")
-            except (BadImage, OSError) as e:
-                reason = str(e) if isinstance(e, BadImage) else f"unreadable file: {e.filename} ({e.strerror})"
-                if strict:
-                    raise PackError(reason) from None
-                rejects.append(ingest.Reject(lq_rel, gt_rel, shard.split, shard.degradation, reason, shard.path).to_json())
-                continue
-            if writer is None:
-                writer = TarShardWriter(root / shard.path).__enter__()
-            row = {
-                "key": key, "split": shard.split, "degradation": t.name, "degradation_id": t.index,
-                "cls": t.cls, **t.flags(), "layout": fmt.LAYOUT_FULL,
-                "lq_source": lq_rel, "gt_source": gt_rel, "shard": shard.path, "sample_index": len(rows),
-                "lq_width": li.width, "lq_height": li.height, "gt_width": gi.width, "gt_height": gi.height,
-                "lq_format": li.format, "gt_format": gi.format,
-                "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
-                # Camera settings: the LQ's EXIF first (the degraded capture), else the GT's.
-                **{f: getattr(li, f) if getattr(li, f) is not None else getattr(gi, f)
-                   for f in ("iso", "exposure_time", "f_number", "camera_model")},
-            }
-            m_lq = writer.add(f"{key}.{fmt.LQ_MEMBER}", lq)
-            m_gt = writer.add(f"{key}.{fmt.GT_MEMBER}", gt)
-            m_js = writer.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
-            row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
-                       gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
-            rows.append(row)
-        if writer is not None:
-            w, writer = writer, None
-            w.__exit__(None, None, None)
-            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, len(rows), w.bytes, w.sha256)
-        else:
-            # Every pair was rejected: no tar, but still a (empty) part so the shard is done.
-            (root / shard.path).unlink(missing_ok=True)
-            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, 0, 0, "")
-    except BaseException:
-        if writer is not None:
-            writer.__exit__(*sys.exc_info())
-        raise
-    write_atomic(root / shard.rejects_part, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    table = fmt.index_table(rows)
-    table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomic(root / shard.part, sink.getvalue().to_pybytes())
-    return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def read_part_info(path: str | os.PathLike) -> fmt.ShardInfo:
-    """The ShardInfo stored in an index part's metadata."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    if SHARD_META_KEY not in meta:
-        raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
-    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
-
-
-def _is_done(root: Path, shard: PlannedShard) -> bool:
-    part = root / shard.part
-    if not part.exists():
-        return False
-    try:
-        info = read_part_info(part)
-    except Exception:
-        return False
-    # A part whose tar was removed or altered since is not done.
-    return info.count == 0 or ((root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes)
-
-
-def _remove_stale(root: Path, shard: PlannedShard) -> None:
-    for rel in (shard.path, shard.part, shard.rejects_part):
-        p = root / rel
-        if p.parent.exists():
-            for tmp in p.parent.glob(f"{p.name}.tmp-*"):
-                tmp.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------- the command
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``pack``'s flags."""
@@ -338,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
     except (PackError, ingest.IngestError, taxonomy.UnknownDegradationError, fmt.FormatError) as e:
         print(f"shard_tools pack: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"shard_tools pack: interrupted; finished shards are kept, rerun the same command "
+              f"to resume", file=sys.stderr)
+        return 130
 
 
 def pack(cfg: PackConfig) -> int:
@@ -369,8 +223,8 @@ def pack(cfg: PackConfig) -> int:
     mine = [s for i, s in enumerate(plan.shards) if i % cfg.num_jobs == cfg.job_index]
     todo = []
     for s in mine:
-        if not _is_done(root, s):
-            _remove_stale(root, s)
+        if not is_done(root, s):
+            remove_stale(root, s)
             todo.append(s)
     done_pairs = sum(len(s.pairs) for s in mine if s not in todo)
     _build(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
@@ -417,14 +271,12 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
             for s in todo:
                 done(build_shard(str(root), s, cfg.full_decode, cfg.strict))
         else:
-            with ProcessPoolExecutor(cfg.workers) as pool:
-                pending = set()
+            pool = ProcessPoolExecutor(cfg.workers, initializer=_die_with_parent)
+            try:
                 it = iter(todo)
                 # Bounded submission: at most 2 shards per worker in flight (flat memory).
-                for s in it:
-                    pending.add(pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict))
-                    if len(pending) >= 2 * cfg.workers:
-                        break
+                pending = {pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict)
+                           for s in itertools.islice(it, 2 * cfg.workers)}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
@@ -432,6 +284,25 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
                         nxt = next(it, None)
                         if nxt is not None:
                             pending.add(pool.submit(build_shard, str(root), nxt, cfg.full_decode, cfg.strict))
+            finally:
+                # On an error (--strict) or Ctrl-C, do not start the queued shards.
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return rejected
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, have the kernel kill this worker when the parent dies
+    (a ``kill -9`` of the pack must not leave orphans writing into the folder the rerun
+    uses). Elsewhere a no-op."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (linux/prctl.h)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass

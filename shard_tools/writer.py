@@ -1,4 +1,5 @@
-"""A reproducible, atomic tar shard writer that records where each member's bytes are.
+"""Shard writing: a reproducible, atomic tar writer that records where each member's bytes
+are, and :func:`build_shard`, which turns one planned shard into its tar + index part.
 
 Reproducible: every header has a fixed mtime, uid/gid, owner names and mode, and members
 are written in the order they are added (the packer adds them in sorted key order, LQ,
@@ -9,15 +10,23 @@ the next run removes. Member bytes are written as given (never re-encoded).
 
 The byte offset of each member's *data* is recorded, so a reader can fetch one image
 with a single HTTP range request (``format.INDEX_SCHEMA`` ``*_offset``/``*_size``).
+
+A shard is *done* when its index part ``index/parts/<shard>.parquet`` exists (written last,
+atomically, with the tar's size and sha256 in its metadata): that is what resume checks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
 
 #: Fixed header fields (2000-01-01T00:00:00Z; any constant works, this one is not 0 so
 #: tools that treat mtime 0 as "unset" stay quiet).
@@ -149,3 +158,158 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------- one planned shard
+#: Parquet key-value metadata key holding the shard's ShardInfo in its index part.
+SHARD_META_KEY = b"foundir.shard"
+
+
+class PackError(RuntimeError):
+    """A pack that must stop (``--strict`` problem, plan mismatch)."""
+
+
+@dataclass
+class PlannedShard:
+    """One shard of the plan: its path and the pairs (paths, sizes) it will hold."""
+
+    path: str
+    split: str
+    degradation: str
+    pairs: list[tuple[str, str, str, str, str, int, int]]  # lq_path, gt_path, lq_rel, gt_rel, key, lq_size, gt_size
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name[: -len(".tar")]
+
+    @property
+    def part(self) -> str:
+        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
+
+    @property
+    def rejects_part(self) -> str:
+        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.rejects.jsonl"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p[5] + p[6] for p in self.pairs)
+
+
+@dataclass
+class ShardResult:
+    path: str
+    count: int
+    rejected: int
+    bytes_in: int
+
+
+def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False) -> ShardResult:
+    """Build one planned shard: tar, then its rejects part, then its index part (done marker).
+
+    Runs in a worker process; holds one pair's bytes at a time.
+
+    Raises:
+        PackError: with ``strict``, at the first bad pair (no file of this shard is left).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shard_tools.probe import BadImage, probe_image
+
+    root = Path(out)
+    t = taxonomy.get(shard.degradation)
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    bytes_in = 0
+    writer: TarShardWriter | None = None
+    try:
+        for lq_path, gt_path, lq_rel, gt_rel, key, _, _ in shard.pairs:
+            try:
+                lq, gt = _read(lq_path), _read(gt_path)
+                bytes_in += len(lq) + len(gt)
+                li = probe_image(lq, lq_path, full_decode)
+                gi = probe_image(gt, gt_path, full_decode)
+                if (li.width, li.height) != (gi.width, gi.height):
+                    raise BadImage(f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
+                                   f"but {gt_path} is {gi.width}x{gi.height}")
+            except (BadImage, OSError) as e:
+                reason = str(e) if isinstance(e, BadImage) else f"unreadable file: {e.filename} ({e.strerror})"
+                if strict:
+                    raise PackError(reason) from None
+                rejects.append({"lq": lq_rel, "gt": gt_rel, "split": shard.split, "degradation": shard.degradation,
+                                "reason": reason, "origin": shard.path})
+                continue
+            if writer is None:
+                writer = TarShardWriter(root / shard.path).__enter__()
+            row = {
+                "key": key, "split": shard.split, "degradation": t.name, "degradation_id": t.index,
+                "cls": t.cls, **t.flags(), "layout": fmt.LAYOUT_FULL,
+                "lq_source": lq_rel, "gt_source": gt_rel, "shard": shard.path, "sample_index": len(rows),
+                "lq_width": li.width, "lq_height": li.height, "gt_width": gi.width, "gt_height": gi.height,
+                "lq_format": li.format, "gt_format": gi.format,
+                "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
+                # Camera settings: the LQ's EXIF first (the degraded capture), else the GT's.
+                **{f: getattr(li, f) if getattr(li, f) is not None else getattr(gi, f)
+                   for f in ("iso", "exposure_time", "f_number", "camera_model")},
+            }
+            m_lq = writer.add(f"{key}.{fmt.LQ_MEMBER}", lq)
+            m_gt = writer.add(f"{key}.{fmt.GT_MEMBER}", gt)
+            m_js = writer.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
+            row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
+                       gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
+            rows.append(row)
+        if writer is not None:
+            w, writer = writer, None
+            w.__exit__(None, None, None)
+            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, len(rows), w.bytes, w.sha256)
+        else:
+            # Every pair was rejected: no tar, but still a (empty) part so the shard is done.
+            (root / shard.path).unlink(missing_ok=True)
+            info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, 0, 0, "")
+    except BaseException:
+        if writer is not None:
+            writer.__exit__(*sys.exc_info())
+        raise
+    write_atomic(root / shard.rejects_part, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    table = fmt.index_table(rows)
+    table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(root / shard.part, sink.getvalue().to_pybytes())
+    return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_part_info(path: str | os.PathLike) -> fmt.ShardInfo:
+    """The ShardInfo stored in an index part's metadata."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if SHARD_META_KEY not in meta:
+        raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
+    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
+
+
+def is_done(root: Path, shard: PlannedShard) -> bool:
+    part = root / shard.part
+    if not part.exists():
+        return False
+    try:
+        info = read_part_info(part)
+    except Exception:
+        return False
+    # A part whose tar was removed or altered since is not done.
+    return info.count == 0 or ((root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes)
+
+
+def remove_stale(root: Path, shard: PlannedShard) -> None:
+    for rel in (shard.path, shard.part, shard.rejects_part):
+        p = root / rel
+        if p.parent.exists():
+            for tmp in p.parent.glob(f"{p.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
+
