@@ -41,6 +41,16 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def _group_shuffle(rng: np.random.Generator, group: np.ndarray) -> np.ndarray:
+    """Indices that sort ``group`` ascending, uniformly shuffled within each group value
+    (a random permutation, then a stable sort by group: radix sort for small ints)."""
+    perm = rng.permutation(len(group))
+    g = group[perm]
+    if len(g) and g.max() < 1 << 16:
+        g = g.astype(np.uint16)
+    return perm[np.argsort(g, kind="stable")]
+
+
 class EpochPlan:
     """The global batch order of one epoch of a curriculum over an index.
 
@@ -119,7 +129,8 @@ class EpochPlan:
             block = np.empty(nsh, np.int64)
             block[rng.permutation(nsh)] = np.arange(nsh) // self.shuffle_block
             row_block = np.repeat(block, np.diff(np.r_[starts, len(rows)]))
-            perm = rows[np.lexsort((rng.random(len(rows)), row_block))]
+            perm = _group_shuffle(rng, row_block)
+            perm = rows[perm]
         self._streams[key] = perm
         while len(self._streams) > 2 * len(self._rows) + 2:
             self._streams.popitem(last=False)
@@ -153,8 +164,8 @@ class EpochPlan:
                 steps.append(np.repeat(np.arange(n), c))
         rows_a, steps_a = np.concatenate(rows), np.concatenate(steps)
         # Shuffle inside each batch so ranks do not get type-sorted slices.
-        key = _rng(self.seed, self.epoch, 6, ci).random(len(rows_a))
-        return s0, rows_a[np.lexsort((key, steps_a))].reshape(n, self.batch_size)
+        order = _group_shuffle(_rng(self.seed, self.epoch, 6, ci), steps_a)
+        return s0, rows_a[order].reshape(n, self.batch_size)
 
     def global_batch(self, step: int) -> np.ndarray:
         """Rows of the global batch at ``step``."""
