@@ -343,6 +343,8 @@ def merge_tiles(root: str) -> fmt.Manifest:
     index = pa.concat_tables(tables)
     manifest.shards = [s for s in manifest.shards if s.layout != fmt.LAYOUT_TILE] + infos
     manifest.tile = {"size": plan["size"], "stride": plan["stride"]}
+    # As merge and verify count it: every row of the index, whatever its layout.
+    manifest.num_samples = index.num_rows
     manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)

@@ -109,12 +109,21 @@ def test_manifest_lists_both_layouts(root: Path):
     tile_shards = m.select(layout=fmt.LAYOUT_TILE)
     assert len(m.select(layout=fmt.LAYOUT_FULL)) == 3 and len(tile_shards) >= 3
     rows = read_index(root)
-    assert m.num_samples == sum(r["layout"] == fmt.LAYOUT_FULL for r in rows) == 6
+    assert sum(r["layout"] == fmt.LAYOUT_FULL for r in rows) == 6
+    assert m.num_samples == len(rows) == sum(s.count for s in m.shards) == 6 + m.extra["num_tiles"]
     for s in tile_shards:
         data = (root / s.path).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (s.bytes, s.sha256)
         assert s.count == sum(r["shard"] == s.path for r in rows)
         assert s.path == fmt.shard_relpath(fmt.LAYOUT_TILE, s.split, s.degradation, int(s.path[-10:-4]))
+
+
+def test_shard_tools_verify_accepts_the_tiled_folder(root: Path):
+    from shard_tools.verify import verify
+
+    tiles.pack_tiles(str(root), size=64, stride=48)
+    report = verify(str(root))
+    assert not report.problems, report.problems
 
 
 def test_frame_smaller_than_tile_gives_one_whole_frame_tile(root: Path):
