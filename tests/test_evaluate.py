@@ -1,0 +1,195 @@
+"""foundir-eval on a real packed sample and on the test-layout folder from make_sample."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foundir_data import taxonomy
+from foundir_data.sample import make_sample
+from foundir_model import evaluate as ev
+from foundir_model import images, metrics, paper
+from foundir_model.infer import TileConfig
+from shard_tools.cli import main as shard_tools_main
+
+TYPES = ("Blur", "Noise_JPEG", "Lowlight", "Haze")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A test-layout sample of 4 types x 2 pairs and its packed version."""
+    root = tmp_path_factory.mktemp("eval")
+    src, packed = root / "src", root / "packed"
+    pairs = make_sample(src, per_type=2, size=64, layout="test", types=TYPES)
+    assert shard_tools_main(["pack", str(src), str(packed), "--no-progress"]) == 0
+    return {"src": src, "packed": packed, "pairs": pairs, "root": root}
+
+
+def _mirror(data, which: str, dest: Path, ext: str | None = None) -> Path:
+    """Copy LQ or GT files to ``dest/NNName/<id>.<ext>`` (the release's results layout)."""
+    for p in data["pairs"]:
+        srcf = data["src"] / (p.lq if which == "lq" else p.gt)
+        folder = Path(p.lq).parts[0]
+        out = dest / folder / (Path(p.lq).stem + (ext or srcf.suffix))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(srcf, out)  # bytes as they are: a .png may hold JPEG, decoded by content
+    return dest
+
+
+def _direct(data, which: str) -> dict[str, tuple[float, float]]:
+    """Metrics computed directly from the source files, without the evaluator."""
+    out = {}
+    for p in data["pairs"]:
+        gt = np.asarray(Image.open(data["src"] / p.gt).convert("RGB"))
+        x = np.asarray(Image.open(data["src"] / (p.lq if which == "lq" else p.gt)).convert("RGB"))
+        out[f"{Path(p.lq).parts[0]}/{Path(p.lq).stem}"] = (metrics.psnr(x, gt), metrics.ssim(x, gt))
+    return out
+
+
+@pytest.mark.parametrize("where", ["packed", "src"])
+def test_pred_gt_gives_80db_and_ssim_1(data, tmp_path, where):
+    pred = _mirror(data, "gt", tmp_path / "pred", ext=".png")
+    rep = ev.evaluate(ev.EvalConfig(location=str(data[where]), pred=str(pred), out=str(tmp_path / "rep")))
+    assert len(rep.per_image) == 8 and not rep.missing and not rep.problems
+    for r in rep.per_image:
+        assert r["psnr"] == pytest.approx(80.0, abs=1e-9) and r["ssim"] == pytest.approx(1.0, abs=1e-12)
+    pt = rep.per_type()
+    # Paper column order: Blur, ..., Haze, Lowlight, ..., N+J.
+    assert list(pt) == [t.name for t in paper.column_types() if t.name in TYPES]
+    assert all(v["count"] == 2 for v in pt.values())
+    # Report files, with the paper's FoundIR row beside ours.
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "FoundIR (paper)" in md and "| 25.93 |" in md and "| 80.00 |" in md
+    j = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert j["types"]["Blur"] == {"short": "Blur", "count": 2, "psnr": pytest.approx(80.0), "ssim": pytest.approx(1.0),
+                                  "paper_psnr": 25.93, "paper_ssim": 0.7914}
+    assert j["average"]["count"] == 8 and j["average"]["types"] == 4 and j["average"]["paper_psnr"] == 27.81
+    rows = list(csv.reader(io.StringIO((tmp_path / "rep" / "report.csv").read_text())))
+    assert rows[0][2:] == [*paper.COLUMNS, "Average"]
+    assert rows[1][:3] == ["FoundIR (paper)", "PSNR", "25.93"]
+
+
+def test_pred_lq_equals_direct_metrics_packed_and_folder(data, tmp_path):
+    pred = _mirror(data, "lq", tmp_path / "pred")  # original extensions (png / jpg)
+    want = _direct(data, "lq")
+    for where in ("packed", "src"):
+        rep = ev.evaluate(ev.EvalConfig(location=str(data[where]), pred=str(pred)))
+        got = {r["rel"]: (r["psnr"], r["ssim"]) for r in rep.per_image}
+        assert got.keys() == want.keys()
+        for k, (p, s) in want.items():
+            assert got[k] == (pytest.approx(p, abs=1e-12), pytest.approx(s, abs=1e-12))
+        assert all(p < 60 for p, _ in got.values())  # real distortions
+        # Averages: mean over types of the per-type means (Table 1's convention).
+        avg = rep.average()
+        by_type = {}
+        for r in rep.per_image:
+            by_type.setdefault(r["degradation"], []).append(r["psnr"])
+        assert avg["psnr"] == pytest.approx(np.mean([np.mean(v) for v in by_type.values()]))
+
+
+def test_missing_predictions_are_listed_and_fail_the_cli(data, tmp_path):
+    pred = _mirror(data, "gt", tmp_path / "pred")
+    gone = sorted(pred.rglob("*.*"))[:3]
+    for g in gone:
+        g.unlink()
+    out_json = tmp_path / "scores.json"
+    rc = ev.main([str(data["packed"]), "--pred", str(pred), "--json", str(out_json), "--no-progress"])
+    assert rc == 1
+    j = json.loads(out_json.read_text())
+    assert sorted(j["missing"]) == sorted(g.relative_to(pred).with_suffix("").as_posix() for g in gone)
+    assert j["average"]["count"] == 5
+
+
+def test_size_mismatch_is_reported_not_scored(data, tmp_path):
+    pred = _mirror(data, "gt", tmp_path / "pred")
+    victim = sorted(pred.rglob("*.*"))[0]
+    Image.open(victim).convert("RGB").crop((0, 0, 20, 20)).save(victim.with_suffix(".png"))
+    if victim.suffix != ".png":
+        victim.unlink()
+    rep = ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(pred)))
+    assert len(rep.problems) == 1 and "20x20" in rep.problems[0] and len(rep.per_image) == 7
+
+
+def test_basicsr_convention_cli(data, tmp_path):
+    pred = _mirror(data, "lq", tmp_path / "pred")
+    out_json = tmp_path / "b.json"
+    rc = ev.main([str(data["src"]), "--pred", str(pred), "--basicsr", "--crop-border", "4", "--y-channel",
+                  "--json", str(out_json), "--types", "Blur", "--no-progress"])
+    assert rc == 0
+    j = json.loads(out_json.read_text())
+    assert list(j["types"]) == ["Blur"] and j["convention"].startswith("basicsr")
+    p = data["pairs"][0]
+    lq = np.asarray(Image.open(data["src"] / p.lq).convert("RGB"))
+    gt = np.asarray(Image.open(data["src"] / p.gt).convert("RGB"))
+    psnrs = [metrics.psnr_basicsr(lq, gt, 4, True)]
+    p2 = data["pairs"][1]
+    psnrs.append(metrics.psnr_basicsr(np.asarray(Image.open(data["src"] / p2.lq).convert("RGB")),
+                                      np.asarray(Image.open(data["src"] / p2.gt).convert("RGB")), 4, True))
+    assert j["types"]["Blur"]["psnr"] == pytest.approx(np.mean(psnrs))
+    assert ev.main([str(data["src"]), "--pred", str(pred), "--crop-border", "4", "--no-progress"]) == 2
+
+
+def test_restorer_run_tiled_with_images_and_panels(data, tmp_path):
+    seen = []
+
+    def identity(x: torch.Tensor, deg):
+        seen.append(deg.tolist())
+        return x
+
+    cfg = ev.EvalConfig(location=str(data["packed"]), out=str(tmp_path / "o"), save_images=True, panels=True,
+                        types=["Blur", "Haze"], limit=1, method="identity",
+                        tile=TileConfig(tile=32, stride=16, tile_batch=64))
+    rep = ev.evaluate(cfg, restorer=identity)
+    # The identity restores LQ exactly (8-bit round trip), so scores are LQ's own.
+    want = _direct(data, "lq")
+    assert len(rep.per_image) == 2
+    for r in rep.per_image:
+        assert (r["psnr"], r["ssim"]) == (pytest.approx(want[r["rel"]][0], abs=1e-12),
+                                          pytest.approx(want[r["rel"]][1], abs=1e-12))
+    # Labels passed per tile: Blur = 0, Haze = 7.
+    assert {tuple(set(s)) for s in seen} == {(taxonomy.get("Blur").index,), (taxonomy.get("Haze").index,)}
+    rel = rep.per_image[0]["rel"]
+    restored = np.asarray(Image.open(tmp_path / "o" / "restored" / f"{rel}.png"))
+    panel = Image.open(tmp_path / "o" / "panels" / f"{rel}.png")
+    assert panel.width == 3 * restored.shape[1] + 8 and panel.height == restored.shape[0]
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "over the 2 types evaluated" in md and "identity" in md
+
+
+def test_bad_input_is_clear(data, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        ev.evaluate(ev.EvalConfig(location=str(data["src"])))
+    with pytest.raises(ValueError, match="does not exist"):
+        ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="release test layout"):
+        ev.evaluate(ev.EvalConfig(location=str(tmp_path / "empty"), pred=str(tmp_path / "empty")))
+    broken = _mirror(data, "gt", tmp_path / "pred")
+    victim = sorted(broken.rglob("*.*"))[0]
+    victim.write_bytes(b"garbage")
+    with pytest.raises(images.ImageError, match=victim.name):
+        ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(broken)))
+
+
+def test_paper_table1_data():
+    assert [t.short for t in paper.column_types()] == list(paper.COLUMNS)
+    assert sorted(t.name for t in paper.column_types()) == sorted(taxonomy.NAMES)
+    f = paper.FOUNDIR
+    assert f.psnr["Blur"] == 25.93 and f.ssim["Blur_Noise_JPEG"] == 0.7452 and f.psnr["NightRain"] == 33.96
+    assert (f.psnr_average, f.ssim_average) == (27.81, 0.8529)
+    # The printed Average is the mean over the 20 sets (truncated), for every complete row.
+    for row in paper.TABLE1.values():
+        if row.psnr_average is not None:
+            assert 0 <= np.mean(list(row.psnr.values())) - row.psnr_average < 0.011
+    supir = paper.paper_row("supir")
+    assert supir.pretrained and supir.psnr["Haze"] is None and supir.ssim["Blur_Noise_JPEG"] == 0.5768
+    with pytest.raises(ValueError, match="known"):
+        paper.paper_row("NoSuchNet")
