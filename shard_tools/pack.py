@@ -35,7 +35,8 @@ from typing import Iterable
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
-from shard_tools.writer import PackError, PlannedShard, ShardResult, build_shard, is_done, remove_stale, write_atomic
+from shard_tools.writer import (PackError, PlannedPair, PlannedShard, ShardResult, build_shard, is_done,
+                                remove_stale, write_atomic)
 
 PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
 INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
@@ -85,7 +86,7 @@ class Plan:
         for s in self.shards:
             h.update(s.path.encode() + b"\0")
             for p in s.pairs:
-                h.update(f"{p[4]}\0{p[5]}\0{p[6]}\0".encode())
+                h.update(f"{p.key}\0{p.lq_size}\0{p.gt_size}\0".encode())
         return h.hexdigest()
 
     def to_json(self) -> str:
@@ -139,15 +140,15 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
         else:
             seen[key] = rec.origin
             groups.setdefault((rec.split, rec.degradation), []).append(
-                (rec.lq_path, rec.gt_path, rec.lq_rel, rec.gt_rel, key, sizes[0], sizes[1]))
+                PlannedPair(rec.lq_path, rec.gt_path, rec.lq_rel, rec.gt_rel, key, sizes[0], sizes[1], rec.origin))
     shards: list[PlannedShard] = []
     order = {name: i for i, name in enumerate(taxonomy.NAMES)}
     for (split, deg) in sorted(groups, key=lambda g: (g[0], order[g[1]])):
-        pairs = sorted(groups.pop((split, deg)), key=lambda p: p[4])
+        pairs = sorted(groups.pop((split, deg)), key=lambda p: p.key)
         cuts: list[list] = [[]]
         cur_bytes = 0
         for p in pairs:
-            size = p[5] + p[6] + _PER_SAMPLE_OVERHEAD
+            size = p.lq_size + p.gt_size + _PER_SAMPLE_OVERHEAD
             if cuts[-1] and (len(cuts[-1]) >= shard_count or cur_bytes + size > shard_bytes):
                 cuts.append([])
                 cur_bytes = 0

@@ -24,6 +24,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
@@ -169,6 +170,20 @@ class PackError(RuntimeError):
     """A pack that must stop (``--strict`` problem, plan mismatch)."""
 
 
+class PlannedPair(NamedTuple):
+    """One pair in the plan: paths and sizes only (a plain tuple: the plan of a million
+    pairs stays small and pickles cheaply to worker processes)."""
+
+    lq_path: str
+    gt_path: str
+    lq_rel: str
+    gt_rel: str
+    key: str
+    lq_size: int
+    gt_size: int
+    origin: str
+
+
 @dataclass
 class PlannedShard:
     """One shard of the plan: its path and the pairs (paths, sizes) it will hold."""
@@ -176,7 +191,7 @@ class PlannedShard:
     path: str
     split: str
     degradation: str
-    pairs: list[tuple[str, str, str, str, str, int, int]]  # lq_path, gt_path, lq_rel, gt_rel, key, lq_size, gt_size
+    pairs: list[PlannedPair]
 
     @property
     def name(self) -> str:
@@ -189,10 +204,6 @@ class PlannedShard:
     @property
     def rejects_part(self) -> str:
         return f"{fmt.INDEX_PARTS_DIR}/{self.name}.rejects.jsonl"
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p[5] + p[6] for p in self.pairs)
 
 
 @dataclass
@@ -223,7 +234,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     bytes_in = 0
     writer: TarShardWriter | None = None
     try:
-        for lq_path, gt_path, lq_rel, gt_rel, key, _, _ in shard.pairs:
+        for lq_path, gt_path, lq_rel, gt_rel, key, _, _, origin in shard.pairs:
             try:
                 lq, gt = _read(lq_path), _read(gt_path)
                 bytes_in += len(lq) + len(gt)
@@ -237,7 +248,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
                 if strict:
                     raise PackError(reason) from None
                 rejects.append({"lq": lq_rel, "gt": gt_rel, "split": shard.split, "degradation": shard.degradation,
-                                "reason": reason, "origin": shard.path})
+                                "reason": reason, "origin": origin})
                 continue
             if writer is None:
                 writer = TarShardWriter(root / shard.path).__enter__()
