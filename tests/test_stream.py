@@ -1,0 +1,222 @@
+"""FoundIRStream on a real packed sample (make_sample -> shard_tools pack), decode, transforms."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foundir_data import taxonomy
+from foundir_data.decode import DecodeError, decode_image, decode_pair
+from foundir_data.format import FormatError
+from foundir_data.sample import make_sample
+from foundir_data.store import Store
+from foundir_data.stream import FoundIRStream
+from foundir_data.transforms import check_pair, dihedral, resize_up
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    from shard_tools.pack import PackConfig, pack
+
+    root = tmp_path_factory.mktemp("stream")
+    make_sample(root / "src", per_type=2, size=96, layout="list", seed=0)
+    rc = pack(PackConfig(source=str(root / "src" / "MillionIRData_train_meta_info.txt"), out=str(root / "packed"),
+                         shard_count=2, progress=False))
+    assert rc == 0
+    return root
+
+
+def source_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """key -> (LQ, GT) decoded by Pillow from the source files."""
+    t = Store.open(str(root / "packed")).index(columns=["key", "lq_source", "gt_source"]).to_pylist()
+    out = {}
+    for r in t:
+        lq, gt = (np.asarray(Image.open(root / "src" / "Train" / r[c]).convert("RGB")) for c in ("lq_source", "gt_source"))
+        out[r["key"]] = (lq, gt)
+    return out
+
+
+def collect(stream, n=None):
+    out = []
+    for b in stream:
+        out.append(b)
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def test_crops_equal_the_same_window_of_the_source_decode(packed):
+    src = source_arrays(packed)
+    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=8, crop=40, crops_per_pair=2,
+                      augment="dihedral", seed=3, world_size=1, rank=0)
+    batches = collect(s)
+    assert len(batches) == s.steps_per_epoch == 10  # 40 pairs / 4 pairs per step
+    keys = [k for b in batches for k in b["key"][::2]]
+    assert sorted(keys) == sorted(src)  # one mix epoch: every pair exactly once
+    ops = set()
+    for b in batches:
+        assert b["lq"].dtype == torch.uint8 and b["lq"].shape == (8, 3, 40, 40)
+        for i, key in enumerate(b["key"]):
+            y, x, op = b["window"][i].tolist()
+            ops.add(op)
+            for j, name in ((0, "lq"), (1, "gt")):
+                want = dihedral(src[key][j][y:y + 40, x:x + 40], op).transpose(2, 0, 1)
+                np.testing.assert_array_equal(b[name][i].numpy(), want)
+            assert b["degradation"][i].item() == taxonomy.get(key.split("-")[0]).index
+    assert len(ops) > 2
+
+
+def test_small_images_are_resized_up_like_the_reference(packed):
+    src = source_arrays(packed)
+    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
+    b = next(iter(s))
+    for i, key in enumerate(b["key"]):
+        lq, gt = resize_up(*src[key], 128)
+        assert min(lq.shape[:2]) == 128
+        y, x, op = b["window"][i].tolist()
+        np.testing.assert_array_equal(b["gt"][i].numpy(), dihedral(gt[y:y + 128, x:x + 128], op).transpose(2, 0, 1))
+
+
+def test_incremental_labels_and_float_dtype(packed):
+    s = FoundIRStream(packed / "packed", schedule="incremental", batch_size=4, crop=32, dtype="float32",
+                      world_size=1, rank=0)
+    n = s.curriculum.phases[-1].steps // 2
+    iso = {t.index for t in taxonomy.TYPES if t.is_isolated}
+    for b in s:
+        assert b["lq"].dtype == torch.float32 and 0 <= b["lq"].min() and b["lq"].max() <= 1
+        labels = set(b["degradation"].tolist())
+        if b["step"] < n:
+            assert labels <= iso
+        else:
+            assert labels & iso and labels - iso  # every stage-2 batch mixes both classes
+
+
+def test_resume_equals_an_uninterrupted_run_also_with_another_world_size(packed):
+    kw = dict(schedule="incremental", batch_size=8, crop=32, seed=7)
+    full = collect(FoundIRStream(packed / "packed", world_size=1, rank=0, **kw))
+    first = FoundIRStream(packed / "packed", world_size=1, rank=0, **kw)
+    head = collect(first, 3)
+    state = first.state_dict()
+    assert state["step"] == 3
+    for world in (1, 2, 4):
+        parts = []
+        for r in range(world):
+            s = FoundIRStream(packed / "packed", world_size=world, rank=r, **kw)
+            s.load_state_dict(state)
+            parts.append(collect(s))
+        assert all(len(p) == len(full) - 3 for p in parts)
+        for i, want in enumerate(full[3:]):
+            assert sum((p[i]["key"] for p in parts), []) == want["key"]
+            assert torch.equal(torch.cat([p[i]["lq"] for p in parts]), want["lq"])
+            assert torch.equal(torch.cat([p[i]["gt"] for p in parts]), want["gt"])
+    for a, b in zip(head, full):
+        assert a["key"] == b["key"] and torch.equal(a["lq"], b["lq"])
+
+
+def test_dataloader_workers_keep_the_order(packed):
+    kw = dict(schedule="combine", batch_size=4, crop=32, seed=2, world_size=1, rank=0, steps_per_phase=7)
+    ref = collect(FoundIRStream(packed / "packed", **kw))
+    stream = FoundIRStream(packed / "packed", **kw)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    got = collect(loader)
+    assert [b["step"] for b in got] == list(range(7))
+    for a, b in zip(got, ref):
+        assert a["key"] == b["key"] and torch.equal(a["gt"], b["gt"])
+    # With workers, the loop hands the next step to state_dict explicitly.
+    state = stream.state_dict(step=got[4]["step"] + 1)
+    again = FoundIRStream(packed / "packed", **kw)
+    again.load_state_dict(state)
+    assert [b["key"] for b in torch.utils.data.DataLoader(again, batch_size=None, num_workers=2)] == \
+        [b["key"] for b in ref[5:]]
+
+
+def test_nested_subset_fraction(packed):
+    # Stratified by type (2 pairs each here), at least one pair per type.
+    keys = {}
+    for f, n in ((0.25, 20), (0.5, 20), (1.0, 40)):
+        s = FoundIRStream(packed / "packed", schedule="mix", batch_size=2, crop=16, subset_fraction=f,
+                          world_size=1, rank=0)
+        keys[f] = set(s._keys.to_pylist())
+        assert s.num_pairs == n
+        assert {k.split("-")[0] for k in keys[f]} == set(taxonomy.NAMES)
+        assert sorted(k for b in s for k in b["key"]) == sorted(keys[f])
+    assert keys[0.25] == keys[0.5] < keys[1.0]
+
+
+def test_bad_arguments_give_clear_errors(packed):
+    loc = packed / "packed"
+    with pytest.raises(ValueError, match="valid names"):
+        FoundIRStream(loc, config="Snow", world_size=1, rank=0)
+    with pytest.raises(ValueError, match="no pairs for split='test'"):
+        FoundIRStream(loc, split="test", world_size=1, rank=0)
+    with pytest.raises(ValueError, match="layout='tile'"):
+        FoundIRStream(loc, layout="tile", world_size=1, rank=0)
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        FoundIRStream(loc, batch_size=6, world_size=4, rank=0)
+    with pytest.raises(ValueError, match="dtype"):
+        FoundIRStream(loc, dtype="float16", world_size=1, rank=0)
+    s = FoundIRStream(loc, schedule="mix", batch_size=4, crop=16, world_size=1, rank=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        s.load_state_dict({**s.state_dict(), "batch_size": 8})
+    with pytest.raises(ValueError, match="curriculum differs"):
+        FoundIRStream(loc, schedule="combine", batch_size=4, crop=16, world_size=1, rank=0).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="cannot resume at step"):
+        s.load_state_dict({**s.state_dict(), "step": 10_000})
+
+
+def test_truncated_shard_is_reported_with_its_path(packed, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(packed / "packed", copy)
+    shard = sorted((copy / "shards").rglob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:2000])
+    s = FoundIRStream(copy, schedule="mix", batch_size=4, crop=16, world_size=1, rank=0)
+    with pytest.raises(FormatError, match=f"{shard.name}: truncated shard"):
+        collect(s)
+
+
+# ---------------------------------------------------------------- decode / transforms
+def encode(im: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_decode_modes_match_pillow_or_documented_conversions():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for mode in ("RGB", "L", "RGBA", "P", "LA", "1", "CMYK"):
+        im = Image.fromarray(rgb).convert(mode)
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+        data = encode(im, fmt)
+        want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        np.testing.assert_array_equal(decode_image(data, f"x.{mode}"), want)
+    # 16-bit gray: v / 257 rounded, not Pillow's clip to 255.
+    v = (rng.integers(0, 256, (5, 6)) * 257).astype(np.uint16)
+    got = decode_image(encode(Image.fromarray(v)), "g16.png")
+    np.testing.assert_array_equal(got, np.repeat((v // 257).astype(np.uint8)[..., None], 3, 2))
+    # JPEG bytes behind a .png name decode by content.
+    jpg = encode(Image.fromarray(rgb), "JPEG")
+    assert decode_image(jpg, "0003.png").shape == (9, 11, 3)
+    out = np.zeros((9, 11, 3), np.uint8)
+    assert decode_image(jpg, "a", out=out) is out and out.any()
+    with pytest.raises(DecodeError, match="mode 'F'"):
+        decode_image(encode(Image.fromarray(rgb[..., 0].astype(np.float32)), "TIFF"), "f.tif")
+    with pytest.raises(DecodeError, match="bad.png: cannot decode"):
+        decode_image(b"not an image", "bad.png")
+    with pytest.raises(DecodeError, match="trunc.png"):
+        decode_image(encode(Image.fromarray(rgb))[:60], "trunc.png")
+
+
+def test_mismatched_pair_sizes_name_the_key():
+    a = encode(Image.new("RGB", (8, 8)))
+    b = encode(Image.new("RGB", (8, 9)))
+    with pytest.raises(DecodeError, match="pair-7: LQ is 8x8 but GT is 8x9"):
+        decode_pair(a, b, "pair-7")
+    with pytest.raises(ValueError, match="k9"):
+        check_pair(np.zeros((4, 4, 3)), np.zeros((5, 4, 3)), "k9")
