@@ -92,10 +92,12 @@ class TrainConfig:
     data: str = ""  # packed dataset location (folder, s3://, https://, hf://)
     config: str = "all"  # degradation selector of the stream ("all", "isolated", "Lowlight", ...)
     split: str = "train"
-    schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules)
+    schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules) or a .yaml
+    steps_per_phase: int | None = None  # the schedule's n (None: one pass over the data per epoch)
+    layout: str = "full"  # "full" frames or "tile" training tiles
     preset: str = "default"  # UNET_PRESETS name
     steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
-    batch_size: int = 8  # per rank, per micro-batch
+    batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)
     crop: int = 256
     lr: float = 1e-4
     lr_halve_step: int = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations
@@ -110,6 +112,7 @@ class TrainConfig:
     ckpt_every: int = 5000
     val_every: int = 0  # 0 = never
     val_pairs: int = 2  # held-out pairs per degradation for validation PSNR
+    val_split: str = "test"  # split the held-out pairs come from
     val_steps: int = 4  # sampler steps during validation
     log_every: int = 50
     out_dir: str = "runs/foundir"

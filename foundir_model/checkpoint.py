@@ -1,0 +1,240 @@
+"""Checkpoints: atomic save, safe load, safetensors export, and the restorer for inference.
+
+A training checkpoint is a plain dict written with ``torch.save`` and read back with
+``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only (configs
+are stored with :func:`foundir_model.config.to_dict`), so loading never unpickles arbitrary
+objects. Writes go to a temporary file in the same folder, are fsynced and then renamed, so a
+job killed mid-write leaves the previous checkpoint intact.
+
+Layout (``FORMAT`` / ``VERSION``)::
+
+    {"format": "foundir-checkpoint", "version": 1, "kind": "generalist" | "specialists",
+     "step": int, "unet": {...}, "diffusion": {...}, "train": {...},
+     "model": state_dict, "ema": state_dict, "optimizer": state_dict, "data": stream state,
+     "specialists": {...}}   # optional, see specialists.py
+
+The safetensors export holds the EMA weights (``net.*``), optional specialist weights
+(``specialists.<name>.*``, ``classifier.*``) and the configs as JSON strings in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from foundir_model.config import DiffusionConfig, UNetConfig, diff_fields, from_dict, to_dict
+from foundir_model.diffusion import ResidualDiffusion
+from foundir_model.unet import UNet
+
+FORMAT = "foundir-checkpoint"
+VERSION = 1
+
+Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupted, of another format, or of another config."""
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename).
+
+    ``format``/``version`` are added. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing file, truncated/corrupted file, or not a foundir checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip/pickle errors of a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"the file is corrupted or truncated, or holds objects that are not plain tensors and "
+            f"containers. Use an earlier checkpoint or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a foundir checkpoint (no format={FORMAT!r} field)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}; this foundir reads {VERSION}")
+    return state
+
+
+def configs(state: dict[str, Any], where: str = "checkpoint") -> tuple[UNetConfig, DiffusionConfig]:
+    """The network and diffusion configs stored in a checkpoint."""
+    try:
+        return (from_dict(UNetConfig, state["unet"], f"{where}: unet"),
+                from_dict(DiffusionConfig, state["diffusion"], f"{where}: diffusion"))
+    except KeyError as e:
+        raise CheckpointError(f"{where}: checkpoint lacks the {e.args[0]!r} config") from None
+
+
+def check_compatible(state: dict[str, Any], unet: UNetConfig, diffusion: DiffusionConfig, where: str) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint was written for another config."""
+    u, d = configs(state, where)
+    bad = [f"unet.{n}: checkpoint {getattr(u, n)!r} vs requested {getattr(unet, n)!r}" for n in diff_fields(u, unet)]
+    bad += [f"diffusion.{n}: checkpoint {getattr(d, n)!r} vs requested {getattr(diffusion, n)!r}"
+            for n in diff_fields(d, diffusion)]
+    if bad:
+        raise CheckpointError(f"{where}: checkpoint is from another model config ({'; '.join(bad)}); "
+                              f"use the same --preset/--gamma-T/--delta-end or a new --out-dir")
+
+
+def model_state(unet: UNetConfig, diffusion: DiffusionConfig) -> dict[str, Any]:
+    """The config part of a checkpoint."""
+    return {"unet": to_dict(unet), "diffusion": to_dict(diffusion)}
+
+
+def build_generalist(unet: UNetConfig, diffusion: DiffusionConfig) -> ResidualDiffusion:
+    """A fresh (untrained) generalist of the given configs."""
+    return ResidualDiffusion(UNet(unet), diffusion)
+
+
+# ---------------------------------------------------------------- safetensors
+def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.PathLike, use_ema: bool = True) -> Path:
+    """Export a checkpoint's weights (EMA by default) and configs to a safetensors file.
+
+    Specialist weights inside the checkpoint (``state["specialists"]``) are exported too.
+    """
+    from safetensors.torch import save_file
+
+    state = ckpt if isinstance(ckpt, dict) else load(ckpt)
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {"format": FORMAT, "version": str(VERSION), "step": str(state.get("step", 0))}
+    if "model" in state:
+        weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+        tensors.update({f"net.{k}": v.contiguous() for k, v in weights.items()})
+        meta["unet"], meta["diffusion"] = json.dumps(state["unet"]), json.dumps(state["diffusion"])
+    spec = state.get("specialists")
+    if spec:
+        from foundir_model import specialists as sp
+
+        t, m = sp.flatten(spec)
+        tensors.update(t)
+        meta["specialists"] = json.dumps(m)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return out
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an export of :func:`export_safetensors` into the checkpoint layout
+    (``unet``, ``diffusion``, ``ema``, ``specialists``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e}); "
+                              f"the file is corrupted or truncated") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a foundir safetensors export (metadata format={meta.get('format')!r})")
+    state: dict[str, Any] = {"step": int(meta.get("step", 0))}
+    if "unet" in meta:
+        state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
+        state["ema"] = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    if "specialists" in meta:
+        from foundir_model import specialists as sp
+
+        state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
+    return state
+
+
+def read_any(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ``.safetensors`` export or a ``.pt`` checkpoint."""
+    return load_safetensors(path) if str(path).endswith(".safetensors") else load(path)
+
+
+# ---------------------------------------------------------------- inference
+def load_generalist(path_or_state: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
+                    use_ema: bool = True) -> ResidualDiffusion:
+    """The generalist of a checkpoint or export, in eval mode on ``device``."""
+    where = str(path_or_state) if not isinstance(path_or_state, dict) else "checkpoint"
+    state = path_or_state if isinstance(path_or_state, dict) else read_any(path_or_state)
+    if "unet" not in state:
+        raise CheckpointError(f"{where}: holds no generalist (it is a specialists-only checkpoint?)")
+    unet, diffusion = configs(state, where)
+    model = build_generalist(unet, diffusion)
+    weights = state.get("ema") if use_ema and state.get("ema") else state.get("model")
+    try:
+        model.net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not fit the stored config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", specialists: bool = True,
+                  steps: int | None = None, specialists_path: str | os.PathLike | None = None) -> Restorer:
+    """A callable ``f(lq, degradation=None) -> restored`` for tiled inference.
+
+    ``lq`` is ``[B, 3, H, W]`` in [0, 1]; ``degradation`` is a ``LongTensor[B]`` of taxonomy
+    indices or None (then a classifier picks the expert, when the checkpoint has one). The
+    generalist runs the few-step sampler; with ``specialists`` the matching expert refines
+    its output (G -> S, REFERENCE.md section 3).
+
+    Args:
+        path: A ``.pt`` checkpoint or ``.safetensors`` export.
+        device: Torch device.
+        specialists: False gives generalist-only results (``--no-specialists``).
+        steps: Sampler steps (default: the checkpoint's diffusion config, 4).
+        specialists_path: A separate specialists checkpoint (default: those inside ``path``).
+    """
+    state = read_any(path)
+    model = load_generalist(state if "unet" in state else path, device)
+    pool = None
+    if specialists:
+        from foundir_model import specialists as sp
+
+        spec_state = state.get("specialists")
+        if specialists_path is not None:
+            spec_state = read_any(specialists_path).get("specialists")
+            if not spec_state:
+                raise CheckpointError(f"{specialists_path}: holds no specialists")
+        if spec_state:
+            pool = sp.SpecialistPool.from_state(spec_state).to(device).eval()
+
+    @torch.no_grad()
+    def restore(lq: torch.Tensor, degradation: torch.Tensor | None = None) -> torch.Tensor:
+        lq = lq.to(device=device, dtype=torch.float32)
+        out = model.restore(lq, steps=steps)
+        if pool is not None:
+            out = pool.refine(lq, out, degradation)
+        return out
+
+    restore.model = model  # type: ignore[attr-defined]
+    restore.pool = pool  # type: ignore[attr-defined]
+    return restore
