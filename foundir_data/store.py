@@ -40,6 +40,7 @@ from foundir_data import format as fmt
 from foundir_data.cache import DiskCache, default_cache_dir
 from foundir_data.retry import (
     ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
+    http_status,
 )
 
 __all__ = ["Store", "ShardError", "ChecksumError", "TruncatedShardError", "NoManifestError",
@@ -287,7 +288,12 @@ class Store:
             if pos:
                 headers["Range"] = f"bytes={pos}-"
             # size given (or -1 if unknown) so fsspec opens a streaming GET without a HEAD first.
-            f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
+            try:
+                f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
+            except Exception as e:
+                if pos and http_status(e) == 416:  # the server's file ends before ``pos``
+                    raise Truncated(url, size or pos, pos) from None
+                raise
             status = getattr(getattr(f, "r", None), "status", None)
             if pos and status is not None and status != 206:
                 f.close()
