@@ -95,15 +95,14 @@ def probe_image(data: bytes, name: str, full_decode: bool = False) -> ImageInfo:
     width, height = im.size
     if width <= 0 or height <= 0:
         raise BadImage(f"{name}: zero-size image ({width}x{height})")
-    if fmt == "jpeg":
-        exif = _read_exif(lambda: im.getexif(), name)
-    elif fmt == "png":
+    if fmt == "png":
         # PngImageFile.getexif() decodes the whole image when the eXIf chunk is absent,
         # so parse the chunk found by the walk instead.
         exif = _read_exif(lambda: _exif_from_bytes(exif_raw), name) if exif_raw else None
     else:
         exif = _read_exif(lambda: im.getexif(), name)
-    cheap_checked = fmt in ("png", "jpeg")
+    # MPO is a JPEG with extra frames (cameras write it for previews): same SOI..EOI check.
+    cheap_checked = fmt in ("png", "jpeg", "mpo")
     if full_decode or not cheap_checked:
         _decode(data, name)
     return ImageInfo(format=fmt, width=int(width), height=int(height), **_camera_fields(exif))

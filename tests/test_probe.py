@@ -147,6 +147,16 @@ def test_other_formats_are_decoded_to_be_checked(sample):
             probe_image(data[: len(data) // 2], f"a.{fmt}")
 
 
+def test_mpo_camera_jpeg_is_checked_like_jpeg():
+    frames = [Image.fromarray(np.full((16, 24, 3), v, np.uint8)) for v in (0, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    assert probe_image(data, "m.jpg") == ImageInfo("mpo", 24, 16)
+    with pytest.raises(BadImage, match=r"m\.jpg: truncated JPEG"):
+        probe_image(data[:-40], "m.jpg")
+
+
 def test_full_decode_accepts_good_images(sample):
     for rel, data in _files(sample):
         assert probe_image(data, rel, full_decode=True) == probe_image(data, rel)
