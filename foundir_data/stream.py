@@ -122,7 +122,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------ index and plan
     def _load_index(self) -> None:
-        t = self.store.index(columns=_COLUMNS)
+        cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
+        t = self.store.index(columns=cols)
         types = taxonomy.select(self.config)
         ids = pa.array([ty.index for ty in types], pa.int16())
         mask = pc.and_(pc.and_(pc.equal(t["split"], self.split), pc.equal(t["layout"], self.layout)),
