@@ -109,21 +109,26 @@ class Store:
     ``skipped`` (``(url, reason)`` of shards skipped under ``on_error="skip"``).
     """
 
-    def __init__(self, location: str, protocol: str, fs: Any, root: str, headers: dict[str, str],
-                 cache: DiskCache, retries: int, backoff: float, on_error: str) -> None:
+    def __init__(self, location: str, protocol: str, fs_spec: tuple[str, dict], root: str,
+                 headers: dict[str, str], cache: DiskCache, retries: int, backoff: float,
+                 on_error: str) -> None:
         self.location = location
         self.protocol = protocol
         self.on_error = on_error
         self.retries = retries
         self.backoff = backoff
         self.skipped: list[tuple[str, str]] = []
-        self._fs = fs
+        self._fs_spec = fs_spec  # (fsspec protocol, options): the filesystem is made per process
+        self._fs_obj: Any = None
+        self._fs_pid = -1
+        self._by_path: dict[str, fmt.ShardInfo] | None = None
         self._root = root
         self._headers = headers  # may hold the token: never log or repr it
         self._cache = cache
         self._manifest: fmt.Manifest | None = None
         self._index_bytes: bytes | None = None
         self._fetched: set[str] = set()
+        self._no_manifest = False
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -167,17 +172,17 @@ class Store:
             root = f"{root}/{quote(subdir, safe='/')}" if subdir else root
             rev = quote(revision, safe="/") if revision != "main" else ""
             norm = f"{HF_PREFIX}{repo}{'@' + rev if rev else ''}{'/' + subdir if subdir else ''}"
-            return cls(norm, "hf", _http_fs(opts), root, headers, _cache(cache_dir, cache_limit_bytes),
+            return cls(norm, "hf", ("https", opts), root, headers, _cache(cache_dir, cache_limit_bytes),
                        retries, backoff, on_error)
         if location.startswith(("http://", "https://")):
             root = location.rstrip("/")
-            return cls(root, "http", _http_fs(opts), root, headers, _cache(cache_dir, cache_limit_bytes),
+            return cls(root, "http", ("https", opts), root, headers, _cache(cache_dir, cache_limit_bytes),
                        retries, backoff, on_error)
         if "://" not in location or location.startswith("file://"):
             path = location[len("file://"):] if location.startswith("file://") else location
             root = os.path.abspath(os.path.expanduser(path))
             # Local reads do not retry: a short local file stays short.
-            return cls(root, "file", fsspec.filesystem("file"), root, {}, _cache(cache_dir, cache_limit_bytes),
+            return cls(root, "file", ("file", {}), root, {}, _cache(cache_dir, cache_limit_bytes),
                        0, 0.0, on_error)
         protocol = location.split("://", 1)[0]
         if protocol in ("s3", "s3a"):
@@ -190,15 +195,30 @@ class Store:
             protocol = "s3"
             location = "s3://" + location.split("://", 1)[1]
         try:
-            fs = fsspec.filesystem(protocol, **opts)
+            fsspec.get_filesystem_class(protocol)
         except (ImportError, ValueError) as e:
             raise ValueError(f"cannot read {location!r}: {e} (for s3:// install foundir[s3])") from None
         root = location.rstrip("/")
-        return cls(root, protocol, fs, root, headers, _cache(cache_dir, cache_limit_bytes),
+        return cls(root, protocol, (protocol, opts), root, headers, _cache(cache_dir, cache_limit_bytes),
                    retries, backoff, on_error)
 
     def __repr__(self) -> str:  # no headers: they may hold the token
         return f"Store({self.location!r})"
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fs_obj"], state["_fs_pid"] = None, -1  # rebuilt in the receiving process
+        return state
+
+    @property
+    def _fs(self) -> Any:
+        """The fsspec filesystem of this process: async filesystems (HTTP, s3fs) are not
+        fork-safe, so a DataLoader worker forked after the store was used makes its own."""
+        if self._fs_obj is None or self._fs_pid != os.getpid():
+            protocol, opts = self._fs_spec
+            self._fs_obj = _http_fs(dict(opts)) if protocol == "https" else _filesystem(protocol, opts)
+            self._fs_pid = os.getpid()
+        return self._fs_obj
 
     @property
     def is_local(self) -> bool:
@@ -215,14 +235,21 @@ class Store:
         return f"{self._root}/{rel}"
 
     def shard_info(self, rel: str) -> fmt.ShardInfo | None:
-        """The manifest entry of ``rel`` if it is a shard (None otherwise or before the
-        manifest is read)."""
-        if self._manifest is None or rel == fmt.MANIFEST_FILE:
+        """The manifest entry of ``rel`` if it is a shard, else None (reads the manifest once:
+        shard sizes and checksums come from it)."""
+        if rel == fmt.MANIFEST_FILE:
             return None
-        by_path = getattr(self, "_by_path", None)
-        if by_path is None:
-            by_path = self._by_path = {s.path: s for s in self._manifest.shards}
-        return by_path.get(rel)
+        if self._manifest is None:
+            if self._no_manifest:
+                return None
+            try:
+                self.manifest()
+            except NoManifestError:
+                self._no_manifest = True  # plain files: read without checks
+                return None
+        if self._by_path is None:
+            self._by_path = {s.path: s for s in self._manifest.shards}
+        return self._by_path.get(rel)
 
     # ------------------------------------------------------------------ reading
     def _retry(self, what: str, url: str, fn: Callable[[], T]) -> T:
@@ -340,10 +367,10 @@ class Store:
                 raise NoManifestError(
                     f"no {fmt.MANIFEST_FILE} at {url}: is this a packed foundir folder? "
                     "pack one with `shard_tools pack SOURCE OUT`") from None
-            self._manifest = fmt.Manifest.from_json(text, where=url)
-            self._by_path = None
-            for s in self._manifest.shards:
+            manifest = fmt.Manifest.from_json(text, where=url)
+            for s in manifest.shards:
                 _check_rel(s.path)
+            self._manifest, self._by_path = manifest, None
         return self._manifest
 
     def index(self, columns: list[str] | None = None) -> pa.Table:
@@ -430,6 +457,12 @@ def _http_fs(opts: dict) -> Any:
     # No total timeout: a 1 GB shard may take minutes; a stalled socket still fails.
     client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
     return fsspec.filesystem("https", client_kwargs=client_kwargs, **opts)
+
+
+def _filesystem(protocol: str, opts: dict) -> Any:
+    import fsspec
+
+    return fsspec.filesystem(protocol, **opts)
 
 
 def _cache(cache_dir: str | None, limit: int | None) -> DiskCache:

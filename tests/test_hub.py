@@ -168,3 +168,23 @@ def test_load_dataset_streaming_from_hub(hub, sample_source):
         n += 1
     assert n == sum(r["cls"] == "coupled" for r in index.values()) == 26
     _no_api_calls(hub)
+
+
+def _read_in_child(store, rel, queue):
+    queue.put(store.read_bytes(rel))
+
+
+def test_store_used_in_forked_worker(hub, packed):
+    import multiprocessing as mp
+
+    store = _open()
+    sh = store.manifest().shards[1]  # the parent's HTTP client now exists (and is not fork-safe)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_read_in_child, args=(store, sh.path, queue))
+    proc.start()
+    try:
+        assert queue.get(timeout=120) == (packed / sh.path).read_bytes()
+    finally:
+        proc.join(timeout=60)
+    assert proc.exitcode == 0

@@ -79,3 +79,13 @@ def test_bad_names(packed, tmp_path):
         load_dataset(str(packed), layout="tile")
     with pytest.raises(NoManifestError, match="shard_tools pack"):
         load_dataset(str(tmp_path))
+
+
+def test_dataloader_workers_share_the_shards(packed):
+    import torch.utils.data
+
+    ds = load_dataset(str(packed), name="isolated", split="test", streaming=True).select_columns(["key", "degradation"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    keys = [ex["key"] for ex in loader]
+    expect = [r["key"] for r in Store.open(str(packed)).index(["key", "cls"]).to_pylist() if r["cls"] == "isolated"]
+    assert sorted(keys) == sorted(expect) and len(set(keys)) == 14
