@@ -1,8 +1,8 @@
 """``shard_tools merge``: index parts -> the one index, manifest, rejects report and card.
 
-Every pack job writes, per shard, ``index/parts/<shard>.parquet`` (rows + the shard's
-size/sha256 in its metadata) and ``index/parts/<shard>.rejects.jsonl``; job 0 also writes
-the ingest-level rejects. Merge reads the plan (``index/parts/_plan.json``), checks that every
+Every pack job writes, per shard, ``index/parts/<shard>.parquet`` (rows, plus the shard's
+size/sha256 and its rejected pairs in the Parquet metadata); job 0 also writes the
+ingest-level rejects (``index/parts/_ingest.rejects.jsonl``). Merge reads the plan (``index/parts/_plan.json``), checks that every
 planned shard is done, and writes, each atomically:
 
 * ``index/pairs.parquet`` (``format.INDEX_FILE``): all rows in plan order (split,
@@ -24,7 +24,7 @@ from pathlib import Path
 from foundir_data import format as fmt
 from shard_tools.card import write_card
 from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
-from shard_tools.writer import PlannedShard, read_part_info, write_atomic
+from shard_tools.writer import PlannedShard, read_part_meta, write_atomic
 
 
 class MergeError(RuntimeError):
@@ -54,11 +54,11 @@ def merge(root: str | Path) -> fmt.Manifest:
     tables, infos, rejects = [], [], _read_jsonl(root / INGEST_REJECTS_PART)
     for s in shards:
         t = pq.read_table(root / s.part)
+        info, part_rejects = read_part_meta(root / s.part, t.schema)
         tables.append(fmt.check_index_schema(t, str(root / s.part)).replace_schema_metadata(None))
-        info = read_part_info(root / s.part)
         if info.count:
             infos.append(info)
-        rejects.extend(_read_jsonl(root / s.rejects_part))
+        rejects.extend(part_rejects)
     index = pa.concat_tables(tables) if tables else fmt.empty_index()
     if len(index) + len(rejects) != plan["num_input"]:
         raise MergeError(f"{root}: {len(index)} packed + {len(rejects)} rejected != {plan['num_input']} input "

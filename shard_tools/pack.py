@@ -36,7 +36,7 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.writer import (PackError, PlannedPair, PlannedShard, ShardResult, build_shard, is_done,
-                                remove_stale, write_atomic)
+                                read_part_meta, remove_stale, write_atomic)
 
 PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
 INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
@@ -63,6 +63,7 @@ class PackConfig:
     shard_count: int = fmt.DEFAULT_SHARD_COUNT
     strict: bool = False
     full_decode: bool = False
+    fsync: bool = True
     progress: bool = True
 
     def mapping(self) -> dict[str, str]:
@@ -178,6 +179,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many pairs")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem")
     parser.add_argument("--full-decode", action="store_true", help="decode every image to check it (slow)")
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false",
+                        help="do not fsync shards (faster for small shards; resume stays safe after a "
+                             "killed process, not after a power loss)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -248,14 +252,14 @@ def pack(cfg: PackConfig) -> int:
 
 
 def _part_rejects(root: Path, shard: PlannedShard) -> int:
-    p = root / shard.rejects_part
-    return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.exists() else 0
+    return len(read_part_meta(root / shard.part)[1])
 
 
 def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> int:
     """Build ``todo`` with ``cfg.workers`` processes and a progress bar; return #rejects."""
     from tqdm import tqdm
 
+    _warm_imports()
     bar = tqdm(total=total, initial=initial, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
                desc=f"pack job {cfg.job_index}/{cfg.num_jobs}", mininterval=1.0)
     start, nbytes, rejected = time.monotonic(), 0, 0
@@ -270,13 +274,13 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
     try:
         if cfg.workers == 1 or len(todo) <= 1:
             for s in todo:
-                done(build_shard(str(root), s, cfg.full_decode, cfg.strict))
+                done(build_shard(str(root), s, cfg.full_decode, cfg.strict, cfg.fsync))
         else:
             pool = ProcessPoolExecutor(cfg.workers, initializer=_die_with_parent)
             try:
                 it = iter(todo)
                 # Bounded submission: at most 2 shards per worker in flight (flat memory).
-                pending = {pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict)
+                pending = {pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict, cfg.fsync)
                            for s in itertools.islice(it, 2 * cfg.workers)}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -284,13 +288,27 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
                         done(f.result())
                         nxt = next(it, None)
                         if nxt is not None:
-                            pending.add(pool.submit(build_shard, str(root), nxt, cfg.full_decode, cfg.strict))
+                            pending.add(pool.submit(build_shard, str(root), nxt, cfg.full_decode, cfg.strict, cfg.fsync))
             finally:
                 # On an error (--strict) or Ctrl-C, do not start the queued shards.
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return rejected
+
+
+def _warm_imports() -> None:
+    """Import what building a shard needs once, before forking workers: pyarrow imports
+    pandas on its first array and Pillow loads its plugins on first open (about a second
+    here), which each forked worker would otherwise pay again."""
+    import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401
+    from PIL import Image
+
+    import shard_tools.probe  # noqa: F401
+
+    pa.array([0])
+    Image.init()
 
 
 def _die_with_parent() -> None:

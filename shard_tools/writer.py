@@ -63,8 +63,9 @@ class TarShardWriter:
         members: :class:`MemberInfo` of every member, in order.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, fsync: bool = True) -> None:
         self.path = Path(path)
+        self.fsync = fsync
         self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         self.members: list[MemberInfo] = []
         self.sha256 = ""
@@ -118,10 +119,12 @@ class TarShardWriter:
                 self._write(b"\0" * pad)
             self._f = None
             f.flush()
-            os.fsync(f.fileno())
+            if self.fsync:
+                os.fsync(f.fileno())
             f.close()
+            # No directory fsync: a rename lost in a crash leaves no tar, and resume treats
+            # a shard whose tar is missing or of the wrong size as not done (is_done).
             os.replace(self.tmp_path, self.path)
-            _fsync_dir(self.path.parent)
         except BaseException:
             f.close()
             self.tmp_path.unlink(missing_ok=True)
@@ -144,8 +147,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` + fsync + rename."""
+def write_atomic(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` + fsync + rename.
+
+    Args:
+        path: Final path.
+        data: The bytes.
+        sync_dir: Also fsync the folder so the rename itself survives a power loss (not
+            needed for a shard's index part: losing it only means the shard is redone).
+        fsync: Flush the file to disk before the rename (False: safe against a killed
+            process, not against a power loss).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -153,17 +165,22 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir and fsync:
+        _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------- one planned shard
-#: Parquet key-value metadata key holding the shard's ShardInfo in its index part.
+#: Parquet key-value metadata keys of an index part: the shard's ShardInfo, and the pairs
+#: of this shard that were rejected (a JSON list of rejects.jsonl records). Keeping both in
+#: the one done-marker file means one atomic write and one fsync per shard.
 SHARD_META_KEY = b"foundir.shard"
+REJECTS_META_KEY = b"foundir.rejects"
 
 
 class PackError(RuntimeError):
@@ -201,10 +218,6 @@ class PlannedShard:
     def part(self) -> str:
         return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
 
-    @property
-    def rejects_part(self) -> str:
-        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.rejects.jsonl"
-
 
 @dataclass
 class ShardResult:
@@ -214,7 +227,8 @@ class ShardResult:
     bytes_in: int
 
 
-def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False) -> ShardResult:
+def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False,
+                fsync: bool = True) -> ShardResult:
     """Build one planned shard: tar, then its rejects part, then its index part (done marker).
 
     Runs in a worker process; holds one pair's bytes at a time.
@@ -251,7 +265,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
                                 "reason": reason, "origin": origin})
                 continue
             if writer is None:
-                writer = TarShardWriter(root / shard.path).__enter__()
+                writer = TarShardWriter(root / shard.path, fsync=fsync).__enter__()
             row = {
                 "key": key, "split": shard.split, "degradation": t.name, "degradation_id": t.index,
                 "cls": t.cls, **t.flags(), "layout": fmt.LAYOUT_FULL,
@@ -281,12 +295,12 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
         if writer is not None:
             writer.__exit__(*sys.exc_info())
         raise
-    write_atomic(root / shard.rejects_part, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    table = fmt.index_table(rows)
-    table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
+    table = fmt.index_table(rows).replace_schema_metadata({
+        SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode(),
+        REJECTS_META_KEY: json.dumps(rejects, sort_keys=True).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_atomic(root / shard.part, sink.getvalue().to_pybytes())
+    write_atomic(root / shard.part, sink.getvalue().to_pybytes(), sync_dir=False, fsync=fsync)
     return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
 
 
@@ -295,14 +309,21 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def read_part_info(path: str | os.PathLike) -> fmt.ShardInfo:
-    """The ShardInfo stored in an index part's metadata."""
-    import pyarrow.parquet as pq
+def read_part_meta(path: str | os.PathLike, schema=None) -> tuple[fmt.ShardInfo, list[dict]]:
+    """The ShardInfo and the rejects stored in an index part's metadata.
 
-    meta = pq.read_schema(path).metadata or {}
+    Args:
+        path: The part (read unless ``schema`` is given; used in messages).
+        schema: The part's already-read Arrow schema.
+    """
+    if schema is None:
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+    meta = schema.metadata or {}
     if SHARD_META_KEY not in meta:
         raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
-    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
+    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY])), json.loads(meta.get(REJECTS_META_KEY, b"[]"))
 
 
 def is_done(root: Path, shard: PlannedShard) -> bool:
@@ -310,7 +331,7 @@ def is_done(root: Path, shard: PlannedShard) -> bool:
     if not part.exists():
         return False
     try:
-        info = read_part_info(part)
+        info, _ = read_part_meta(part)
     except Exception:
         return False
     # A part whose tar was removed or altered since is not done.
@@ -318,7 +339,7 @@ def is_done(root: Path, shard: PlannedShard) -> bool:
 
 
 def remove_stale(root: Path, shard: PlannedShard) -> None:
-    for rel in (shard.path, shard.part, shard.rejects_part):
+    for rel in (shard.path, shard.part):
         p = root / rel
         if p.parent.exists():
             for tmp in p.parent.glob(f"{p.name}.tmp-*"):
