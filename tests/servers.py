@@ -66,6 +66,7 @@ class HubServer:
     repos: dict[tuple[str, str], Path] = field(default_factory=dict)
     requests: list[LoggedRequest] = field(default_factory=list)
     faults: list[_Fault] = field(default_factory=list)
+    redirects: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,6 +111,12 @@ class HubServer:
         """
         with self._lock:
             self.faults.append(_Fault(match, times, drop_after=nbytes, pause=pause))
+
+    def redirect(self, match: str, base_url: str) -> None:
+        """Answer 302 to ``base_url + path`` for paths containing ``match`` (as the Hub sends
+        LFS/Xet files to its CDN; clients must not carry the token to another host)."""
+        with self._lock:
+            self.redirects.append((match, base_url.rstrip("/")))
 
     def clear_log(self) -> None:
         with self._lock:
@@ -167,6 +174,10 @@ def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 entry.status = fault.status
                 hdr = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return self._reply(fault.status, b"injected fault", hdr)
+            target_base = next((b for m, b in server.redirects if m in path), None)
+            if target_base is not None:
+                entry.status = 302
+                return self._reply(302, b"", {"Location": f"{target_base}{self.path}"})
             m = _RESOLVE.match(path)
             folder = server.repos.get((m["repo"], m["rev"])) if m else None
             target = (folder / m["path"]).resolve() if folder is not None else None

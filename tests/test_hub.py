@@ -188,3 +188,32 @@ def test_store_used_in_forked_worker(hub, packed):
     finally:
         proc.join(timeout=60)
     assert proc.exitcode == 0
+
+
+def test_redirect_to_cdn_drops_token_and_resumes(hub, packed):
+    from servers import HubServer
+
+    cdn = HubServer().start()
+    try:
+        cdn.add_repo(REPO, packed)
+        hub.redirect(".tar", cdn.url)
+        store = _open()
+        sh = max(store.manifest().shards, key=lambda s: s.bytes)
+        cdn.drop_after(sh.path, 4000, times=1)
+        with store.open_shard(sh.path) as f:
+            assert f.read() == (packed / sh.path).read_bytes()
+        assert [r.status for r in hub.requests if r.path.endswith(".tar")] == [302, 302]
+        assert [r.headers.get("Range") for r in cdn.requests] == [None, "bytes=4000-"]
+        assert all("Authorization" not in r.headers for r in cdn.requests)
+        assert all(r.headers.get("Authorization") == f"Bearer {TOKEN}" for r in hub.requests)
+    finally:
+        cdn.stop()
+
+
+def test_plain_https_location(hub, packed):
+    store = Store.open(f"{hub.url}/datasets/{REPO}/resolve/main/", backoff=0.001)
+    assert store.protocol == "http" and store.location == f"{hub.url}/datasets/{REPO}/resolve/main"
+    rec = store.index().slice(0, 1).to_pylist()[0]
+    assert store.read_range(rec["shard"], rec["lq_offset"], 100) == \
+        (packed / rec["shard"]).read_bytes()[rec["lq_offset"]:rec["lq_offset"] + 100]
+    assert all("Authorization" not in r.headers for r in hub.requests)  # tokens go to the Hub only
