@@ -15,6 +15,16 @@ from foundir_model import images
 from foundir_model.infer import TileConfig, blend_weights, restore_array, restore_tiled, tile_grid, tile_starts
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # On the shared, oversubscribed CI machine OpenMP threads spin against each other: a tiny
+    # UNet call takes ~10 s with 2 threads and ~0.7 s with 1. Restored afterwards.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def per_pixel(x: torch.Tensor, deg=None) -> torch.Tensor:
     """A translation-equivariant, per-pixel restorer (gamma + channel mix)."""
     mix = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.0, 0.3, 0.7]], dtype=x.dtype)
@@ -193,3 +203,57 @@ def test_bad_images_name_the_file(tmp_path):
     f.save(buf, "TIFF")
     with pytest.raises(images.ImageError, match="float.tif"):
         images.decode(buf.getvalue(), "float.tif")
+
+
+# ---------------------------------------------------------------- CLI with a real (tiny) checkpoint
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    ck = pytest.importorskip("foundir_model.checkpoint")
+    from foundir_model.config import UNET_PRESETS, DiffusionConfig
+
+    torch.manual_seed(0)
+    unet, diff = UNET_PRESETS["tiny"], DiffusionConfig()
+    model = ck.build_generalist(unet, diff)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    ck.save(path, {**ck.model_state(unet, diff), "step": 0, "model": model.net.state_dict()})
+    return path
+
+
+def test_restore_cli_folder_with_modes(tiny_checkpoint, tmp_path):
+    from foundir_model.infer import main
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rgb = load_photos(48)[0]
+    Image.fromarray(rgb).save(src / "a.png")
+    Image.fromarray(rgb).convert("L").save(src / "sub" / "grey.jpg")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])).save(src / "sub" / "alpha.png")
+    (src / "notes.txt").write_text("not an image, ignored by extension")
+    out = tmp_path / "out"
+    rc = main([str(src), str(out), "--checkpoint", str(tiny_checkpoint), "--tile", "32", "--stride", "16",
+               "--no-specialists", "--device", "cpu"])
+    assert rc == 0
+    a = np.asarray(Image.open(out / "a.png"))
+    assert a.shape == rgb.shape and a.dtype == np.uint8
+    assert np.asarray(Image.open(out / "sub" / "grey.png")).shape == rgb.shape
+    al = np.asarray(Image.open(out / "sub" / "alpha.png"))
+    assert al.shape == rgb.shape[:2] + (4,) and np.all(al[..., 3] == 200)
+    # A broken image is reported by name and fails the run; the others are still written.
+    (src / "broken.png").write_bytes(b"\x89PNG garbage")
+    rc = main([str(src), str(tmp_path / "out2"), "--checkpoint", str(tiny_checkpoint), "--no-specialists",
+               "--device", "cpu"])
+    assert rc == 1 and (tmp_path / "out2" / "a.png").is_file()
+    assert main([str(src / "a.png"), str(tmp_path / "o3"), "--checkpoint", str(tmp_path / "missing.pt"),
+                 "--no-specialists", "--device", "cpu"]) == 2
+
+
+def test_restore_tiled_real_unet_single_tile_matches_direct(tiny_checkpoint, photo):
+    from foundir_model.checkpoint import load_restorer
+
+    f = load_restorer(tiny_checkpoint, "cpu", specialists=False)
+    x = photo[:, :40, :56]
+    torch.manual_seed(3)
+    direct = f(x[None])[0]
+    torch.manual_seed(3)
+    tiled = restore_tiled(f, x, cfg=TileConfig(tile=64, stride=32))
+    assert torch.equal(tiled, direct)
