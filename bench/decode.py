@@ -1,6 +1,6 @@
 """Decode budget: what one training crop costs to decode, measured, not assumed (issue 5, item 2).
 
-One run, one core (Pillow decodes on the calling thread), on the real CC0 photos bundled with
+One run, one core (Pillow decodes on the calling thread; times are CPU time of this process), on the real CC0 photos bundled with
 scikit-image resized to full-resolution-like frames (``--size``, long side) and a noisy LQ of
 each (noise is the worst case for PNG: it does not compress). It prints:
 
@@ -36,16 +36,17 @@ PNG_LEVELS = (0, 1, 3, 6, 9)
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Best wall time of ``fn`` in milliseconds over ``repeat`` runs (after one warm-up).
+    """Best CPU time of this process for ``fn``, in ms, over ``repeat`` runs (after a warm-up).
 
-    The minimum, not the median: the machine is shared, and other processes only ever add time.
+    CPU time (``time.process_time``; Pillow decodes on the calling thread) and the minimum:
+    the machine is shared, and other processes only ever add time.
     """
     fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return 1000 * min(times)
 
 
@@ -111,9 +112,9 @@ def bench_tiles(tiles: list[np.ndarray], repeat: int) -> dict[int, tuple[float, 
     for _ in range(repeat):
         for name, bs in blobs.items():
             for i, b in enumerate(bs):
-                t = time.perf_counter()
+                t = time.process_time()
                 decode(b)
-                best[name][i] = min(best[name][i], 1000 * (time.perf_counter() - t))
+                best[name][i] = min(best[name][i], 1000 * (time.process_time() - t))
     res = {}
     for name, fmt, kw in variants:
         kb, dec = statistics.mean(map(len, blobs[name])) / 1e3, statistics.mean(best[name])
@@ -185,14 +186,14 @@ def bench_crops(tiles: list[np.ndarray], level: int, repeat: int) -> None:
     best = {k: float("inf") for k in (1, 2, 4)}
     for _ in range(repeat):  # round-robin over k, best of ``repeat`` (shared machine)
         for k in best:
-            t = time.perf_counter()
+            t = time.process_time()
             for lq_b, gt_b in blobs:
                 lq, gt = decode(lq_b), decode(gt_b)
                 for j in range(k):
                     y, x = rng.integers(0, TILE - CROP + 1, 2)
                     batch[0, j] = lq[y:y + CROP, x:x + CROP]
                     batch[1, j] = gt[y:y + CROP, x:x + CROP]
-            best[k] = min(best[k], 1000 * (time.perf_counter() - t) / (len(blobs) * k))
+            best[k] = min(best[k], 1000 * (time.process_time() - t) / (len(blobs) * k))
     for k, ms in best.items():
         row(str(k), f"{1000 / ms:.0f}", f"{ms:.2f}")
     print("  (k > 1 correlates the crops of a batch: more pairs per decode, fewer distinct windows)")
