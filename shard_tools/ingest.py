@@ -298,6 +298,9 @@ def _deg_from_path(rel: str, mapping: Mapping[str, str]) -> tuple[str | None, st
 def _iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
     split = split or "train"
     root = Path(data_root) if data_root else path.parent / "Train"
+    if not root.is_dir():
+        raise IngestError(f"{path}: data root {root} is not a folder; list paths are relative to the "
+                          f"release's Train folder, pass it with --data-root")
     seen: dict[tuple[str, str], str] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
@@ -354,6 +357,8 @@ def _check_columns(path: Path, cols: dict) -> None:
 
 def _iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
     root = Path(data_root) if data_root else path.parent
+    if not root.is_dir():
+        raise IngestError(f"{path}: data root {root} is not a folder (--data-root)")
     seen: dict[tuple[str, str, str], str] = {}
     for rowno, row in _manifest_rows(path):
         origin = f"{path}:{rowno}"

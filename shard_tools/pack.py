@@ -24,13 +24,15 @@ import argparse
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
@@ -255,46 +257,70 @@ def _part_rejects(root: Path, shard: PlannedShard) -> int:
     return len(read_part_meta(root / shard.part)[1])
 
 
-def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> int:
-    """Build ``todo`` with ``cfg.workers`` processes and a progress bar; return #rejects."""
+def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> None:
+    """Build ``todo`` with ``cfg.workers`` processes, with a progress bar (pairs/s, MB/s)."""
     from tqdm import tqdm
 
     _warm_imports()
     bar = tqdm(total=total, initial=initial, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
                desc=f"pack job {cfg.job_index}/{cfg.num_jobs}", mininterval=1.0)
-    start, nbytes, rejected = time.monotonic(), 0, 0
+    start, nbytes = time.monotonic(), 0
 
-    def done(r: ShardResult) -> None:
-        nonlocal nbytes, rejected
-        nbytes += r.bytes_in
-        rejected += r.rejected
-        bar.update(r.count + r.rejected)
+    def on_pair(n: int) -> None:
+        nonlocal nbytes
+        nbytes += n
+        bar.update(1)
         bar.set_postfix_str(f"{nbytes / max(time.monotonic() - start, 1e-9) / 1e6:.1f} MB/s", refresh=False)
 
+    args = (str(root), cfg.full_decode, cfg.strict, cfg.fsync)
     try:
         if cfg.workers == 1 or len(todo) <= 1:
             for s in todo:
-                done(build_shard(str(root), s, cfg.full_decode, cfg.strict, cfg.fsync))
-        else:
-            pool = ProcessPoolExecutor(cfg.workers, initializer=_die_with_parent)
-            try:
-                it = iter(todo)
-                # Bounded submission: at most 2 shards per worker in flight (flat memory).
-                pending = {pool.submit(build_shard, str(root), s, cfg.full_decode, cfg.strict, cfg.fsync)
-                           for s in itertools.islice(it, 2 * cfg.workers)}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        done(f.result())
-                        nxt = next(it, None)
-                        if nxt is not None:
-                            pending.add(pool.submit(build_shard, str(root), nxt, cfg.full_decode, cfg.strict, cfg.fsync))
-            finally:
-                # On an error (--strict) or Ctrl-C, do not start the queued shards.
-                pool.shutdown(wait=True, cancel_futures=True)
+                build_shard(args[0], s, *args[1:], on_pair=on_pair)
+            return
+        queue = multiprocessing.get_context().SimpleQueue()
+        pool = ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(queue,))
+        try:
+            it = iter(todo)
+            # Bounded submission: at most 2 shards per worker in flight (flat memory).
+            pending = {pool.submit(_build_in_worker, s, *args) for s in itertools.islice(it, 2 * cfg.workers)}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(queue, on_pair)
+                for f in finished:
+                    f.result()  # re-raises a worker's error (--strict)
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(_build_in_worker, nxt, *args))
+        finally:
+            # On an error (--strict) or Ctrl-C, do not start the queued shards; keep draining
+            # the progress queue while running ones finish, so no worker blocks on a full pipe.
+            stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
+            stopper.start()
+            while stopper.is_alive():
+                _drain(queue, on_pair)
+                stopper.join(0.05)
+            _drain(queue, on_pair)
     finally:
         bar.close()
-    return rejected
+
+
+def _drain(queue, on_pair: Callable[[int], None]) -> None:
+    while not queue.empty():
+        on_pair(queue.get())
+
+
+_QUEUE = None  # a worker's progress queue (set by _init_worker)
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    _die_with_parent()
+
+
+def _build_in_worker(shard: PlannedShard, out: str, full_decode: bool, strict: bool, fsync: bool) -> ShardResult:
+    return build_shard(out, shard, full_decode, strict, fsync, on_pair=_QUEUE.put)
 
 
 def _warm_imports() -> None:

@@ -24,7 +24,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
@@ -228,7 +228,7 @@ class ShardResult:
 
 
 def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False,
-                fsync: bool = True) -> ShardResult:
+                fsync: bool = True, on_pair: Callable[[int], None] | None = None) -> ShardResult:
     """Build one planned shard: tar, then its rejects part, then its index part (done marker).
 
     Runs in a worker process; holds one pair's bytes at a time.
@@ -249,9 +249,13 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     writer: TarShardWriter | None = None
     try:
         for lq_path, gt_path, lq_rel, gt_rel, key, _, _, origin in shard.pairs:
+            if on_pair is not None and (rows or rejects):
+                on_pair(n_read)  # the previous pair is finished
+            n_read = 0
             try:
                 lq, gt = _read(lq_path), _read(gt_path)
-                bytes_in += len(lq) + len(gt)
+                n_read = len(lq) + len(gt)
+                bytes_in += n_read
                 li = probe_image(lq, lq_path, full_decode)
                 gi = probe_image(gt, gt_path, full_decode)
                 if (li.width, li.height) != (gi.width, gi.height):
@@ -283,6 +287,8 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
             row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
                        gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
             rows.append(row)
+        if on_pair is not None and (rows or rejects):
+            on_pair(n_read)
         if writer is not None:
             w, writer = writer, None
             w.__exit__(None, None, None)

@@ -69,6 +69,8 @@ def test_list_bad_lines_duplicates_and_unknown_tokens(list_src, tmp_path):
     assert "does not parse" in by_line["2"].reason and "just one path" in by_line["2"].reason
     assert "duplicate pair" in by_line["4"].reason and f"{bad}:1" in by_line["4"].reason
     assert "unknown degradation token 'Snow'" in by_line["5"].reason and "--map" in by_line["5"].reason
+    with pytest.raises(IngestError, match="data root .* is not a folder.*--data-root"):
+        list(ingest.iter_pairs(bad))  # default root: <list folder>/Train, absent here
     # A user mapping turns the unknown token into a type.
     got, rej = _split(ingest.iter_pairs(bad, data_root=root / "Train", mapping={"Snow": "Rain"}))
     assert [p.degradation for p in got][-1] == "Rain" and len(rej) == 2
