@@ -128,7 +128,7 @@ def front_matter(manifest: fmt.Manifest, *, pretty_name: str = "FoundIR",
         # No ``splits:`` entry: ``datasets`` wants their Arrow ``num_bytes``, which only a
         # conversion to Arrow could measure; the counts are in the card's tables instead.
         infos.append({"config_name": name, "features": features_yaml()})
-    n = manifest.num_samples or sum(s.count for s in full)
+    n = sum(s.count for s in full)  # pairs; manifest.num_samples also counts tiles
     meta: dict[str, Any] = {"pretty_name": pretty_name, "license": license}
     if license == "other":
         meta["license_name"] = license_name
@@ -160,6 +160,10 @@ def _full_rows(index: pa.Table) -> pa.Table:
 def _fmt_counts(t: pa.Table, col: str) -> str:
     c = counts_by(t, col)
     return ", ".join(f"{k[0]} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))) or "-"
+
+
+def _tile_settings(tile: dict[str, int] | None) -> str:
+    return ", " + ", ".join(f"{k} {v}" for k, v in sorted(tile.items())) if tile else ""
 
 
 def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str, str]:
@@ -197,7 +201,7 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
     tile_note = ""
     if tiles:
         tile_note = (f"; a tile layout ({sum(x.count for x in tiles):,} tiles in {len(tiles)} shards, "
-                     f"{_human(sum(x.bytes for x in tiles))}, tile settings {manifest.tile}) is under "
+                     f"{_human(sum(x.bytes for x in tiles))}{_tile_settings(manifest.tile)}) is under "
                      f"`shards/tile/` and in the index, not in the configurations")
     example = sorted(shards, key=lambda x: x.path)[0] if shards else None
     return {

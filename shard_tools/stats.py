@@ -131,7 +131,8 @@ def format_stats(st: dict[str, Any]) -> str:
         gfmts = ", ".join(f"{k} {v:,}" for k, v in d["gt_formats"].items())
         rows.append([s, f"{d['pairs']:,}", "-" if d["shards"] is None else f"{d['shards']:,}", _human(d["shard_bytes"]),
                      _human(d["image_bytes"]), res, fmts, gfmts, f"{d['with_exif']:,}"])
-    parts.append(_table(["split", "pairs", "shards", "shard bytes", "image bytes", "mean WxH (min..max)",
+    unit = "pairs" if st["layout"] == fmt.LAYOUT_FULL else "tiles"
+    parts.append(_table(["split", unit, "shards", "shard bytes", "image bytes", "mean WxH (min..max)",
                          "LQ formats", "GT formats", "EXIF"], rows))
     return "\n".join(parts)
 
