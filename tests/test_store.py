@@ -61,8 +61,12 @@ def test_plain_file_corrupt_and_truncated(tmp_path):
     assert hashlib.sha256(b"y" + data[1:]).hexdigest() in msg
     with pytest.raises(TruncatedShardError, match=r"b\.bin.*expected 5000 bytes, got 4000"):
         store.open_shard("shards/b.bin").read()
-    # verify=False skips the checksum (the size is still checked)
+    # verify=False (per call or per store) skips the checksum; the size is still checked
     assert store.open_shard("shards/a.bin", verify=False).read()[:1] == b"y"
+    trusting = Store.open(str(root), verify=False)
+    assert trusting.open_shard("shards/a.bin").read()[:1] == b"y"
+    with pytest.raises(TruncatedShardError):
+        trusting.open_shard("shards/b.bin").read()
 
 
 def test_no_manifest_and_bad_version(tmp_path):
