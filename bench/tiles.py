@@ -115,14 +115,15 @@ def datasets_loader(root: Path) -> Iterator[int]:
             yield 1
 
 
-def stream_loader(root: Path, layout: str, batch: int, keep: list) -> Iterator[int]:
-    """``FoundIRStream`` (S's training stream), ``mix`` schedule, endless epochs; keeps batches."""
+def stream_loader(root: Path, layout: str, batch: int, keep: list, k: int = 1) -> Iterator[int]:
+    """``FoundIRStream`` (the training stream), ``mix`` schedule, endless epochs, ``k`` crops
+    per decoded pair; keeps the batches for the exactness check."""
     from foundir_data.stream import FoundIRStream
 
     epoch = 0
     while True:
         st = FoundIRStream(str(root), layout=layout, schedule="mix", batch_size=batch, crop=CROP,
-                           augment="hflip", seed=0, epoch=epoch)
+                           augment="hflip", seed=0, epoch=epoch, crops_per_pair=k)
         for b in st:
             keep.append({k: b[k] for k in ("lq", "gt", "key", "window")})
             yield len(b["key"])
@@ -160,8 +161,17 @@ def check_exact(root: Path, batches: list) -> int:
                 # op 0: as is; op 1: horizontal flip (transforms.dihedral, augment "hflip").
                 if not np.array_equal(got, want[:, ::-1] if op == 1 else want):
                     raise AssertionError(f"crop of {key} at {(y, x, op)} differs from the source window")
-                n += 1
+            n += 1
     return n
+
+
+def mean_pair_bytes(root: Path, layout: str) -> float:
+    """Mean LQ+GT member bytes of the index rows of ``layout``."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(root / fmt.INDEX_FILE, columns=["layout", "lq_size", "gt_size"]).to_pylist()
+    sizes = [r["lq_size"] + r["gt_size"] for r in t if r["layout"] == layout]
+    return sum(sizes) / len(sizes)
 
 
 def dir_bytes(path: Path, pattern: str) -> int:
@@ -193,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             "full shards (FoundIRStream)": (lambda: stream_loader(d["full"], "full", 4, []), a.full_pairs),
             "tiles 512/512 (FoundIRStream)": (lambda: stream_loader(d["tile512"], "tile", 16, kept["tile512"]), a.tile_pairs),
             "tiles 512/256 (FoundIRStream)": (lambda: stream_loader(d["tile256"], "tile", 16, kept["tile256"]), a.tile_pairs),
+            # Several crops per decode (item 2): more pairs per decode, but crops of one tile overlap.
+            "tiles 512/512, 2 crops/decode": (lambda: stream_loader(d["tile512"], "tile", 16, kept["tile512"], 2), a.tile_pairs),
         }
         its = {name: make() for name, (make, _) in loaders.items()}
         for it in its.values():  # warm up: imports, index loads, first shard opens
@@ -209,15 +221,26 @@ def main(argv: list[str] | None = None) -> int:
                  "full shards (FoundIRStream)": dir_bytes(d["full"] / fmt.SHARDS_DIR / fmt.LAYOUT_FULL, "*.tar"),
                  "tiles 512/512 (FoundIRStream)": dir_bytes(d["tile512"] / fmt.SHARDS_DIR / fmt.LAYOUT_TILE, "*.tar"),
                  "tiles 512/256 (FoundIRStream)": dir_bytes(d["tile256"] / fmt.SHARDS_DIR / fmt.LAYOUT_TILE, "*.tar")}
+        sizes["tiles 512/512, 2 crops/decode"] = sizes["tiles 512/512 (FoundIRStream)"]
+        # Bytes read per patch pair (LQ + GT members), and what 1,000 pairs/s means for I/O.
+        read = {"folder (BasicSR-style)": mean_pair_bytes(d["full"], fmt.LAYOUT_FULL)}
+        read["datasets streaming"] = read["full shards (FoundIRStream)"] = read["folder (BasicSR-style)"]
+        read["tiles 512/512 (FoundIRStream)"] = mean_pair_bytes(d["tile512"], fmt.LAYOUT_TILE)
+        read["tiles 512/256 (FoundIRStream)"] = mean_pair_bytes(d["tile256"], fmt.LAYOUT_TILE)
+        read["tiles 512/512, 2 crops/decode"] = read["tiles 512/512 (FoundIRStream)"] / 2
         base = 1 / best["folder (BasicSR-style)"][0]
         print(f"\n{CROP}x{CROP} patch pairs, one process; rate per CPU-second (= per core), best of {a.rounds} rounds")
-        print(f"  {'loader':<32}{'pairs/s/core':>13}{'(wall)':>9}{'vs folder':>11}{'cores/GPU':>11}{'MB on disk':>12}{'vs source':>11}")
+        print(f"  {'loader':<32}{'pairs/s/core':>13}{'(wall)':>9}{'vs folder':>11}{'cores/GPU':>11}"
+              f"{'MB on disk':>12}{'vs source':>11}{'MB/pair':>9}{'GB/s/GPU':>10}")
         for name in loaders:
             rate, wall = 1 / best[name][0], 1 / best[name][1]
             print(f"  {name:<32}{rate:>13.1f}{wall:>9.1f}{rate / base:>10.1f}x{GPU_RATE / rate:>11.1f}"
-                  f"{sizes[name] / 1e6:>12.1f}{sizes[name] / src_bytes:>10.2f}x")
-        print(f"\n  cores/GPU = cores to feed one GPU at {GPU_RATE} patch pairs/s. Tile crops checked bit-identical "
-              f"with the decoded source window: {exact['tile512']} (512/512) + {exact['tile256']} (512/256) crops.")
+                  f"{sizes[name] / 1e6:>12.1f}{sizes[name] / src_bytes:>10.2f}x{read[name] / 1e6:>9.2f}"
+                  f"{read[name] * GPU_RATE / 1e9:>10.2f}")
+        print(f"\n  cores/GPU = cores to feed one GPU at {GPU_RATE} patch pairs/s; MB/pair = LQ+GT bytes read per "
+              f"patch pair; GB/s/GPU = that times {GPU_RATE}/s. Tile crops checked bit-identical "
+              f"with the decoded source window: {exact['tile512']} (512/512) + {exact['tile256']} (512/256) crops.\n"
+              "  Full-frame rows: one crop per decoded pair (the folder loader's recipe).")
     finally:
         if tmp is not None:
             tmp.cleanup()
