@@ -217,3 +217,17 @@ def test_plain_https_location(hub, packed):
     assert store.read_range(rec["shard"], rec["lq_offset"], 100) == \
         (packed / rec["shard"]).read_bytes()[rec["lq_offset"]:rec["lq_offset"] + 100]
     assert all("Authorization" not in r.headers for r in hub.requests)  # tokens go to the Hub only
+
+
+def test_load_dataset_non_streaming_from_hub_every_pair(hub, sample_source, tmp_path):
+    hub.fail_first(1, 503, match=".tar")
+    dd = load_dataset(f"hf://datasets/{REPO}", token=TOKEN, cache_dir=str(tmp_path / "hf"), backoff=0.001)
+    ds = dd["test"]
+    index = {r["key"]: r for r in Store.open(f"hf://datasets/{REPO}", token=TOKEN).index().to_pylist()}
+    assert sorted(ds["key"]) == sorted(index)
+    for ex in ds:
+        r = index[ex["key"]]
+        for side in ("lq", "gt"):
+            assert np.array_equal(np.asarray(ex[side]), np.asarray(Image.open(sample_source / r[f"{side}_source"])))
+        assert ds.features["degradation"].int2str(ex["degradation"]) == r["degradation"]
+    _no_api_calls(hub)
