@@ -130,8 +130,8 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
     Args:
         source: A list file, a CSV/Parquet manifest, or a folder.
         kind: One of :data:`KINDS`; ``auto`` detects it from content.
-        split: Force the split (default: ``test`` for the test layout, ``train`` otherwise,
-            or the manifest's ``split`` column).
+        split: Force the split (default: the manifest's ``split`` column; ``test`` for the
+            test layout unless its folder is named ``Train``; ``train`` otherwise).
         degradation: Force the degradation type of every pair (a name or token).
         data_root: Root that list/manifest paths are relative to.
         mapping: User mapping of unknown degradation tokens to canonical names.
@@ -250,7 +250,9 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
 
 # ---------------------------------------------------------------- layouts
 def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
-    split = split or "test"
+    # The release's training root (MillionIRData/Train, REFERENCE.md section 1) has the same
+    # <Type>/{GT,LQ} shape as its test set; its pairs are training pairs.
+    split = split or ("train" if root.resolve().name.lower() == "train" else "test")
     if not root.is_dir():
         raise IngestError(f"{root}: not a folder (test layout expects NNName/{{GT,LQ}}/)")
     for sub in _subdirs(root):

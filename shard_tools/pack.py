@@ -189,10 +189,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl), 2 = error."""
+    from shard_tools.merge import MergeError
+
     cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
     try:
         return pack(cfg)
-    except (PackError, ingest.IngestError, taxonomy.UnknownDegradationError, fmt.FormatError) as e:
+    except (PackError, MergeError, ingest.IngestError, taxonomy.UnknownDegradationError, fmt.FormatError) as e:
         print(f"shard_tools pack: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -228,12 +230,13 @@ def pack(cfg: PackConfig) -> int:
         write_atomic(root / INGEST_REJECTS_PART,
                      "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in plan.rejects).encode())
     mine = [s for i, s in enumerate(plan.shards) if i % cfg.num_jobs == cfg.job_index]
-    todo = []
+    todo, done_pairs = [], 0
     for s in mine:
-        if not is_done(root, s):
+        if is_done(root, s):
+            done_pairs += len(s.pairs)
+        else:
             remove_stale(root, s)
             todo.append(s)
-    done_pairs = sum(len(s.pairs) for s in mine if s not in todo)
     _build(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
     # Counted from the parts, so a resumed run reports the rejects of earlier runs too.
     n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(_part_rejects(root, s) for s in mine)
@@ -247,8 +250,8 @@ def pack(cfg: PackConfig) -> int:
         print(f"job {cfg.job_index}/{cfg.num_jobs}: built {len(mine)} shards; run `shard_tools merge {root}` "
               f"when every job has finished", file=sys.stderr)
     if n_rejected:
-        print(f"{n_rejected} input pair(s) rejected; reasons in {root / fmt.REJECTS_FILE if cfg.num_jobs == 1 else root / fmt.INDEX_PARTS_DIR}",
-              file=sys.stderr)
+        where = root / (fmt.REJECTS_FILE if cfg.num_jobs == 1 else fmt.INDEX_PARTS_DIR)
+        print(f"{n_rejected} input pair(s) rejected; reasons in {where}", file=sys.stderr)
         return 1
     return 0
 

@@ -229,17 +229,23 @@ class ShardResult:
 
 def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict: bool = False,
                 fsync: bool = True, on_pair: Callable[[int], None] | None = None) -> ShardResult:
-    """Build one planned shard: tar, then its rejects part, then its index part (done marker).
+    """Build one planned shard: its tar, then its index part (the done marker).
 
     Runs in a worker process; holds one pair's bytes at a time.
+
+    Args:
+        out: The pack's output folder.
+        shard: The planned shard.
+        full_decode: Decode every image to check it (``probe_image``).
+        strict: Raise at the first bad pair instead of recording it as rejected.
+        fsync: Flush the tar and the part to disk before renaming them into place.
+        on_pair: Called with the bytes read after each pair (progress).
 
     Raises:
         PackError: with ``strict``, at the first bad pair (no file of this shard is left).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from shard_tools.probe import BadImage, probe_image
 
     root = Path(out)
     t = taxonomy.get(shard.degradation)
@@ -249,22 +255,13 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     writer: TarShardWriter | None = None
     try:
         for lq_path, gt_path, lq_rel, gt_rel, key, _, _, origin in shard.pairs:
-            if on_pair is not None and (rows or rejects):
-                on_pair(n_read)  # the previous pair is finished
-            n_read = 0
-            try:
-                lq, gt = _read(lq_path), _read(gt_path)
-                n_read = len(lq) + len(gt)
-                bytes_in += n_read
-                li = probe_image(lq, lq_path, full_decode)
-                gi = probe_image(gt, gt_path, full_decode)
-                if (li.width, li.height) != (gi.width, gi.height):
-                    raise BadImage(f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
-                                   f"but {gt_path} is {gi.width}x{gi.height}")
-            except (BadImage, OSError) as e:
-                reason = str(e) if isinstance(e, BadImage) else f"unreadable file: {e.filename} ({e.strerror})"
+            lq, gt, li, gi, reason = _load_pair(lq_path, gt_path, full_decode)
+            bytes_in += len(lq) + len(gt)
+            if on_pair is not None:
+                on_pair(len(lq) + len(gt))
+            if reason is not None:
                 if strict:
-                    raise PackError(reason) from None
+                    raise PackError(reason)
                 rejects.append({"lq": lq_rel, "gt": gt_rel, "split": shard.split, "degradation": shard.degradation,
                                 "reason": reason, "origin": origin})
                 continue
@@ -287,8 +284,6 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
             row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
                        gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
             rows.append(row)
-        if on_pair is not None and (rows or rejects):
-            on_pair(n_read)
         if writer is not None:
             w, writer = writer, None
             w.__exit__(None, None, None)
@@ -308,6 +303,27 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     pq.write_table(table, sink)
     write_atomic(root / shard.part, sink.getvalue().to_pybytes(), sync_dir=False, fsync=fsync)
     return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
+
+
+def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
+    """Read and probe a pair: (lq bytes, gt bytes, lq info, gt info, reject reason or None)."""
+    from shard_tools.probe import BadImage, probe_image
+
+    lq = gt = b""
+    try:
+        lq, gt = _read(lq_path), _read(gt_path)
+        li = probe_image(lq, lq_path, full_decode)
+        gi = probe_image(gt, gt_path, full_decode)
+    except BadImage as e:
+        return lq, gt, None, None, str(e)
+    except OSError as e:
+        return lq, gt, None, None, f"unreadable file: {e.filename} ({e.strerror})"
+    if (li.width, li.height) != (gi.width, gi.height):
+        # FoundIR pairs are pixel-aligned captures (paper, section 3.1): a size mismatch is
+        # a wrong pairing or a damaged file.
+        return lq, gt, li, gi, (f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
+                                f"but {gt_path} is {gi.width}x{gi.height}")
+    return lq, gt, li, gi, None
 
 
 def _read(path: str) -> bytes:

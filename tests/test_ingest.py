@@ -51,6 +51,9 @@ def test_list_layout_uses_train_root_and_path_tokens(list_src):
     assert ingest.detect_kind(lst) == "list"
     got, rej = _split(ingest.iter_pairs(lst))
     assert not rej
+    # The release's Train folder itself has the <Type>/{GT,LQ} shape: its pairs are train.
+    assert ingest.detect_kind(root / "Train") == "test"
+    assert {p.split for p in ingest.iter_pairs(root / "Train")} == {"train"}
     assert [(p.gt_rel, p.lq_rel, p.degradation) for p in got] == \
         [(p.gt[len("Train/"):], p.lq[len("Train/"):], p.degradation) for p in pairs]
     assert got[0].lq_path == str(root / "Train" / got[0].lq_rel) and got[0].origin == f"{lst}:1"
