@@ -1,7 +1,7 @@
 """``shard_tools tile``: lossless aligned LQ/GT training tiles from a packed folder's full frames.
 
 The paper trains on 256x256 crops of ~2514x1516 frames (REFERENCE.md section 2); decoding a
-whole PNG frame for one crop costs ~100-200 ms, a 512 tile ~5-8 ms (``bench/decode.py``). So
+whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
 ``size`` at ``stride`` and every tile is stored as a PNG: pixel-exact with the decoded source
 (PNG is lossless; the source's JPEG pixels are stored as decoded, never re-encoded lossily).
@@ -38,19 +38,20 @@ import numpy as np
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
 from shard_tools.merge import MergeError
-from shard_tools.writer import TarShardWriter, write_atomic
+from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
+from shard_tools.writer import SHARD_META_KEY, TarShardWriter, read_part_meta, write_atomic
 
 TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
 TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
-#: Parquet key-value metadata key of a part's ShardInfo (the same key as ``shard_tools.pack``).
-SHARD_META_KEY = b"foundir.shard"
 
 DEFAULT_SIZE = 512
-#: zlib level of the tile PNGs. bench/decode.py (2000 px photos, 512 tiles, Pillow 13 +
-#: zlib-ng, see bench/README.md): level 1 is within ~7% of the smallest bytes (level 9), encodes
-#: ~15x faster than level 9 and ~3x faster than level 6, and decodes about as fast as any
-#: compressed level; level 0 decodes fastest but stores raw rows (~1.7x the bytes). Counting
-#: packing once + decoding for a full training run, level 1 costs the least core time.
+#: zlib level of the tile PNGs, chosen by ``python bench/decode.py --repeat 5`` (bench/README.md;
+#: 512 tiles of 2000 px photos, one core, Pillow 13 + zlib-ng): kB/tile, encode ms, decode ms =
+#: level 0: 787, 13, 3.7 | 1: 461, 26, 7.6 | 3: 451, 35, 7.5 | 6: 434, 82, 7.3 | 9: 429, 556, 7.1.
+#: Compressed levels decode alike (within 8%) and level 1 is within 7% of the smallest bytes
+#: while encoding 3x faster than 6 and 20x faster than 9: the least core time for packing once
+#: plus a 2M-iteration training run. Level 0 halves decode time but reads 1.7x the bytes
+#: (~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` for nodes whose disks keep up.
 DEFAULT_PNG_LEVEL = 1
 
 
@@ -216,18 +217,16 @@ def build_tile_shard(root: str, shard: TileShard, cfg: TileConfig) -> int:
 
 
 def _part_info(path: Path) -> fmt.ShardInfo | None:
-    import pyarrow.parquet as pq
-
+    """The ShardInfo of an index part, or None where it is missing or unreadable."""
     try:
-        meta = pq.read_schema(path).metadata or {}
-        return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY]))
+        return read_part_meta(path)[0]
     except Exception:
         return None
 
 
 def _is_done(root: Path, shard: TileShard) -> bool:
     """Done iff its index part exists and names a tar of exactly the recorded size."""
-    info = _part_info(root / shard.part) if (root / shard.part).exists() else None
+    info = _part_info(root / shard.part)
     return info is not None and (root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes
 
 
@@ -323,9 +322,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
 
     base = Path(root)
     plan = json.loads((base / TILE_PLAN_FILE).read_text())
-    from shard_tools import pack as _pack
-
-    if (base / _pack.PLAN_FILE).exists():
+    if (base / PACK_PLAN_FILE).exists():
         from shard_tools.merge import merge
 
         merge(root)
