@@ -80,9 +80,14 @@ class _HashingReader:
 
     def __init__(self, f) -> None:
         self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+        self.error: BaseException | None = None  # a failed read of the file itself (remote)
 
     def read(self, n: int = -1) -> bytes:
-        b = self.f.read(n)
+        try:
+            b = self.f.read(n)
+        except Exception as e:
+            self.error = e
+            raise
         self.sha.update(b)
         self.pos += len(b)
         return b
@@ -125,25 +130,54 @@ def _samples(tf: tarfile.TarFile, rel: str, problems: list[Problem]) -> Iterator
         yield key, members
 
 
-def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]], full_decode: bool = False) -> tuple[list[Problem], int]:
+def _open_shard(root: str, rel: str, store: Any) -> tuple[Any, int | None]:
+    """(file object, size or None when only reading tells). Raises FileNotFoundError."""
+    if store is None:
+        path = Path(root) / rel
+        if not path.is_file():
+            raise FileNotFoundError(rel)
+        return open(path, "rb"), path.stat().st_size
+    # Remote: the store retries and resumes; its own checksum is off so that this module
+    # reports size and sha256 itself, with the expected and found values.
+    f = store.open_shard(rel, verify=False)
+    try:
+        f.peek(1)  # the stream opens lazily: surface a 404 as FileNotFoundError here
+    except BaseException:
+        f.close()
+        raise
+    return f, None
+
+
+def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]], full_decode: bool = False,
+                 store: Any = None) -> tuple[list[Problem], int]:
     """Verify one shard against its manifest entry and its index rows.
+
+    Args:
+        root: The packed folder (or the location, for messages, when ``store`` is given).
+        info: The shard's manifest entry.
+        rows: Its index rows.
+        full_decode: Decode every pixel.
+        store: A ``foundir_data.store.Store`` to read a remote folder through (None: local).
 
     Returns:
         (problems, number of samples found in the tar).
     """
     rel = info.path
-    path = Path(root) / rel
     problems: list[Problem] = []
-    if not path.is_file():
+    try:
+        f, size = _open_shard(root, rel, store)
+    except FileNotFoundError:
         problems.append(Problem(rel, "shard file is missing"))
         return problems, 0
-    size = path.stat().st_size
-    if size != info.bytes:
+    except Exception as e:  # remote: HTTP/S3 errors after the store's retries
+        problems.append(Problem(rel, f"shard cannot be opened ({type(e).__name__}: {e})"))
+        return problems, 0
+    if size is not None and size != info.bytes:
         problems.append(Problem(rel, "shard size differs from the manifest", expected=info.bytes, found=size))
     by_key = {r["key"]: r for r in rows}
     found_keys: set[str] = set()
     n = 0
-    with open(path, "rb") as f:
+    with f:
         reader = _HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:
@@ -151,11 +185,22 @@ def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]], ful
                     _check_sample(rel, key, members, n, by_key.get(key), info, full_decode, problems)
                     found_keys.add(key)
                     n += 1
-        except (tarfile.TarError, EOFError, OSError) as e:
-            problems.append(Problem(rel, f"tar is truncated or unreadable after {n} samples ({type(e).__name__}: {e})"))
-        reader.drain()
+        except Exception as e:  # tarfile.ReadError, EOFError, or the file read failing
+            if reader.error is None:
+                problems.append(Problem(rel, f"tar is truncated or unreadable after {n} samples ({type(e).__name__}: {e})"))
+        if reader.error is None:
+            try:
+                reader.drain()  # the file's sha256 covers every byte, also after a tar error
+            except Exception:
+                pass
+        read_all = reader.error is None
+        if not read_all:
+            e = reader.error
+            problems.append(Problem(rel, f"shard read failed at byte {reader.pos} after {n} samples ({type(e).__name__}: {e})"))
+    if size is None and read_all and reader.pos != info.bytes:
+        problems.append(Problem(rel, "shard size differs from the manifest", expected=info.bytes, found=reader.pos))
     sha = reader.sha.hexdigest()
-    if sha != info.sha256:
+    if read_all and sha != info.sha256:
         problems.append(Problem(rel, "shard sha256 differs from the manifest", expected=info.sha256, found=sha))
     if n != info.count:
         problems.append(Problem(rel, "sample count differs from the manifest", expected=info.count, found=n))
@@ -239,31 +284,39 @@ def _group_rows(index: pa.Table) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1) -> Report:
+def _is_remote(root: str) -> bool:
+    return "://" in root and not root.startswith("file://")
+
+
+def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1, **store_kw: Any) -> Report:
     """Verify a packed folder; returns a :class:`Report` (``report.ok`` when clean).
 
     Args:
-        root: The packed folder (local path).
+        root: The packed folder: a local path, or ``s3://`` / ``https://`` / ``hf://`` (read
+            through ``foundir_data.store.Store``; remote folders are never listed, so stray
+            files are only looked for locally).
         full_decode: Decode every pixel of every image (slow) instead of container checks.
         workers: Shards verified in parallel processes.
+        **store_kw: Passed to ``Store.open`` for a remote root (``token``, ``storage_options``...).
     """
     root = str(root)
-    problems: list[Problem] = []
-    mpath = Path(root) / fmt.MANIFEST_FILE
-    try:
-        manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
-    except FileNotFoundError:
-        return Report([Problem(fmt.MANIFEST_FILE, "manifest is missing; is this a packed folder?")])
-    except fmt.FormatError as e:
-        return Report([Problem(fmt.MANIFEST_FILE, str(e))])
-    ipath = Path(root) / manifest.index
-    try:
-        index = fmt.check_index_schema(pq.read_table(ipath), str(ipath))
-    except FileNotFoundError:
-        return Report([Problem(manifest.index, "index is missing")])
-    except (fmt.FormatError, pa.ArrowException, OSError) as e:
-        return Report([Problem(manifest.index, f"index is unreadable: {e}")])
+    store = None
+    if _is_remote(root):
+        from foundir_data.store import Store
 
+        # Few retries: verify wants the answer (a short or missing file is a finding, not a
+        # network fault to wait out); pass retries= to change it.
+        store = Store.open(root, verify=False, **{"retries": 2, **store_kw})
+    manifest_or_problem = _read_manifest(root, store)
+    if isinstance(manifest_or_problem, Problem):
+        return Report([manifest_or_problem])
+    manifest = manifest_or_problem
+    index_or_problem = _read_index(root, store, manifest)
+    if isinstance(index_or_problem, Problem):
+        return Report([index_or_problem])
+    index = index_or_problem
+
+    problems: list[Problem] = []
     listed = [s.path for s in manifest.shards]
     for p in sorted({p for p in listed if listed.count(p) > 1}):
         problems.append(Problem(fmt.MANIFEST_FILE, "shard listed more than once", found=p))
@@ -279,24 +332,65 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1)
             if k in seen:
                 problems.append(Problem(manifest.index, "duplicate key in the index", key=k))
             seen.add(k)
-    problems += _stray_files(root, set(listed))
-    if not (Path(root) / fmt.CARD_FILE).is_file():
+    if store is None:
+        problems += _stray_files(root, set(listed))
+    if not _has_card(root, store):
         problems.append(Problem(fmt.CARD_FILE, "dataset card is missing (run shard_tools merge)"))
 
     groups = _group_rows(index)
     for rel in sorted(set(groups) - set(listed)):
         problems.append(Problem(manifest.index, f"{groups[rel].num_rows} index row(s) name a shard not in the manifest", found=rel))
-    jobs = [(root, s, groups[s.path].to_pylist() if s.path in groups else [], full_decode) for s in dict((s.path, s) for s in manifest.shards).values()]
-    samples = 0
+    shards = list(dict((s.path, s) for s in manifest.shards).values())
+    jobs = [(root, s, groups[s.path].to_pylist() if s.path in groups else [], full_decode, store) for s in shards]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as ex:
             results = list(ex.map(verify_shard, *zip(*jobs)))
     else:
         results = [verify_shard(*j) for j in jobs]
+    samples = 0
     for probs, n in results:
         problems += probs
         samples += n
     return Report(problems, shards=len(jobs), samples=samples)
+
+
+def _read_manifest(root: str, store: Any) -> fmt.Manifest | Problem:
+    if store is not None:
+        try:
+            return store.manifest()
+        except FileNotFoundError:
+            return Problem(fmt.MANIFEST_FILE, f"manifest is missing at {root}; is this a packed folder?")
+        except Exception as e:  # FormatError, HTTP/S3 errors after retries
+            return Problem(fmt.MANIFEST_FILE, f"manifest is unreadable ({type(e).__name__}: {e})")
+    mpath = Path(root) / fmt.MANIFEST_FILE
+    try:
+        return fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+    except FileNotFoundError:
+        return Problem(fmt.MANIFEST_FILE, "manifest is missing; is this a packed folder?")
+    except fmt.FormatError as e:
+        return Problem(fmt.MANIFEST_FILE, str(e))
+
+
+def _read_index(root: str, store: Any, manifest: fmt.Manifest) -> pa.Table | Problem:
+    try:
+        if store is not None:
+            return store.index()
+        ipath = Path(root) / manifest.index
+        return fmt.check_index_schema(pq.read_table(ipath), str(ipath))
+    except FileNotFoundError:
+        return Problem(manifest.index, "index is missing")
+    except Exception as e:  # FormatError, ArrowInvalid, OSError, remote errors
+        return Problem(manifest.index, f"index is unreadable ({type(e).__name__}: {e})")
+
+
+def _has_card(root: str, store: Any) -> bool:
+    if store is None:
+        return (Path(root) / fmt.CARD_FILE).is_file()
+    try:
+        store.read_bytes(fmt.CARD_FILE)
+        return True
+    except Exception:
+        return False
 
 
 def _stray_files(root: str, listed: set[str]) -> list[Problem]:
@@ -316,8 +410,8 @@ def _stray_files(root: str, listed: set[str]) -> list[Problem]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``shard_tools verify ROOT [--full-decode] [--workers N]``."""
-    parser.add_argument("root", help="packed folder")
+    """``shard_tools verify ROOT [--full-decode] [--workers N] [--max-report N]``."""
+    parser.add_argument("root", help="packed folder (local path, s3://, https:// or hf://datasets/...)")
     parser.add_argument("--full-decode", action="store_true", help="decode every pixel of every image (slow)")
     parser.add_argument("--workers", type=int, default=1, help="shards verified in parallel (default 1)")
     parser.add_argument("--max-report", type=int, default=200, help="print at most this many problems (default 200)")
@@ -325,7 +419,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print every problem (up to ``--max-report``); exit 1 if any, else 0."""
-    if not Path(args.root).is_dir():
+    if not _is_remote(args.root) and not Path(args.root).is_dir():
         print(f"verify: {args.root} is not a folder", file=sys.stderr)
         return 2
     report = verify(args.root, full_decode=args.full_decode, workers=max(1, args.workers))

@@ -160,3 +160,21 @@ def test_not_a_packed_folder(tmp_path, capsys):
     assert problems(tmp_path) == [(fmt.MANIFEST_FILE, None, None, "manifest is missing; is this a packed folder?")]
     assert cli(["verify", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_remote_folder_over_http_reports_like_local(copy, hub_server):
+    """verify reads an hf:// location through foundir_data.Store (a Hub-like HTTP server)."""
+    root, rows = copy
+    hub_server.add_repo("org/foundir", root)
+    location = "hf://datasets/org/foundir"
+    r = verify(location)
+    assert r.ok, [str(p) for p in r.problems]
+    assert (r.shards, r.samples) == (len(TYPES), 3 * len(TYPES))
+    row = rows[4]
+    shard = root / row["shard"]
+    data = bytearray(shard.read_bytes())
+    data[row["lq_offset"] + 3] ^= 0x40
+    shard.write_bytes(bytes(data))
+    (root / rows[-1]["shard"]).unlink()
+    local = problems(root)
+    assert [p for p in local if "stray" not in p[3]] and problems(location) == local
