@@ -20,6 +20,7 @@ still fails is reported with its URL and raised or skipped (``on_error``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -161,7 +162,8 @@ class Store:
         return call_with_retries(fn, what=what, url=url, retries=self.retries, backoff=self.backoff)
 
     def read_bytes(self, rel: str) -> bytes:
-        """Read a whole file (one GET remotely), retrying transient faults."""
+        """Read a whole file (one GET remotely), retrying transient faults; a manifest shard is
+        checked against its sha256 (with ``verify``)."""
         url = self.url(rel)
         info = self.shard_info(rel)
 
@@ -171,7 +173,12 @@ class Store:
                 raise Truncated(url, info.bytes, len(data))
             return data
 
-        return self._retry("reading", url, get)
+        data = self._retry("reading", url, get)
+        if info is not None and self.verify and hashlib.sha256(data).hexdigest() != info.sha256:
+            raise ChecksumError(url, f"sha256 mismatch: expected {info.sha256}, found "
+                                     f"{hashlib.sha256(data).hexdigest()} ({len(data)} bytes, manifest: "
+                                     f"{info.bytes}); the file is corrupt or changed after packing")
+        return data
 
     def read_range(self, rel: str, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset`` (one range request remotely, a pread locally)."""

@@ -61,6 +61,8 @@ def test_plain_file_corrupt_and_truncated(tmp_path):
     assert hashlib.sha256(b"y" + data[1:]).hexdigest() in msg
     with pytest.raises(TruncatedShardError, match=r"b\.bin.*expected 5000 bytes, got 4000"):
         store.open_shard("shards/b.bin").read()
+    with pytest.raises(ChecksumError, match="a.bin: sha256 mismatch"):
+        store.read_bytes("shards/a.bin")
     # verify=False (per call or per store) skips the checksum; the size is still checked
     assert store.open_shard("shards/a.bin", verify=False).read()[:1] == b"y"
     trusting = Store.open(str(root), verify=False)
