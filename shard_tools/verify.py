@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tarfile
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,14 +149,14 @@ def _open_shard(root: str, rel: str, store: Any) -> tuple[Any, int | None]:
     return f, None
 
 
-def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]], full_decode: bool = False,
+def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]] | pa.Table, full_decode: bool = False,
                  store: Any = None) -> tuple[list[Problem], int]:
     """Verify one shard against its manifest entry and its index rows.
 
     Args:
         root: The packed folder (or the location, for messages, when ``store`` is given).
         info: The shard's manifest entry.
-        rows: Its index rows.
+        rows: Its index rows (dicts or an Arrow table).
         full_decode: Decode every pixel.
         store: A ``foundir_data.store.Store`` to read a remote folder through (None: local).
 
@@ -163,6 +164,8 @@ def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]], ful
         (problems, number of samples found in the tar).
     """
     rel = info.path
+    if isinstance(rows, pa.Table):
+        rows = rows.to_pylist()
     problems: list[Problem] = []
     try:
         f, size = _open_shard(root, rel, store)
@@ -271,8 +274,8 @@ def _check_record(data: bytes, row: dict[str, Any], bad) -> None:
             bad(f"JSON record field {k!r} differs from the index", fmt.JSON_MEMBER, want.get(k), record[k])
 
 
-def _group_rows(index: pa.Table) -> dict[str, list[dict[str, Any]]]:
-    # One sort, then one slice per shard: memory stays at one shard's rows as Python dicts.
+def _group_rows(index: pa.Table) -> dict[str, pa.Table]:
+    """The index rows of each shard, in sample order (one sort, then zero-copy slices)."""
     t = index.sort_by([("shard", "ascending"), ("sample_index", "ascending")])
     shards = t.column("shard").to_pylist()
     out: dict[str, pa.Table] = {}
@@ -341,17 +344,28 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     for rel in sorted(set(groups) - set(listed)):
         problems.append(Problem(manifest.index, f"{groups[rel].num_rows} index row(s) name a shard not in the manifest", found=rel))
     shards = list(dict((s.path, s) for s in manifest.shards).values())
-    jobs = [(root, s, groups[s.path].to_pylist() if s.path in groups else [], full_decode, store) for s in shards]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as ex:
-            results = list(ex.map(verify_shard, *zip(*jobs)))
-    else:
-        results = [verify_shard(*j) for j in jobs]
+    # Rows travel as Arrow slices and become dicts inside verify_shard: one shard's rows at a time.
+    jobs = ((root, s, groups.get(s.path, index.slice(0, 0)), full_decode, store) for s in shards)
     samples = 0
-    for probs, n in results:
+    for probs, n in _run_jobs(jobs, workers):
         problems += probs
         samples += n
-    return Report(problems, shards=len(jobs), samples=samples)
+    return Report(problems, shards=len(shards), samples=samples)
+
+
+def _run_jobs(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[list[Problem], int]]:
+    """verify_shard over jobs in order; at most 2 x workers shards in flight."""
+    if workers <= 1:
+        yield from (verify_shard(*j) for j in jobs)
+        return
+    with ProcessPoolExecutor(workers) as ex:
+        pending: deque = deque()
+        for j in jobs:
+            pending.append(ex.submit(verify_shard, *j))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _read_manifest(root: str, store: Any) -> fmt.Manifest | Problem:
