@@ -36,8 +36,8 @@ def reference(src, tmp_path_factory):
     return tree(out)
 
 
-def _start_and_kill(src: Path, out: Path, workers: int) -> None:
-    """Start a real pack process and SIGKILL its process group once the first shard is done."""
+def _start_and_kill(src: Path, out: Path, workers: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+    """Start a real pack process and signal its process group once the first shard is done."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "shard_tools", "pack", str(src), str(out), "--shard-count", "1",
          "--workers", str(workers), "--no-progress"],
@@ -52,15 +52,15 @@ def _start_and_kill(src: Path, out: Path, workers: int) -> None:
                 pytest.fail("pack wrote no shard within 60 s")
             time.sleep(0.002)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the pack and its workers
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        os.killpg(proc.pid, sig)  # the whole group (the pack and its workers), as a terminal does
+        proc.wait(timeout=60)
+    return proc
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_resume_after_kill_9_equals_uninterrupted_pack(src, reference, tmp_path, workers):
     out = tmp_path / "foundir"
-    _start_and_kill(src, out, workers)
+    assert _start_and_kill(src, out, workers).returncode == -signal.SIGKILL
     n_shards = len(TYPES) * 4
     done = list((out / fmt.INDEX_PARTS_DIR).glob("test-*.parquet"))
     assert 0 < len(done) < n_shards, "the kill should leave a partial pack"
@@ -79,3 +79,13 @@ def test_resume_after_kill_9_equals_uninterrupted_pack(src, reference, tmp_path,
     assert not list(out.rglob("*.tmp-*"))
     # Finished shards were kept, not rebuilt.
     assert {p.name: p.stat().st_mtime_ns for p in done} == kept
+
+
+def test_ctrl_c_stops_cleanly_then_resumes(src, reference, tmp_path):
+    out = tmp_path / "foundir"
+    proc = _start_and_kill(src, out, 2, signal.SIGINT)
+    assert proc.returncode == 130
+    assert "interrupted; finished shards are kept" in proc.stderr.read().decode()
+    assert not list(out.rglob("*.tmp-*"))  # writers remove their temp files on the way out
+    assert main(["pack", str(src), str(out), "--shard-count", "1", "--workers", "2", "--no-progress"]) == 0
+    assert tree(out) == reference
