@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 import weakref
 from typing import Any
@@ -29,13 +30,15 @@ from foundir_data.store import ChecksumError, Store
 MAX_GAP = 64 * 1024
 _lock = threading.Lock()
 _indexes: "weakref.WeakKeyDictionary[Store, tuple[pa.Table, dict[str, int]]]" = weakref.WeakKeyDictionary()
-_stores: dict[tuple[str, str | None], Store] = {}
+_stores: dict[tuple, Store] = {}
 
 
 def _store(location_or_store: str | Store, token: str | None) -> Store:
     if isinstance(location_or_store, Store):
         return location_or_store
-    key = (str(location_or_store), token)
+    # The endpoints are part of the key: the same location string names another server
+    # when HF_ENDPOINT / AWS_ENDPOINT_URL change (tests, mirrors).
+    key = (str(location_or_store), token, os.environ.get("HF_ENDPOINT"), os.environ.get("AWS_ENDPOINT_URL"))
     with _lock:
         if key not in _stores:
             _stores[key] = Store.open(str(location_or_store), token=token)
