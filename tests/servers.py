@@ -101,7 +101,7 @@ class HubServer:
         with self._lock:
             self.faults.append(_Fault(match, n, status=status, retry_after=retry_after))
 
-    def drop_after(self, match: str, nbytes: int, times: int = 1, pause: float = 0.3) -> None:
+    def drop_after(self, match: str, nbytes: int, times: int = 1, pause: float = 0.5) -> None:
         """Cut the connection after ``nbytes`` body bytes for the next ``times`` GETs of
         paths containing ``match`` (the headers promise the full length).
 
