@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("shard_tools.merge", "merge the index parts of a multi-job pack"),
     "verify": ("shard_tools.verify", "re-read every shard against manifest and index"),
     "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
+    "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),
     "preview": ("shard_tools.preview", "render a preview of some pairs"),
     "push": ("shard_tools.push", "upload a packed folder to the Hugging Face Hub"),
     "quickstart": ("shard_tools.quickstart", "build, pack, verify and read a small sample end to end"),
