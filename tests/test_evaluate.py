@@ -235,3 +235,11 @@ def test_eval_cli_with_real_tiny_checkpoint(data, tmp_path):
     assert a["types"]["Haze"]["count"] == 2 and a["method"] == "tiny"
     assert a == b  # the sampler's noise is seeded per image: reruns give the same numbers
     assert 0 < a["types"]["Haze"]["psnr"] < 80
+
+
+def test_parallel_scoring_equals_serial(data, tmp_path):
+    pred = _mirror(data, "lq", tmp_path / "pred")
+    base = dict(location=str(data["packed"]), pred=str(pred))
+    serial = ev.evaluate(ev.EvalConfig(**base))
+    parallel = ev.evaluate(ev.EvalConfig(**base, workers=2))
+    assert parallel.per_image == serial.per_image and len(serial.per_image) == 8
