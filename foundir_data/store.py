@@ -297,13 +297,13 @@ class Store:
             unknown = [c for c in columns if c not in fmt.INDEX_COLUMNS]
             if unknown:
                 raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(fmt.INDEX_COLUMNS)}")
-        if self.protocol == "file":
-            src: Any = url
-        else:
-            if self._index_bytes is None:
-                self._index_bytes = self.read_bytes(rel)
-            src = pa.BufferReader(self._index_bytes)
         try:
+            if self.protocol == "file":
+                src: Any = url
+            else:
+                if self._index_bytes is None:
+                    self._index_bytes = self.read_bytes(rel)
+                src = pa.BufferReader(self._index_bytes)
             table = pq.read_table(src, columns=columns)
         except FileNotFoundError:
             raise FileNotFoundError(f"no index at {url}: the manifest names it but it is missing; "

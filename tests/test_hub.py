@@ -231,3 +231,10 @@ def test_load_dataset_non_streaming_from_hub_every_pair(hub, sample_source, tmp_
             assert np.array_equal(np.asarray(ex[side]), np.asarray(Image.open(sample_source / r[f"{side}_source"])))
         assert ds.features["degradation"].int2str(ex["degradation"]) == r["degradation"]
     _no_api_calls(hub)
+
+
+def test_missing_index_named(hub_server, packed_copy):
+    (packed_copy / fmt.INDEX_FILE).unlink()
+    hub_server.add_repo(REPO, packed_copy)
+    with pytest.raises(FileNotFoundError, match=r"no index at http://.*/index/pairs\.parquet: the manifest names it"):
+        _open().index()
