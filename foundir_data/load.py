@@ -135,7 +135,9 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
         cache_dir: ``datasets``' Arrow cache (non-streaming) and the store's file cache.
         num_proc: Processes building a non-streaming dataset (shards split among them).
         **store_kw: Passed to :meth:`Store.open` (``retries``, ``backoff``, ``on_error``,
-            ``storage_options``, ``cache_limit_bytes``).
+            ``storage_options``, ``cache_limit_bytes``, ``verify``). With
+            ``on_error="skip"`` a non-streaming build that skipped shards is cached like a
+            complete one: delete the cache (or stream) after fixing the source.
 
     Returns:
         ``datasets.Dataset`` / ``IterableDataset``, or a ``DatasetDict`` /
