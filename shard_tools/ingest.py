@@ -236,7 +236,7 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
         if err:
             yield Reject(lq_rel, gt_rel, split, None, err, origin)
             continue
-        yield PairSpec(str(base / lq_rel), str(base / gt_rel), lq_rel, gt_rel, deg, split, origin)
+        yield PairSpec(_join(base, lq_rel), _join(base, gt_rel), lq_rel, gt_rel, deg, split, origin)
     for stem, gts in gt_by_stem.items():
         for i, g in enumerate(gts):
             g_rel = f"{gt_pre}/{g}"
@@ -324,7 +324,7 @@ def _iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
             if err:
                 yield Reject(lq_rel, gt_rel, split, None, err, origin)
                 continue
-            yield PairSpec(str(root / lq_rel), str(root / gt_rel), lq_rel, gt_rel, deg, split, origin)
+            yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -386,7 +386,13 @@ def _iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator
         if err:
             yield Reject(lq_rel, gt_rel, s, None, err, origin)
             continue
-        yield PairSpec(str(root / lq_rel), str(root / gt_rel), lq_rel, gt_rel, deg, s, origin)
+        yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
+
+
+def _join(root: Path, rel: str) -> str:
+    """``root/rel`` as plain string concatenation (``rel`` as is when absolute): the packer
+    relies on ``path == prefix + rel`` to keep only one copy of the prefix in its plan."""
+    return os.path.join(str(root), rel)
 
 
 def _clean(p: str) -> str:

@@ -112,6 +112,7 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
         PackError: with ``strict``, at the first reject.
     """
     groups: dict[tuple[str, str], list] = {}
+    roots: dict[str, int] = {}
     rejects: list[ingest.Reject] = []
     seen: dict[str, str] = {}
     n = 0
@@ -142,9 +143,16 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
                 break
         else:
             seen[key] = rec.origin
+            # Keep the shared path prefix once (ingest builds paths as prefix + relative path).
+            prefix = rec.lq_path[: len(rec.lq_path) - len(rec.lq_rel)]
+            if not rec.lq_path.endswith(rec.lq_rel) or rec.gt_path != prefix + rec.gt_rel:
+                raise RuntimeError(f"ingest gave paths {rec.lq_path}, {rec.gt_path} that do not end with "
+                                   f"their relative paths {rec.lq_rel}, {rec.gt_rel}")
+            root = roots.setdefault(prefix, len(roots))
             groups.setdefault((rec.split, rec.degradation), []).append(
-                PlannedPair(rec.lq_path, rec.gt_path, rec.lq_rel, rec.gt_rel, key, sizes[0], sizes[1], rec.origin))
+                PlannedPair(root, rec.lq_rel, rec.gt_rel, key, sizes[0], sizes[1], rec.origin))
     shards: list[PlannedShard] = []
+    root_list = tuple(roots)
     order = {name: i for i, name in enumerate(taxonomy.NAMES)}
     for (split, deg) in sorted(groups, key=lambda g: (g[0], order[g[1]])):
         pairs = sorted(groups.pop((split, deg)), key=lambda p: p.key)
@@ -157,7 +165,7 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
                 cur_bytes = 0
             cuts[-1].append(p)
             cur_bytes += size
-        shards.extend(PlannedShard(fmt.shard_relpath(fmt.LAYOUT_FULL, split, deg, seq), split, deg, c)
+        shards.extend(PlannedShard(fmt.shard_relpath(fmt.LAYOUT_FULL, split, deg, seq), split, deg, c, root_list)
                       for seq, c in enumerate(cuts))
     return Plan(shards, rejects, n)
 

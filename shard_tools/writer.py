@@ -188,11 +188,11 @@ class PackError(RuntimeError):
 
 
 class PlannedPair(NamedTuple):
-    """One pair in the plan: paths and sizes only (a plain tuple: the plan of a million
-    pairs stays small and pickles cheaply to worker processes)."""
+    """One pair in the plan: relative paths and sizes only (a plain tuple: the plan of a
+    million pairs stays small and pickles cheaply to worker processes). The local path of a
+    file is ``shard.roots[root] + lq_rel``."""
 
-    lq_path: str
-    gt_path: str
+    root: int
     lq_rel: str
     gt_rel: str
     key: str
@@ -209,6 +209,7 @@ class PlannedShard:
     split: str
     degradation: str
     pairs: list[PlannedPair]
+    roots: tuple[str, ...] = ("",)  # path prefixes shared by the pairs (usually one)
 
     @property
     def name(self) -> str:
@@ -217,6 +218,11 @@ class PlannedShard:
     @property
     def part(self) -> str:
         return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
+
+    def local_paths(self, pair: PlannedPair) -> tuple[str, str]:
+        """Local (LQ, GT) paths of one of this shard's pairs."""
+        root = self.roots[pair.root]
+        return root + pair.lq_rel, root + pair.gt_rel
 
 
 @dataclass
@@ -254,8 +260,9 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     bytes_in = 0
     writer: TarShardWriter | None = None
     try:
-        for lq_path, gt_path, lq_rel, gt_rel, key, _, _, origin in shard.pairs:
-            lq, gt, li, gi, reason = _load_pair(lq_path, gt_path, full_decode)
+        for pair in shard.pairs:
+            _, lq_rel, gt_rel, key, _, _, origin = pair
+            lq, gt, li, gi, reason = _load_pair(*shard.local_paths(pair), full_decode)
             bytes_in += len(lq) + len(gt)
             if on_pair is not None:
                 on_pair(len(lq) + len(gt))
