@@ -229,3 +229,48 @@ def score(pred: np.ndarray, gt: np.ndarray, convention: Convention | None = None
         return psnr(pred, gt), ssim(pred, gt)
     return (psnr_basicsr(pred, gt, c.crop_border, c.test_y_channel),
             ssim_basicsr(pred, gt, c.crop_border, c.test_y_channel))
+
+
+# ---------------------------------------------------------------- torch batch version (paper)
+def quantize8(x: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to 8-bit levels, as saving a PNG does (the paper scored saved files)."""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
+def psnr_batch(pred: torch.Tensor, gt: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """Paper PSNR of ``[B, 3, H, W]`` [0, 1] batches on any device -> ``[B]`` float64.
+
+    With ``quantize`` (default) both are first rounded to 8-bit levels, so the values equal
+    :func:`psnr` on the saved images.
+    """
+    if pred.shape != gt.shape or pred.dim() != 4:
+        raise ValueError(f"expected two [B,C,H,W] batches of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if quantize:  # on integer levels in float64: exact, like the uint8 path of psnr()
+        x, y = torch.round(pred.double().clamp(0, 1) * 255.0), torch.round(gt.double().clamp(0, 1) * 255.0)
+        mse = ((x - y) ** 2).mean(dim=(1, 2, 3)) / 255.0 ** 2
+    else:
+        mse = ((pred.double() - gt.double()) ** 2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(1.0 / (mse + PSNR_EPS))
+
+
+def ssim_batch(pred: torch.Tensor, gt: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """Paper SSIM of ``[B, 3, H, W]`` [0, 1] batches on any device -> ``[B]`` float64
+    (rounded YIQ-Y, Gaussian 11/1.5, valid, relu on the contrast-structure term)."""
+    if pred.shape != gt.shape or pred.dim() != 4 or pred.shape[1] != 3:
+        raise ValueError(f"expected two [B,3,H,W] batches of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    yiq = torch.tensor(_YIQ_MATRIX, dtype=torch.float32, device=pred.device).t()
+
+    def luma(t: torch.Tensor) -> torch.Tensor:
+        t = (quantize8(t) if quantize else t).float()
+        return torch.round(torch.matmul(t.permute(0, 2, 3, 1), yiq)[..., :1] * 255.0).permute(0, 3, 1, 2).double()
+
+    x, y = luma(pred), luma(gt)
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} are smaller than the SSIM window")
+    g = torch.from_numpy(gaussian_1d()).to(x)
+    win = (g[:, None] * g[None, :])[None, None]
+    f = lambda z: torch.nn.functional.conv2d(z, win)  # noqa: E731  valid: no padding
+    mu1, mu2 = f(x), f(y)
+    s1, s2, s12 = f(x * x) - mu1 ** 2, f(y * y) - mu2 ** 2, f(x * y) - mu1 * mu2
+    cs = torch.relu((2 * s12 + SSIM_C2) / (s1 + s2 + SSIM_C2))
+    return ((2 * mu1 * mu2 + SSIM_C1) / (mu1 ** 2 + mu2 ** 2 + SSIM_C1) * cs).mean(dim=(1, 2, 3))

@@ -160,3 +160,19 @@ def test_bad_inputs_are_clear():
         metrics.Convention("paper", crop_border=4)
     with pytest.raises(ValueError, match="unsupported pixel type"):
         metrics.psnr(a.astype(np.int32), a.astype(np.int32))
+
+
+def test_torch_batch_equals_numpy(photos):
+    import torch
+
+    gts = [p[:56, :56] for p in photos]
+    preds = [_degraded(g, 40 + i) for i, g in enumerate(gts)]
+    t = lambda arrs: torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in arrs])  # noqa: E731
+    ps, ss = metrics.psnr_batch(t(preds), t(gts)), metrics.ssim_batch(t(preds), t(gts))
+    for i in range(len(gts)):
+        assert ps[i].item() == pytest.approx(metrics.psnr(preds[i], gts[i]), abs=1e-9)
+        assert ss[i].item() == pytest.approx(metrics.ssim(preds[i], gts[i]), abs=1e-9)
+    # Unquantized floats: quantize=True rounds to 8-bit levels first, as a saved PNG would.
+    noisy = t(preds) + 0.3 / 255
+    assert metrics.psnr_batch(noisy, t(gts))[0].item() == pytest.approx(metrics.psnr(preds[0], gts[0]), abs=1e-9)
+    assert metrics.psnr_batch(noisy, t(gts), quantize=False)[0].item() != pytest.approx(metrics.psnr(preds[0], gts[0]), abs=1e-6)
