@@ -1,3 +1,18 @@
-"""foundir_data: the packed FoundIR format and everything that reads it."""
+"""foundir_data: the packed FoundIR format and everything that reads it.
+
+``load_dataset`` is imported lazily: ``import foundir_data`` stays cheap for the writer
+(``shard_tools``), which needs only the format and the taxonomy.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["load_dataset", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_dataset":
+        from foundir_data.load import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'foundir_data' has no attribute {name!r}")
