@@ -60,6 +60,7 @@ class EvalConfig:
         specialists: Refine with the specialists (False = ``--no-specialists``).
         method: Name of our row in the report.
         seed: Seeds the sampler's noise per image (seed + image number).
+        split: Split of a packed dataset to evaluate on.
         workers: Threads computing the metrics (SSIM of a 4 MP frame takes about a second
             on one core); 0 or 1 scores inline.
     """
@@ -80,6 +81,7 @@ class EvalConfig:
     specialists: bool = True
     method: str = "ours"
     seed: int = 0
+    split: str = "test"
     workers: int = 0
     tile: TileConfig = field(default_factory=TileConfig)
 
@@ -178,42 +180,53 @@ def folder_items(root: str | Path) -> list[Item]:
     return [it for g in groups for it in _pairs_in(g, _group_name(g), r)]
 
 
-def load_items(location: str, types: Iterable[str] = ("all",), limit: int | None = None) -> list[Item]:
-    """Test pairs of ``location`` restricted to ``types`` and at most ``limit`` per type."""
-    items = packed_items(location) if is_packed(location) else folder_items(location)
+def load_items(location: str, types: Iterable[str] = ("all",), limit: int | None = None,
+               split: str = "test") -> list[Item]:
+    """Pairs of ``location`` (``split`` of a packed dataset) restricted to ``types`` and at most
+    ``limit`` per type."""
+    items = packed_items(location, split) if is_packed(location) else folder_items(location)
     sel = list(types)
     if sel != ["all"]:
         keep = {t.name for t in taxonomy.select(sel)}
         items = [it for it in items if it.degradation in keep]
     if limit is not None:
-        seen: dict[str, int] = {}
-        items = [it for it in items if (seen.__setitem__(it.degradation, seen.get(it.degradation, 0) + 1)
-                                        or seen[it.degradation] <= limit)]
+        taken: dict[str, int] = {}
+        kept = []
+        for it in items:
+            if taken.get(it.degradation, 0) < limit:
+                taken[it.degradation] = taken.get(it.degradation, 0) + 1
+                kept.append(it)
+        items = kept
     if not items:
         raise ValueError(f"{location}: no test pairs match types {sel}")
     return items
 
 
-def index_predictions(pred_dir: str | Path) -> dict[str, Path]:
+def index_predictions(pred_dir: str | Path) -> dict[str, list[Path]]:
     """Images under ``pred_dir`` by relative path without extension (``01Blur/0001``)."""
     root = Path(pred_dir)
     if not root.is_dir():
         raise ValueError(f"{root}: predictions folder does not exist")
-    out: dict[str, Path] = {}
+    out: dict[str, list[Path]] = {}
     for p in images.list_images(root):
-        rel = p.relative_to(root).with_suffix("").as_posix()
-        if rel in out:
-            raise ValueError(f"{root}: two predictions for {rel!r}: {out[rel].name} and {p.name}")
-        out[rel] = p
+        out.setdefault(p.relative_to(root).with_suffix("").as_posix(), []).append(p)
     return out
 
 
-def find_prediction(preds: dict[str, Path], rel: str) -> Path | None:
-    """The prediction for a test pair: ``NNName/<id>.*``, else ``NNName/LQ/<id>.*``."""
-    if rel in preds:
-        return preds[rel]
+def find_prediction(preds: dict[str, list[Path]], rel: str) -> Path | None:
+    """The prediction for a test pair: ``NNName/<id>.*``, else ``NNName/LQ/<id>.*``.
+
+    Raises:
+        ValueError: when two files (different extensions) claim the same pair.
+    """
     head, _, stem = rel.rpartition("/")
-    return preds.get(f"{head}/LQ/{stem}" if head else f"LQ/{stem}")
+    for key in (rel, f"{head}/LQ/{stem}" if head else f"LQ/{stem}"):
+        found = preds.get(key)
+        if found:
+            if len(found) > 1:
+                raise ValueError(f"two predictions for {rel}: {', '.join(str(p) for p in found)}; keep one")
+            return found[0]
+    return None
 
 
 # ---------------------------------------------------------------- evaluation
@@ -228,7 +241,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         raise ValueError("give exactly one of: a restorer, --checkpoint, or --pred")
     if (cfg.save_images or cfg.panels) and not cfg.out:
         raise ValueError("--save-images/--panels need --out")
-    items = load_items(cfg.location, cfg.types, cfg.limit)
+    items = load_items(cfg.location, cfg.types, cfg.limit, cfg.split)
     preds = index_predictions(cfg.pred) if cfg.pred else None
     if cfg.checkpoint:
         from foundir_model.checkpoint import load_restorer
@@ -336,6 +349,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--y-channel", action="store_true", help="BasicSR metrics on BT.601 Y")
     parser.add_argument("--types", nargs="+", default=d.types, help="all, isolated, coupled or type names")
     parser.add_argument("--limit", type=int, help="at most N pairs per type")
+    parser.add_argument("--split", default=d.split, help="split of a packed dataset (default: test)")
     parser.add_argument("--save-images", action="store_true", help="save restored images under OUT/restored")
     parser.add_argument("--panels", action="store_true", help="save LQ | output | GT panels under OUT/panels")
     parser.add_argument("--blind", action="store_true", help="do not give the model the degradation labels")

@@ -243,3 +243,14 @@ def test_parallel_scoring_equals_serial(data, tmp_path):
     serial = ev.evaluate(ev.EvalConfig(**base))
     parallel = ev.evaluate(ev.EvalConfig(**base, workers=2))
     assert parallel.per_image == serial.per_image and len(serial.per_image) == 8
+
+
+def test_two_predictions_for_one_pair_is_an_error(data, tmp_path):
+    pred = _mirror(data, "gt", tmp_path / "pred", ext=".png")
+    first = sorted(pred.rglob("*.png"))[0]
+    shutil.copyfile(first, first.with_suffix(".jpg"))
+    with pytest.raises(ValueError, match="two predictions for"):
+        ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(pred)))
+    # --limit keeps the first N pairs of each type.
+    rep = ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(pred), limit=1, types=["Haze", "Lowlight"]))
+    assert [r["degradation"] for r in rep.per_image] == ["Haze", "Lowlight"]
