@@ -23,7 +23,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
@@ -168,10 +168,7 @@ def _subdirs(p: Path) -> list[Path]:
 
 
 def _find_child(children: list[Path], names: tuple[str, ...]) -> Path | None:
-    for c in children:
-        if c.name.lower() in names:
-            return c
-    return None
+    return next((c for c in children if c.name.lower() in names), None)
 
 
 def _files(root: Path) -> list[str]:
@@ -201,7 +198,7 @@ def _parse_deg(token: str, mapping: Mapping[str, str]) -> tuple[str | None, str 
 
 
 def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: str,
-               deg_of: callable) -> Iterator[Record]:
+               deg_of: Callable[[str], tuple[str | None, str | None]]) -> Iterator[Record]:
     """Pair files under ``lq_dir`` and ``gt_dir`` by relative stem (extension-agnostic).
 
     ``deg_of(relative_path_under_lq)`` returns (name, error). Paths in records are relative
@@ -334,13 +331,10 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        cols = {c.lower(): c for c in pf.schema_arrow.names}
-        _check_columns(path, cols)
-        n = 0
-        for batch in pf.iter_batches(batch_size=8192):
-            for row in batch.to_pylist():
-                n += 1
-                yield n + 1, {k.lower(): v for k, v in row.items()}
+        _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
+        rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
+        for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
+            yield i, {k.lower(): v for k, v in row.items()}
         return
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
