@@ -37,6 +37,10 @@ from foundir_data.schedules import CHUNK_SLOTS, BatchCounts, Curriculum, resolve
 DEFAULT_SHUFFLE_BLOCK = 8
 
 
+#: Small streams are shuffled in groups of about this many slots per generator.
+STREAM_GROUP_SLOTS = 512
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
@@ -111,42 +115,71 @@ class EpochPlan:
         return self.counts.total_steps
 
     # ------------------------------------------------------------ streams
-    def stream_epoch(self, j: int, e: int) -> np.ndarray:
-        """Row order of stream-epoch ``e`` of the ``j``-th present type (cached, LRU)."""
-        key = (j, e)
+    def _group_size(self, j: int) -> int:
+        # Small streams draw many stream-epochs from one generator (vectorised), so a type
+        # with a handful of rows does not cost one generator per served sample.
+        return max(1, STREAM_GROUP_SLOTS // len(self._rows[j]))
+
+    def _stream_group(self, j: int, g: int) -> np.ndarray:
+        """Row orders of stream-epochs ``g*G .. g*G+G-1`` of present type ``j``: (G, n)."""
+        key = (j, g)
         hit = self._streams.get(key)
         if hit is not None:
             self._streams.move_to_end(key)
             return hit
         rows = self._rows[j]
-        rng = _rng(self.seed, self.epoch, 5, self.type_ids[j], e)
-        if self.shuffle_block == 0:
-            perm = rows[rng.permutation(len(rows))]
+        n, G = len(rows), self._group_size(j)
+        rng = _rng(self.seed, self.epoch, 5, self.type_ids[j], g)
+        sh = self._shard[rows]
+        starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])  # rows are grouped by shard
+        nsh = len(starts)
+        sizes = np.diff(np.r_[starts, n])
+        if G == 1:
+            if self.shuffle_block == 0:
+                perm = rng.permutation(n)
+            else:
+                block = np.empty(nsh, np.int64)
+                block[rng.permutation(nsh)] = np.arange(nsh) // self.shuffle_block
+                perm = _group_shuffle(rng, np.repeat(block, sizes))
+            out = rows[perm][None, :]
         else:
-            sh = self._shard[rows]
-            starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])  # rows are grouped by shard
-            nsh = len(starts)
-            block = np.empty(nsh, np.int64)
-            block[rng.permutation(nsh)] = np.arange(nsh) // self.shuffle_block
-            row_block = np.repeat(block, np.diff(np.r_[starts, len(rows)]))
-            perm = _group_shuffle(rng, row_block)
-            perm = rows[perm]
-        self._streams[key] = perm
+            if self.shuffle_block == 0:
+                row_block = np.zeros((G, n))
+            else:  # per epoch: a shard permutation, blocks of shuffle_block shards
+                pos = np.argsort(np.argsort(rng.random((G, nsh)), axis=1), axis=1)
+                row_block = np.repeat(pos // self.shuffle_block, sizes, axis=1).astype(np.float64)
+            out = rows[np.argsort(row_block + rng.random((G, n)), axis=1)]
+        self._streams[key] = out
         while len(self._streams) > 2 * len(self._rows) + 2:
             self._streams.popitem(last=False)
-        return perm
+        return out
+
+    def stream_epoch(self, j: int, e: int) -> np.ndarray:
+        """Row order of stream-epoch ``e`` of the ``j``-th present type: a seeded permutation
+        of the type's rows that shuffles shards, then samples within blocks of shards."""
+        G = self._group_size(j)
+        return self._stream_group(j, e // G)[e % G]
 
     def stream_rows(self, j: int, start: int, stop: int) -> np.ndarray:
         """Rows at positions ``[start, stop)`` of the endless stream of present type ``j``."""
-        n = len(self._rows[j])
-        out = []
-        p = start
-        while p < stop:
-            e, off = divmod(p, n)
-            take = min(stop - p, n - off)
-            out.append(self.stream_epoch(j, e)[off: off + take])
-            p += take
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
+        n, G = len(self._rows[j]), self._group_size(j)
+        e0, off0 = divmod(start, n)
+        if stop - start <= n - off0:  # within one stream-epoch: a slice
+            return self._stream_group(j, e0 // G)[e0 % G, off0: off0 + stop - start]
+        p = np.arange(start, stop, dtype=np.int64)
+        e = p // n
+        off = p - e * n
+        g = e // G
+        if not len(p):
+            return p
+        g0, g1 = int(g[0]), int(g[-1])
+        if g0 == g1:
+            return self._stream_group(j, g0)[e - g0 * G, off]
+        out = np.empty(len(p), np.int64)
+        cuts = np.searchsorted(g, np.arange(g0, g1 + 2))  # g is sorted: one range per group
+        for gi, a, b in zip(range(g0, g1 + 1), cuts[:-1], cuts[1:]):
+            out[a:b] = self._stream_group(j, gi)[e[a:b] - gi * G, off[a:b]]
+        return out
 
     # ------------------------------------------------------------ batches
     def chunk_batches(self, ci: int) -> tuple[int, np.ndarray]:
