@@ -12,6 +12,12 @@ The pack is a pure function of (source, arguments), so it can be cut anywhere:
    ``index/parts/<shard>.parquet``; that file is the shard's *done* marker.
 3. **Merge** (a single-job pack does it at the end; a cluster runs ``shard_tools merge``).
 
+Cluster use (a Slurm array; a Kubernetes indexed Job uses ``$JOB_COMPLETION_INDEX``)::
+
+    shard_tools pack MillionIRData_train_meta_info.txt OUT --data-root Train \
+        --num-jobs 64 --job-index $SLURM_ARRAY_TASK_ID --workers 8
+    shard_tools merge OUT        # once, after every job has finished
+
 Resume: rerunning with the same arguments skips every shard whose index part exists,
 removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
 same folder is refused. Since the plan does not depend on ``--num-jobs``/``--workers``,
