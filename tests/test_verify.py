@@ -4,11 +4,14 @@ several ways: every corruption is reported with its shard, key, member, expected
 import io
 import json
 import shutil
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data.sample import make_sample
@@ -178,3 +181,22 @@ def test_remote_folder_over_http_reports_like_local(copy, hub_server):
     (root / rows[-1]["shard"]).unlink()
     local = problems(root)
     assert [p for p in local if "stray" not in p[3]] and problems(location) == local
+
+
+def test_full_decode_finds_pixels_the_cheap_check_accepts(tmp_path):
+    """A PNG with intact chunks (CRCs, IEND) but a broken deflate stream packs by default;
+    only verify --full-decode reports it, naming the key and member."""
+    pairs = make_sample(tmp_path / "src", per_type=2, size=40, layout="test", types=("Blur",))
+    victim = tmp_path / "src" / pairs[1].lq
+    w, h = Image.open(victim).size
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", b"\x78\x9c" + b"\x00garbage!" * 8), (b"IEND", b"")]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF) for t, d in chunks))
+    root = tmp_path / "packed"
+    assert pack(PackConfig(source=str(tmp_path / "src"), out=str(root), progress=False)) == 0
+    assert verify(root).ok
+    row = next(r for r in pq.read_table(root / fmt.INDEX_FILE).to_pylist() if r["lq_source"] == pairs[1].lq)
+    found = verify(root, full_decode=True).problems
+    assert [(p.path, p.key, p.member) for p in found] == [(row["shard"], row["key"], "lq.img")]
+    assert "cannot decode pixels" in found[0].what
