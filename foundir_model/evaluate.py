@@ -382,7 +382,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``foundir-eval``."""
-    parser = argparse.ArgumentParser(prog="foundir-eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="foundir-eval", description="Score a checkpoint or a folder of restored images on the FoundIR test "
+        "split: PSNR/SSIM per degradation type as in the paper's Table 1, beside the paper's FoundIR row.")
     configure(parser)
     args = parser.parse_args(argv)
     try:

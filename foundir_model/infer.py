@@ -236,7 +236,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``foundir-restore``."""
-    parser = argparse.ArgumentParser(prog="foundir-restore", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="foundir-restore", description="Restore an image or a folder of images of any size with a foundir "
+        "checkpoint (tiled inference, release tiling by default).")
     configure(parser)
     args = parser.parse_args(argv)
     try:
