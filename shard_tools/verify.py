@@ -14,7 +14,9 @@ Checks, each reported with the shard path, sample key, member, expected and foun
   ``--full-decode``) with the format and size the index records.
 
 Each shard is read once, sequentially (one pass hashes the file and parses the tar), so
-``--workers N`` verifies N shards at a time at disk speed.
+``--workers N`` verifies N shards at a time at disk speed. ROOT may also be remote
+(``s3://``, ``https://``, ``hf://``): it is read through ``foundir_data.store.Store`` and
+never listed, so the stray-file check is local only.
 """
 
 from __future__ import annotations
@@ -310,14 +312,10 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
         # Few retries: verify wants the answer (a short or missing file is a finding, not a
         # network fault to wait out); pass retries= to change it.
         store = Store.open(root, verify=False, **{"retries": 2, **store_kw})
-    manifest_or_problem = _read_manifest(root, store)
-    if isinstance(manifest_or_problem, Problem):
-        return Report([manifest_or_problem])
-    manifest = manifest_or_problem
-    index_or_problem = _read_index(root, store, manifest)
-    if isinstance(index_or_problem, Problem):
-        return Report([index_or_problem])
-    index = index_or_problem
+    loaded = _load(root, store)
+    if isinstance(loaded, Problem):
+        return Report([loaded])
+    manifest, index = loaded
 
     problems: list[Problem] = []
     listed = [s.path for s in manifest.shards]
@@ -368,42 +366,30 @@ def _run_jobs(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[list[Proble
             yield pending.popleft().result()
 
 
-def _read_manifest(root: str, store: Any) -> fmt.Manifest | Problem:
-    if store is not None:
-        try:
-            return store.manifest()
-        except FileNotFoundError:
-            return Problem(fmt.MANIFEST_FILE, f"manifest is missing at {root}; is this a packed folder?")
-        except Exception as e:  # FormatError, HTTP/S3 errors after retries
-            return Problem(fmt.MANIFEST_FILE, f"manifest is unreadable ({type(e).__name__}: {e})")
-    mpath = Path(root) / fmt.MANIFEST_FILE
-    try:
-        return fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
-    except FileNotFoundError:
-        return Problem(fmt.MANIFEST_FILE, "manifest is missing; is this a packed folder?")
-    except fmt.FormatError as e:
-        return Problem(fmt.MANIFEST_FILE, str(e))
-
-
-def _read_index(root: str, store: Any, manifest: fmt.Manifest) -> pa.Table | Problem:
+def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
+    """Manifest and index (through the store when remote), or the Problem that stops verify."""
+    where = fmt.MANIFEST_FILE
     try:
         if store is not None:
-            return store.index()
+            manifest = store.manifest()
+        else:
+            mpath = Path(root) / fmt.MANIFEST_FILE
+            manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+        where = manifest.index
+        if store is not None:
+            return manifest, store.index()
         ipath = Path(root) / manifest.index
-        return fmt.check_index_schema(pq.read_table(ipath), str(ipath))
+        return manifest, fmt.check_index_schema(pq.read_table(ipath), str(ipath))
     except FileNotFoundError:
-        return Problem(manifest.index, "index is missing")
-    except Exception as e:  # FormatError, ArrowInvalid, OSError, remote errors
-        return Problem(manifest.index, f"index is unreadable ({type(e).__name__}: {e})")
+        return Problem(where, f"{'manifest' if where == fmt.MANIFEST_FILE else 'index'} is missing; is {root} a packed folder?")
+    except Exception as e:  # FormatError, ArrowInvalid, OSError, HTTP/S3 errors after retries
+        return Problem(where, f"unreadable ({type(e).__name__}: {e})")
 
 
 def _has_card(root: str, store: Any) -> bool:
-    if store is None:
-        return (Path(root) / fmt.CARD_FILE).is_file()
     try:
-        store.read_bytes(fmt.CARD_FILE)
-        return True
-    except Exception:
+        return (Path(root) / fmt.CARD_FILE).is_file() if store is None else bool(store.read_bytes(fmt.CARD_FILE))
+    except Exception:  # remote: missing or unreachable
         return False
 
 

@@ -160,7 +160,11 @@ def test_workers_report_the_same(copy):
 
 
 def test_not_a_packed_folder(tmp_path, capsys):
-    assert problems(tmp_path) == [(fmt.MANIFEST_FILE, None, None, "manifest is missing; is this a packed folder?")]
+    assert problems(tmp_path) == [(fmt.MANIFEST_FILE, None, None, f"manifest is missing; is {tmp_path} a packed folder?")]
+    (tmp_path / fmt.MANIFEST_FILE).write_text(fmt.Manifest().to_json())
+    assert problems(tmp_path) == [(fmt.INDEX_FILE, None, None, f"index is missing; is {tmp_path} a packed folder?")]
+    (tmp_path / fmt.MANIFEST_FILE).write_text("{")
+    assert problems(tmp_path)[0][3].startswith("unreadable (FormatError: ")
     assert cli(["verify", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 
