@@ -46,8 +46,12 @@ GPU_RATE = 1000  # patch pairs/s one modern GPU trains on (issue 5)
 TYPES = ("Blur", "Noise", "Haze", "Rain", "Lowlight")
 
 
+#: Tiled copies: name -> (tile size, stride, PNG level).
+TILINGS = {"tile512": (512, 512, 1), "tile256": (512, 256, 1), "tile512-l0": (512, 512, 0)}
+
+
 def build(work: Path, size: int, per_type: int, workers: int) -> dict[str, Path]:
-    """Sample (all PNG) -> full-frame pack -> two tiled copies. Returns named folders."""
+    """Sample (all PNG) -> full-frame pack -> tiled copies (:data:`TILINGS`). Returns folders."""
     from shard_tools.pack import PackConfig, pack
     from shard_tools.tiles import pack_tiles
 
@@ -65,13 +69,13 @@ def build(work: Path, size: int, per_type: int, workers: int) -> dict[str, Path]
     full = work / "full"
     pack(PackConfig(source=str(src / LIST_FILE), out=str(full), workers=workers, progress=False))
     out = {"src": src, "full": full}
-    for name, stride in (("tile512", 512), ("tile256", 256)):
+    for name, (tile, stride, level) in TILINGS.items():
         shutil.copytree(full, work / name)
         t, c = time.monotonic(), time.process_time()
-        s = pack_tiles(str(work / name), 512, stride, workers=workers)
+        s = pack_tiles(str(work / name), tile, stride, workers=workers, png_level=level)
         cpu = time.process_time() - c
-        print(f"  tiled 512/{stride}: {s['tiles']} tiles of {s['source_pairs']} pairs in {time.monotonic() - t:.1f} s"
-              + (f" ({cpu / s['source_pairs']:.2f} CPU-s per pair)" if workers == 1 else ""))
+        print(f"  tiled {tile}/{stride} PNG level {level}: {s['tiles']} tiles of {s['source_pairs']} pairs in "
+              f"{time.monotonic() - t:.1f} s" + (f" ({cpu / s['source_pairs']:.2f} CPU-s per pair)" if workers == 1 else ""))
         out[name] = work / name
     return out
 
@@ -196,50 +200,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"building: {len(TYPES)} types x {a.per_type} pairs, long side {a.size}, PNG, in {work}")
         d = build(work, a.size, a.per_type, a.workers)
-        kept: dict[str, list] = {"tile512": [], "tile256": []}
-        loaders: dict[str, tuple[Callable[[], Iterator[int]], int]] = {
-            "folder (BasicSR-style)": (lambda: folder_loader(d["src"]), a.full_pairs),
-            "datasets streaming": (lambda: datasets_loader(d["full"]), a.full_pairs),
-            "full shards (FoundIRStream)": (lambda: stream_loader(d["full"], "full", 4, []), a.full_pairs),
-            "tiles 512/512 (FoundIRStream)": (lambda: stream_loader(d["tile512"], "tile", 16, kept["tile512"]), a.tile_pairs),
-            "tiles 512/256 (FoundIRStream)": (lambda: stream_loader(d["tile256"], "tile", 16, kept["tile256"]), a.tile_pairs),
-            # Several crops per decode (item 2): more pairs per decode, but crops of one tile overlap.
-            "tiles 512/512, 2 crops/decode": (lambda: stream_loader(d["tile512"], "tile", 16, kept["tile512"], 2), a.tile_pairs),
+        kept: dict[str, list] = {name: [] for name in TILINGS}
+        full_disk = dir_bytes(d["full"] / fmt.SHARDS_DIR / fmt.LAYOUT_FULL, "*.tar")
+        full_read = mean_pair_bytes(d["full"], fmt.LAYOUT_FULL)
+
+        def tiled(name: str, k: int = 1) -> tuple:
+            return (lambda: stream_loader(d[name], "tile", 16, kept[name], k), a.tile_pairs,
+                    dir_bytes(d[name] / fmt.SHARDS_DIR / fmt.LAYOUT_TILE, "*.tar"),
+                    mean_pair_bytes(d[name], fmt.LAYOUT_TILE) / k)
+
+        # name -> (iterator factory, pairs per round, bytes on disk, bytes read per patch pair)
+        loaders: dict[str, tuple[Callable[[], Iterator[int]], int, int, float]] = {
+            "folder (BasicSR-style)": (lambda: folder_loader(d["src"]), a.full_pairs,
+                                       dir_bytes(d["src"] / "Train", "*.*"), full_read),
+            "datasets streaming": (lambda: datasets_loader(d["full"]), a.full_pairs, full_disk, full_read),
+            "full shards (FoundIRStream)": (lambda: stream_loader(d["full"], "full", 4, []), a.full_pairs,
+                                            full_disk, full_read),
+            "tiles 512/512 (FoundIRStream)": tiled("tile512"),
+            "tiles 512/256 (FoundIRStream)": tiled("tile256"),
+            # Item 2's other levers: PNG level 0 (raw rows) and several crops per decoded tile
+            # (more pairs per decode, but the crops of one tile overlap).
+            "tiles 512/512 PNG level 0": tiled("tile512-l0"),
+            "tiles 512/512, 2 crops/decode": tiled("tile512", 2),
         }
-        its = {name: make() for name, (make, _) in loaders.items()}
+        its = {name: spec[0]() for name, spec in loaders.items()}
         for it in its.values():  # warm up: imports, index loads, first shard opens
             next(it)
         best = {name: (float("inf"), float("inf")) for name in loaders}
-        for r in range(a.rounds):
-            for name, (_, n) in loaders.items():
-                cpu, wall = measure(its[name], n)
+        for _ in range(a.rounds):
+            for name, spec in loaders.items():
+                cpu, wall = measure(its[name], spec[1])
                 best[name] = (min(best[name][0], cpu), min(best[name][1], wall))
-        exact = {k: check_exact(d[k], v) for k, v in kept.items()}
-        src_bytes = dir_bytes(d["src"] / "Train", "*.*")
-        sizes = {"folder (BasicSR-style)": src_bytes,
-                 "datasets streaming": dir_bytes(d["full"] / fmt.SHARDS_DIR / fmt.LAYOUT_FULL, "*.tar"),
-                 "full shards (FoundIRStream)": dir_bytes(d["full"] / fmt.SHARDS_DIR / fmt.LAYOUT_FULL, "*.tar"),
-                 "tiles 512/512 (FoundIRStream)": dir_bytes(d["tile512"] / fmt.SHARDS_DIR / fmt.LAYOUT_TILE, "*.tar"),
-                 "tiles 512/256 (FoundIRStream)": dir_bytes(d["tile256"] / fmt.SHARDS_DIR / fmt.LAYOUT_TILE, "*.tar")}
-        sizes["tiles 512/512, 2 crops/decode"] = sizes["tiles 512/512 (FoundIRStream)"]
-        # Bytes read per patch pair (LQ + GT members), and what 1,000 pairs/s means for I/O.
-        read = {"folder (BasicSR-style)": mean_pair_bytes(d["full"], fmt.LAYOUT_FULL)}
-        read["datasets streaming"] = read["full shards (FoundIRStream)"] = read["folder (BasicSR-style)"]
-        read["tiles 512/512 (FoundIRStream)"] = mean_pair_bytes(d["tile512"], fmt.LAYOUT_TILE)
-        read["tiles 512/256 (FoundIRStream)"] = mean_pair_bytes(d["tile256"], fmt.LAYOUT_TILE)
-        read["tiles 512/512, 2 crops/decode"] = read["tiles 512/512 (FoundIRStream)"] / 2
+        exact = sum(check_exact(d[k], v) for k, v in kept.items())
+        src_bytes = loaders["folder (BasicSR-style)"][2]
         base = 1 / best["folder (BasicSR-style)"][0]
         print(f"\n{CROP}x{CROP} patch pairs, one process; rate per CPU-second (= per core), best of {a.rounds} rounds")
         print(f"  {'loader':<32}{'pairs/s/core':>13}{'(wall)':>9}{'vs folder':>11}{'cores/GPU':>11}"
               f"{'MB on disk':>12}{'vs source':>11}{'MB/pair':>9}{'GB/s/GPU':>10}")
-        for name in loaders:
+        for name, (_, _, disk, read) in loaders.items():
             rate, wall = 1 / best[name][0], 1 / best[name][1]
             print(f"  {name:<32}{rate:>13.1f}{wall:>9.1f}{rate / base:>10.1f}x{GPU_RATE / rate:>11.1f}"
-                  f"{sizes[name] / 1e6:>12.1f}{sizes[name] / src_bytes:>10.2f}x{read[name] / 1e6:>9.2f}"
-                  f"{read[name] * GPU_RATE / 1e9:>10.2f}")
+                  f"{disk / 1e6:>12.1f}{disk / src_bytes:>10.2f}x{read / 1e6:>9.2f}{read * GPU_RATE / 1e9:>10.2f}")
         print(f"\n  cores/GPU = cores to feed one GPU at {GPU_RATE} patch pairs/s; MB/pair = LQ+GT bytes read per "
-              f"patch pair; GB/s/GPU = that times {GPU_RATE}/s. Tile crops checked bit-identical "
-              f"with the decoded source window: {exact['tile512']} (512/512) + {exact['tile256']} (512/256) crops.\n"
+              f"patch pair; GB/s/GPU = that times {GPU_RATE}/s.\n  Every tile crop served ({exact}) was checked "
+              "bit-identical with the same window of the decoded source PNG.\n"
               "  Full-frame rows: one crop per decoded pair (the folder loader's recipe).")
     finally:
         if tmp is not None:
