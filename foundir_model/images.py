@@ -13,6 +13,7 @@ input mode                conversion
 ``L``, ``1``              grey replicated to three channels
 ``I;16*``, ``I``          16-bit grey: value / 65535 (no 8-bit truncation), replicated;
                           ``I`` (32-bit) must hold values in 0..65535
+16-bit RGB(A) PNG         Pillow reads these as 8-bit (high byte); noted, not hidden
 ``RGBA``, ``LA``, ``PA``  alpha split off; colour restored; alpha re-attached on save
 ``P``                     palette expanded (to RGBA when it has transparency)
 ``CMYK``, ``YCbCr``, ...  Pillow's ``convert("RGB")``
@@ -109,8 +110,13 @@ def decode(data: bytes, where: str = "image") -> Decoded:
     """Decode image bytes by content. Errors name ``where`` (a path, key or URL)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            raw = str(im.tile[0][3]) if im.tile and len(im.tile[0]) > 3 else ""
             im.load()
-            return from_pil(im, where)
+            d = from_pil(im, where)
+            if d.mode in ("RGB", "RGBA") and ";16" in raw:
+                # Pillow reads 48/64-bit PNGs as 8-bit (high byte); say so rather than hide it.
+                d.note = (d.note + "; " if d.note else "") + f"16-bit {d.mode} read as 8-bit by Pillow"
+            return d
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"{where}: not a readable image ({e})") from None
     except Image.DecompressionBombError as e:

@@ -257,3 +257,20 @@ def test_restore_tiled_real_unet_single_tile_matches_direct(tiny_checkpoint, pho
     torch.manual_seed(3)
     tiled = restore_tiled(f, x, cfg=TileConfig(tile=64, stride=32))
     assert torch.equal(tiled, direct)
+
+
+def test_16bit_rgb_png_is_noted():
+    import struct
+    import zlib
+
+    a = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 1000).astype(np.uint16)
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(4))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    d = images.decode(png, "deep.png")
+    assert "16-bit RGB read as 8-bit" in d.note
+    assert np.array_equal(images.to_uint8(d.rgb), (a >> 8).astype(np.uint8))
