@@ -119,6 +119,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._build_plan()
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = -1
+        self._buf = bytearray()
 
     # ------------------------------------------------------------ index and plan
     def _load_index(self) -> None:
@@ -205,7 +206,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------ reading
     def _fd(self, code: int) -> int:
         if self._pid != os.getpid():  # forked worker: never share the parent's descriptors
-            self._fds, self._pid = OrderedDict(), os.getpid()
+            self._fds, self._pid, self._buf = OrderedDict(), os.getpid(), bytearray()
         fd = self._fds.get(code)
         if fd is None:
             fd = os.open(self.store.local_path(self._shard_names[code]), os.O_RDONLY)
@@ -216,8 +217,14 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             self._fds.move_to_end(code)
         return fd
 
-    def read_pair(self, row: int) -> tuple[bytes, bytes]:
-        """The LQ and GT bytes of index row ``row`` (of this stream's selection)."""
+    def read_pair(self, row: int, reuse: bool = False) -> tuple[memoryview, memoryview]:
+        """The LQ and GT bytes of index row ``row`` (of this stream's selection).
+
+        Args:
+            row: Row of this stream's selection.
+            reuse: Read into one buffer kept by this process (no allocation and page faults
+                per pair); the views are only valid until the next call.
+        """
         lo, ls, go, gs = (int(v) for v in self._off[row])
         code = int(self._shard[row])
         joined = 0 <= go - (lo + ls) <= _JOIN_GAP
@@ -225,19 +232,28 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         if mode == "range":
             rel = self._shard_names[code]
             if joined:
-                buf = self.store.read_range(rel, lo, go + gs - lo)
+                buf = memoryview(self.store.read_range(rel, lo, go + gs - lo))
                 return buf[:ls], buf[go - lo:]
-            return self.store.read_range(rel, lo, ls), self.store.read_range(rel, go, gs)
+            return memoryview(self.store.read_range(rel, lo, ls)), memoryview(self.store.read_range(rel, go, gs))
         fd = self._fd(code)
-        if joined:
-            buf = os.pread(fd, go + gs - lo, lo)
-            lq, gt = buf[:ls], buf[go - lo:]
+        spans = [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]
+        need = sum(n for _, n in spans)
+        if reuse:
+            if len(self._buf) < need:
+                self._buf = bytearray(max(need, 2 * len(self._buf)))
+            mem = memoryview(self._buf)
         else:
-            lq, gt = os.pread(fd, ls, lo), os.pread(fd, gs, go)
-        if len(lq) != ls or len(gt) != gs:
+            mem = memoryview(bytearray(need))
+        pos, got = 0, 0
+        for off, n in spans:
+            got += os.preadv(fd, [mem[pos:pos + n]], off)
+            pos += n
+        if got != need:
             raise fmt.FormatError(f"{self.store.url(self._shard_names[code])}: truncated shard (sample "
                                   f"{self._keys[row]} ends past the end of the file); re-download or repack it")
-        return lq, gt
+        if joined:
+            return mem[:ls], mem[go - lo:go - lo + gs]
+        return mem[:ls], mem[ls:ls + gs]
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, col0: int) -> dict[str, Any]:
@@ -248,7 +264,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         win = np.empty((n, 3), np.int64)
         keys = self._keys.take(pa.array(rows)).to_pylist()
         for i, row in enumerate(rows):
-            a, b = decode_pair(*self.read_pair(int(row)), keys[i])
+            a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i])
             # Crops depend on (seed, epoch, step, global slot) only: world-size independent.
             rng = np.random.default_rng([self.seed, self.epoch, 7, step, col0 + i])
             _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
@@ -270,6 +286,10 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             if info is None:
                 self._start = step + 1
             yield batch
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Descriptors and the read buffer belong to one process (spawned workers reopen).
+        return {**self.__dict__, "_fds": OrderedDict(), "_pid": -1, "_buf": bytearray()}
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
