@@ -138,9 +138,10 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             # Tiles of one source frame stay together: subsets are of pairs, not tiles.
             keys = sel["key"] if self.layout == fmt.LAYOUT_FULL else pc.coalesce(sel["source_key"], sel["key"])
             if self.layout != fmt.LAYOUT_FULL:
-                uniq = pc.unique(keys)
-                keep = nested_subset(uniq, self.subset_fraction, self.subset_seed)
-                sel = sel.filter(pc.is_in(keys, value_set=uniq.take(pa.array(keep))))
+                src = pa.table({"k": keys, "d": sel["degradation_id"]}).group_by("k").aggregate([("d", "min")])
+                keep = nested_subset(src["k"], self.subset_fraction, self.subset_seed,
+                                     strata=src["d_min"].to_numpy())
+                sel = sel.filter(pc.is_in(keys, value_set=src["k"].take(pa.array(keep))))
             else:
                 keep = nested_subset(keys, self.subset_fraction, self.subset_seed,
                                      strata=sel["degradation_id"].to_numpy())

@@ -220,3 +220,27 @@ def test_mismatched_pair_sizes_name_the_key():
         decode_pair(a, b, "pair-7")
     with pytest.raises(ValueError, match="k9"):
         check_pair(np.zeros((4, 4, 3)), np.zeros((5, 4, 3)), "k9")
+
+
+def test_tile_layout_with_the_same_schedules_and_pair_level_subsets(packed, tmp_path):
+    from shard_tools.tiles import pack_tiles
+
+    copy = tmp_path / "tiled"
+    shutil.copytree(packed / "packed", copy)
+    pack_tiles(str(copy), 48, 48)
+    idx = Store.open(str(copy)).index(columns=["key", "layout", "source_key"]).to_pylist()
+    source_of = {r["key"]: r["source_key"] for r in idx if r["layout"] == "tile"}
+    s = FoundIRStream(copy, layout="tile", schedule="incremental", batch_size=4, crop=32, world_size=1, rank=0)
+    n = s.curriculum.phases[-1].steps // 2
+    iso = {t.index for t in taxonomy.TYPES if t.is_isolated}
+    for b in s:
+        assert set(b["key"]) <= set(source_of)
+        if b["step"] < n:
+            assert set(b["degradation"].tolist()) <= iso
+    # A subset keeps or drops all tiles of a source pair together.
+    half = FoundIRStream(copy, layout="tile", schedule="mix", batch_size=4, crop=32, subset_fraction=0.5,
+                         world_size=1, rank=0)
+    kept = set(half._keys.to_pylist())
+    sources = {source_of[k] for k in kept}
+    assert kept == {k for k, src in source_of.items() if src in sources}
+    assert 0 < len(sources) < len(set(source_of.values()))
