@@ -258,3 +258,14 @@ def shard_codes(shards: "pa.Array | pa.ChunkedArray | Sequence[str]") -> np.ndar
     rank = np.empty(len(names), np.int64)
     rank[np.asarray(pc.sort_indices(names))] = np.arange(len(names))
     return rank[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def plan_batches(index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int, *,
+                 rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
+                 start: int = 0, **kw) -> Iterator[tuple[int, np.ndarray]]:
+    """Shortcut: ``EpochPlan.from_index(index, schedule, batch_size, **kw).batches(...)``.
+
+    Yields ``(step, row positions in index)`` for this rank's slice of this worker's steps.
+    """
+    plan = EpochPlan.from_index(index, schedule, batch_size, **kw)
+    return plan.batches(rank, world_size, worker, num_workers, start)

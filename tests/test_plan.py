@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from foundir_data import taxonomy
-from foundir_data.plan import EpochPlan, partition_columns, shard_codes
+from foundir_data.plan import EpochPlan, partition_columns, plan_batches, shard_codes
 
 
 def synthetic(n_rows: int, seed: int, per_shard: int = 7, types: int = 20):
@@ -161,3 +161,17 @@ def test_errors():
 def test_shard_codes_sort_like_paths():
     codes = shard_codes(pa.array(["b.tar", "a.tar", "c.tar", "a.tar"]))
     assert codes.tolist() == [1, 0, 2, 0]
+
+
+def test_plan_batches_from_an_index_table():
+    deg, shard, within = synthetic(120, 5)
+    table = pa.table({"degradation_id": pa.array(deg, pa.int16()),
+                      "shard": pa.array([f"s{c:03d}.tar" for c in shard]),
+                      "sample_index": pa.array(within, pa.int32())})
+    got = list(plan_batches(table, "mix", 8, rank=1, world_size=2, seed=3))
+    ref = EpochPlan(deg, shard, within, "mix", 8, seed=3)
+    assert [s for s, _ in got] == list(range(ref.total_steps))
+    for s, rows in got:
+        np.testing.assert_array_equal(rows, ref.global_batch(s)[4:])
+    with pytest.raises(ValueError, match="sample_index"):
+        EpochPlan.from_index(table.drop(["sample_index"]), "mix", 8)
