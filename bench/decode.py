@@ -84,7 +84,7 @@ def row(name: str, *cols: object) -> None:
 
 
 def bench_full(imgs: list[np.ndarray], repeat: int) -> dict[str, float]:
-    print(f"\n[1] full frames ({len(imgs)} frames, ~{imgs[0].shape[1]}x{imgs[0].shape[0]})")
+    print(f"\n[1] full frames ({len(imgs)} frames, " + ", ".join(f"{a.shape[1]}x{a.shape[0]}" for a in imgs) + ")")
     row("format", "MB/frame", "decode ms")
     res = {}
     for name, kw in (("PNG level 1", dict(format="PNG", compress_level=1)),
