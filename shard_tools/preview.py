@@ -3,8 +3,8 @@
 One labelled row per degradation type (release order), ``--per-type`` pairs per row, each
 pair drawn as two ``--tile``-pixel squares (aspect kept, letterboxed). Works on a local
 folder or any location ``foundir_data.store.Store`` opens (``s3://``, ``https://``,
-``hf://``): the index is read once and every image is fetched with one range request at
-its byte offset, so no shard is downloaded whole.
+``hf://``): the index is read once and every pair is fetched with one range request at its
+byte offsets (``foundir_data.access.get_pair``), so no shard is downloaded whole.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ LABEL_W, HEADER_H, GAP = 190, 28, 4
 BACKGROUND, TEXT, EMPTY = (24, 24, 24), (235, 235, 235), (48, 48, 48)
 #: Parallel range reads: remote latency dominates, so a few requests in flight help.
 FETCH_THREADS = 8
-_COLUMNS = ("key", "split", "degradation", "layout", "shard",
-            "lq_offset", "lq_size", "gt_offset", "gt_size")
+_COLUMNS = ("key", "split", "degradation", "layout")
 
 
 @dataclass
@@ -141,6 +140,7 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
         ValueError: bad sizes, or no pair matches the split/types.
         foundir_data.store.NoManifestError: the location is not a packed folder.
     """
+    from foundir_data.access import get_pair
     from foundir_data.store import Store
 
     if cfg.per_type < 1 or cfg.tile < 16:
@@ -153,9 +153,9 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
                          f"types={','.join(cfg.types)}")
 
     def fetch(i: int) -> tuple[np.ndarray, np.ndarray]:
-        lq = store.read_range(index["shard"][i], index["lq_offset"][i], index["lq_size"][i])
-        gt = store.read_range(index["shard"][i], index["gt_offset"][i], index["gt_size"][i])
-        return decode_pair(lq, gt, index["key"][i])
+        # One range request per pair (LQ and GT are adjacent), checked against the index's sha256.
+        pair = get_pair(store, index["key"][i], decode=False)
+        return decode_pair(pair["lq"], pair["gt"], index["key"][i])
 
     order = [i for rows in picked.values() for i in rows]
     with ThreadPoolExecutor(FETCH_THREADS) as pool:

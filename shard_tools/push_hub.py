@@ -16,7 +16,7 @@ import os
 import sys
 
 from foundir_data import format as fmt
-from foundir_data.store import parse_hf_location
+from foundir_data.locations import parse_hf_location
 from shard_tools.push import (
     Item, PushConfig, PushError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
