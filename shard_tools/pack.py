@@ -32,6 +32,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -295,8 +296,10 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
             for s in todo:
                 build_shard(args[0], s, *args[1:], on_pair=on_pair)
             return
-        queue = multiprocessing.get_context().SimpleQueue()
-        pool = ProcessPoolExecutor(cfg.workers, initializer=_init_worker, initargs=(queue,))
+        ctx = multiprocessing.get_context()
+        queue, stop = ctx.SimpleQueue(), ctx.Event()
+        pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(queue, stop, os.getpid()))
         try:
             it = iter(todo)
             # Bounded submission: at most 2 shards per worker in flight (flat memory).
@@ -310,8 +313,10 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
                     if nxt is not None:
                         pending.add(pool.submit(_build_in_worker, nxt, *args))
         finally:
-            # On an error (--strict) or Ctrl-C, do not start the queued shards; keep draining
-            # the progress queue while running ones finish, so no worker blocks on a full pipe.
+            # On an error (--strict) or Ctrl-C: start no queued shard, have running ones stop
+            # at their next pair (their writers remove their temp files), and keep draining the
+            # progress queue meanwhile, so no worker blocks on a full pipe.
+            stop.set()
             stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True})
             stopper.start()
             while stopper.is_alive():
@@ -327,17 +332,34 @@ def _drain(queue, on_pair: Callable[[int], None]) -> None:
         on_pair(queue.get())
 
 
-_QUEUE = None  # a worker's progress queue (set by _init_worker)
+_QUEUE = _STOP = None  # a worker's progress queue and stop flag (set by _init_worker)
 
 
-def _init_worker(queue) -> None:
-    global _QUEUE
-    _QUEUE = queue
-    _die_with_parent()
+class _Stopped(Exception):
+    """Raised inside a worker when the parent asked the running shards to stop."""
 
 
-def _build_in_worker(shard: PlannedShard, out: str, full_decode: bool, strict: bool, fsync: bool) -> ShardResult:
-    return build_shard(out, shard, full_decode, strict, fsync, on_pair=_QUEUE.put)
+def _init_worker(queue, stop, parent_pid: int) -> None:
+    global _QUEUE, _STOP
+    _QUEUE, _STOP = queue, stop
+    # Ctrl-C is the parent's to handle: it stops the workers through ``stop`` so that each
+    # one cleans up; a worker killed by SIGINT mid-write would break the pool, and the pool
+    # then SIGTERMs the others, leaving their temp files behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+
+
+def _progress(n: int) -> None:
+    _QUEUE.put(n)
+    if _STOP.is_set():
+        raise _Stopped()
+
+
+def _build_in_worker(shard: PlannedShard, out: str, full_decode: bool, strict: bool, fsync: bool) -> ShardResult | None:
+    try:
+        return build_shard(out, shard, full_decode, strict, fsync, on_pair=_progress)
+    except _Stopped:
+        return None
 
 
 def _warm_imports() -> None:
@@ -354,17 +376,16 @@ def _warm_imports() -> None:
     Image.init()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Worker initializer: on Linux, have the kernel kill this worker when the parent dies
     (a ``kill -9`` of the pack must not leave orphans writing into the folder the rerun
     uses). Elsewhere a no-op."""
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (linux/prctl.h)
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
     except (OSError, AttributeError):
         pass
