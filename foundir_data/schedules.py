@@ -389,7 +389,7 @@ class BatchCounts:
         # Cumulative per-type totals before each chunk: cursors of the per-type streams.
         tot = np.zeros((len(self._chunks) + 1, len(self.types)), np.int64)
         for ci in range(len(self._chunks)):
-            tot[ci + 1] = tot[ci] + self.chunk_counts(ci).sum(0)
+            tot[ci + 1] = tot[ci] + self._chunk_totals(ci)
         self._cum = tot
 
     @property
@@ -442,6 +442,16 @@ class BatchCounts:
             table[i] = rng.multivariate_hypergeometric(remaining, L) if L else 0
             remaining = remaining - table[i]
         return table
+
+    def _chunk_totals(self, ci: int) -> np.ndarray:
+        """Per-type totals of chunk ``ci`` (shuffle phases: straight from the draw table)."""
+        pi, c, _, _ = self._chunks[ci]
+        if self.curriculum.phases[pi].mode != "shuffle":
+            return self.chunk_counts(ci).sum(0)
+        out = np.zeros(len(self.types), np.int64)
+        for gi, (cols, _) in enumerate(self._groups[pi]):
+            out[cols] += self._draws[pi][gi][c]
+        return out
 
     def chunk_counts(self, ci: int) -> np.ndarray:
         """(steps, types) counts of chunk ``ci``."""
