@@ -45,7 +45,7 @@ class UNetConfig:
 #: ``tiny`` trains on a CPU in seconds (tests, smoke runs).
 UNET_PRESETS: dict[str, UNetConfig] = {
     "default": UNetConfig(),
-    "tiny": UNetConfig(dim=16, dim_mults=(1, 2), blocks_per_level=1, attn_heads=2, attn_dim_head=8),
+    "tiny": UNetConfig(dim=16, dim_mults=(1, 2, 4), blocks_per_level=1, attn_heads=2, attn_dim_head=8),
     "small": UNetConfig(dim=32, dim_mults=(1, 2, 4), attn_heads=4, attn_dim_head=16),
 }
 
@@ -90,7 +90,7 @@ class TrainConfig:
     """
 
     data: str = ""  # packed dataset location (folder, s3://, https://, hf://)
-    config: str = "all"  # degradation selector of the stream ("all", "isolated", "Lowlight", ...)
+    config: str = "all"  # types of the stream: "all", "isolated", "coupled", a name or "A,B,..."
     split: str = "train"
     schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules) or a .yaml
     steps_per_phase: int | None = None  # the schedule's n (None: one pass over the data per epoch)

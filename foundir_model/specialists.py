@@ -235,10 +235,13 @@ def train_specialist(name: str, generalist: str | os.PathLike | None, cfg: Train
         if name not in pool.experts:
             pool.experts[name] = RefineNet(pool.cfg)
         module = pool.experts[name]
-        stream_cfg = TrainConfig(**{**to_dict(cfg), "config": list(expert.types)})
+        stream_cfg = TrainConfig(**{**to_dict(cfg), "config": ",".join(expert.types)})
     module.to(device).train()
     g = ckpt.load_generalist(generalist, device) if (generalist and name != CLASSIFIER) else None
-    batches = _Batches(data if data is not None else make_stream(stream_cfg, 0, 1), cfg.num_workers)
+    stream = data if data is not None else make_stream(stream_cfg, 0, 1)
+    if hasattr(stream, "curriculum"):
+        print(f"{name}: streaming {', '.join(stream.curriculum.types())} ({stream.num_pairs} pairs)", flush=True)
+    batches = _Batches(stream, cfg.num_workers)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):

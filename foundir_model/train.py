@@ -82,7 +82,9 @@ def make_stream(cfg: TrainConfig, rank: int, world: int):
 
     if not cfg.data:
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
-    return FoundIRStream(cfg.data, split=cfg.split, config=cfg.config, layout=cfg.layout,
+    # "Lowlight,Lowlight_Blur" selects several types (a filtered stream, e.g. for a specialist).
+    config = [c.strip() for c in cfg.config.split(",")] if isinstance(cfg.config, str) else list(cfg.config)
+    return FoundIRStream(cfg.data, split=cfg.split, config=config, layout=cfg.layout,
                          schedule=cfg.schedule, steps_per_phase=cfg.steps_per_phase,
                          batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed,
                          rank=rank, world_size=world)

@@ -1,11 +1,23 @@
 """Residual diffusion: schedule numbers from the release, forward process, loss, sampler."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from foundir_model.config import RELEASE_DIFFUSION, DiffusionConfig, UNetConfig
-from foundir_model.diffusion import ResidualDiffusion, make_schedule, sampling_grid
-from foundir_model.unet import UNet
+sys.path.insert(0, str(Path(__file__).parent))
+from _model_helpers import OneThread  # noqa: E402
+
+from foundir_model.config import RELEASE_DIFFUSION, DiffusionConfig, UNetConfig  # noqa: E402
+from foundir_model.diffusion import ResidualDiffusion, make_schedule, sampling_grid  # noqa: E402
+from foundir_model.unet import UNet  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with OneThread():
+        yield
 
 
 def test_release_schedule_numbers():

@@ -18,7 +18,7 @@ from foundir_data.stream import FoundIRStream  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
 from foundir_model import specialists as sp  # noqa: E402
 from foundir_model.config import TrainConfig  # noqa: E402
-from foundir_model.train import train  # noqa: E402
+from foundir_model.train import main, train  # noqa: E402
 
 CLS_TYPES = ("Blur", "Haze", "Lowlight", "Noise")
 
@@ -127,13 +127,18 @@ def test_classifier_learns_above_chance(packed, tmp_path):
     assert acc >= 0.6, acc
 
 
-def test_train_specialist_filtered_and_restorer(packed, tmp_path):
+def test_train_specialist_filtered_and_restorer(packed, tmp_path, capsys):
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(packed), out_dir=str(out), preset="tiny", batch_size=4, crop=32, steps=2,
                       schedule="mix", config="all", log_every=1, val_steps=1, lr=1e-3)
     train(cfg)
     gen = out / "last.pt"
-    sp.train_specialist("illumination", gen, cfg)
+    # The CLI path: foundir-train --specialist illumination --generalist <ckpt>.
+    assert main(["--data", str(packed), "--out-dir", str(out), "--preset", "tiny", "--batch-size", "4",
+                 "--crop", "32", "--steps", "3", "--schedule", "mix", "--val-steps", "1", "--lr", "1e-3",
+                 "--specialist", "illumination", "--generalist", str(gen)]) == 0
+    text = capsys.readouterr().out
+    assert "illumination: streaming Lowlight, Lowlight_Blur (18 pairs)" in text and "illumination step 3/3 loss" in text
     sp.train_specialist("classifier", None, cfg)
     state = ckpt.load(out / sp.SPECIALISTS_FILE)["specialists"]
     assert set(state["experts"]) == {"illumination"} and state["classifier"] is not None

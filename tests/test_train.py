@@ -108,7 +108,7 @@ def test_checkpoint_contents_export_and_restorer(packed_train, tmp_path):
     train(_cfg(packed_train, out, steps=2, grad_accum=2))
     raw = torch.load(out / LAST, weights_only=True)  # plain containers only
     assert raw["format"] == ckpt.FORMAT and raw["step"] == 2
-    assert raw["train"]["preset"] == "tiny" and raw["unet"]["dim_mults"] == [1, 2]
+    assert raw["train"]["preset"] == "tiny" and raw["unet"]["dim_mults"] == [1, 2, 4]
     assert raw["data"]["step"] == 4  # grad_accum 2: two batches per optimiser step
     assert set(raw["optimizer"]) == {"state", "param_groups"}
     model = ckpt.load_generalist(out / WEIGHTS)

@@ -1,10 +1,22 @@
 """The conditional UNet: the release's size, shapes, padding and one optimisation step."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from foundir_model.config import UNET_PRESETS, UNetConfig, unet_preset
-from foundir_model.unet import UNet, count_parameters
+sys.path.insert(0, str(Path(__file__).parent))
+from _model_helpers import OneThread  # noqa: E402
+
+from foundir_model.config import UNET_PRESETS, UNetConfig, unet_preset  # noqa: E402
+from foundir_model.unet import UNet, count_parameters  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with OneThread():
+        yield
 
 
 def test_default_matches_release_parameter_count():

@@ -1,0 +1,173 @@
+"""Model throughput: training patch pairs/s, inference seconds per megapixel, loader share.
+
+One run, for each preset (default: ``tiny`` and ``default``, the release's 36.26M network):
+
+1. training: optimiser steps of the real training step (forward, L1 residual loss, backward,
+   grad clip, Adam, EMA) on batches from ``FoundIRStream`` over a packed sample
+   (``make_sample`` + ``shard_tools pack``), with the time spent waiting for the loader, and
+   the same steps fed by the folder loader a user would otherwise write (open the LQ/GT
+   files, decode, random crop, flip): loader share of step time and the step-time ratio;
+2. inference: the 4-step sampler on one image, seconds per megapixel.
+
+CPU by default with small sizes (a couple of minutes on 2 shared cores); ``--device cuda``
+for a GPU run (bf16 autocast for training, like ``foundir-train --amp auto``), with
+``--crop 256 --batch 8 --infer-size 1024`` for realistic numbers.
+
+Run: ``python bench/model.py`` or ``python bench/model.py --device cuda --crop 256 --batch 16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from foundir_model.config import unet_preset
+from foundir_model.diffusion import ResidualDiffusion, to_model_range
+from foundir_model.unet import UNet, count_parameters
+
+
+def packed_sample(root: Path, size: int) -> tuple[Path, Path]:
+    """A list-layout sample (2 pairs per type) and its packed form."""
+    from foundir_data.sample import LIST_FILE, make_sample
+    from shard_tools.pack import PackConfig, pack
+
+    make_sample(root / "src", per_type=2, size=size, layout="list", seed=0)
+    if pack(PackConfig(source=str(root / "src" / LIST_FILE), out=str(root / "packed"), progress=False)) != 0:
+        raise SystemExit("packing the sample failed")
+    return root / "src", root / "packed"
+
+
+def folder_batches(src: Path, batch: int, crop: int, seed: int = 0):
+    """The baseline loader: read the release's list file, open both files, decode, crop, flip."""
+    from foundir_data.sample import LIST_FILE
+
+    pairs = [ln.split(", ") for ln in (src / LIST_FILE).read_text().splitlines()]
+    rng = np.random.default_rng(seed)
+    while True:
+        lq, gt = [], []
+        for i in rng.integers(0, len(pairs), batch):
+            g = np.asarray(Image.open(src / "Train" / pairs[i][0]).convert("RGB"))
+            q = np.asarray(Image.open(src / "Train" / pairs[i][1]).convert("RGB"))
+            h, w = g.shape[:2]
+            if min(h, w) < crop:  # as the reference: resize small images up
+                s = crop / min(h, w)
+                size = (max(crop, round(w * s)), max(crop, round(h * s)))
+                g = np.asarray(Image.fromarray(g).resize(size, Image.BICUBIC))
+                q = np.asarray(Image.fromarray(q).resize(size, Image.BICUBIC))
+                h, w = g.shape[:2]
+            y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+            g, q = g[y:y + crop, x:x + crop], q[y:y + crop, x:x + crop]
+            if rng.random() < 0.5:
+                g, q = g[:, ::-1], q[:, ::-1]
+            gt.append(np.ascontiguousarray(g.transpose(2, 0, 1)))
+            lq.append(np.ascontiguousarray(q.transpose(2, 0, 1)))
+        yield {"lq": torch.from_numpy(np.stack(lq)), "gt": torch.from_numpy(np.stack(gt))}
+
+
+def train_steps(model: ResidualDiffusion, batches, steps: int, device: torch.device, amp: bool) -> tuple[float, float, float, int]:
+    """Run ``steps`` training steps; returns (wall s, loader wall s, process CPU s, pairs).
+
+    CPU time is reported too: on a shared machine other processes only ever add wall time.
+    """
+    ema = [p.detach().clone() for p in model.net.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    it = iter(batches)
+    total = data = cpu = 0.0
+    pairs = 0
+    for i in range(steps + 1):  # the first step warms up (allocations, autotuning) and is not timed
+        t0, c0 = time.perf_counter(), time.process_time()
+        b = next(it)
+        t1 = time.perf_counter()
+        lq, gt = to_model_range(b["lq"].to(device)), to_model_range(b["gt"].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model(lq, gt)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for e, p in zip(ema, model.net.parameters()):
+                e.lerp_(p, 0.005)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            total += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            data += t1 - t0
+            pairs += lq.shape[0]
+    return total, data, cpu, pairs
+
+
+def infer_s_per_mp(model: ResidualDiffusion, size: int, device: torch.device, repeat: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds per megapixel of the 4-step sampler."""
+    x = torch.rand(1, 3, size, size, device=device)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        model.restore(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(repeat):
+            model.restore(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    model.train()
+    mp = repeat * size * size / 1e6
+    return (time.perf_counter() - t) / mp, (time.process_time() - c) / mp
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", default="tiny,default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--infer-size", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--sample-size", type=int, default=256, help="long side of the sample photos")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    amp = device.type == "cuda"
+    from foundir_data.stream import FoundIRStream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, packed = packed_sample(Path(tmp), a.sample_size)
+        print(f"device {device}, torch threads {torch.get_num_threads()}, crop {a.crop}, batch {a.batch}, "
+              f"{a.steps} timed steps, inference on {a.infer_size}x{a.infer_size}, 4 sampler steps")
+        print(f"{'preset':<8} {'params':>8} {'loader':<7} {'pairs/s':>8} {'pairs/CPU-s':>11} {'loader %':>8} "
+              f"{'s/MP infer':>10} {'CPU-s/MP':>9}")
+        for name in a.presets.split(","):
+            torch.manual_seed(0)
+            model = ResidualDiffusion(UNet(unet_preset(name))).to(device)
+            rows = {}
+            for loader in ("stream", "folder"):
+                batches = (FoundIRStream(str(packed), schedule="mix", batch_size=a.batch, crop=a.crop, seed=0)
+                           if loader == "stream" else folder_batches(src, a.batch, a.crop))
+                if loader == "stream":
+                    batches = _endless(batches)
+                total, data, cpu, pairs = train_steps(model, batches, a.steps, device, amp)
+                rows[loader] = (pairs / total, 100 * data / total, pairs / cpu)
+            spm, cpm = infer_s_per_mp(model, a.infer_size, device, a.repeat)
+            params = f"{count_parameters(model.net) / 1e6:.2f}M"
+            for loader, (rate, share, crate) in rows.items():
+                print(f"{name:<8} {params:>8} {loader:<7} {rate:8.2f} {crate:11.2f} {share:8.1f} {spm:10.2f} {cpm:9.2f}")
+            print(f"{name:<8} stream/folder throughput ratio {rows['stream'][0] / rows['folder'][0]:.2f}x; "
+                  f"loader share {rows['stream'][1]:.1f}% vs {rows['folder'][1]:.1f}%")
+    return 0
+
+
+def _endless(stream):
+    while True:
+        yield from stream
+        stream.set_epoch(stream.epoch + 1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
