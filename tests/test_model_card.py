@@ -16,6 +16,17 @@ from foundir_model.train import train
 
 @pytest.fixture(scope="module")
 def run(packed, tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny network: more threads only spin on a busy CI machine
+    try:
+        yield _train_and_evaluate(packed, tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_evaluate(packed, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(data=str(packed), split="test", preset="tiny", schedule="incremental", steps_per_phase=1,
                       steps=2, batch_size=2, crop=32, out_dir=str(out / "run"), device="cpu", ckpt_every=0,

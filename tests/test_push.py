@@ -2,10 +2,12 @@
 local stand-in for the Hub's commit API reached through ``HF_ENDPOINT``.
 
 The Hub stand-in extends ``servers.HubServer`` (which serves ``resolve`` URLs from folders)
-with the POST endpoints huggingface_hub's ``create_repo``/``create_commit``/``get_paths_info``
-use. It answers ``uploadMode: regular`` in ``preupload``, so file contents travel inline
-(base64) in the commit; the LFS/Xet byte transport is huggingface_hub's own and is not
-exercised here.
+with the endpoints huggingface_hub's ``create_repo``/``create_commit``/``get_paths_info`` use:
+``preupload`` answers ``lfs`` for shards and the index (as the Hub does for large binaries)
+and ``regular`` for the card and manifest; LFS files go through the git-LFS batch API and a
+basic-transfer PUT, then the commit names them by sha256, and ``paths-info`` reports their
+sha256 like the Hub. huggingface_hub's Xet transport is switched off for these tests (it needs
+the Hub's CAS service); everything above the byte transport is the library's real code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from shard_tools import push as push_mod
 from shard_tools.cli import main
 
 TOKEN = "hf_push_test_token_do_not_print"
+# huggingface_hub's basic LFS upload passes a file object as ``data=`` (its code, not ours).
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 
 def files_of(root: Path) -> dict[str, bytes]:
@@ -147,6 +151,8 @@ class HubCommitServer(servers.HubServer):
         super().__init__()
         self.root = root
         self.commits: list[tuple[str, list[tuple[str, str]]]] = []  # (summary, [(key, path)])
+        self.blobs: dict[str, bytes] = {}  # LFS store: sha256 -> bytes
+        self.lfs: dict[tuple[str, str, str], str] = {}  # (repo, rev, path) -> sha256 of LFS files
 
     def start(self) -> "HubCommitServer":
         base = servers._make_handler(self)
@@ -160,6 +166,22 @@ class HubCommitServer(servers.HubServer):
                     hub.requests.append(servers.LoggedRequest("POST", path, dict(self.headers.items()), 200))
                 status, reply = hub.api(path, body)
                 self._reply(status, json.dumps(reply).encode(), {"Content-Type": "application/json"})
+
+            def do_PUT(self) -> None:  # basic LFS transfer: the whole object in one PUT
+                path = unquote(urlsplit(self.path).path)
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = b""
+                    while (n := int(self.rfile.readline().strip() or b"0", 16)) > 0:
+                        body += self.rfile.read(n)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                oid = path.rsplit("/", 1)[-1]
+                ok = path.startswith("/lfs-upload/") and hashlib.sha256(body).hexdigest() == oid
+                if ok:
+                    hub.blobs[oid] = body
+                self._reply(200 if ok else 400, b"{}", {"Content-Type": "application/json"})
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -186,6 +208,14 @@ class HubCommitServer(servers.HubServer):
             return (409, {"error": "You already created this dataset repo", "url": url}) if existed else (200, {"url": url})
         if path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
+        if path.endswith(".git/info/lfs/objects/batch"):
+            objects = []
+            for o in json.loads(body)["objects"]:
+                entry = {"oid": o["oid"], "size": o["size"]}
+                if o["oid"] not in self.blobs:
+                    entry["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{o['oid']}"}}
+                objects.append(entry)
+            return 200, {"transfer": "basic", "objects": objects}
         if len(parts) >= 6 and parts[:2] == ["api", "datasets"]:
             repo, action, rev = f"{parts[2]}/{parts[3]}", parts[4], unquote(parts[5])
             folder = self.folder(repo, rev)
@@ -194,14 +224,24 @@ class HubCommitServer(servers.HubServer):
                 out = []
                 for f in files:
                     p = folder / f["path"]
-                    out.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                "oid": _git_sha1(p.read_bytes()) if p.is_file() else None})
+                    lfs = f["path"].endswith((".tar", ".parquet"))
+                    oid = None
+                    if p.is_file():
+                        oid = self.lfs.get((repo, rev, f["path"])) or _git_sha1(p.read_bytes())
+                    out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
+                                "shouldIgnore": False, "oid": oid})
                 return 200, {"files": out}
             if action == "paths-info":
                 paths = parse_qs(body.decode())["paths"]
-                return 200, [{"type": "file", "path": p, "size": (folder / p).stat().st_size,
-                              "oid": _git_sha1((folder / p).read_bytes())}
-                             for p in paths if (folder / p).is_file()]
+                infos = []
+                for p in paths:
+                    if (folder / p).is_file():
+                        data = (folder / p).read_bytes()
+                        info = {"type": "file", "path": p, "size": len(data), "oid": _git_sha1(data)}
+                        if (repo, rev, p) in self.lfs:
+                            info["lfs"] = {"oid": self.lfs[(repo, rev, p)], "size": len(data), "pointerSize": 134}
+                        infos.append(info)
+                return 200, infos
             if action == "commit":
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 summary, ops = lines[0]["value"]["summary"], []
@@ -211,8 +251,16 @@ class HubCommitServer(servers.HubServer):
                     if key == "file":
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(base64.b64decode(value["content"]))
+                        self.lfs.pop((repo, rev, value["path"]), None)
+                    elif key == "lfsFile":
+                        if value["oid"] not in self.blobs:
+                            return 400, {"error": f"LFS object {value['oid']} was never uploaded"}
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(self.blobs[value["oid"]])
+                        self.lfs[(repo, rev, value["path"])] = value["oid"]
                     elif key == "deletedFile":
                         target.unlink()
+                        self.lfs.pop((repo, rev, value["path"]), None)
                     else:
                         return 400, {"error": f"stand-in does not take {key}"}
                     ops.append((key, value["path"]))
@@ -224,6 +272,9 @@ class HubCommitServer(servers.HubServer):
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # basic LFS, not Xet
     server = HubCommitServer(tmp_path / "hub").start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -246,6 +297,10 @@ def test_hub_push_commits_manifest_last_and_reads_back(packed, hub, capsys):
     assert sizes[:-1] == [min(8, n_shards - i) for i in range(0, n_shards, 8)]
     final = [p for _, p in hub.commits[-1][1]]
     assert final[-1] == fmt.MANIFEST_FILE and set(final) == {fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
+    # Shards and the index travelled as LFS objects named by their sha256, like on the Hub.
+    kinds = {p: k for _, ops in hub.commits for k, p in ops}
+    assert {p for p, k in kinds.items() if k == "lfsFile"} == {s.path for s in fmt.Manifest.from_json(
+        local[fmt.MANIFEST_FILE]).shards} | {fmt.INDEX_FILE}
     folder = hub.folder("foundir-test/sample")
     assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == local
     # Every API call carried the token.
