@@ -129,7 +129,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         ids = pa.array([ty.index for ty in types], pa.int16())
         mask = pc.and_(pc.and_(pc.equal(t["split"], self.split), pc.equal(t["layout"], self.layout)),
                        pc.is_in(t["degradation_id"], value_set=ids))
-        sel = t.filter(mask)
+        sel = t if pc.all(mask).as_py() else t.filter(mask)  # no copy when every row matches
         if sel.num_rows == 0:
             have = sorted({(s.split, s.layout) for s in self.store.manifest().shards})
             raise ValueError(f"{self.store.location}: no pairs for split={self.split!r}, layout={self.layout!r}, "
