@@ -50,8 +50,8 @@ DEFAULT_SIZE = 512
 #: level 0: 787, 13, 3.7 | 1: 461, 26, 7.6 | 3: 451, 35, 7.5 | 6: 434, 82, 7.3 | 9: 429, 556, 7.1.
 #: Compressed levels decode alike (within 8%) and level 1 is within 7% of the smallest bytes
 #: while encoding 3x faster than 6 and 20x faster than 9: the least core time for packing once
-#: plus a 2M-iteration training run. Level 0 halves decode time but reads 1.7x the bytes
-#: (~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` for nodes whose disks keep up.
+#: plus a 2M-iteration training run. Level 0 halves decode time but stores raw pixels (1.7-2.8x
+#: the bytes; ~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` where disks keep up.
 DEFAULT_PNG_LEVEL = 1
 
 
