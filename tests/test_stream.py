@@ -244,3 +244,21 @@ def test_tile_layout_with_the_same_schedules_and_pair_level_subsets(packed, tmp_
     sources = {source_of[k] for k in kept}
     assert kept == {k for k, src in source_of.items() if src in sources}
     assert 0 < len(sources) < len(set(source_of.values()))
+
+
+def test_streaming_from_a_hub_like_server_equals_local(packed, hub_server):
+    hub_server.add_repo("foundir/sample", packed / "packed")
+    kw = dict(schedule="mix", batch_size=8, crop=32, seed=4, world_size=1, rank=0)
+    local = collect(FoundIRStream(packed / "packed", **kw))
+    hub_server.fail_first(2, 503, match=".tar")  # transient faults on the first range reads
+    remote = FoundIRStream("hf://datasets/foundir/sample", store_kwargs={"backoff": 0.01}, **kw)
+    hub_server.clear_log()
+    got = collect(remote)
+    assert [b["key"] for b in got] == [b["key"] for b in local]
+    for a, b in zip(got, local):
+        assert torch.equal(a["lq"], b["lq"]) and torch.equal(a["gt"], b["gt"])
+    reqs = [r for r in hub_server.requests if r.path.endswith(".tar")]
+    assert all("/datasets/foundir/sample/resolve/" in r.path for r in hub_server.requests)
+    # One range GET per pair (LQ and GT are adjacent members), plus the two failed tries.
+    assert all(r.headers.get("Range", "").startswith("bytes=") for r in reqs)
+    assert len([r for r in reqs if r.status == 206]) == 40
