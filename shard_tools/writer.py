@@ -12,7 +12,8 @@ The byte offset of each member's *data* is recorded, so a reader can fetch one i
 with a single HTTP range request (``format.INDEX_SCHEMA`` ``*_offset``/``*_size``).
 
 A shard is *done* when its index part ``index/parts/<shard>.parquet`` exists (written last,
-atomically, with the tar's size and sha256 in its metadata): that is what resume checks.
+atomically, with the tar's size and sha256 and the shard's rejected pairs in its Parquet
+metadata) and its tar has that size: that is what resume checks (:func:`is_done`).
 """
 
 from __future__ import annotations
