@@ -25,7 +25,7 @@ Named variants are builders in :data:`SCHEDULES` (paper section 4.2 and Table 3(
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
