@@ -113,7 +113,7 @@ def detect_kind(source: str | os.PathLike) -> str:
         head = f.read(4096)
     if head.startswith(b"PAR1"):
         return "manifest"
-    first = head.decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+    first = head.decode("utf-8-sig", "replace").splitlines()[0] if head.strip() else ""  # -sig: Excel's BOM
     cols = {c.strip().strip('"').lower() for c in first.split(",")}
     if {"lq", "gt"} <= cols:
         return "manifest"
@@ -336,7 +336,7 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
         for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
             yield i, {k.lower(): v for k, v in row.items()}
         return
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
         _check_columns(path, cols)

@@ -103,7 +103,7 @@ def test_folder_layout_by_subfolder_and_by_flag(test_src, tmp_path):
 def test_manifest_csv_and_parquet(test_src, tmp_path):
     root, pairs = test_src
     rows = [{"lq": p.lq, "gt": p.gt, "degradation": p.degradation, "split": "test"} for p in pairs]
-    with open(tmp_path / "m.csv", "w", newline="") as f:
+    with open(tmp_path / "m.csv", "w", newline="", encoding="utf-8-sig") as f:  # with a BOM, as Excel saves
         w = csv.DictWriter(f, fieldnames=["lq", "gt", "degradation", "split"])
         w.writeheader()
         w.writerows(rows)
