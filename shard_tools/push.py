@@ -193,11 +193,21 @@ def push(cfg: PushConfig) -> PushReport:
     """
     manifest, raw, items = load_local(cfg.root)
     if cfg.dest.startswith("hf://"):
+        from huggingface_hub.errors import HfHubHTTPError
+
         from shard_tools import push_hub
 
         check_folder_limits([it.rel for it in items])
-        return push_hub.push_to_hub(cfg, raw, items)
-    return _push_fs(cfg, raw, items)
+        try:
+            return push_hub.push_to_hub(cfg, raw, items)
+        except HfHubHTTPError as e:  # its message names the URL and the Hub's reason, never the token
+            raise PushError(f"{cfg.dest}: the Hub refused the push ({str(e).splitlines()[0]}); "
+                            "check HF_TOKEN has write access. Rerun to resume") from None
+    try:
+        return _push_fs(cfg, raw, items)
+    except (FileNotFoundError, PermissionError) as e:
+        raise PushError(f"{cfg.dest}: {e} (does the bucket/folder exist, and may these credentials "
+                        "write there?). Rerun to resume") from None
 
 
 # ---------------------------------------------------------------- fsspec destinations

@@ -19,7 +19,7 @@ Steps (each prints a numbered header, long ones a progress bar, and its time):
              and the model card ``run/README.md`` filled from the checkpoint.
 
 The sample is a demo: 9 photos shared by both splits, simple synthetic degradations, and a
-few hundred steps of a 0.1M-parameter network; its numbers are not the paper's.
+few hundred steps of the `tiny` network preset; its numbers are not the paper's.
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ class QuickstartConfig:
     out: str = "foundir-quickstart"
     per_type: int = 6  # training pairs per degradation type
     test_per_type: int = 2  # test pairs per type
-    size: int = 96  # long side of the photos, pixels (the tiny UNet's middle attention is O(px^4))
+    size: int = 128  # long side of the photos, pixels
     steps: int = 200  # optimiser steps of the tiny generalist
     batch_size: int = 8
-    crop: int = 48
+    crop: int = 64
     seed: int = 0
     # One thread: the tiny network's ops are too small to gain from more, and OpenMP threads
     # on a busy machine spin and slow everything down (measured here: 10x CPU time at 2 threads

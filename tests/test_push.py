@@ -164,6 +164,9 @@ class HubCommitServer(servers.HubServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hub._lock:
                     hub.requests.append(servers.LoggedRequest("POST", path, dict(self.headers.items()), 200))
+                fault = hub._take_fault("POST", path)
+                if fault is not None and fault.status:
+                    return self._reply(fault.status, b'{"error": "injected fault"}', {"Content-Type": "application/json"})
                 status, reply = hub.api(path, body)
                 self._reply(status, json.dumps(reply).encode(), {"Content-Type": "application/json"})
 
@@ -345,6 +348,20 @@ def test_hub_commit_plan_with_subdir(packed):
     commits = hub_commits(items, batch_files=100, delete_manifest=False, prefix="v2")
     assert [op.path_in_repo for op in commits[-1][1]][-1] == "v2/manifest.json"
     assert all(op.path_in_repo.startswith("v2/shards/") for op in commits[0][1])
+
+
+def test_hub_refusal_is_reported_without_token(packed, hub, capsys):
+    hub.fail_first(10, status=403, match="/commit/")
+    assert push(packed, "hf://datasets/foundir-test/denied") == 1
+    err = capsys.readouterr().err
+    assert "hf://datasets/foundir-test/denied" in err and "403" in err and TOKEN not in err
+    assert not (hub.folder("foundir-test/denied") / fmt.MANIFEST_FILE).exists()
+
+
+def test_s3_missing_bucket_is_named(packed, moto_s3, capsys):
+    assert push(packed, "s3://no-such-bucket/v1") == 1
+    err = capsys.readouterr().err
+    assert "s3://no-such-bucket/v1" in err and "bucket" in err
 
 
 def test_bad_hub_dest(packed, hub, capsys):
