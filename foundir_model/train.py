@@ -60,13 +60,13 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype on GPU (None = full precision). CPU always trains in float32."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if cfg.amp not in ("auto", "none", *table):
+        raise ValueError(f"amp must be one of auto, bf16, fp16, none; got {cfg.amp!r}")
     if device.type != "cuda" or cfg.amp == "none":
         return None
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if cfg.amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if cfg.amp not in table:
-        raise ValueError(f"amp must be one of auto, bf16, fp16, none; got {cfg.amp!r}")
     return table[cfg.amp]
 
 

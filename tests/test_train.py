@@ -105,7 +105,12 @@ def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
 
 def test_checkpoint_contents_export_and_restorer(packed_train, tmp_path):
     out = tmp_path / "run"
-    train(_cfg(packed_train, out, steps=2, grad_accum=2))
+    res = train(_cfg(packed_train, out, steps=2, grad_accum=2, val_every=2, val_split="train", val_pairs=1))
+    # Per-degradation validation PSNR of the EMA model (the sample has no test split here).
+    iso = ["Blur", "Noise", "JPEG", "Haze", "Rain", "Raindrop", "Lowlight"]
+    assert list(res.val) == iso + ["all"] and all(5 < v < 60 for v in res.val.values())
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["val_psnr"] == res.val
     raw = torch.load(out / LAST, weights_only=True)  # plain containers only
     assert raw["format"] == ckpt.FORMAT and raw["step"] == 2
     assert raw["train"]["preset"] == "tiny" and raw["unet"]["dim_mults"] == [1, 2, 4]
@@ -167,3 +172,5 @@ def test_cli(packed_train, tmp_path, capsys):
     assert "unknown model preset 'huge'" in capsys.readouterr().err
     assert main(["--out-dir", str(tmp_path / "x"), "--preset", "tiny"]) == 2
     assert "--data" in capsys.readouterr().err
+    assert main(["--data", str(packed_train), "--out-dir", str(tmp_path / "y"), "--amp", "fp8"]) == 2
+    assert "amp must be one of" in capsys.readouterr().err
