@@ -76,15 +76,19 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.5 if step >= int(cfg.lr_halve_step * cfg.step_scale) else 1.0)
 
 
+def type_selector(config: str | list[str]) -> list[str]:
+    """``"Lowlight,Lowlight_Blur"`` -> a list of selectors (a filtered stream, e.g. for a
+    specialist); ``"all"``, ``"isolated"`` and single names pass through as one-item lists."""
+    return [c.strip() for c in config.split(",") if c.strip()] if isinstance(config, str) else list(config)
+
+
 def make_stream(cfg: TrainConfig, rank: int, world: int):
     """The training stream of ``cfg`` for this rank."""
     from foundir_data.stream import FoundIRStream
 
     if not cfg.data:
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
-    # "Lowlight,Lowlight_Blur" selects several types (a filtered stream, e.g. for a specialist).
-    config = [c.strip() for c in cfg.config.split(",")] if isinstance(cfg.config, str) else list(cfg.config)
-    return FoundIRStream(cfg.data, split=cfg.split, config=config, layout=cfg.layout,
+    return FoundIRStream(cfg.data, split=cfg.split, config=type_selector(cfg.config), layout=cfg.layout,
                          schedule=cfg.schedule, steps_per_phase=cfg.steps_per_phase,
                          batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed,
                          rank=rank, world_size=world)
@@ -302,7 +306,7 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size"]
     t = store.index(columns=cols)
-    names = {ty.name for ty in taxonomy.select(config)}
+    names = {ty.name for ty in taxonomy.select(type_selector(config))}
     t = t.filter(pc.and_(pc.equal(t["split"], split), pc.equal(t["layout"], "full")))
     rows = [r for r in t.to_pylist() if r["degradation"] in names]
     if not rows:

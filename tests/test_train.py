@@ -91,7 +91,8 @@ def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
         train(cfg, data=_Crash(stream, 6))  # dies inside step 7, after the checkpoint at step 4
     state = ckpt.load(tmp_path / "b" / LAST)
     assert state["step"] == 4 and (state["data"]["epoch"], state["data"]["step"]) == (0, 4)  # end of epoch 0
-    resumed = train(cfg)  # fresh process state, default stream, resumes from last.pt
+    # Fresh state, the default stream read through 2 DataLoader workers, resumed from last.pt.
+    resumed = train(TrainConfig(**{**cfg.__dict__, "num_workers": 2}))
     assert [s for s, _ in resumed.losses] == list(range(5, steps + 1))
     for s, v in resumed.losses:
         assert v == ref[s], (s, v, ref[s])
