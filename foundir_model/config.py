@@ -95,6 +95,9 @@ class TrainConfig:
     schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules) or a .yaml
     steps_per_phase: int | None = None  # the schedule's n (None: one pass over the data per epoch)
     layout: str = "full"  # "full" frames or "tile" training tiles
+    crops_per_pair: int = 1  # crops cut from each decoded pair (decoding is the loader's cost)
+    subset_fraction: float = 1.0  # nested, type-stratified subset of the pairs (paper Figure 6)
+    subset_seed: int = 0
     preset: str = "default"  # UNET_PRESETS name
     steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
     batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)

@@ -90,7 +90,8 @@ def make_stream(cfg: TrainConfig, rank: int, world: int):
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
     return FoundIRStream(cfg.data, split=cfg.split, config=type_selector(cfg.config), layout=cfg.layout,
                          schedule=cfg.schedule, steps_per_phase=cfg.steps_per_phase,
-                         batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed,
+                         batch_size=cfg.batch_size, crop=cfg.crop, crops_per_pair=cfg.crops_per_pair,
+                         seed=cfg.seed, subset_fraction=cfg.subset_fraction, subset_seed=cfg.subset_seed,
                          rank=rank, world_size=world)
 
 

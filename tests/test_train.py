@@ -164,11 +164,14 @@ def test_cli(packed_train, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["--data", str(packed_train), "--out-dir", str(out), "--preset", "tiny", "--steps", "2",
                "--batch-size", "2", "--crop", "32", "--log-every", "1", "--schedule", "mix", "--no-resume",
-               "--delta-end", "1.4e-3"])
+               "--delta-end", "1.4e-3", "--subset-fraction", "0.5", "--crops-per-pair", "2"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "step 2/2 loss" in text and "patch pairs/s" in text and "loader" in text
-    assert ckpt.load(out / LAST)["diffusion"]["delta_end"] == 1.4e-3
+    state = ckpt.load(out / LAST)
+    assert state["diffusion"]["delta_end"] == 1.4e-3
+    # Half of the 40 pairs, two crops from each decoded pair; the stream state records both.
+    assert state["data"]["num_pairs"] == 20 and state["data"]["crops_per_pair"] == 2
     assert main(["--data", str(packed_train), "--out-dir", str(out), "--preset", "huge"]) == 2
     assert "unknown model preset 'huge'" in capsys.readouterr().err
     assert main(["--out-dir", str(tmp_path / "x"), "--preset", "tiny"]) == 2
