@@ -154,6 +154,16 @@ def measure(root: Path, a: argparse.Namespace) -> int:
         for s, rows in got[:3] + got[-2:]:
             np.testing.assert_array_equal(rows, glob[s, r * b:(r + 1) * b])
     served = np.bincount(glob.ravel(), minlength=stream.num_pairs)
+    # Whole-shard caching (read="cache"): how many nodes touch each shard in the epoch.
+    from foundir_data.plan import node_affinity_order
+
+    node_of_col = np.arange(batch) // (batch // a.nodes)
+    sh = plan._shard[glob]
+    spread = {}
+    for name, order in (("dealt by rank", None), ("node affinity", node_affinity_order(sh, a.nodes))):
+        s2 = sh if order is None else np.take_along_axis(sh, order, axis=1)
+        pairs = np.unique(s2 * a.nodes + node_of_col[None, :])
+        spread[name] = len(pairs) / len(np.unique(s2))
     total = t3 - t0
     print(f"\nplan: schedule={a.schedule}, {stream.num_pairs:,} pairs, {len(stream._shard_names):,} shards, "
           f"{a.nodes} nodes x {a.gpus} GPUs x {a.workers} workers, global batch {batch} "
@@ -168,6 +178,8 @@ def measure(root: Path, a: argparse.Namespace) -> int:
     print(f"  Arrow pool peak                                         {pa.default_memory_pool().max_memory() / 2**20:6.0f} MB")
     print(f"  process RSS high-water growth                           {peak_rss - base_rss:6.0f} MB   (target < 1 GB: "
           f"{'OK' if peak_rss - base_rss < 1024 else 'MISSED'})")
+    print(f"  nodes reading each shard in the epoch (whole-shard cache downloads per shard): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in spread.items()))
     print(f"  rows served at least once: {np.mean(served > 0):.1%}; batches per rank: {steps} on every rank; "
           f"per worker: {min(per_worker)}..{max(per_worker)}")
     return 0

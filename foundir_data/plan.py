@@ -206,17 +206,27 @@ class EpochPlan:
         return b[step - s0]
 
     def batches(self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
-                start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+                start: int = 0, nodes: int = 1, with_slots: bool = False) -> Iterator[tuple]:
         """Yield ``(step, rows)`` for this rank's slice of the steps this worker serves.
 
         Args:
             rank, world_size: This process's slice of every global batch.
             worker, num_workers: DataLoader worker id and count.
             start: First step (resume point).
+            nodes: With ``nodes > 1`` the slots of each global batch are dealt so that the
+                ranks of one node (``world_size / nodes`` consecutive ranks, torchrun's
+                numbering) get rows of the same shards (a shard prefers one node, by hash),
+                so with whole-shard caching each node downloads few shards instead of all.
+                The global batches are unchanged; only who gets which slot differs.
+            with_slots: Also yield each row's canonical slot in the global batch
+                (``(step, rows, slots)``); per-sample randomness keyed by it does not
+                depend on ``nodes`` or the world size.
         """
         lo, hi = partition_columns(self.batch_size, rank, world_size)
         if not 0 <= worker < num_workers:
             raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+        if nodes < 1 or world_size % nodes:
+            raise ValueError(f"world size {world_size} is not a multiple of nodes={nodes}")
         total = self.total_steps
         first = start + worker
         if first >= total:
@@ -225,9 +235,16 @@ class EpochPlan:
         s = first
         while s < total:
             s0, b = self.chunk_batches(ci)
+            slots = np.broadcast_to(np.arange(self.batch_size), b.shape)
+            if nodes > 1:
+                slots = node_affinity_order(self._shard[b], nodes)
+                b = np.take_along_axis(b, slots, axis=1)
             s1 = s0 + len(b)
             while s < s1:
-                yield s, b[s - s0, lo:hi]
+                if with_slots:
+                    yield s, b[s - s0, lo:hi], slots[s - s0, lo:hi]
+                else:
+                    yield s, b[s - s0, lo:hi]
                 s += num_workers
             while ci < self.counts.num_chunks and self.counts.chunk_range(ci)[1] <= s:
                 ci += 1
@@ -235,6 +252,15 @@ class EpochPlan:
     def steps_for(self, worker: int = 0, num_workers: int = 1, start: int = 0) -> int:
         """Number of batches a worker yields from ``start`` (the same on every rank)."""
         return len(range(start + worker, self.total_steps, num_workers))
+
+
+def node_affinity_order(shards: np.ndarray, nodes: int) -> np.ndarray:
+    """Per batch (row of ``shards``), the slot order that groups slots by their shard's
+    preferred node (a multiplicative hash of the shard code): cutting the reordered batch
+    into ``nodes`` equal parts gives each node mostly its own shards (spill-over only where
+    a node's shards hold more or fewer slots than its share)."""
+    pref = ((shards.astype(np.uint64) * np.uint64(2654435761)) >> np.uint64(7)) % np.uint64(nodes)
+    return np.argsort(pref, axis=1, kind="stable")
 
 
 def partition_columns(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import torch
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
-from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, partition_columns, shard_codes
+from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, shard_codes
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.transforms import check_augment, random_crops
 
@@ -76,6 +76,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         read: ``"auto"`` (pread locally, range requests remotely), ``"pread"``/``"cache"``
             (whole shards through the store's local cache) or ``"range"``.
         store_kwargs: Passed to ``Store.open`` when a location is given.
+        nodes: Deal each global batch so the ranks of one node read the same shards
+            (``plan.EpochPlan.batches``); the global batches do not change. Default: with
+            ``read="cache"``, ``WORLD_SIZE / LOCAL_WORLD_SIZE`` (torchrun), else 1.
     """
 
     def __init__(self, location_or_store: Any, *, split: str = "train", config: Any = "all",
@@ -85,7 +88,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                  dtype: str = "uint8", subset_fraction: float = 1.0, subset_seed: int = 0,
                  rank: int | None = None, world_size: int | None = None,
                  shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, read: str = "auto",
-                 store_kwargs: dict | None = None) -> None:
+                 store_kwargs: dict | None = None, nodes: int | None = None) -> None:
         super().__init__()
         from foundir_data.store import Store
 
@@ -114,6 +117,12 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self.seed, self.epoch = int(seed), int(epoch)
         self.schedule, self.steps_per_phase, self.shuffle_block = schedule, steps_per_phase, shuffle_block
         self.subset_fraction, self.subset_seed = subset_fraction, subset_seed
+        if nodes is None:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
+            nodes = self.world_size // local if read == "cache" and local and self.world_size % local == 0 else 1
+        if nodes < 1 or self.world_size % nodes:
+            raise ValueError(f"world_size {self.world_size} is not a multiple of nodes={nodes}")
+        self.nodes = int(nodes)
         self._load_index()
         self._start = 0
         self._build_plan()
@@ -257,7 +266,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         return mem[:ls], mem[ls:ls + gs]
 
     # ------------------------------------------------------------ iteration
-    def _batch(self, step: int, rows: np.ndarray, col0: int) -> dict[str, Any]:
+    def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
         k, c = self.crops_per_pair, self.crop
         n = len(rows) * k
         lq = np.empty((n, 3, c, c), np.uint8)
@@ -266,8 +275,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         keys = self._keys.take(pa.array(rows)).to_pylist()
         for i, row in enumerate(rows):
             a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i])
-            # Crops depend on (seed, epoch, step, global slot) only: world-size independent.
-            rng = np.random.default_rng([self.seed, self.epoch, 7, step, col0 + i])
+            # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
+            rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
             _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
                                                          lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k])
         lq_t, gt_t = torch.from_numpy(lq), torch.from_numpy(gt)
@@ -281,9 +290,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        col0, _ = partition_columns(self.plan.batch_size, self.rank, self.world_size)
-        for step, rows in self.plan.batches(self.rank, self.world_size, worker, num_workers, self._start):
-            batch = self._batch(step, rows, col0)
+        for step, rows, slots in self.plan.batches(self.rank, self.world_size, worker, num_workers,
+                                                    self._start, nodes=self.nodes, with_slots=True):
+            batch = self._batch(step, rows, slots)
             if info is None:
                 self._start = step + 1
             yield batch

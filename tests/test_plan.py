@@ -175,3 +175,26 @@ def test_plan_batches_from_an_index_table():
         np.testing.assert_array_equal(rows, ref.global_batch(s)[4:])
     with pytest.raises(ValueError, match="sample_index"):
         EpochPlan.from_index(table.drop(["sample_index"]), "mix", 8)
+
+
+@pytest.mark.parametrize("world,nodes", [(4, 2), (24, 3), (8, 8)])
+def test_node_affinity_keeps_the_global_batches_and_localises_shards(world, nodes):
+    deg, shard, within = synthetic(2000, 7, per_shard=10)
+    plan = EpochPlan(deg, shard, within, "mix", 48, seed=1)
+    per_node = world // nodes
+    touched = {0: set(), 1: set()}
+    for affinity in (1, nodes):
+        got: dict[int, list] = {}
+        for r in range(world):
+            for k in range(2):
+                for s, rows, slots in plan.batches(r, world, k, 2, nodes=affinity, with_slots=True):
+                    glob = plan.global_batch(s)
+                    np.testing.assert_array_equal(rows, glob[slots])  # canonical slots
+                    got.setdefault(s, []).append(slots)
+                    touched[affinity > 1].update((r // per_node, c) for c in shard[rows].tolist())
+        assert sorted(got) == list(range(plan.total_steps))
+        for s, parts in got.items():  # every slot of every global batch served exactly once
+            assert sorted(np.concatenate(parts).tolist()) == list(range(48))
+    assert len(touched[1]) < 0.75 * len(touched[0])
+    with pytest.raises(ValueError, match="multiple of nodes"):
+        next(plan.batches(0, world, nodes=world + 1))

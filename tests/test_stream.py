@@ -262,3 +262,15 @@ def test_streaming_from_a_hub_like_server_equals_local(packed, hub_server):
     # One range GET per pair (LQ and GT are adjacent members), plus the two failed tries.
     assert all(r.headers.get("Range", "").startswith("bytes=") for r in reqs)
     assert len([r for r in reqs if r.status == 206]) == 40
+
+
+def test_node_affinity_deals_the_same_global_batches_and_crops(packed):
+    kw = dict(schedule="incremental", batch_size=8, crop=32, seed=3)
+    ref = collect(FoundIRStream(packed / "packed", world_size=1, rank=0, **kw))
+    parts = [collect(FoundIRStream(packed / "packed", world_size=4, rank=r, nodes=2, **kw)) for r in range(4)]
+    for i, want in enumerate(ref):
+        crops = {(k, w.numpy().tobytes()) for k, w in zip(want["key"], want["lq"])}
+        got = {(k, w.numpy().tobytes()) for p in parts for k, w in zip(p[i]["key"], p[i]["lq"])}
+        assert got == crops  # same pairs, same crops; only the rank that gets each differs
+    with pytest.raises(ValueError, match="multiple of nodes"):
+        FoundIRStream(packed / "packed", world_size=4, rank=0, nodes=3, **kw)
