@@ -211,7 +211,9 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
         device: Torch device.
         specialists: False gives generalist-only results (``--no-specialists``).
         steps: Sampler steps (default: the checkpoint's diffusion config, 4).
-        specialists_path: A separate specialists checkpoint (default: those inside ``path``).
+        specialists_path: A separate specialists checkpoint. Default: those inside ``path``,
+            else ``specialists.pt`` beside it (where ``foundir-train --specialist`` writes them
+            in the same ``--out-dir``), else none.
     """
     state = read_any(path)
     model = load_generalist(state if "unet" in state else path, device)
@@ -220,6 +222,9 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
         from foundir_model import specialists as sp
 
         spec_state = state.get("specialists")
+        beside = Path(path).with_name(sp.SPECIALISTS_FILE)
+        if specialists_path is None and not spec_state and beside.is_file() and beside != Path(path):
+            specialists_path = beside
         if specialists_path is not None:
             spec_state = read_any(specialists_path).get("specialists")
             if not spec_state:

@@ -154,8 +154,16 @@ def test_train_specialist_filtered_and_restorer(packed, tmp_path, capsys):
     assert not torch.equal(s[0], g[0])  # Lowlight: refined by the trained expert
     expect = with_s.pool.experts["illumination"](x[:1], g[:1]).clamp(0, 1)
     assert torch.allclose(s[:1], expect, atol=1e-6)
-    # The same from the .pt checkpoint plus a separate specialists file.
+    # The same from the .pt checkpoint plus a separate specialists file, or the one beside it.
     s2 = ckpt.load_restorer(gen, "cpu", specialists_path=out / sp.SPECIALISTS_FILE)(x, labels)
     assert torch.allclose(s, s2, atol=1e-6)
+    s3 = ckpt.load_restorer(gen, "cpu")(x, labels)
+    assert torch.allclose(s, s3, atol=1e-6)
+    assert torch.equal(ckpt.load_restorer(gen, "cpu", specialists=False)(x, labels), g)
+    # Without a label the classifier picks the expert.
+    pool = with_s.pool
+    picked = pool.select(x, None)
+    assert torch.equal(with_s(x, None), pool.refine(x, without(x, None), None))
+    assert all(p in (None, "illumination") for p in picked)
     with pytest.raises(ValueError, match="unknown specialist"):
         sp.train_specialist("snow", gen, cfg)
