@@ -47,7 +47,7 @@ class QuickstartConfig:
     The defaults finish in a few minutes on 2 CPU cores; :meth:`small` is the CI size.
     """
 
-    out: str = "foundir-quickstart"
+    out: str = "foundir_quickstart"  # ignored by the repo's .gitignore
     per_type: int = 6  # training pairs per degradation type
     test_per_type: int = 2  # test pairs per type
     size: int = 128  # long side of the photos, pixels
