@@ -12,9 +12,15 @@ Fixtures:
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
+
+# One BLAS/OpenMP thread per test process (and the subprocesses and torchrun ranks it starts):
+# on 2 cores, torch's default of one thread per core oversubscribes as soon as anything else
+# runs, and tiny CPU convs got ~10x slower in measurement. Users can still override it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
