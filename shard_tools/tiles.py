@@ -297,6 +297,12 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     t0 = time.monotonic()
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     shards, table = plan_tiles(index, cfg)
+    if not shards:
+        import pyarrow.compute as pc
+
+        have = sorted(pc.unique(index["split"]).to_pylist())
+        raise TileError(f"{root}: no full-frame pairs of split {split!r} to tile (the index has splits {have}); "
+                        f"pass --split {have[0] if have else 'all'} or --split all")
     plan = _plan_json(shards, table, cfg)
     old = base / TILE_PLAN_FILE
     if old.exists() and old.read_text() != plan:

@@ -202,6 +202,17 @@ def test_bad_arguments_and_folders(root: Path, tmp_path: Path):
         tiles.pack_tiles(str(root), png_level=12)
 
 
+def test_test_split_needs_split_flag(tmp_path: Path):
+    make_sample(tmp_path / "src", per_type=1, size=96, layout="test", types=("Blur", "Noise"))
+    assert pack(PackConfig(source=str(tmp_path / "src"), out=str(tmp_path / "out"), progress=False)) == 0
+    with pytest.raises(tiles.TileError, match=r"no full-frame pairs of split 'train'.*\['test'\]"):
+        tiles.pack_tiles(str(tmp_path / "out"), size=64)
+    s = tiles.pack_tiles(str(tmp_path / "out"), size=64, split=None)
+    rows = read_index(tmp_path / "out")
+    assert s["source_pairs"] == 2 and {r["split"] for r in rows if r["layout"] == fmt.LAYOUT_TILE} == {"test"}
+    assert all(r["shard"].startswith("shards/tile/test/") for r in rows if r["layout"] == fmt.LAYOUT_TILE)
+
+
 def test_damaged_source_is_named(root: Path):
     rows = [r for r in read_index(root) if r["layout"] == fmt.LAYOUT_FULL]
     r = rows[0]
