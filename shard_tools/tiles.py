@@ -361,30 +361,25 @@ def _build(root: str, todo: list[TileShard], table, cfg: TileConfig) -> None:
         bar.close()
 
 
-def merge_tiles(root: str) -> fmt.Manifest:
-    """Put the tile parts into ``index/pairs.parquet`` and ``manifest.json`` (idempotent).
+def with_tiles(root: str | Path, index, manifest: fmt.Manifest):
+    """``(index, manifest)`` with the tile rows and shards of ``root``'s tile parts in place of
+    any they held (unchanged where ``root`` has no tile plan). For ``shard_tools.merge``.
 
-    Runs ``shard_tools.merge`` first when the pack's parts are there (it rewrites index and
-    manifest from the full-frame parts), then replaces any tile rows/shards with the current
-    tile parts. Raises :class:`TileError` if a planned tile shard is not finished.
+    Raises:
+        TileError: a planned tile shard that is not finished.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     base = Path(root)
+    if not (base / TILE_PLAN_FILE).exists():
+        return index, manifest
     plan = json.loads((base / TILE_PLAN_FILE).read_text())
-    if (base / PACK_PLAN_FILE).exists():
-        from shard_tools.merge import merge
-
-        merge(root)
-    manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
-    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
-    index = index.filter(pc.not_equal(index["layout"], fmt.LAYOUT_TILE))
-    tables, infos = [index], []
+    tables, infos = [index.filter(pc.not_equal(index["layout"], fmt.LAYOUT_TILE))], []
     for s in plan["shards"]:
         part = base / TileShard(s["path"], "", "").part
-        info = _part_info(part) if part.exists() else None
+        info = _part_info(part)
         if info is None:
             raise TileError(f"{root}: tile shard {s['path']} is not finished; rerun `shard_tools tile`")
         tables.append(fmt.check_index_schema(pq.read_table(part), str(part)).replace_schema_metadata(None))
@@ -395,17 +390,33 @@ def merge_tiles(root: str) -> fmt.Manifest:
     # As merge and verify count it: every row of the index, whatever its layout.
     manifest.num_samples = index.num_rows
     manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
+    return index, manifest
+
+
+def merge_tiles(root: str) -> fmt.Manifest:
+    """Put the tile parts into ``index/pairs.parquet``, ``manifest.json`` and the card (idempotent).
+
+    Runs ``shard_tools.merge`` first when the pack's parts are there (it rewrites index and
+    manifest from the full-frame parts), then :func:`with_tiles`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = Path(root)
+    if (base / PACK_PLAN_FILE).exists():
+        from shard_tools.merge import merge
+
+        merge(root)
+    manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
+    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
+    index, manifest = with_tiles(base, index, manifest)
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)
     write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())
-    try:
-        from shard_tools.card import write_card
-    except ModuleNotFoundError as e:
-        if e.name != "shard_tools.card":
-            raise
-    else:
-        write_card(str(base), manifest, index)
+    from shard_tools.card import write_card
+
+    write_card(str(base), manifest, index)
     return manifest
 
 
