@@ -152,6 +152,7 @@ class HubCommitServer(servers.HubServer):
         self.root = root
         self.commits: list[tuple[str, list[tuple[str, str]]]] = []  # (summary, [(key, path)])
         self.blobs: dict[str, bytes] = {}  # LFS store: sha256 -> bytes
+        self.refuse_commit_number: int | None = None  # answer 403 once to the N-th commit (0-based)
         self.lfs: dict[tuple[str, str, str], str] = {}  # (repo, rev, path) -> sha256 of LFS files
 
     def start(self) -> "HubCommitServer":
@@ -246,6 +247,9 @@ class HubCommitServer(servers.HubServer):
                         infos.append(info)
                 return 200, infos
             if action == "commit":
+                if self.refuse_commit_number == len(self.commits):
+                    self.refuse_commit_number = None  # a push killed mid-way, once
+                    return 403, {"error": "injected: commit refused"}
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 summary, ops = lines[0]["value"]["summary"], []
                 for line in lines[1:]:
@@ -348,6 +352,20 @@ def test_hub_commit_plan_with_subdir(packed):
     commits = hub_commits(items, batch_files=100, delete_manifest=False, prefix="v2")
     assert [op.path_in_repo for op in commits[-1][1]][-1] == "v2/manifest.json"
     assert all(op.path_in_repo.startswith("v2/shards/") for op in commits[0][1])
+
+
+def test_hub_push_resumes_after_a_failed_commit(packed, hub, capsys):
+    dest = "hf://datasets/foundir-test/resume"
+    hub.refuse_commit_number = 1  # the first batch lands, the second is refused
+    assert push(packed, dest, "--batch-files", "8") == 1
+    folder = hub.folder("foundir-test/resume")
+    first = [p for _, p in hub.commits[0][1]]
+    assert len(first) == 8 and not (folder / fmt.MANIFEST_FILE).exists()
+    capsys.readouterr()
+    rep = push_mod.push(push_mod.PushConfig(str(packed), dest, batch_files=8, progress=False))
+    assert not set(first) & set(rep.uploaded)  # the committed batch is known from paths-info
+    assert set(first) <= set(rep.skipped) and rep.uploaded[-1] == fmt.MANIFEST_FILE
+    assert (folder / fmt.MANIFEST_FILE).read_bytes() == (packed / fmt.MANIFEST_FILE).read_bytes()
 
 
 def test_hub_refusal_is_reported_without_token(packed, hub, capsys):
