@@ -252,15 +252,12 @@ def results_sheet(packed: Path, eval_dir: Path, out: Path, tile: int = 96) -> Pa
     from PIL import Image
 
     from foundir_data import taxonomy
-    from foundir_data.store import Store
+    from foundir_data.decode import decode_pair
     from foundir_model.evaluate import packed_items
     from shard_tools.preview import render_sheet
 
-    del Store  # packed_items opens the store itself
     rows = []
     seen: set[str] = set()
-    from foundir_data.decode import decode_pair
-
     for it in packed_items(str(packed)):
         if it.degradation in seen:
             continue
