@@ -63,12 +63,17 @@ def merge(root: str | Path) -> fmt.Manifest:
     if len(index) + len(rejects) != plan["num_input"]:
         raise MergeError(f"{root}: {len(index)} packed + {len(rejects)} rejected != {plan['num_input']} input "
                          f"pairs; the parts do not belong to one pack (delete {root} and pack again)")
+    manifest = fmt.Manifest(shards=infos, num_samples=len(index), num_rejected=len(rejects),
+                            extra={"num_input": plan["num_input"]})
+    # Keep a tile layout built earlier (`shard_tools tile` / `pack --tile`): a resumed pack or
+    # a re-merge must not drop its rows and shards from the index and manifest.
+    from shard_tools.tiles import with_tiles
+
+    index, manifest = with_tiles(root, index, manifest)
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)
     write_atomic(root / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
     write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    manifest = fmt.Manifest(shards=infos, num_samples=len(index), num_rejected=len(rejects),
-                            extra={"num_input": plan["num_input"]})
     write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
     write_card(str(root), manifest, index)
     return manifest

@@ -74,6 +74,8 @@ class PackConfig:
     full_decode: bool = False
     fsync: bool = True
     progress: bool = True
+    tile: int | None = None
+    tile_stride: int | None = None
 
     def mapping(self) -> dict[str, str]:
         out = {}
@@ -200,16 +202,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not fsync shards (faster for small shards; resume stays safe after a "
                              "killed process, not after a power loss)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--tile", type=int, metavar="SIZE",
+                        help="also write lossless SIZE x SIZE LQ/GT training tiles of the train split "
+                             "(see `shard_tools tile`)")
+    parser.add_argument("--tile-stride", type=int, metavar="STRIDE", help="distance between tiles (default: SIZE)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl), 2 = error."""
     from shard_tools.merge import MergeError
+    from shard_tools.tiles import TileError
 
     cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
     try:
         return pack(cfg)
-    except (PackError, MergeError, ingest.IngestError, taxonomy.UnknownDegradationError, fmt.FormatError) as e:
+    except (PackError, MergeError, TileError, ingest.IngestError, taxonomy.UnknownDegradationError,
+            fmt.FormatError) as e:
         print(f"shard_tools pack: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -261,9 +269,15 @@ def pack(cfg: PackConfig) -> int:
         manifest = merge(root)
         print(f"packed {manifest.num_samples} pairs into {len(manifest.shards)} shards under {root}; "
               f"{manifest.num_rejected} rejected", file=sys.stderr)
+        if cfg.tile:
+            from shard_tools.tiles import pack_tiles
+
+            s = pack_tiles(str(root), cfg.tile, cfg.tile_stride, workers=cfg.workers, progress=cfg.progress)
+            print(f"tiled: {s['tiles']} tiles in {s['shards']} shards", file=sys.stderr)
     else:
-        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {len(mine)} shards; run `shard_tools merge {root}` "
-              f"when every job has finished", file=sys.stderr)
+        tile_hint = f", then `shard_tools tile {root} --size {cfg.tile}`" if cfg.tile else ""
+        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {len(mine)} shards; run `shard_tools merge {root}`"
+              f"{tile_hint} when every job has finished", file=sys.stderr)
     if n_rejected:
         where = root / (fmt.REJECTS_FILE if cfg.num_jobs == 1 else fmt.INDEX_PARTS_DIR)
         print(f"{n_rejected} input pair(s) rejected; reasons in {where}", file=sys.stderr)

@@ -267,3 +267,25 @@ def test_cli_run(root: Path, capsys):
     assert "tiles of 6 pairs" in capsys.readouterr().err
     assert tiles.main([str(root), "--size", "32", "--no-progress"]) == 2
     assert "another plan" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- pack --tile and re-merge
+def test_pack_tile_flag_then_remerge_keeps_tiles(tmp_path: Path):
+    """`pack --tile` writes both layouts; a later `merge` (e.g. a resumed pack) keeps the tiles."""
+    from shard_tools.cli import main as cli_main
+    from shard_tools.merge import merge
+
+    make_sample(tmp_path / "src", per_type=1, size=96, layout="list", types=("Blur", "Rain_Haze"))
+    out = tmp_path / "out"
+    rc = cli_main(["pack", str(tmp_path / "src" / "MillionIRData_train_meta_info.txt"), str(out),
+                   "--tile", "64", "--tile-stride", "32", "--no-progress"])
+    assert rc == 0
+    m = fmt.Manifest.from_json((out / fmt.MANIFEST_FILE).read_text())
+    assert m.layouts == [fmt.LAYOUT_FULL, fmt.LAYOUT_TILE] and m.tile == {"size": 64, "stride": 32}
+    rows = read_index(out)
+    n_tiles = sum(r["layout"] == fmt.LAYOUT_TILE for r in rows)
+    assert sum(r["layout"] == fmt.LAYOUT_FULL for r in rows) == 2 and n_tiles >= 2 * 4
+    merge(out)  # what a resumed pack or `shard_tools merge` does
+    again = read_index(out)
+    assert sum(r["layout"] == fmt.LAYOUT_TILE for r in again) == n_tiles
+    assert fmt.Manifest.from_json((out / fmt.MANIFEST_FILE).read_text()).layouts == [fmt.LAYOUT_FULL, fmt.LAYOUT_TILE]
