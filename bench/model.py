@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps (default: 20 for tiny, 3 otherwise)")
     ap.add_argument("--infer-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--sample-size", type=int, default=256, help="long side of the sample photos")
@@ -144,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src, packed = packed_sample(Path(tmp), a.sample_size)
         print(f"device {device}, torch threads {torch.get_num_threads()}, crop {a.crop}, batch {a.batch}, "
-              f"{a.steps} timed steps, inference on {a.infer_size}x{a.infer_size}, 4 sampler steps")
+              f"inference on {a.infer_size}x{a.infer_size}, 4 sampler steps")
+        # The loaders alone (no model): what they can feed at most.
+        for loader in ("stream", "folder"):
+            it = _endless(FoundIRStream(str(packed), schedule="mix", batch_size=a.batch, crop=a.crop, seed=0)) \
+                if loader == "stream" else folder_batches(src, a.batch, a.crop)
+            next(it)
+            c = time.process_time()
+            for _ in range(50):
+                next(it)
+            print(f"loader alone: {loader:<7} {50 * a.batch / (time.process_time() - c):8.1f} patch pairs/CPU-s")
         print(f"{'preset':<8} {'params':>8} {'loader':<7} {'pairs/s':>8} {'pairs/CPU-s':>11} {'loader %':>8} "
               f"{'s/MP infer':>10} {'CPU-s/MP':>9}")
         for name in a.presets.split(","):
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                            if loader == "stream" else folder_batches(src, a.batch, a.crop))
                 if loader == "stream":
                     batches = _endless(batches)
-                total, data, cpu, pairs = train_steps(model, batches, a.steps, device, amp)
+                steps = a.steps or (20 if name == "tiny" else 3)
+                total, data, cpu, pairs = train_steps(model, batches, steps, device, amp)
                 rows[loader] = (pairs / total, 100 * data / total, pairs / cpu)
             spm, cpm = infer_s_per_mp(model, a.infer_size, device, a.repeat)
             params = f"{count_parameters(model.net) / 1e6:.2f}M"
