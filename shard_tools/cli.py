@@ -1,4 +1,7 @@
-"""The ``shard_tools`` / ``foundir`` command line: sub-command name -> module, in a plain dict.
+"""The ``shard_tools`` command line: sub-command name -> module, in a plain dict.
+
+``foundir`` (``foundir_model.cli``) is this CLI plus the model's commands (``quickstart``,
+``train``, ``eval``, ``restore``): the dataset tools never import the model package.
 
 Each sub-command module exposes ``configure(parser)`` and ``run(args) -> int``. Modules are
 imported only when their command runs, so ``shard_tools --help`` stays fast and a command
@@ -19,31 +22,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
     "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),
     "preview": ("shard_tools.preview", "render a preview of some pairs"),
-    "push": ("shard_tools.push", "upload a packed folder to the Hugging Face Hub"),
-    "quickstart": ("shard_tools.quickstart", "build, pack, verify and read a small sample end to end"),
+    "push": ("shard_tools.push", "upload a packed folder to the Hub, S3, a folder or any fsspec URL"),
 }
 
 
-def _top_parser(prog: str) -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items())
+def _top_parser(prog: str, commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in commands.items())
     return argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=f"{prog} <command> [options]",
         description=f"commands:\n{lines}\n\nRun `{prog} <command> --help` for a command's options.")
 
 
-def main(argv: list[str] | None = None, prog: str = "shard_tools") -> int:
-    """Run a sub-command; returns its exit status (2 for usage errors)."""
+def main(argv: list[str] | None = None, prog: str = "shard_tools",
+         commands: dict[str, tuple[str, str]] | None = None) -> int:
+    """Run a sub-command; returns its exit status (2 for usage errors).
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+        prog: Program name used in messages.
+        commands: Sub-command table (default: :data:`COMMANDS`).
+    """
+    table = COMMANDS if commands is None else commands
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = _top_parser(prog)
+    top = _top_parser(prog, table)
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"{prog}: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+    if name not in table:
+        print(f"{prog}: unknown command {name!r}; choose one of: {', '.join(table)}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
+    module_name = table[name][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -52,15 +62,10 @@ def main(argv: list[str] | None = None, prog: str = "shard_tools") -> int:
         print(f"{prog}: the {name!r} command is not available in this installation "
               f"(module {module_name} is missing)", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=COMMANDS[name][1])
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=table[name][1])
     module.configure(parser)
     args = parser.parse_args(rest)
     return int(module.run(args) or 0)
-
-
-def foundir_main(argv: list[str] | None = None) -> int:
-    """The ``foundir`` console script: the same CLI (its main job is ``foundir quickstart``)."""
-    return main(argv, prog="foundir")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def _parser(line: str):
     import argparse
     import importlib
 
-    from shard_tools.cli import COMMANDS
+    from foundir_model.cli import COMMANDS as FOUNDIR_COMMANDS
+    from shard_tools.cli import COMMANDS as SHARD_COMMANDS
 
     modules = {"foundir-train": "foundir_model.train", "foundir_model.train": "foundir_model.train",
                "foundir-eval": "foundir_model.evaluate", "foundir-restore": "foundir_model.infer",
@@ -66,10 +67,11 @@ def _parser(line: str):
         return None
     cmd = m.group(1).replace("-m ", "")
     if cmd.startswith(("shard_tools ", "foundir ")):
-        sub = cmd.split()[1]
-        if sub not in COMMANDS:
+        prog, sub = cmd.split()
+        table = SHARD_COMMANDS if prog == "shard_tools" else FOUNDIR_COMMANDS
+        if sub not in table:
             raise AssertionError(f"docs run an unknown sub-command: {line!r}")
-        module = COMMANDS[sub][0]
+        module = table[sub][0]
     else:
         module = modules[cmd]
     parser = argparse.ArgumentParser()

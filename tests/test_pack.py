@@ -169,7 +169,7 @@ def test_python_m_and_cli_errors(sample, tmp_path, capsys, monkeypatch):
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
     from shard_tools import cli
 
-    assert {"pack", "merge", "verify", "stats", "preview", "push", "quickstart"} <= set(cli.COMMANDS)
+    assert {"pack", "merge", "verify", "stats", "preview", "push", "tile"} <= set(cli.COMMANDS)
     monkeypatch.setitem(cli.COMMANDS, "ghost", ("shard_tools.ghost_not_installed", "a command not installed"))
     assert main(["ghost"]) == 2
     assert "'ghost' command is not available" in capsys.readouterr().err

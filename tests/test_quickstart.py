@@ -14,8 +14,8 @@ from PIL import Image
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import preview as pv
-from shard_tools.cli import foundir_main
-from shard_tools.quickstart import QuickstartConfig
+from foundir_model.cli import main as foundir_main
+from foundir_model.quickstart import QuickstartConfig
 
 
 def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):

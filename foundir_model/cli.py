@@ -1,0 +1,29 @@
+"""The ``foundir`` command line: every ``shard_tools`` command plus the model's own.
+
+Lives in ``foundir_model`` because ``quickstart``, ``train``, ``eval`` and ``restore`` need
+the model, and the dependency direction is foundir_data <- shard_tools <- (nothing), with
+foundir_model on top (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from shard_tools import cli as _shard_cli
+
+#: ``shard_tools``' table plus the model's commands (each module: configure/run).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("foundir_model.quickstart",
+                   "sample -> pack -> verify -> load -> stream -> train -> evaluate -> preview, offline"),
+    **_shard_cli.COMMANDS,
+    "train": ("foundir_model.train", "train the residual-diffusion generalist on the streams"),
+    "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
+    "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``foundir`` console script; returns the sub-command's exit status."""
+    return _shard_cli.main(argv, prog="foundir", commands=COMMANDS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
