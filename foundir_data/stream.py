@@ -49,6 +49,21 @@ def _dist_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def resolve_read(read: str, store: Any) -> str:
+    """The read mode ``"auto"`` stands for at ``store``'s location.
+
+    Local folders: ``pread``. The Hub: ``cache`` (whole shards), because it limits file
+    resolves to 3,000-12,000 per 5 minutes (REFERENCE.md section 5): one range request per
+    pair would be about a million requests per epoch, one download per shard about 5,000.
+    S3 and plain HTTP: ``range`` (no such limit; no bytes fetched that this rank does not use).
+    """
+    if read != "auto":
+        return read
+    if store.is_local:
+        return "pread"
+    return "cache" if store.protocol == "hf" else "range"
+
+
 class FoundIRStream(torch.utils.data.IterableDataset):
     """Curriculum-ordered, rank/worker-partitioned batches of aligned LQ/GT crops.
 
@@ -73,8 +88,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         rank, world_size: Default: torch.distributed if initialised, else torchrun's
             ``RANK``/``WORLD_SIZE``, else 0/1.
         shuffle_block: Shards per shuffle block (0: uniform shuffle per type).
-        read: ``"auto"`` (pread locally, range requests remotely), ``"pread"``/``"cache"``
-            (whole shards through the store's local cache) or ``"range"``.
+        read: ``"auto"`` (see :func:`resolve_read`), ``"pread"``/``"cache"`` (whole shards
+            through the store's local cache; bound it with ``store_kwargs={"cache_limit_bytes":
+            ...}``) or ``"range"`` (one range request per pair).
         store_kwargs: Passed to ``Store.open`` when a location is given.
         nodes: Deal each global batch so the ranks of one node read the same shards
             (``plan.EpochPlan.batches``); the global batches do not change. Default: with
@@ -112,14 +128,14 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         if self.batch_size % (self.world_size * self.crops_per_pair):
             raise ValueError(f"batch_size {batch_size} must be a multiple of world_size * crops_per_pair "
                              f"= {self.world_size} * {self.crops_per_pair}")
-        self.augment, self.dtype, self.read = augment, dtype, read
+        self.augment, self.dtype, self.read = augment, dtype, resolve_read(read, self.store)
         self.split, self.layout, self.config = split, layout, config
         self.seed, self.epoch = int(seed), int(epoch)
         self.schedule, self.steps_per_phase, self.shuffle_block = schedule, steps_per_phase, shuffle_block
         self.subset_fraction, self.subset_seed = subset_fraction, subset_seed
         if nodes is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
-            nodes = self.world_size // local if read == "cache" and local and self.world_size % local == 0 else 1
+            nodes = self.world_size // local if self.read == "cache" and local and self.world_size % local == 0 else 1
         if nodes < 1 or self.world_size % nodes:
             raise ValueError(f"world_size {self.world_size} is not a multiple of nodes={nodes}")
         self.nodes = int(nodes)
@@ -238,7 +254,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         lo, ls, go, gs = (int(v) for v in self._off[row])
         code = int(self._shard[row])
         joined = 0 <= go - (lo + ls) <= _JOIN_GAP
-        mode = self.read if self.read != "auto" else ("pread" if self.store.is_local else "range")
+        mode = self.read
         if mode == "range":
             rel = self._shard_names[code]
             if joined:

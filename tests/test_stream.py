@@ -251,7 +251,7 @@ def test_streaming_from_a_hub_like_server_equals_local(packed, hub_server):
     kw = dict(schedule="mix", batch_size=8, crop=32, seed=4, world_size=1, rank=0)
     local = collect(FoundIRStream(packed / "packed", **kw))
     hub_server.fail_first(2, 503, match=".tar")  # transient faults on the first range reads
-    remote = FoundIRStream("hf://datasets/foundir/sample", store_kwargs={"backoff": 0.01}, **kw)
+    remote = FoundIRStream("hf://datasets/foundir/sample", store_kwargs={"backoff": 0.01}, read="range", **kw)
     hub_server.clear_log()
     got = collect(remote)
     assert [b["key"] for b in got] == [b["key"] for b in local]
@@ -262,6 +262,22 @@ def test_streaming_from_a_hub_like_server_equals_local(packed, hub_server):
     # One range GET per pair (LQ and GT are adjacent members), plus the two failed tries.
     assert all(r.headers.get("Range", "").startswith("bytes=") for r in reqs)
     assert len([r for r in reqs if r.status == 206]) == 40
+
+
+def test_auto_read_downloads_whole_shards_from_the_hub_once(packed, hub_server, tmp_path):
+    """On the Hub, ``read="auto"`` means the shard cache: one GET per shard, not per pair."""
+    hub_server.add_repo("foundir/sample", packed / "packed")
+    kw = dict(schedule="mix", batch_size=8, crop=32, seed=4, world_size=1, rank=0)
+    local = collect(FoundIRStream(packed / "packed", **kw))
+    remote = FoundIRStream("hf://datasets/foundir/sample", store_kwargs={"cache_dir": str(tmp_path / "c")}, **kw)
+    assert remote.read == "cache"
+    hub_server.clear_log()
+    got = collect(remote)
+    assert [b["key"] for b in got] == [b["key"] for b in local]
+    assert all(torch.equal(a["lq"], b["lq"]) for a, b in zip(got, local))
+    tars = [r.path for r in hub_server.requests if r.path.endswith(".tar")]
+    assert sorted(tars) == sorted(set(tars)) and len(tars) == len(remote.store.manifest().shards)
+    assert not any(r.headers.get("Range") for r in hub_server.requests if r.path.endswith(".tar"))
 
 
 def test_node_affinity_deals_the_same_global_batches_and_crops(packed):
