@@ -14,6 +14,7 @@ reproduces the uninterrupted run's loss curve.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -247,7 +248,7 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
             pairs += lq.shape[0]
             gen = _step_generator(cfg, step, rank, micro, device)
             sync = micro == cfg.grad_accum - 1 or world == 1
-            ctx = ddp.no_sync() if not sync else _null()
+            ctx = ddp.no_sync() if not sync else contextlib.nullcontext()
             with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss = ddp(lq, gt, generator=gen) / cfg.grad_accum
             scaler.scale(loss).backward()
@@ -344,14 +345,6 @@ def validate(model: ResidualDiffusion, pairs: list[ValPair], device: torch.devic
     if res:
         res["all"] = sum(res.values()) / len(res)
     return res
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ---------------------------------------------------------------- CLI

@@ -14,7 +14,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     data, out = sys.argv[1], sys.argv[2]
     cfg = TrainConfig(data=data, out_dir=out, preset="tiny", batch_size=4, crop=32, steps=4, ckpt_every=2,
-                      log_every=1, config="isolated", schedule="mix", seed=1, device="cpu")
+                      log_every=1, config="isolated", schedule="mix", seed=1, device="cpu", grad_accum=2)
     res = train(cfg)
     rank = int(os.environ["RANK"])
     from foundir_model import checkpoint as ckpt
