@@ -178,3 +178,13 @@ def test_cli(packed_train, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["--data", str(packed_train), "--out-dir", str(tmp_path / "y"), "--amp", "fp8"]) == 2
     assert "amp must be one of" in capsys.readouterr().err
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    ckpt.save(path, {"step": 1, "model": {"w": torch.ones(2)}})
+    with pytest.raises(Exception):
+        ckpt.save(path, {"step": 2, "model": {"w": torch.zeros(2)}, "bad": lambda: None})  # fails mid-write
+    state = ckpt.load(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
