@@ -188,3 +188,35 @@ def test_checkpoint_write_is_atomic(tmp_path):
     state = ckpt.load(path)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(2))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_sigkilled_cli_run_resumes_exactly(packed_train, tmp_path):
+    """A real kill: SIGKILL the foundir-train process right after its first checkpoint, rerun
+    the same command, and compare every logged loss with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    steps, every = 12, 4
+    ref = dict(train(_cfg(packed_train, tmp_path / "ref", steps=steps, ckpt_every=every)).losses)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "foundir_model.train", "--data", str(packed_train), "--out-dir", str(out),
+           "--preset", "tiny", "--batch-size", "4", "--crop", "32", "--steps", str(steps), "--ckpt-every",
+           str(every), "--seed", "3", "--config", "isolated", "--schedule", "mix", "--log-every", "100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / LAST).exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    killed_at = ckpt.load(out / LAST)["step"]
+    assert killed_at < steps and not (out / WEIGHTS).exists()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"resumed from {out / LAST} at step {killed_at}" in p.stdout
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in logged} == set(range(1, steps + 1))
+    assert all(r["loss"] == ref[r["step"]] for r in logged), (logged, ref)
