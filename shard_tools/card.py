@@ -236,7 +236,10 @@ def render_card(manifest: fmt.Manifest, index: pa.Table, name: str = "foundir", 
     meta = front_matter(manifest, pretty_name=pretty_name, license=license)
     fields = card_fields(manifest, index, name)
     fields.update(
-        front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000),
+        # libyaml's C dumper when present: ~10x faster on the ~5k-node front matter of a
+        # 20-type card (measured 0.33 s -> see bench/pack.py's merge line); same output.
+        front_matter=yaml.dump(meta, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False,
+                               allow_unicode=True, width=1000),
         pretty_name=pretty_name, citation=citation, license_text=license_text,
     )
     try:
