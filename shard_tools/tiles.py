@@ -6,9 +6,8 @@ each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into a
 ``size`` at ``stride`` and every tile is stored as a PNG: pixel-exact with the decoded source
 (PNG is lossless; the source's JPEG pixels are stored as decoded, never re-encoded lossily).
 
-Grid: top-left corners at ``0, stride, 2*stride, ...`` and the last row/column snapped to the
-edge so the whole frame is covered (as the release's tiled inference does, REFERENCE.md
-section 2); a frame side shorter than ``size`` gives one tile of that side (no upscaling).
+The grid and the shard plan are ``shard_tools.tile_plan`` (re-exported here); this module builds
+the planned shards and merges them into the folder's index and manifest.
 
 Output, next to the full frames (``format.LAYOUT_TILE``): tile shards
 ``shards/tile/<split>/<degradation>/...tar`` with the usual members and keys
@@ -24,14 +23,12 @@ byte for byte, with any ``--workers``.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import io
 import json
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,43 +37,24 @@ from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
 from shard_tools.merge import MergeError
 from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
+from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
+    DEFAULT_PNG_LEVEL,
+    DEFAULT_SIZE,
+    TILE_PARTS_DIR,
+    TILE_PLAN_FILE,
+    TileConfig,
+    TileError,
+    TileShard,
+    grid,
+    plan_json,
+    plan_tiles,
+    windows,
+)
 from shard_tools.writer import SHARD_META_KEY, TarShardWriter, read_part_meta, write_atomic
 
-TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
-TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
-
-DEFAULT_SIZE = 512
-#: zlib level of the tile PNGs, chosen by ``python bench/decode.py --repeat 5`` (bench/README.md;
-#: 512 tiles of 2000 px photos, one core, Pillow 13 + zlib-ng): kB/tile, encode ms, decode ms =
-#: level 0: 787, 13, 3.7 | 1: 461, 26, 7.6 | 3: 451, 35, 7.5 | 6: 434, 82, 7.3 | 9: 429, 556, 7.1.
-#: Compressed levels decode alike (within 8%) and level 1 is within 7% of the smallest bytes
-#: while encoding 3x faster than 6 and 20x faster than 9: the least core time for packing once
-#: plus a 2M-iteration training run. Level 0 halves decode time but stores raw pixels (1.7-2.8x
-#: the bytes; ~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` where disks keep up.
-DEFAULT_PNG_LEVEL = 1
-
-
-class TileError(RuntimeError):
-    """A folder that cannot be tiled (not packed, not local, other tile layout present)."""
-
-
-def grid(length: int, size: int, stride: int) -> list[int]:
-    """Tile starts along one side: every ``stride``, the last snapped to ``length - size``.
-
-    A side shorter than ``size`` gives the single start 0 (the tile is then the whole side).
-    """
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
-
-
-def windows(height: int, width: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """All tile windows ``(y, x, h, w)`` of a ``height`` x ``width`` frame, row-major."""
-    th, tw = min(size, height), min(size, width)
-    return [(y, x, th, tw) for y in grid(height, size, stride) for x in grid(width, size, stride)]
+__all__ = ["DEFAULT_PNG_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
+           "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",
+           "plan_json", "plan_tiles", "run", "windows", "with_tiles"]
 
 
 def encode_png(tile: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
@@ -86,105 +64,6 @@ def encode_png(tile: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
     return buf.getvalue()
-
-
-# ---------------------------------------------------------------- plan
-@dataclass
-class TileShard:
-    """One planned tile shard: its path and which full-frame index rows it tiles."""
-
-    path: str
-    split: str
-    degradation: str
-    rows: list[int] = field(default_factory=list)  # positions in the planned full-frame table
-    count: int = 0  # tiles
-
-    @property
-    def part(self) -> str:
-        return f"{TILE_PARTS_DIR}/{Path(self.path).name[:-len('.tar')]}.parquet"
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    """``shard_tools tile`` arguments (CLI flags map one-to-one onto these fields)."""
-
-    root: str
-    size: int = DEFAULT_SIZE
-    stride: int | None = None
-    workers: int = 1
-    split: str | None = "train"
-    png_level: int = DEFAULT_PNG_LEVEL
-    shard_bytes: float = fmt.DEFAULT_SHARD_BYTES
-    shard_count: int = fmt.DEFAULT_SHARD_COUNT
-    progress: bool = True
-
-    @property
-    def step(self) -> int:
-        return self.stride or self.size
-
-
-def plan_tiles(index, cfg: TileConfig):
-    """Cut the full-frame rows of ``index`` into tile shards, per (split, degradation).
-
-    Pairs keep the index order (the full shards' order); a shard rolls over at
-    ``cfg.shard_count`` tiles or at an estimate of ``cfg.shard_bytes`` (the source bytes
-    scaled by the tiles' area over the frame's: known before anything is encoded, so the plan
-    is the same on every run). Only a few columns become Python lists: no per-row dicts, so a
-    million-row index plans in seconds.
-
-    Returns:
-        ``(shards, table)``: the planned :class:`TileShard` list and the full-frame rows they
-        index into (a pyarrow Table).
-    """
-    import pyarrow.compute as pc
-
-    mask = pc.equal(index["layout"], fmt.LAYOUT_FULL)
-    if cfg.split is not None:
-        mask = pc.and_(mask, pc.equal(index["split"], cfg.split))
-    table = index.filter(mask)
-    col = {c: table[c].to_pylist() for c in ("key", "split", "degradation", "lq_width", "lq_height",
-                                              "gt_width", "gt_height", "lq_size", "gt_size")}
-    shards: list[TileShard] = []
-    cur: dict[tuple[str, str], TileShard] = {}
-    est: dict[tuple[str, str], float] = {}
-    seq: dict[tuple[str, str], int] = {}
-    for i, (key, lw, lh, gw, gh) in enumerate(zip(col["key"], col["lq_width"], col["lq_height"],
-                                                   col["gt_width"], col["gt_height"])):
-        if (lw, lh) != (gw, gh) or not lw or not lh:
-            raise TileError(f"index row {key}: LQ {lw}x{lh} and GT {gw}x{gh} differ or are empty; "
-                            f"cannot cut aligned tiles")
-        ntiles, area = _tile_stats(lh, lw, cfg.size, cfg.step)
-        nbytes = (col["lq_size"][i] + col["gt_size"][i]) * area + ntiles * 3 * 512
-        g = (col["split"][i], col["degradation"][i])
-        s = cur.get(g)
-        if s is None or (s.count and (s.count + ntiles > cfg.shard_count or est[g] + nbytes > cfg.shard_bytes)):
-            seq[g] = seq.get(g, -1) + 1
-            s = cur[g] = TileShard(fmt.shard_relpath(fmt.LAYOUT_TILE, g[0], g[1], seq[g]), g[0], g[1])
-            shards.append(s)
-            est[g] = 0.0
-        s.rows.append(i)
-        s.count += ntiles
-        est[g] += nbytes
-    return shards, table
-
-
-@functools.lru_cache(maxsize=4096)
-def _tile_stats(height: int, width: int, size: int, stride: int) -> tuple[int, float]:
-    """(number of tiles, tiles' total area / frame area); cached: frames share a few sizes."""
-    wins = windows(height, width, size, stride)
-    return len(wins), sum(h * w for _, _, h, w in wins) / (height * width)
-
-
-def _plan_json(shards: list[TileShard], table, cfg: TileConfig) -> str:
-    keys = table["key"].to_pylist()
-    h = hashlib.sha256()
-    for s in shards:
-        h.update(s.path.encode() + b"\0" + "\0".join(keys[i] for i in s.rows).encode() + b"\0\0")
-    return json.dumps({
-        "size": cfg.size, "stride": cfg.step, "png_level": cfg.png_level, "split": cfg.split,
-        "fingerprint": h.hexdigest(),
-        "shards": [{"path": s.path, "count": s.count, "sources": len(s.rows)} for s in shards],
-    }, indent=1, sort_keys=True) + "\n"
 
 
 # ---------------------------------------------------------------- build one tile shard
@@ -303,7 +182,7 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         have = sorted(pc.unique(index["split"]).to_pylist())
         raise TileError(f"{root}: no full-frame pairs of split {split!r} to tile (the index has splits {have}); "
                         f"pass --split {have[0] if have else 'all'} or --split all")
-    plan = _plan_json(shards, table, cfg)
+    plan = plan_json(shards, table, cfg)
     old = base / TILE_PLAN_FILE
     if old.exists() and old.read_text() != plan:
         raise TileError(f"{root} already holds tiles of another plan (other size/stride/level/split or "

@@ -1,0 +1,157 @@
+"""The tile plan of ``shard_tools tile``: grid math and the cut of full-frame index rows into tile shards.
+
+Grid: top-left corners at ``0, stride, 2*stride, ...`` and the last row/column snapped to the
+edge so the whole frame is covered (as the release's tiled inference does, REFERENCE.md
+section 2); a frame side shorter than ``size`` gives one tile of that side (no upscaling).
+
+The plan is a pure function of (index, :class:`TileConfig`): it needs no pixels (tile counts
+and byte estimates come from the index's sizes), so the same input gives the same shards, and
+``plan_json`` the same ``index/parts/tile/_plan.json``, with any ``--workers``. Building the
+planned shards is ``shard_tools.tiles``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foundir_data import format as fmt
+
+TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
+TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
+
+DEFAULT_SIZE = 512
+#: zlib level of the tile PNGs, chosen by ``python bench/decode.py --repeat 5`` (bench/README.md;
+#: 512 tiles of 2000 px photos, one core, Pillow 13 + zlib-ng): kB/tile, encode ms, decode ms =
+#: level 0: 787, 13, 3.7 | 1: 461, 26, 7.6 | 3: 451, 35, 7.5 | 6: 434, 82, 7.3 | 9: 429, 556, 7.1.
+#: Compressed levels decode alike (within 8%) and level 1 is within 7% of the smallest bytes
+#: while encoding 3x faster than 6 and 20x faster than 9: the least core time for packing once
+#: plus a 2M-iteration training run. Level 0 halves decode time but stores raw pixels (1.7-2.8x
+#: the bytes; ~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` where disks keep up.
+DEFAULT_PNG_LEVEL = 1
+
+
+class TileError(RuntimeError):
+    """A folder that cannot be tiled (not packed, not local, other tile layout present)."""
+
+
+def grid(length: int, size: int, stride: int) -> list[int]:
+    """Tile starts along one side: every ``stride``, the last snapped to ``length - size``.
+
+    A side shorter than ``size`` gives the single start 0 (the tile is then the whole side).
+    """
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def windows(height: int, width: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """All tile windows ``(y, x, h, w)`` of a ``height`` x ``width`` frame, row-major."""
+    th, tw = min(size, height), min(size, width)
+    return [(y, x, th, tw) for y in grid(height, size, stride) for x in grid(width, size, stride)]
+
+
+# ---------------------------------------------------------------- plan
+@dataclass
+class TileShard:
+    """One planned tile shard: its path and which full-frame index rows it tiles."""
+
+    path: str
+    split: str
+    degradation: str
+    rows: list[int] = field(default_factory=list)  # positions in the planned full-frame table
+    count: int = 0  # tiles
+
+    @property
+    def part(self) -> str:
+        return f"{TILE_PARTS_DIR}/{Path(self.path).name[:-len('.tar')]}.parquet"
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """``shard_tools tile`` arguments (CLI flags map one-to-one onto these fields)."""
+
+    root: str
+    size: int = DEFAULT_SIZE
+    stride: int | None = None
+    workers: int = 1
+    split: str | None = "train"
+    png_level: int = DEFAULT_PNG_LEVEL
+    shard_bytes: float = fmt.DEFAULT_SHARD_BYTES
+    shard_count: int = fmt.DEFAULT_SHARD_COUNT
+    progress: bool = True
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.size
+
+
+def plan_tiles(index, cfg: TileConfig):
+    """Cut the full-frame rows of ``index`` into tile shards, per (split, degradation).
+
+    Pairs keep the index order (the full shards' order); a shard rolls over at
+    ``cfg.shard_count`` tiles or at an estimate of ``cfg.shard_bytes`` (the source bytes
+    scaled by the tiles' area over the frame's: known before anything is encoded, so the plan
+    is the same on every run). Only a few columns become Python lists: no per-row dicts, so a
+    million-row index plans in seconds.
+
+    Returns:
+        ``(shards, table)``: the planned :class:`TileShard` list and the full-frame rows they
+        index into (a pyarrow Table).
+    """
+    import pyarrow.compute as pc
+
+    mask = pc.equal(index["layout"], fmt.LAYOUT_FULL)
+    if cfg.split is not None:
+        mask = pc.and_(mask, pc.equal(index["split"], cfg.split))
+    table = index.filter(mask)
+    col = {c: table[c].to_pylist() for c in ("key", "split", "degradation", "lq_width", "lq_height",
+                                              "gt_width", "gt_height", "lq_size", "gt_size")}
+    shards: list[TileShard] = []
+    cur: dict[tuple[str, str], TileShard] = {}
+    est: dict[tuple[str, str], float] = {}
+    seq: dict[tuple[str, str], int] = {}
+    for i, (key, lw, lh, gw, gh) in enumerate(zip(col["key"], col["lq_width"], col["lq_height"],
+                                                   col["gt_width"], col["gt_height"])):
+        if (lw, lh) != (gw, gh) or not lw or not lh:
+            raise TileError(f"index row {key}: LQ {lw}x{lh} and GT {gw}x{gh} differ or are empty; "
+                            f"cannot cut aligned tiles")
+        ntiles, area = _tile_stats(lh, lw, cfg.size, cfg.step)
+        nbytes = (col["lq_size"][i] + col["gt_size"][i]) * area + ntiles * 3 * 512
+        g = (col["split"][i], col["degradation"][i])
+        s = cur.get(g)
+        if s is None or (s.count and (s.count + ntiles > cfg.shard_count or est[g] + nbytes > cfg.shard_bytes)):
+            seq[g] = seq.get(g, -1) + 1
+            s = cur[g] = TileShard(fmt.shard_relpath(fmt.LAYOUT_TILE, g[0], g[1], seq[g]), g[0], g[1])
+            shards.append(s)
+            est[g] = 0.0
+        s.rows.append(i)
+        s.count += ntiles
+        est[g] += nbytes
+    return shards, table
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_stats(height: int, width: int, size: int, stride: int) -> tuple[int, float]:
+    """(number of tiles, tiles' total area / frame area); cached: frames share a few sizes."""
+    wins = windows(height, width, size, stride)
+    return len(wins), sum(h * w for _, _, h, w in wins) / (height * width)
+
+
+def plan_json(shards: list[TileShard], table, cfg: TileConfig) -> str:
+    """The plan file's text: arguments, a fingerprint of every shard's source keys, the shards."""
+    keys = table["key"].to_pylist()
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(s.path.encode() + b"\0" + "\0".join(keys[i] for i in s.rows).encode() + b"\0\0")
+    return json.dumps({
+        "size": cfg.size, "stride": cfg.step, "png_level": cfg.png_level, "split": cfg.split,
+        "fingerprint": h.hexdigest(),
+        "shards": [{"path": s.path, "count": s.count, "sources": len(s.rows)} for s in shards],
+    }, indent=1, sort_keys=True) + "\n"
