@@ -8,7 +8,7 @@ only.
   seeded permutation keyed by (seed, epoch, type, e) that shuffles the type's shards, groups
   them into blocks of ``shuffle_block`` shards and shuffles the samples inside each block, so
   consecutive reads stay within a few shards (``shuffle_block=0``: one uniform shuffle).
-* Global step ``s`` takes ``counts[s, d]`` rows (``schedules.BatchCounts``) from the cursor of
+* Global step ``s`` takes ``counts[s, d]`` rows (``counts.BatchCounts``) from the cursor of
   each stream ``d`` and shuffles them within the batch (seeded by the chunk of steps).
 * Rank ``r`` of ``W`` takes columns ``[r*B/W, (r+1)*B/W)`` of every global batch, so every rank
   gets the same number of batches (DDP never waits on an uneven rank); worker ``k`` of ``K``
@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import taxonomy
-from foundir_data.schedules import CHUNK_SLOTS, BatchCounts, Curriculum, resolve
+from foundir_data.counts import CHUNK_SLOTS, BatchCounts
+from foundir_data.schedules import Curriculum, resolve
 
 #: Default shards per shuffle block (mosaicml streaming's py1b idea: shuffle within a block
 #: of shards so a reader touches few shards at a time).
@@ -70,7 +71,7 @@ class EpochPlan:
         steps: The schedule's step parameter (``n`` for incremental, the run length for
             mix/combine, steps per task for sequence); None for one pass.
         shuffle_block: Shards per shuffle block; 0 shuffles each stream uniformly.
-        chunk_slots: See ``schedules.BatchCounts`` (tests only).
+        chunk_slots: See ``counts.BatchCounts`` (tests only).
     """
 
     def __init__(self, degradation_id: np.ndarray, shard: np.ndarray, within: np.ndarray | None,

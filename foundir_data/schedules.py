@@ -1,9 +1,8 @@
-"""Curricula over per-degradation streams: how many samples of each type go in every batch.
+"""Curricula over per-degradation streams: which types go in every batch, in what share.
 
-A :class:`Curriculum` is a list of :class:`Phase` objects. :class:`BatchCounts` turns it into
-integer counts: for global step ``s``, ``counts[s, d]`` samples of degradation type ``d`` go
-into the global batch. The counts depend only on (seed, epoch, curriculum, batch size, step),
-never on the number of ranks or workers; which *rows* fill those slots is ``plan.py``'s job.
+A :class:`Curriculum` is a list of :class:`Phase` objects. :class:`foundir_data.counts.BatchCounts`
+turns it into integer counts: for global step ``s``, ``counts[s, d]`` samples of degradation
+type ``d`` go into the global batch; which *rows* fill those slots is ``plan.py``'s job.
 
 Batch composition modes (``Phase.mode``):
     ``shuffle``: the phase's slots are an exact seeded shuffle of a multiset holding each type
@@ -33,9 +32,6 @@ import numpy as np
 from foundir_data import taxonomy
 
 MODES = ("shuffle", "share", "single")
-#: Planning chunk of about this many slots: the unit of randomness (fixed by the global
-#: batch size only, so it never depends on world size or workers).
-CHUNK_SLOTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -87,6 +83,7 @@ class Curriculum:
 
     @property
     def total_steps(self) -> int:
+        """Global steps over all phases."""
         return int(sum(p.steps for p in self.phases))
 
     def types(self) -> list[str]:
@@ -95,6 +92,7 @@ class Curriculum:
         return [n for n in taxonomy.NAMES if n in used]
 
     def validate(self) -> "Curriculum":
+        """Raise ValueError describing the first problem; returns ``self`` for chaining."""
         if not self.phases:
             raise ValueError(f"curriculum {self.name!r} has no phases")
         for p in self.phases:
@@ -120,6 +118,7 @@ class Curriculum:
         return Curriculum(phases, self.name).validate()
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, the inverse of :meth:`from_dict` (saved in checkpoints/logs)."""
         return {"name": self.name, "phases": [
             {"name": p.name, "steps": int(p.steps), "weights": dict(p.weights), "mode": p.mode,
              **({"groups": [list(g) for g in p.groups]} if p.groups else {})}
@@ -154,6 +153,7 @@ class Curriculum:
 
     @classmethod
     def from_yaml(cls, path: str) -> "Curriculum":
+        """:meth:`from_dict` of a YAML file; errors name ``path``."""
         import yaml
 
         with open(path, encoding="utf-8") as f:
@@ -308,189 +308,14 @@ def nested_subset(keys_or_n: "int | Sequence[str] | Any", fraction: float, seed:
     return np.sort(by[pos < np.repeat(take, sizes)])
 
 
-# ---------------------------------------------------------------- integer batch counts
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
+# Names that lived here before the batch-count machinery moved to counts.py; bench/plan_scale.py
+# still imports ``hamilton`` from here. Resolved lazily because counts.py imports this module.
+_MOVED = ("CHUNK_SLOTS", "BatchCounts", "hamilton", "systematic")
 
 
-def hamilton(total: int, weights: np.ndarray) -> np.ndarray:
-    """Largest-remainder split of ``total`` by ``weights`` (ties to the lower index)."""
-    w = np.asarray(weights, np.float64)
-    q = w / w.sum() * total
-    out = np.floor(q).astype(np.int64)
-    r = int(total - out.sum())
-    if r > 0:
-        out[np.argsort(-(q - out), kind="stable")[:r]] += 1
-    return out
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from foundir_data import counts
 
-
-def systematic(totals: np.ndarray, weights: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Split each ``totals[s]`` by ``weights``: floors plus systematic rounding at offset
-    ``u[s]`` in [0, 1), so every part gets ``floor`` or ``ceil`` of its exact quota and its
-    expected value is the quota exactly. Returns (S, D) int64."""
-    p = np.asarray(weights, np.float64)
-    q = (p / p.sum())[None, :] * np.asarray(totals, np.float64)[:, None]
-    fl = np.floor(q)
-    r = np.asarray(totals, np.float64) - fl.sum(1)
-    cum = np.minimum(np.cumsum(q - fl, axis=1), r[:, None])
-    cum[:, -1] = r
-    prev = np.concatenate([np.zeros((len(q), 1)), cum[:, :-1]], axis=1)
-    extra = np.ceil(cum - u[:, None] - 1e-9) - np.ceil(prev - u[:, None] - 1e-9)
-    return (fl + extra).astype(np.int64)
-
-
-class BatchCounts:
-    """Per-step integer counts of each type in the global batch, computed chunk by chunk.
-
-    Only per-chunk totals are kept (a few KB even for millions of steps); the counts of a
-    chunk are regenerated on demand from seeded generators keyed by
-    (seed, epoch, phase, group, chunk), so any step can be computed without the others.
-
-    Args:
-        curriculum: Phases over the types present (see :func:`resolve`).
-        types: Column order of the count arrays (type names).
-        batch_size: Global batch size (slots per step).
-        seed: Seed of all draws.
-        epoch: Epoch number, mixed into every draw.
-        chunk_slots: Slots per planning chunk (the unit of randomness); changing it changes
-            the order, so keep the default except in tests.
-    """
-
-    def __init__(self, curriculum: Curriculum, types: Sequence[str], batch_size: int,
-                 seed: int = 0, epoch: int = 0, chunk_slots: int = CHUNK_SLOTS) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.curriculum, self.types = curriculum, list(types)
-        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), int(epoch)
-        col = {t: i for i, t in enumerate(self.types)}
-        missing = [t for t in curriculum.types() if t not in col]
-        if missing:
-            raise ValueError(f"curriculum uses types {missing} that are not in the data {self.types}")
-        self.chunk_steps = max(1, int(chunk_slots) // self.batch_size)
-        self._chunks: list[tuple[int, int, int, int]] = []  # (phase, local chunk, start, steps)
-        self._groups: list[list[tuple[np.ndarray, np.ndarray]]] = []  # per phase: (columns, weights)
-        self._draws: list[list[np.ndarray | None]] = []  # per phase, group: chunk totals table
-        start = 0
-        for pi, ph in enumerate(curriculum.phases):
-            groups = ph.groups or (tuple(t for t in self.types if ph.weights.get(t, 0) > 0),)
-            gl = []
-            for g in groups:
-                names = [t for t in g if ph.weights.get(t, 0) > 0]
-                gl.append((np.array([col[t] for t in names], np.int64),
-                           np.array([ph.weights[t] for t in names], np.float64)))
-            self._groups.append(gl)
-            nch = -(-ph.steps // self.chunk_steps)
-            for c in range(nch):
-                n = min(self.chunk_steps, ph.steps - c * self.chunk_steps)
-                self._chunks.append((pi, c, start + c * self.chunk_steps, n))
-            start += ph.steps
-            self._draws.append([self._hyper(pi, gi) for gi in range(len(gl))])
-        self._starts = np.array([c[2] for c in self._chunks] + [start], np.int64)
-        # Cumulative per-type totals before each chunk: cursors of the per-type streams.
-        tot = np.zeros((len(self._chunks) + 1, len(self.types)), np.int64)
-        for ci in range(len(self._chunks)):
-            tot[ci + 1] = tot[ci] + self._chunk_totals(ci)
-        self._cum = tot
-
-    @property
-    def total_steps(self) -> int:
-        return int(self._starts[-1])
-
-    @property
-    def num_chunks(self) -> int:
-        return len(self._chunks)
-
-    def chunk_range(self, ci: int) -> tuple[int, int]:
-        """Global (start, stop) steps of chunk ``ci``."""
-        return int(self._chunks[ci][2]), int(self._chunks[ci][2] + self._chunks[ci][3])
-
-    def chunk_cursor(self, ci: int) -> np.ndarray:
-        """Samples of each type consumed by all chunks before chunk ``ci``."""
-        return self._cum[ci]
-
-    def chunk_of(self, step: int) -> int:
-        if not 0 <= step < self.total_steps:
-            raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
-        return int(np.searchsorted(self._starts, step, side="right") - 1)
-
-    def phase_of(self, step: int) -> Phase:
-        return self.curriculum.phases[self._chunks[self.chunk_of(step)][0]]
-
-    def _group_sizes(self, pi: int, c: int, n: int) -> np.ndarray:
-        gl = self._groups[pi]
-        if len(gl) == 1:
-            return np.full((n, 1), self.batch_size, np.int64)
-        u = _rng(self.seed, self.epoch, 1, pi, c).random(n)
-        return systematic(np.full(n, self.batch_size), np.array([w.sum() for _, w in gl]), u)
-
-    def _hyper(self, pi: int, gi: int) -> np.ndarray | None:
-        """Per-chunk type totals of a shuffle/single group: a sequential multivariate
-        hypergeometric split of the phase's exact totals, i.e. one uniform shuffle."""
-        ph = self.curriculum.phases[pi]
-        if ph.mode == "share":
-            return None
-        cols, w = self._groups[pi][gi]
-        chunks = [(c, n) for (p, c, _, n) in self._chunks if p == pi]
-        if ph.mode == "shuffle":
-            units = [int(self._group_sizes(pi, c, n)[:, gi].sum()) for c, n in chunks]
-        else:  # single: one type per step
-            units = [n for _, n in chunks]
-        remaining = hamilton(sum(units), w)
-        rng = _rng(self.seed, self.epoch, 2, pi, gi)
-        table = np.zeros((len(chunks), len(cols)), np.int64)
-        for i, L in enumerate(units):
-            table[i] = rng.multivariate_hypergeometric(remaining, L) if L else 0
-            remaining = remaining - table[i]
-        return table
-
-    def _chunk_totals(self, ci: int) -> np.ndarray:
-        """Per-type totals of chunk ``ci`` (shuffle phases: straight from the draw table)."""
-        pi, c, _, _ = self._chunks[ci]
-        if self.curriculum.phases[pi].mode != "shuffle":
-            return self.chunk_counts(ci).sum(0)
-        out = np.zeros(len(self.types), np.int64)
-        for gi, (cols, _) in enumerate(self._groups[pi]):
-            out[cols] += self._draws[pi][gi][c]
-        return out
-
-    def chunk_counts(self, ci: int) -> np.ndarray:
-        """(steps, types) counts of chunk ``ci``."""
-        pi, c, _, n = self._chunks[ci]
-        ph = self.curriculum.phases[pi]
-        sizes = self._group_sizes(pi, c, n)
-        out = np.zeros((n, len(self.types)), np.int64)
-        for gi, (cols, w) in enumerate(self._groups[pi]):
-            b = sizes[:, gi]
-            if ph.mode == "share":
-                out[:, cols] += systematic(b, w, _rng(self.seed, self.epoch, 3, pi, gi, c).random(n))
-                continue
-            t = self._draws[pi][gi][c]
-            rng = _rng(self.seed, self.epoch, 4, pi, gi, c)
-            labels = rng.permutation(np.repeat(np.arange(len(cols)), t))
-            if ph.mode == "shuffle":
-                step_of = np.repeat(np.arange(n), b)
-                part = np.bincount(step_of * len(cols) + labels, minlength=n * len(cols)).reshape(n, len(cols))
-            else:
-                part = np.zeros((n, len(cols)), np.int64)
-                part[np.arange(n), labels] = b
-            out[:, cols] += part
-        return out
-
-    def cursor(self, step: int) -> np.ndarray:
-        """Samples of each type consumed by all steps before ``step``."""
-        if step >= self.total_steps:
-            return self._cum[-1].copy()
-        ci = self.chunk_of(step)
-        s0 = self.chunk_range(ci)[0]
-        return self._cum[ci] + self.chunk_counts(ci)[: step - s0].sum(0)
-
-    def counts(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """(stop - start, types) counts of a range of steps."""
-        stop = self.total_steps if stop is None else stop
-        if start >= stop:
-            return np.zeros((0, len(self.types)), np.int64)
-        parts = []
-        for ci in range(self.chunk_of(start), self.chunk_of(stop - 1) + 1):
-            a, b = self.chunk_range(ci)
-            parts.append(self.chunk_counts(ci)[max(start, a) - a: min(stop, b) - a])
-        return np.concatenate(parts)
+        return getattr(counts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

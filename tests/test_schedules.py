@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from foundir_data import counts as C
 from foundir_data import schedules as S
 from foundir_data import taxonomy
 
@@ -14,10 +15,10 @@ N = sum(COUNTS.values())
 NAMES = list(taxonomy.NAMES)
 
 
-def table(schedule, batch=16, steps=None, seed=0, counts=COUNTS, chunk_slots=S.CHUNK_SLOTS):
+def table(schedule, batch=16, steps=None, seed=0, counts=COUNTS, chunk_slots=C.CHUNK_SLOTS):
     cur = S.resolve(schedule, counts, batch, steps)
     present = [t for t in NAMES if counts.get(t, 0)]
-    bc = S.BatchCounts(cur, present, batch, seed=seed, chunk_slots=chunk_slots)
+    bc = C.BatchCounts(cur, present, batch, seed=seed, chunk_slots=chunk_slots)
     return cur, bc, bc.counts()
 
 
@@ -144,18 +145,18 @@ def test_yaml_round_trip(tmp_path):
     path.write_text(yaml.safe_dump(cur.to_dict()))
     again = S.resolve(str(path), COUNTS, 16)
     assert again.to_dict() == cur.to_dict()
-    np.testing.assert_array_equal(S.BatchCounts(again, NAMES, 16, 1).counts(), S.BatchCounts(cur, NAMES, 16, 1).counts())
+    np.testing.assert_array_equal(C.BatchCounts(again, NAMES, 16, 1).counts(), C.BatchCounts(cur, NAMES, 16, 1).counts())
 
 
 def test_systematic_rounding_is_exact_in_expectation():
     u = np.random.default_rng(0).random(20000)
     w = np.array([0.5, 0.3, 0.15, 0.05])
-    c = S.systematic(np.full(20000, 7), w, u)
+    c = C.systematic(np.full(20000, 7), w, u)
     assert (c.sum(1) == 7).all()
     q = w * 7
     assert ((c == np.floor(q)) | (c == np.ceil(q))).all()
     np.testing.assert_allclose(c.mean(0), q, atol=0.02)
-    assert list(S.hamilton(10, [1, 1, 1])) == [4, 3, 3]
+    assert list(C.hamilton(10, [1, 1, 1])) == [4, 3, 3]
 
 
 def test_nested_subsets():
