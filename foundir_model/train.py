@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -33,6 +32,7 @@ from foundir_model import checkpoint as ckpt
 from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
 from foundir_model.unet import UNet
+from foundir_model.validation import ValPair, load_val_pairs, validate
 
 LAST = "last.pt"
 WEIGHTS = "model.safetensors"
@@ -221,7 +221,7 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     if val_pairs is None and cfg.val_every > 0 and cfg.data:
-        val_pairs = load_val_pairs(cfg.data, cfg.val_pairs, cfg.crop, cfg.val_split, cfg.config)
+        val_pairs = load_val_pairs(cfg.data, cfg.val_pairs, cfg.crop, cfg.val_split, type_selector(cfg.config))
     result = TrainResult(step=step)
 
     def save() -> None:
@@ -284,67 +284,6 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
         ckpt.export_safetensors(out / LAST, out / WEIGHTS)
     result.step = step
     return result
-
-
-# ---------------------------------------------------------------- validation
-@dataclass
-class ValPair:
-    """A held-out pair: its degradation name and uint8 ``HxWx3`` LQ and GT arrays."""
-
-    degradation: str
-    lq: Any
-    gt: Any
-
-
-def load_val_pairs(location: str, per_type: int, size: int, split: str = "test", config: Any = "all") -> list[ValPair]:
-    """The first ``per_type`` pairs of each degradation in ``split`` (index order), centre
-    cropped to ``size`` so validation stays cheap. Empty (with a note) when the split is absent."""
-    import pyarrow.compute as pc
-
-    from foundir_data import taxonomy
-    from foundir_data.decode import decode_pair
-    from foundir_data.store import Store
-
-    store = Store.open(location)
-    cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size"]
-    t = store.index(columns=cols)
-    names = {ty.name for ty in taxonomy.select(type_selector(config))}
-    t = t.filter(pc.and_(pc.equal(t["split"], split), pc.equal(t["layout"], "full")))
-    rows = [r for r in t.to_pylist() if r["degradation"] in names]
-    if not rows:
-        print(f"note: {location} has no {split!r} pairs; validation skipped", file=sys.stderr)
-        return []
-    out: list[ValPair] = []
-    seen: dict[str, int] = {}
-    for r in sorted(rows, key=lambda r: (taxonomy.get(r["degradation"]).index, r["key"])):
-        if seen.get(r["degradation"], 0) >= per_type:
-            continue
-        seen[r["degradation"]] = seen.get(r["degradation"], 0) + 1
-        lq, gt = decode_pair(store.read_range(r["shard"], r["lq_offset"], r["lq_size"]),
-                             store.read_range(r["shard"], r["gt_offset"], r["gt_size"]), r["key"])
-        h, w = lq.shape[:2]
-        y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        out.append(ValPair(r["degradation"], lq[y:y + size, x:x + size], gt[y:y + size, x:x + size]))
-    return out
-
-
-@torch.no_grad()
-def validate(model: ResidualDiffusion, pairs: list[ValPair], device: torch.device, steps: int = 4) -> dict[str, float]:
-    """Mean PSNR (paper convention) per degradation, plus ``"all"``, of ``model`` on ``pairs``."""
-    from foundir_model.metrics import psnr
-
-    was = model.training
-    model.eval()
-    per: dict[str, list[float]] = {}
-    for p in pairs:
-        lq = torch.from_numpy(np.array(p.lq)).permute(2, 0, 1)[None].float().div(255).to(device)
-        out = model.restore(lq, steps=steps)[0].permute(1, 2, 0).cpu().double().numpy()
-        per.setdefault(p.degradation, []).append(psnr(out, p.gt))
-    model.train(was)
-    res = {k: sum(v) / len(v) for k, v in per.items()}
-    if res:
-        res["all"] = sum(res.values()) / len(res)
-    return res
 
 
 # ---------------------------------------------------------------- CLI
