@@ -48,7 +48,7 @@ def write_skeleton(root: Path, rows: int, shards: int, distribution: str) -> Non
 
     from foundir_data import format as fmt
     from foundir_data import taxonomy
-    from foundir_data.schedules import hamilton
+    from foundir_data.counts import hamilton
 
     if distribution == "test":
         w = np.array([t.test_ids[1] - t.test_ids[0] + 1 for t in taxonomy.TYPES], np.float64)

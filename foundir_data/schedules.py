@@ -307,15 +307,3 @@ def nested_subset(keys_or_n: "int | Sequence[str] | Any", fraction: float, seed:
     pos = np.arange(n) - np.repeat(starts, sizes)
     return np.sort(by[pos < np.repeat(take, sizes)])
 
-
-# Names that lived here before the batch-count machinery moved to counts.py; bench/plan_scale.py
-# still imports ``hamilton`` from here. Resolved lazily because counts.py imports this module.
-_MOVED = ("CHUNK_SLOTS", "BatchCounts", "hamilton", "systematic")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from foundir_data import counts
-
-        return getattr(counts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
