@@ -260,9 +260,10 @@ def pack(cfg: PackConfig) -> int:
         else:
             remove_stale(root, s)
             todo.append(s)
-    _build(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
-    # Counted from the parts, so a resumed run reports the rejects of earlier runs too.
-    n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(_part_rejects(root, s) for s in mine)
+    built = _build(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
+    # Shards built earlier: counted from their parts, so a resumed run reports their rejects too.
+    n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(
+        built[s.path] if s.path in built else _part_rejects(root, s) for s in mine)
     if cfg.num_jobs == 1:
         from shard_tools.merge import merge
 
@@ -289,8 +290,12 @@ def _part_rejects(root: Path, shard: PlannedShard) -> int:
     return len(read_part_meta(root / shard.part)[1])
 
 
-def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> None:
-    """Build ``todo`` with ``cfg.workers`` processes, with a progress bar (pairs/s, MB/s)."""
+def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int, initial: int) -> dict[str, int]:
+    """Build ``todo`` with ``cfg.workers`` processes, with a progress bar (pairs/s, MB/s).
+
+    Returns:
+        The number of rejected pairs of each shard built (by shard path).
+    """
     from tqdm import tqdm
 
     _warm_imports()
@@ -305,11 +310,12 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
         bar.set_postfix_str(f"{nbytes / max(time.monotonic() - start, 1e-9) / 1e6:.1f} MB/s", refresh=False)
 
     args = (str(root), cfg.full_decode, cfg.strict, cfg.fsync)
+    built: dict[str, int] = {}
     try:
         if cfg.workers == 1 or len(todo) <= 1:
             for s in todo:
-                build_shard(args[0], s, *args[1:], on_pair=on_pair)
-            return
+                built[s.path] = build_shard(args[0], s, *args[1:], on_pair=on_pair).rejected
+            return built
         ctx = multiprocessing.get_context()
         queue, stop = ctx.SimpleQueue(), ctx.Event()
         pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
@@ -322,7 +328,9 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(queue, on_pair)
                 for f in finished:
-                    f.result()  # re-raises a worker's error (--strict)
+                    r = f.result()  # re-raises a worker's error (--strict)
+                    if r is not None:
+                        built[r.path] = r.rejected
                     nxt = next(it, None)
                     if nxt is not None:
                         pending.add(pool.submit(_build_in_worker, nxt, *args))
@@ -337,6 +345,7 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
                 _drain(queue, on_pair)
                 stopper.join(0.05)
             _drain(queue, on_pair)
+        return built
     finally:
         bar.close()
 
