@@ -313,8 +313,7 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
     built: dict[str, int] = {}
     try:
         if cfg.workers == 1 or len(todo) <= 1:
-            for s in todo:
-                built[s.path] = build_shard(args[0], s, *args[1:], on_pair=on_pair).rejected
+            _build_in_threads(todo, args, on_pair, built)
             return built
         ctx = multiprocessing.get_context()
         queue, stop = ctx.SimpleQueue(), ctx.Event()
@@ -348,6 +347,44 @@ def _build(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
         return built
     finally:
         bar.close()
+
+
+def _build_in_threads(todo: list[PlannedShard], args: tuple, on_pair: Callable[[int], None],
+                      built: dict[str, int]) -> None:
+    """One worker: build two shards at a time on two threads of this process.
+
+    A shard's start (reading its first pair) and end (draining its hash, fsync, writing its
+    part) leave the other core idle; a second shard in flight fills those gaps (reads,
+    writes, sha256 and crc32 release the GIL). Each shard's bytes do not depend on it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop, lock = threading.Event(), threading.Lock()
+
+    def progress(n: int) -> None:
+        with lock:
+            on_pair(n)
+        if stop.is_set():
+            raise _Stopped()
+
+    def one(s: PlannedShard) -> ShardResult | None:
+        try:
+            return build_shard(args[0], s, *args[1:], on_pair=progress)
+        except _Stopped:
+            return None
+
+    ex = ThreadPoolExecutor(2, thread_name_prefix="pack-shard")
+    try:
+        for r in ex.map(one, todo):
+            if r is not None:
+                built[r.path] = r.rejected
+    except BaseException:
+        # --strict error or Ctrl-C: start no other shard; the running one stops at its next
+        # pair and its writer removes its temp file.
+        stop.set()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _drain(queue, on_pair: Callable[[int], None]) -> None:
