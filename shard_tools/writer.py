@@ -284,8 +284,9 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
                 fsync: bool = True, on_pair: Callable[[int], None] | None = None) -> ShardResult:
     """Build one planned shard: its tar, then its index part (the done marker).
 
-    Runs in a worker process; holds at most two pairs' bytes at a time (the loader thread
-    reads the next pair while this one is written).
+    Runs in a worker process (or on one of ``--workers 1``'s two shard threads); holds at
+    most two pairs' bytes at a time (the loader thread reads the next pair while this one
+    is written).
 
     Args:
         out: The pack's output folder.
