@@ -192,7 +192,8 @@ def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 
 def check_index_schema(table: pa.Table, where: str) -> pa.Table:
     """Raise :class:`FormatError` naming ``where`` if ``table`` lacks index columns."""
-    missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
+    names = set(table.column_names)  # column_names builds a new list on every access
+    missing = [c for c in INDEX_COLUMNS if c not in names]
     if missing:
         raise FormatError(f"{where}: index is missing columns {missing}")
     return table.select(list(INDEX_COLUMNS)).cast(INDEX_SCHEMA)
