@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from foundir_data import format as fmt
+from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
-from shard_tools.writer import PlannedShard, read_part_meta, write_atomic
+from shard_tools.writer import read_part_meta, write_atomic
 
 
 class MergeError(RuntimeError):

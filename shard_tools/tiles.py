@@ -50,7 +50,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     plan_tiles,
     windows,
 )
-from shard_tools.writer import SHARD_META_KEY, TarShardWriter, read_part_meta, write_atomic
+from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_atomic, write_part
 
 __all__ = ["DEFAULT_PNG_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
            "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",
@@ -76,9 +76,6 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     Raises:
         TileError: a source member whose bytes do not match the index's sha256.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     base = Path(root)
     rows = []
     with TarShardWriter(base / shard.path) as w:
@@ -105,18 +102,9 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
                        "lq_format": "png", "gt_format": "png",
                        "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
                        "source_key": src["key"], "tile_x": x, "tile_y": y, "tile_w": tw, "tile_h": th}
-                m_lq = w.add(f"{key}.{fmt.LQ_MEMBER}", lq)
-                m_gt = w.add(f"{key}.{fmt.GT_MEMBER}", gt)
-                m_js = w.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
-                row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
-                           gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
-                rows.append(row)
+                rows.append(add_sample(w, row, lq, gt))
     info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_TILE, len(rows), w.bytes, w.sha256)
-    table = fmt.index_table(rows).replace_schema_metadata(
-        {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomic(base / shard.part, sink.getvalue().to_pybytes())
+    write_part(base / shard.part, rows, info)
     return len(rows)
 
 
