@@ -380,18 +380,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
+USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``foundir-eval``."""
-    parser = argparse.ArgumentParser(
-        prog="foundir-eval", description="Score a checkpoint or a folder of restored images on the FoundIR test "
-        "split: PSNR/SSIM per degradation type as in the paper's Table 1, beside the paper's FoundIR row.")
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, images.ImageError) as e:
-        print(f"foundir-eval: {e}", file=sys.stderr)
-        return 2
+    """Entry point of ``foundir-eval`` (the same as ``foundir eval``)."""
+    from shard_tools.cli import run_module
+
+    description = ("Score a checkpoint or a folder of restored images on the FoundIR test split: PSNR/SSIM per degradation "
+                   "type as in the paper's Table 1, beside the paper's FoundIR row.")
+    return run_module(sys.modules[__name__], argv, "foundir-eval", description)
 
 
 if __name__ == "__main__":

@@ -234,18 +234,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
+USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``foundir-restore``."""
-    parser = argparse.ArgumentParser(
-        prog="foundir-restore", description="Restore an image or a folder of images of any size with a foundir "
-        "checkpoint (tiled inference, release tiling by default).")
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, images.ImageError, FileNotFoundError) as e:
-        print(f"foundir-restore: {e}", file=sys.stderr)
-        return 2
+    """Entry point of ``foundir-restore`` (the same as ``foundir restore``)."""
+    from shard_tools.cli import run_module
+
+    description = ("Restore an image or a folder of images of any size with a foundir checkpoint (tiled inference, "
+                   "release tiling by default).")
+    return run_module(sys.modules[__name__], argv, "foundir-restore", description)
 
 
 if __name__ == "__main__":

@@ -334,16 +334,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``foundir-train``."""
-    parser = argparse.ArgumentParser(prog="foundir-train", description=__doc__.split("\n\n")[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"foundir-train: {e}", file=sys.stderr)
-        return 2
+    """Entry point of ``foundir-train`` (the same as ``foundir train``)."""
+    from shard_tools.cli import run_module
+
+    return run_module(sys.modules[__name__], argv, "foundir-train", __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

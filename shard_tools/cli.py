@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 #: Sub-command -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,10 +63,24 @@ def main(argv: list[str] | None = None, prog: str = "shard_tools",
         print(f"{prog}: the {name!r} command is not available in this installation "
               f"(module {module_name} is missing)", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=table[name][1])
+    return run_module(module, rest, f"{prog} {name}", table[name][1])
+
+
+def run_module(module: Any, argv: list[str] | None, prog: str, description: str) -> int:
+    """Configure, parse and run one sub-command module; returns its exit status.
+
+    The errors a module lists in ``USER_ERRORS`` (bad input, missing files) print as one
+    ``<prog>: error: ...`` line with exit status 2 instead of a traceback, whether the module
+    runs as ``foundir <command>`` or as its own console script.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     module.configure(parser)
-    args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except tuple(getattr(module, "USER_ERRORS", ())) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -254,3 +254,16 @@ def test_two_predictions_for_one_pair_is_an_error(data, tmp_path):
     # --limit keeps the first N pairs of each type.
     rep = ev.evaluate(ev.EvalConfig(location=str(data["src"]), pred=str(pred), limit=1, types=["Haze", "Lowlight"]))
     assert [r["degradation"] for r in rep.per_image] == ["Haze", "Lowlight"]
+
+
+def test_bad_location_is_one_line_error_from_both_entry_points(tmp_path, capsys):
+    """`foundir eval` and `foundir-eval` share one runner: bad input is exit 2, no traceback."""
+    from foundir_model.cli import main as foundir_main
+    from foundir_model.evaluate import main as eval_main
+
+    missing = str(tmp_path / "nowhere")
+    for call, prog in ((lambda: foundir_main(["eval", missing, "--pred", missing]), "foundir eval"),
+                       (lambda: eval_main([missing, "--pred", missing]), "foundir-eval")):
+        assert call() == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{prog}: error: ") and "nowhere" in err and "Traceback" not in err
