@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import taxonomy
-from foundir_data.counts import CHUNK_SLOTS, BatchCounts
+from foundir_data.counts import CHUNK_SLOTS, BatchCounts, _rng
 from foundir_data.schedules import Curriculum, resolve
 
 #: Default shards per shuffle block (mosaicml streaming's py1b idea: shuffle within a block
@@ -40,10 +40,6 @@ DEFAULT_SHUFFLE_BLOCK = 8
 
 #: Small streams are shuffled in groups of about this many slots per generator.
 STREAM_GROUP_SLOTS = 512
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
 
 
 def _group_shuffle(rng: np.random.Generator, group: np.ndarray) -> np.ndarray:
