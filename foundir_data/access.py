@@ -82,6 +82,19 @@ def _check(store: Store, rec: dict[str, Any], member: str, data: bytes) -> bytes
     return data
 
 
+def read_member(store: Store, rec: dict[str, Any], member: str) -> bytes:
+    """The bytes of one image member (``"lq"`` or ``"gt"``) of an index row: one range
+    request, checked against the index's sha256.
+
+    Raises:
+        ChecksumError: the bytes do not match the index (names the shard URL).
+    """
+    off, size = rec[f"{member}_offset"], rec[f"{member}_size"]
+    if off is None or size is None or min(off, size) < 0:
+        raise fmt.FormatError(f"{store.location}: index row of {rec['key']!r} has no {member} offsets")
+    return _check(store, rec, member, store.read_range(rec["shard"], off, size))
+
+
 def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
     """LQ and GT bytes of an index row, in one range request when they are adjacent."""
     shard = rec["shard"]

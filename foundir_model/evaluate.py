@@ -20,7 +20,6 @@ report and make the exit status 1; they are never silently dropped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from foundir_data import taxonomy
+from foundir_data.retry import ShardError
 from foundir_model import images, metrics
 from foundir_model.infer import BLENDS, Restorer, TileConfig, default_device, restore_array
 from foundir_model.paper import Report
@@ -124,22 +124,18 @@ def is_packed(location: str) -> bool:
 def packed_items(location: str, split: str = "test") -> list[Item]:
     """Full-frame pairs of ``split`` in a packed dataset, read by index byte offsets."""
     from foundir_data import format as fmt
+    from foundir_data.access import read_member
     from foundir_data.store import Store
 
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "lq_source", "gt_source", "shard",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "gt_sha256"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256"]
     rows = [r for r in store.index(cols).to_pylist() if r["split"] == split and r["layout"] == fmt.LAYOUT_FULL]
     if not rows:
         raise ValueError(f"{store.location}: no full-frame pairs of split {split!r} in the index")
 
     def reader(r: dict, which: str) -> Callable[[], bytes]:
-        def read() -> bytes:
-            data = store.read_range(r["shard"], r[f"{which}_offset"], r[f"{which}_size"])
-            if which == "gt" and r["gt_sha256"] and hashlib.sha256(data).hexdigest() != r["gt_sha256"]:
-                raise ValueError(f"{store.url(r['shard'])}: GT of {r['key']} fails its sha256; re-download the shard")
-            return data
-        return read
+        return lambda: read_member(store, r, which)  # range read, checked against the index
 
     return [Item(pred_rel(r["lq_source"] or r["key"]), r["degradation"], f"{store.location}:{r['key']}.lq",
                  f"{store.location}:{r['key']}.gt", reader(r, "lq"), reader(r, "gt")) for r in rows]
@@ -381,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
-USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
+USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError, ShardError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -267,3 +267,26 @@ def test_bad_location_is_one_line_error_from_both_entry_points(tmp_path, capsys)
         assert call() == 2
         err = capsys.readouterr().err
         assert err.startswith(f"{prog}: error: ") and "nowhere" in err and "Traceback" not in err
+
+
+def test_corrupt_member_in_packed_split_is_named(data, tmp_path, capsys):
+    """Packed pairs are read through access.read_member: a flipped byte in a GT member is a
+    one-line checksum error naming the shard, not a wrong score."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from foundir_data import format as fmt
+    from foundir_model.evaluate import main as eval_main
+
+    packed = tmp_path / "packed"
+    shutil.copytree(data["packed"], packed)
+    row = pq.read_table(packed / fmt.INDEX_FILE).to_pylist()[0]
+    tar = packed / row["shard"]
+    raw = bytearray(tar.read_bytes())
+    raw[row["gt_offset"] + row["gt_size"] // 2] ^= 0xFF
+    tar.write_bytes(bytes(raw))
+    assert eval_main([str(packed), "--pred", str(_mirror(data, "gt", tmp_path / "pred"))]) == 2
+    err = capsys.readouterr().err
+    assert "foundir-eval: error: " in err and row["shard"] in err and "sha256 mismatch" in err
+    assert "Traceback" not in err
