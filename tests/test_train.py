@@ -73,13 +73,16 @@ class _Crash:
     def set_epoch(self, e):
         self.stream.set_epoch(e)
 
+    def set_run_steps(self, n):
+        self.stream.set_run_steps(n)
+
     @property
     def epoch(self):
         return self.stream.epoch
 
 
 def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
-    # 14 pairs of isolated types, batch 4 -> 4 steps per epoch: the run crosses epochs too.
+    # 14 pairs of isolated types, batch 4 -> one pass is 4 steps: the mix phase continues past it.
     steps = 9
     full = train(_cfg(packed_train, tmp_path / "a", steps=steps, ckpt_every=4))
     ref = dict(full.losses)
@@ -90,7 +93,8 @@ def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, data=_Crash(stream, 6))  # dies inside step 7, after the checkpoint at step 4
     state = ckpt.load(tmp_path / "b" / LAST)
-    assert state["step"] == 4 and (state["data"]["epoch"], state["data"]["step"]) == (0, 4)  # end of epoch 0
+    assert state["step"] == 4 and (state["data"]["epoch"], state["data"]["step"]) == (0, 4)  # end of one pass
+    assert state["data"]["schedule"]["phases"][0]["steps"] == steps  # one phase lasting the whole run
     # Fresh state, the default stream read through 2 DataLoader workers, resumed from last.pt.
     resumed = train(TrainConfig(**{**cfg.__dict__, "num_workers": 2}))
     assert [s for s, _ in resumed.losses] == list(range(5, steps + 1))
