@@ -84,11 +84,14 @@ class _Crash:
 def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
     # 14 pairs of isolated types, batch 4 -> one pass is 4 steps: the mix phase continues past it.
     steps = 9
-    full = train(_cfg(packed_train, tmp_path / "a", steps=steps, ckpt_every=4))
+    # EMA averaging from update 4 on (every 2, copies up to 1 and at 2): the resumed run's first
+    # update (k = 4) averages into the EMA read from the checkpoint.
+    ema = dict(ema_update_every=2, ema_update_after_step=1)
+    full = train(_cfg(packed_train, tmp_path / "a", steps=steps, ckpt_every=4, **ema))
     ref = dict(full.losses)
     assert len(ref) == steps
 
-    cfg = _cfg(packed_train, tmp_path / "b", steps=steps, ckpt_every=4)
+    cfg = _cfg(packed_train, tmp_path / "b", steps=steps, ckpt_every=4, **ema)
     stream = FoundIRStream(cfg.data, config=cfg.config, schedule=cfg.schedule, batch_size=4, crop=32, seed=cfg.seed)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, data=_Crash(stream, 6))  # dies inside step 7, after the checkpoint at step 4
@@ -106,6 +109,7 @@ def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
     # Final weights are identical too.
     a, b = ckpt.load(tmp_path / "a" / LAST), ckpt.load(tmp_path / "b" / LAST)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["ema"])  # an average, not a copy
 
 
 def test_checkpoint_contents_export_and_restorer(packed_train, tmp_path):
