@@ -184,3 +184,18 @@ def test_table3a_loops_in_sampler_md_see_every_task(tmp_path):
             # No strategy has its own curriculum cut short by more than a rounding step.
             own = S.resolve(cfg.schedule, counts, cfg.batch_size, stream_steps(cfg)[0])
             assert own.total_steps <= run, (cfg.schedule, own.total_steps, run)
+
+
+def test_model_card_states_the_recipe_as_trained():
+    from foundir_model import checkpoint as ckpt
+    from foundir_model.card import render_model_card
+    from foundir_model.config import to_dict, unet_preset
+
+    for name, lr_text in [("release", "Adam lr 0.0001 (constant)"), ("paper", "Adam lr 0.0001 (halved at step 1000000)")]:
+        cfg = train_recipe(name)
+        state = {"kind": "generalist", "step": 0, **ckpt.model_state(unet_preset(cfg.preset), cfg.diffusion()),
+                 "train": to_dict(cfg)}
+        text = render_model_card(state, model_name="m")
+        assert lr_text in text and "EMA 0.995 (every 10 steps, copied up to step 100)" in text
+    assert "uniform over the isolated pairs" in render_model_card(
+        {**state, "train": to_dict(train_recipe("release"))}, model_name="m")
