@@ -104,16 +104,37 @@ def test_plan_serves_exactly_the_run_and_resumes_inside_the_continued_phase():
         assert s == s2 and np.array_equal(rows[4:], rows2)
 
 
-def test_train_runs_the_curriculum_for_all_steps_with_accumulation(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    from _model_helpers import pack_train_sample
+
+    return pack_train_sample(tmp_path_factory.mktemp("data"), per_type=1, size=48)
+
+
+def test_stream_refuses_to_resume_a_run_of_another_length(packed):
+    from foundir_data.stream import FoundIRStream
+
+    kw = dict(schedule="incremental", steps_per_phase=2, batch_size=4, crop=32, seed=1)
+    a = FoundIRStream(packed, run_steps=12, **kw)
+    state = a.state_dict(step=5)
+    b = FoundIRStream(packed, **kw)
+    b.set_run_steps(12)
+    b.load_state_dict(state)  # the same run: fine
+    assert [x["step"] for x in b] == list(range(5, 12))
+    b.set_run_steps(20)
+    with pytest.raises(ValueError, match=r"incremental-2: 10 vs .*incremental-2: 18.*steps"):
+        b.load_state_dict(state)
+
+
+def test_train_runs_the_curriculum_for_all_steps_with_accumulation(packed, tmp_path, capsys):
     """A real training run: n = 2 optimiser steps, grad accumulation 2, 7 steps: stage 1 is
     4 batches, stage 2 lasts the other 10 (it used to end after 8 and restart stage 1)."""
-    from _model_helpers import OneThread, pack_train_sample
+    from _model_helpers import OneThread
 
     from foundir_data.stream import FoundIRStream
     from foundir_model.config import TrainConfig
     from foundir_model.train import train
 
-    packed = pack_train_sample(tmp_path / "data", per_type=1, size=48)
     seen: list[list[int]] = []
 
     class Recorder(FoundIRStream):
@@ -125,6 +146,7 @@ def test_train_runs_the_curriculum_for_all_steps_with_accumulation(tmp_path, cap
     cfg = TrainConfig(data=str(packed), out_dir=str(tmp_path / "run"), preset="tiny", batch_size=4, crop=32,
                       steps=7, grad_accum=2, steps_per_phase=2, schedule="incremental", log_every=3,
                       ckpt_every=0, seed=1, device="cpu")
+    # The stream counts batches: n = 2 optimiser steps x 2 micro-batches (train.stream_steps).
     stream = Recorder(cfg.data, schedule=cfg.schedule, steps_per_phase=4, batch_size=4, crop=32, seed=1)
     with OneThread():
         res = train(cfg, data=stream)
