@@ -8,7 +8,7 @@ job killed mid-write leaves the previous checkpoint intact.
 
 Layout (``FORMAT`` / ``VERSION``)::
 
-    {"format": "foundir-checkpoint", "version": 1, "kind": "generalist" | "specialists",
+    {"format": "foundir-checkpoint", "version": 2, "kind": "generalist" | "specialists",
      "step": int, "unet": {...}, "diffusion": {...}, "train": {...},
      "model": state_dict, "ema": state_dict, "optimizer": state_dict, "data": stream state,
      "specialists": {...}}   # optional, see specialists.py
@@ -32,7 +32,9 @@ from foundir_model.diffusion import ResidualDiffusion
 from foundir_model.unet import UNet
 
 FORMAT = "foundir-checkpoint"
-VERSION = 1
+#: 2: the UNet computes the release's function (linear attention ``v / (h*w)``, encoder skip
+#: order) with the release's keys; version-1 weights belong to the old network.
+VERSION = 2
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -81,9 +83,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             f"containers. Use an earlier checkpoint or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a foundir checkpoint (no format={FORMAT!r} field)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}; this foundir reads {VERSION}")
+    _check_version(state.get("version"), path)
     return state
+
+
+def _check_version(version: Any, where: Any) -> None:
+    if str(version) == "1":
+        raise CheckpointError(f"{where}: checkpoint version 1 was trained with the old network (before the UNet "
+                              f"became the release's); retrain it, or convert the release's weights with "
+                              f"'foundir convert-release'")
+    if str(version) != str(VERSION):
+        raise CheckpointError(f"{where}: checkpoint version {version!r}; this foundir reads {VERSION}")
 
 
 def configs(state: dict[str, Any], where: str = "checkpoint") -> tuple[UNetConfig, DiffusionConfig]:
@@ -163,6 +173,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
                               f"the file is corrupted or truncated") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a foundir safetensors export (metadata format={meta.get('format')!r})")
+    _check_version(meta.get("version"), path)
     state: dict[str, Any] = {"step": int(meta.get("step", 0))}
     if "unet" in meta:
         state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
