@@ -211,3 +211,26 @@ def test_fixtures_stay_out_of_the_package():
     assert not any(p.split("*")[0] in ("tests", "") for p in include), include
     assert not (Path(__file__).parent / "__init__.py").exists()  # tests is no package
     assert "fixtures" not in "".join(cfg["options.package_data"].values())
+
+
+def test_eval_takes_the_release_file_and_seed(tmp_path):
+    # foundir-eval --checkpoint model-2000.pt: --seed changes the result, the same seed repeats it,
+    # and each image equals foundir-restore --seed on its LQ (seeded per image, order-free).
+    from foundir_data.sample import make_sample
+    from foundir_model.evaluate import main as eval_cli
+
+    root = tmp_path / "test"
+    make_sample(root, per_type=2, size=48, layout="test", seed=0, types=("Blur",))
+
+    def run(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        assert eval_cli([str(root), "--checkpoint", str(GEN), "--seed", str(seed), "--out", str(out), "--save-images",
+                         "--no-progress", "--device", "cpu"]) == 0
+        return {line.split(",")[0]: line for line in (out / "per_image.csv").read_text().splitlines()[1:]}
+
+    a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
+    assert a == b and a != c
+    lq = sorted((root / "01Blur" / "LQ").iterdir())[1]
+    assert restore_cli([str(lq), str(tmp_path / "r"), "--checkpoint", str(GEN), "--seed", "1", "--device", "cpu"]) == 0
+    rel = f"01Blur/{lq.stem}"
+    assert np.array_equal(_read(tmp_path / "r" / f"{lq.stem}.png"), _read(tmp_path / "a" / "restored" / f"{rel}.png"))
