@@ -9,6 +9,9 @@ A *restorer* is any callable ``f(lq, degradation) -> out`` on ``[B, 3, H, W]`` f
 [0, 1] (``degradation``: ``LongTensor[B]`` of taxonomy indices, or None to let the model decide),
 e.g. :func:`foundir_model.checkpoint.load_restorer`. Tiles go to the restorer's device in batches
 of ``tile_batch``; the output is accumulated on the CPU, so device memory is bounded by the batch.
+A restorer that takes ``noise=`` gets the seeded start noise per tile (the release's draws,
+docs/training.md); one with a ``finish`` method gets the merged image once more (the release's
+whole-image specialists).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from foundir_model import images
+from foundir_model import experts, images
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -217,8 +220,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
     parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-specialists", action="store_true", help="generalist only (no G -> S refinement)")
-    parser.add_argument("--only-specialist", default=None, metavar="NAME",
+    parser.add_argument("--no-specialists", action="store_true", help="generalist only: no G -> S refinement (weather Restormer, small experts; the "
+                             "release's low-light WaveMamba is not supported yet)")
+    parser.add_argument("--only-specialist", default=None, choices=sorted(experts.SPECIALISTS),
                         help="run only this release specialist on the inputs, no generalist (as the release's "
                              "inference_weather.py): 'weather' (Restormer). The release's low-light WaveMamba is "
                              "not supported yet. --checkpoint may be the release's weather.pth itself")
