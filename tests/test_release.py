@@ -234,3 +234,20 @@ def test_eval_takes_the_release_file_and_seed(tmp_path):
     assert restore_cli([str(lq), str(tmp_path / "r"), "--checkpoint", str(GEN), "--seed", "1", "--device", "cpu"]) == 0
     rel = f"01Blur/{lq.stem}"
     assert np.array_equal(_read(tmp_path / "r" / f"{lq.stem}.png"), _read(tmp_path / "a" / "restored" / f"{rel}.png"))
+
+
+def test_widths_inferred_at_release_size():
+    # The release's sizes: UNet dim 64 (36.26M parameters), Restormer dim 48 (~26.1M).
+    from foundir_model.config import UNetConfig
+    from foundir_model.restormer import Restormer, RestormerConfig, infer_config
+    from foundir_model.unet import UNet
+
+    assert release.unet_config(UNet(UNetConfig()).state_dict(), "x") == UNetConfig()
+    net = Restormer()
+    assert infer_config(net.state_dict()) == RestormerConfig()
+    assert abs(sum(p.numel() for p in net.parameters()) - 26.1e6) < 0.05e6
+    # Another schedule than the release's is refused, not silently replaced.
+    raw = torch.load(GEN, weights_only=True)
+    raw["model"]["delta_cumsum"] = raw["model"]["delta_cumsum"] * 0.5
+    with pytest.raises(release.ReleaseError, match="schedule is not the release's"):
+        release.generalist_state(raw, "other-schedule.pt")
