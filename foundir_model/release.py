@@ -123,16 +123,25 @@ def generalist_state(obj: dict[str, Any], where: str, weights: str = "ema") -> d
             "release": {"file": Path(where).name, "weights": weights}}
 
 
-def specialist_entry(obj: Any, where: str, name: str = "weather") -> dict[str, Any]:
-    """A ``specialist_nets`` entry from a loaded release specialist file."""
+def specialist_entry(obj: Any, where: str, name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(name, specialist_nets entry)`` from a loaded release specialist file.
+
+    ``name`` None: the kind whose network the tensor shapes fit (both release specialist files
+    share one layout, so the shapes decide, never the file name).
+    """
     if not is_specialist(obj):
         raise ReleaseError(f"{where}: not a release specialist file (expected {{'params': "
                            f"{{'{SPECIALIST_PREFIX}<key>': tensor}}}})")
     sd = {k[len(SPECIALIST_PREFIX):]: v for k, v in obj["params"].items() if k.startswith(SPECIALIST_PREFIX)}
-    try:
-        return experts.entry(name, sd, where)
-    except ValueError as e:
-        raise ReleaseError(str(e)) from None
+    names = [name] if name is not None else list(experts.SPECIALISTS)
+    errors = []
+    for n in names:
+        try:
+            return n, experts.entry(n, sd, where)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ReleaseError(errors[0] if len(errors) == 1 else
+                       f"{where}: fits none of the supported specialists ({'; '.join(errors)})")
 
 
 def as_state(obj: Any, where: str, weights: str = "ema") -> dict[str, Any] | None:
@@ -140,5 +149,6 @@ def as_state(obj: Any, where: str, weights: str = "ema") -> dict[str, Any] | Non
     if is_generalist(obj):
         return generalist_state(obj, where, weights)
     if is_specialist(obj):
-        return {"kind": "specialists", "step": 0, experts.KEY: {"weather": specialist_entry(obj, where)}}
+        name, entry = specialist_entry(obj, where)
+        return {"kind": "specialists", "step": 0, experts.KEY: {name: entry}}
     return None

@@ -167,6 +167,10 @@ def test_refusals_are_one_line(tmp_path, capsys):
     assert "not the release's generalist" in capsys.readouterr().err
     assert foundir(["convert-release", str(GEN), str(tmp_path / "o.pt"), "--weather", str(other)]) == 2
     assert "not a release specialist file" in capsys.readouterr().err
+    # The low-light WaveMamba file has the same layout; its shapes are not a Restormer's.
+    assert foundir(["convert-release", str(GEN), str(tmp_path / "o.pt"), "--weather",
+                    str(GOLDEN / "release-lowlight-wavemamba-small.pth")]) == 2
+    assert "not a Restormer state dict" in capsys.readouterr().err
     assert foundir(["convert-release", str(GEN), str(GEN)]) == 2
     assert "overwrite the input" in capsys.readouterr().err
     # A weather file missing a block's tensors, or not a Restormer at all.
