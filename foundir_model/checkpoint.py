@@ -11,10 +11,15 @@ Layout (``FORMAT`` / ``VERSION``)::
     {"format": "foundir-checkpoint", "version": 2, "kind": "generalist" | "specialists",
      "step": int, "unet": {...}, "diffusion": {...}, "train": {...},
      "model": state_dict, "ema": state_dict, "optimizer": state_dict, "data": stream state,
-     "specialists": {...}}   # optional, see specialists.py
+     "specialists": {...},   # optional, see specialists.py
+     "specialist_nets": {...}}   # optional, the release's specialists (experts.py)
+
+``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``) through
+:mod:`foundir_model.release`.
 
 The safetensors export holds the EMA weights (``net.*``), optional specialist weights
-(``specialists.<name>.*``, ``classifier.*``) and the configs as JSON strings in its metadata.
+(``specialists.<name>.*``, ``classifier.*``, ``specialist_nets.<name>.*``) and the configs as
+JSON strings in its metadata.
 """
 
 from __future__ import annotations
