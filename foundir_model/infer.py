@@ -220,7 +220,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
     parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-specialists", action="store_true", help="generalist only: no G -> S refinement (weather Restormer, small experts; the "
+    parser.add_argument("--no-specialists", action="store_true",
+                        help="generalist only: no G -> S refinement (weather Restormer, small experts; the "
                              "release's low-light WaveMamba is not supported yet)")
     parser.add_argument("--only-specialist", default=None, choices=sorted(experts.SPECIALISTS),
                         help="run only this release specialist on the inputs, no generalist (as the release's "
