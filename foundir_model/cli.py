@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("foundir_model.train", "train the residual-diffusion generalist on the streams"),
     "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
     "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
-    "convert-release": ("foundir_model.convert_release", "the release's model-2000.pt (+ weather.pth) -> a foundir checkpoint"),
+    "convert-release": ("foundir_model.convert_release",
+                        "the release's model-2000.pt (+ weather.pth) -> a foundir checkpoint"),
 }
 
 

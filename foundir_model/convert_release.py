@@ -51,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", default=None, metavar="FILE",
                             help=f"the release's {name} specialist ({name}.pth, a {kind.arch})")
     parser.add_argument("--weights", choices=release.WEIGHTS, default="ema",
-                        help="which generalist weights: the EMA ones the release tests with (default) or the online ones")
+                        help="which generalist weights: the EMA ones the release tests with (default) or the "
+                             "online ones")
 
 
 def run(args: argparse.Namespace) -> int:

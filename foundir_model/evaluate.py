@@ -337,7 +337,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d, t = EvalConfig(location=""), TileConfig()
     parser.add_argument("location", help="packed dataset (folder or URL) or test-layout folder NNName/{GT,LQ}")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint to evaluate (.pt, .safetensors, or the release's model-2000.pt)")
+    src.add_argument("--checkpoint",
+                     help="model checkpoint to evaluate (.pt, .safetensors, or the release's model-2000.pt)")
     src.add_argument("--pred", help="folder of restored images at NNName/<id>.<ext> to score instead")
     parser.add_argument("--out", help="write report.md/.csv/.json and per_image.csv here")
     parser.add_argument("--json", help="also write the JSON report (per-type and average, with counts) here")
@@ -355,7 +356,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "low-light WaveMamba is not supported yet)")
     parser.add_argument("--method", default=d.method, help="name of our row in the report")
     parser.add_argument("--seed", type=int, default=d.seed,
-                        help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the release")
+                        help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the "
+                             "release")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)
