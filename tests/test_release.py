@@ -255,3 +255,27 @@ def test_widths_inferred_at_release_size():
     raw["model"]["delta_cumsum"] = raw["model"]["delta_cumsum"] * 0.5
     with pytest.raises(release.ReleaseError, match="schedule is not the release's"):
         release.generalist_state(raw, "other-schedule.pt")
+
+
+def test_whole_image_routing_by_label_or_classifier(converted):
+    # A label routes by type; without one the classifier decides; with neither nothing runs.
+    from foundir_model import specialists as sp
+    from foundir_model.restorer import Restorer
+
+    nets = experts.build(ckpt.load(converted)[experts.KEY])
+    pool = sp.SpecialistPool()
+    r = Restorer(ckpt.load_generalist(converted), pool, nets)
+    x = torch.rand(1, 3, 40, 40)
+    assert r.select(x, taxonomy.get("Rain_Haze").index) == "weather"
+    assert r.select(x, taxonomy.get("Lowlight").index) is None
+    assert r.select(x, None) is None  # no label, no classifier
+    pool.classifier = sp.DegradationClassifier()
+    with torch.no_grad():
+        pool.classifier.fc.weight.zero_()
+        pool.classifier.fc.bias.zero_()
+        pool.classifier.fc.bias[taxonomy.get("Haze").index] = 1.0
+    assert r.select(x, None) == "weather"
+    out = torch.rand(3, 40, 40)
+    assert torch.equal(Restorer(ckpt.load_generalist(converted), pool, {}).finish(x[0], out, None), out)
+    with pytest.raises(ValueError, match="no 'weather' specialist"):
+        Restorer(None, None, {}, only="weather")
