@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,7 @@ import torch.distributed as dist
 from foundir_model import checkpoint as ckpt
 from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
+from foundir_model.batches import Batches, device_for, make_stream, stream_steps, type_selector  # noqa: F401 (stream_steps: API)
 from foundir_model.ema import EMASchedule, ema_update
 from foundir_model.train_flags import config_from_args, configure  # noqa: F401 (the CLI's flags)
 from foundir_model.unet import UNet
@@ -53,12 +54,6 @@ class TrainResult:
 
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -86,86 +81,6 @@ def ema_schedule(cfg: TrainConfig) -> EMASchedule:
     """The EMA update schedule of ``cfg``."""
     return EMASchedule(cfg.ema_decay, cfg.ema_update_every, cfg.ema_update_after_step,
                        cfg.ema_inv_gamma, cfg.ema_power)
-
-
-def stream_steps(cfg: TrainConfig) -> tuple[int | None, int]:
-    """``(steps_per_phase, run_steps)`` of the stream, in batches: the curriculum's ``n`` and
-    the run's length count optimiser steps, and each takes ``grad_accum`` batches."""
-    n = None if cfg.steps_per_phase is None else cfg.steps_per_phase * cfg.grad_accum
-    return n, cfg.steps * cfg.grad_accum
-
-
-def type_selector(config: str | list[str]) -> list[str]:
-    """``"Lowlight,Lowlight_Blur"`` -> a list of selectors (a filtered stream, e.g. for a
-    specialist); ``"all"``, ``"isolated"`` and single names pass through as one-item lists."""
-    return [c.strip() for c in config.split(",") if c.strip()] if isinstance(config, str) else list(config)
-
-
-def make_stream(cfg: TrainConfig, rank: int, world: int):
-    """The training stream of ``cfg`` for this rank."""
-    from foundir_data.stream import FoundIRStream
-
-    if not cfg.data:
-        raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
-    n, run = stream_steps(cfg)
-    return FoundIRStream(cfg.data, split=cfg.split, config=type_selector(cfg.config), layout=cfg.layout,
-                         schedule=cfg.schedule, steps_per_phase=n, run_steps=run,
-                         batch_size=cfg.batch_size, crop=cfg.crop, crops_per_pair=cfg.crops_per_pair,
-                         seed=cfg.seed, subset_fraction=cfg.subset_fraction, subset_seed=cfg.subset_seed,
-                         rank=rank, world_size=world)
-
-
-class _Batches:
-    """Iterator over a stream's batches; tracks the next step so the checkpoint can resume
-    the stream exactly (also with DataLoader workers).
-
-    A stream with ``set_run_steps`` (``FoundIRStream``) is told the run's length, so its
-    curriculum's last phase lasts to the end of the run (never a restart at stage 1); other
-    iterables with ``set_epoch`` start their next epoch when one ends.
-    """
-
-    def __init__(self, data: Iterable[dict[str, Any]], num_workers: int, run_steps: int | None = None):
-        self.data = data
-        if run_steps is not None and hasattr(data, "set_run_steps"):
-            data.set_run_steps(run_steps)
-        self.num_workers = num_workers
-        self.next_step: int | None = None
-        self._it: Iterator[dict[str, Any]] | None = None
-
-    def _open(self) -> Iterator[dict[str, Any]]:
-        if self.num_workers > 0 and isinstance(self.data, torch.utils.data.IterableDataset):
-            loader = torch.utils.data.DataLoader(self.data, batch_size=None, num_workers=self.num_workers,
-                                                 persistent_workers=False)
-            return iter(loader)
-        return iter(self.data)
-
-    def __next__(self) -> dict[str, Any]:
-        for attempt in range(2):
-            if self._it is None:
-                self._it = self._open()
-            try:
-                batch = next(self._it)
-                if "step" in batch:
-                    self.next_step = int(batch["step"]) + 1
-                return batch
-            except StopIteration:
-                self._it = None
-                if not hasattr(self.data, "set_epoch") or attempt:
-                    raise RuntimeError("the training data ran out (it yields no batches)") from None
-                self.data.set_epoch(self.data.epoch + 1)
-                self.next_step = 0
-        raise AssertionError("unreachable")
-
-    def state_dict(self) -> dict[str, Any] | None:
-        if not hasattr(self.data, "state_dict"):
-            return None
-        if isinstance(self.data, torch.utils.data.IterableDataset) and self.next_step is not None:
-            return self.data.state_dict(step=self.next_step)
-        return self.data.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if state is not None and hasattr(self.data, "load_state_dict"):
-            self.data.load_state_dict(state)
 
 
 def _step_generator(cfg: TrainConfig, step: int, rank: int, micro: int, device: torch.device) -> torch.Generator:
@@ -212,7 +127,7 @@ def train(cfg: TrainConfig, data: Iterable[dict[str, Any]] | None = None,
         ``<out_dir>/model.safetensors``.
     """
     rank, world, local_rank = _dist_env()
-    device = _device(cfg, local_rank)
+    device = device_for(cfg, local_rank)
     own_pg = False
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -239,7 +154,7 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    batches = _Batches(data if data is not None else make_stream(cfg, rank, world), cfg.num_workers,
+    batches = Batches(data if data is not None else make_stream(cfg, rank, world), cfg.num_workers,
                        run_steps=stream_steps(cfg)[1])
     step = 0
     if cfg.resume and (out / LAST).is_file():
@@ -329,11 +244,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the CLI; returns the exit status."""
     cfg = config_from_args(args)
     if args.specialist:
-        from foundir_model import specialists
+        from foundir_model import specialists_train  # only for --specialist
 
         if not args.generalist:
             raise ValueError("--specialist needs --generalist <checkpoint>")
-        specialists.train_specialist(args.specialist, args.generalist, cfg)
+        specialists_train.train_specialist(args.specialist, args.generalist, cfg)
         return 0
     res = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:

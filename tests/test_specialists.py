@@ -17,6 +17,7 @@ from foundir_data import taxonomy  # noqa: E402
 from foundir_data.stream import FoundIRStream  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
 from foundir_model import specialists as sp  # noqa: E402
+from foundir_model import specialists_train as spt  # noqa: E402
 from foundir_model.config import TrainConfig  # noqa: E402
 from foundir_model.train import main, train  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_one_refinement_step_on_stream_batch(packed):
     assert {taxonomy.TYPES[i].name for i in batch["degradation"].tolist()} <= set(sp.EXPERTS["illumination"].types)
     expert = sp.RefineNet()
     opt = torch.optim.Adam(expert.parameters(), lr=1e-3)
-    losses = [sp.refine_step(expert, opt, None, batch, torch.device("cpu")) for _ in range(5)]
+    losses = [spt.refine_step(expert, opt, None, batch, torch.device("cpu")) for _ in range(5)]
     assert losses[-1] < losses[0]
     assert expert.tail.weight.abs().sum() > 0
 
@@ -118,7 +119,7 @@ def test_classifier_learns_above_chance(packed, tmp_path):
     it, n = iter(stream), 0
     while n < 100:
         try:
-            sp.classifier_step(clf, opt, next(it), torch.device("cpu"))
+            spt.classifier_step(clf, opt, next(it), torch.device("cpu"))
             n += 1
         except StopIteration:
             stream.set_epoch(stream.epoch + 1)
@@ -144,10 +145,10 @@ def test_train_specialist_filtered_and_restorer(packed, tmp_path, capsys):
                  "--specialist", "illumination", "--generalist", str(gen)]) == 0
     text = capsys.readouterr().out
     assert "illumination: streaming Lowlight, Lowlight_Blur (18 pairs)" in text and "illumination step 3/3 loss" in text
-    sp.train_specialist("classifier", None, cfg)
+    spt.train_specialist("classifier", None, cfg)
     state = ckpt.load(out / sp.SPECIALISTS_FILE)["specialists"]
     assert set(state["experts"]) == {"illumination"} and state["classifier"] is not None
-    bundled = sp.bundle(gen, out / sp.SPECIALISTS_FILE, tmp_path / "bundle.safetensors")
+    bundled = spt.bundle(gen, out / sp.SPECIALISTS_FILE, tmp_path / "bundle.safetensors")
     with_s = ckpt.load_restorer(bundled, "cpu")
     without = ckpt.load_restorer(bundled, "cpu", specialists=False)
     assert with_s.pool is not None and without.pool is None
@@ -171,4 +172,4 @@ def test_train_specialist_filtered_and_restorer(packed, tmp_path, capsys):
     assert torch.equal(with_s(x, None), pool.refine(x, without(x, None), None))
     assert all(p in (None, "illumination") for p in picked)
     with pytest.raises(ValueError, match="unknown specialist"):
-        sp.train_specialist("snow", gen, cfg)
+        spt.train_specialist("snow", gen, cfg)
