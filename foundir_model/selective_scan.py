@@ -10,20 +10,22 @@ The recurrence, per channel ``d`` and state ``n`` (all in float32, as the releas
 (``dim / G`` channels each). :func:`selective_scan_sequential` is the straightforward loop
 over positions (the definition; it keeps every state in memory, so it is for tests only).
 
-:func:`selective_scan` computes the same numbers in three vectorised passes over chunks of
-length ``T``, all chunks at once, so a sequence of length ``L`` costs about ``2 T + L / T``
-Python steps (``T ~ sqrt(L)``) and memory of ``O(dim * N * L / T)`` besides the inputs:
+:func:`selective_scan` computes the same numbers block by block (blocks of ``M`` positions,
+bounded by :data:`BLOCK_ELEMENTS`, the state carried from block to block); a block is split into
+``nC`` chunks of length ``T ~ sqrt(M)`` that are all scanned at once:
 
-1. every chunk is scanned from a zero state, keeping only its end state and the product of
-   its decays (``prod_t exp(delta_t A)``);
-2. the true start state of each chunk is carried across chunks (``h_in[c+1] = P[c] * h_in[c]
-   + end[c]``);
-3. every chunk is scanned again from its true start state, emitting ``y``.
+1. every chunk is scanned from a zero state, step by step, keeping each local state ``hl_t``
+   and the product of the decays since the chunk start ``P_t = prod exp(delta A)``;
+2. the true start state of each chunk is carried across the chunks (``h_in[c+1] = P_T[c] *
+   h_in[c] + hl_T[c]``);
+3. every state is ``h_t = hl_t + P_t * h_in`` (one vectorised operation), and ``y_t = C_t h_t``.
 
-Pass 3 is the sequential recurrence itself, started from a state that differs from the
-sequential one only by reassociated float32 products, so the result agrees with the loop to
-about 1e-6 relative; no exponential of a cumulative sum is ever formed, so nothing overflows
-however strong the decay. When ``mamba_ssm`` is installed and the tensors are on a GPU, its
+So a sequence costs about ``L / M * (T + nC)`` Python steps, one ``exp`` per state element, and
+``O(dim * N * M)`` memory besides the inputs and output.
+
+Each state differs from the sequential loop's only by reassociated float32 products and sums,
+so the result agrees with the loop to about 1e-6 relative; no exponential of a cumulative sum
+is ever formed, so nothing overflows however strong the decay. When ``mamba_ssm`` is installed and the tensors are on a GPU, its
 fused kernel may be used instead (``backend="auto"``); it is never required.
 """
 
@@ -93,51 +95,67 @@ def selective_scan_sequential(u: torch.Tensor, delta: torch.Tensor, A: torch.Ten
     return y if D is None else y + u * D.float()[:, None]
 
 
-def _chunk_major(x: torch.Tensor, groups: int, chunks: int, size: int) -> torch.Tensor:
-    """(batch, G * X, L) -> (T, batch, G, X, nC), L zero-padded to nC * T, contiguous per step."""
-    batch, rows, length = x.shape
-    x = F.pad(x, (0, chunks * size - length))
-    return x.view(batch, groups, rows // groups, chunks, size).permute(4, 0, 1, 2, 3).contiguous()
+#: Elements of each of the two per-block buffers (local states, cumulative decays): bounds the
+#: scan's working memory (32 MiB each on a CPU, about the size of a last-level cache).
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
+
+
+def _scan_block(dt: torch.Tensor, du: torch.Tensor, B: torch.Tensor, C: torch.Tensor, A: torch.Tensor,
+                h0: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of ``nC * T`` positions: dt, du (b, G, Dg, M), B, C (b, G, N, M), A (G, Dg, N, 1),
+    start state h0 (b, G, Dg, N) -> (y (b, G, Dg, M), end state)."""
+    b, g, dg, m = dt.shape
+    n, chunks = B.shape[2], m // size
+
+    def time_major(x: torch.Tensor) -> torch.Tensor:  # (..., M) -> (T, ..., nC), contiguous per step
+        return x.reshape(*x.shape[:-1], chunks, size).movedim(-1, 0).contiguous()
+
+    dt, du, B, C = time_major(dt), time_major(du), time_major(B).unsqueeze(3), time_major(C).unsqueeze(3)
+    hs = dt.new_empty(size, b, g, dg, n, chunks)   # states of each chunk started from zero
+    ps = torch.empty_like(hs)                      # products of the decays since the chunk start
+    # Pass 1: all chunks at once, step by step.
+    for t in range(size):
+        decay = torch.mul(dt[t].unsqueeze(3), A).exp_()
+        inp = du[t].unsqueeze(3) * B[t]
+        if t == 0:
+            hs[0].copy_(inp)
+            ps[0].copy_(decay)
+        else:
+            torch.addcmul(inp, hs[t - 1], decay, out=hs[t])
+            torch.mul(ps[t - 1], decay, out=ps[t])
+    # Pass 2: the true start state of each chunk, carried from chunk to chunk.
+    starts = [h0]
+    for c in range(chunks - 1):
+        starts.append(torch.addcmul(hs[-1, ..., c], ps[-1, ..., c], starts[-1]))
+    # Pass 3: every state is its zero-start state plus the decayed true start state.
+    hs.addcmul_(ps, torch.stack(starts, dim=-1))
+    del ps
+    end = hs[-1, ..., -1].clone()
+    y = hs.mul_(C).sum(4)                          # (T, b, G, Dg, nC)
+    return y.permute(1, 2, 3, 4, 0).reshape(b, g, dg, m), end
 
 
 def _chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             groups: int, chunk: int | None) -> torch.Tensor:
+             groups: int, chunk: int | None, block: int | None) -> torch.Tensor:
     batch, dim, length = u.shape
     n = A.shape[1]
     if length == 0:
         return u.new_zeros(batch, dim, 0)
-    size = min(length, max(1, chunk or math.isqrt(length - 1) + 1))
-    chunks = -(-length // size)
-    # Padded positions have delta = 0: decay 1 and no input, so they leave the state unchanged.
-    dt = _chunk_major(delta, groups, chunks, size)                       # (T, b, G, Dg, nC)
-    du = _chunk_major(delta * u, groups, chunks, size)                   # (T, b, G, Dg, nC)
-    Bt = _chunk_major(B.reshape(batch, groups * n, length), groups, chunks, size).unsqueeze(3)  # (T, b, G, 1, N, nC)
-    Ct = _chunk_major(C.reshape(batch, groups * n, length), groups, chunks, size).unsqueeze(3)
-    At = A.float().view(groups, dim // groups, n, 1)                     # (G, Dg, N, 1)
-
-    def step(h: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        decay = torch.exp(dt[t].unsqueeze(3) * At)                       # (b, G, Dg, N, nC)
-        return torch.addcmul(du[t].unsqueeze(3) * Bt[t], h, decay), decay
-
-    # Pass 1: each chunk from a zero state -> its end state and the product of its decays.
-    end = u.new_zeros(batch, groups, dim // groups, n, chunks)
-    prod = torch.ones_like(end)
-    for t in range(size):
-        end, decay = step(end, t)
-        prod = prod * decay
-    # Pass 2: carry the state across chunks.
-    starts = [end.new_zeros(end.shape[:-1])]
-    for c in range(chunks - 1):
-        starts.append(torch.addcmul(end[..., c], prod[..., c], starts[-1]))
-    h = torch.stack(starts, dim=-1)
-    del end, prod, starts
-    # Pass 3: each chunk again from its true start state, emitting y.
+    budget = BLOCK_ELEMENTS["cuda" if u.is_cuda else "cpu"] // (batch * dim * n)
+    block = min(length, max(1, block or budget))
+    size = min(block, max(1, chunk or math.isqrt(block - 1) + 1))
+    block = size * -(-block // size)
+    dg = dim // groups
+    dt, du = delta.view(batch, groups, dg, length), (delta * u).view(batch, groups, dg, length)
+    At = A.float().view(groups, dg, n, 1)
+    h = u.new_zeros(batch, groups, dg, n)
     ys = []
-    for t in range(size):
-        h, _ = step(h, t)
-        ys.append((h * Ct[t]).sum(3))                                    # (b, G, Dg, nC)
-    y = torch.stack(ys, dim=-1)                                          # (b, G, Dg, nC, T)
-    return y.reshape(batch, dim, chunks * size)[..., :length]
+    for s in range(0, length, block):
+        # Padded positions have delta = 0: decay 1 and no input, so they leave the state unchanged.
+        pad = (0, max(0, s + block - length))
+        y, h = _scan_block(*(F.pad(x[..., s:s + block], pad) for x in (dt, du, B, C)), At, h, size)
+        ys.append(y)
+    return torch.cat(ys, dim=-1).reshape(batch, dim, -1)[..., :length]
 
 
 def _mamba_ssm_available(x: torch.Tensor) -> bool:
@@ -152,12 +170,15 @@ def _mamba_ssm_available(x: torch.Tensor) -> bool:
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
-                   delta_softplus: bool = False, chunk: int | None = None, backend: str = "auto") -> torch.Tensor:
+                   delta_softplus: bool = False, chunk: int | None = None, block: int | None = None,
+                   backend: str = "auto") -> torch.Tensor:
     """The selective scan, vectorised over chunks (see the module docstring).
 
     Args:
         u, delta, A, B, C, D, delta_bias, delta_softplus: as :func:`selective_scan_sequential`.
-        chunk: chunk length ``T`` (default ``ceil(sqrt(L))``); only speed and memory depend on it.
+        chunk: chunk length ``T`` (default ``ceil(sqrt(block))``); only speed depends on it.
+        block: positions scanned together (default: as many as :data:`BLOCK_ELEMENTS` allows);
+            only speed and memory depend on it.
         backend: ``"torch"`` (this module), ``"mamba_ssm"`` (its CUDA kernel; an error when it is
             not installed or the tensors are not on a GPU) or ``"auto"`` (the kernel when it can
             be used, else ``"torch"``).
@@ -178,5 +199,5 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     B, C, groups = _groups(u, A, B, C)
     u = u.float()
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    y = _chunked(u, delta, A, B, C, groups, chunk)
+    y = _chunked(u, delta, A, B, C, groups, chunk, block)
     return y if D is None else y + u * D.float()[:, None]

@@ -40,11 +40,11 @@ def _scan_inputs(seed, batch, groups, per_group, n, length, decay_scale=1.0):
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 8, 16, 300), (2, 1, 5, 3, 1), (2, 2, 3, 4, 17), (1, 1, 2, 16, 1000)])
-@pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
-def test_scan_matches_sequential(shape, chunk):
+@pytest.mark.parametrize("chunk,block", [(None, None), (1, None), (7, None), (4096, None), (7, 50), (None, 64)])
+def test_scan_matches_sequential(shape, chunk, block):
     args = _scan_inputs(sum(shape), *shape)
     ref = selective_scan_sequential(**args)
-    out = selective_scan(**args, chunk=chunk, backend="torch")
+    out = selective_scan(**args, chunk=chunk, block=block, backend="torch")
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item()), (out - ref).abs().max()
 
@@ -53,7 +53,7 @@ def test_scan_strong_decay_does_not_overflow():
     # Decays of exp(-1000) per step: a cumulative-sum-in-log-space scan would overflow here.
     args = _scan_inputs(3, 1, 2, 4, 8, 200, decay_scale=500.0)
     ref = selective_scan_sequential(**args)
-    out = selective_scan(**args)
+    out = selective_scan(**args, chunk=8, block=40)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
 
