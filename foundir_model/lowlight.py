@@ -22,12 +22,20 @@ from typing import Any, Mapping
 
 import torch
 
+from foundir_model.config import from_dict, to_dict
 from foundir_model.wavemamba import WaveMamba, WaveMambaConfig
 
 #: Key prefix of the release's state dict (``WaveMamba.restoration_network``).
 PREFIX = "restoration_network."
 #: The release pads to a multiple of this before the network (not the network's own 8).
 PAD_MULTIPLE = 128
+#: Architecture tag stored with converted weights.
+ARCH = "wavemamba"
+#: The release's test ids refined by the low-light specialist (its specialist_model README):
+#: Lowlight_Haze, Lowlight, Lowlight_Blur, and Lowlight_JPEG .. Lowlight_Noise_JPEG.
+TEST_IDS = ((701, 800), (1101, 1250), (1301, 1500))
+#: A tensor only WaveMamba has: tells its weights from the weather Restormer's.
+SIGNATURE = "down_group1.l_blk.0.self_attention.A_logs"
 
 
 class LowlightFileError(ValueError):
@@ -67,6 +75,21 @@ def infer_config(sd: Mapping[str, torch.Tensor], where: str = "weights") -> Wave
     if int(ffn_scale * wf) != d_inner:
         raise LowlightFileError(f"{where}: scan width {d_inner} is not a whole multiple of wf={wf}")
     return WaveMambaConfig(in_chn=int(in_chn), wf=int(wf), n_l_blocks=n_l, n_h_blocks=n_h, ffn_scale=ffn_scale)
+
+
+def is_wavemamba(sd: Mapping[str, Any]) -> bool:
+    """Whether a state dict (keys without the prefix) is a WaveMamba's."""
+    return SIGNATURE in sd
+
+
+def config_dict(sd: Mapping[str, torch.Tensor], where: str = "weights") -> dict[str, Any]:
+    """:func:`infer_config` as a plain dict (stored in checkpoints)."""
+    return to_dict(infer_config(sd, where))
+
+
+def from_config_dict(cfg: dict[str, Any]) -> WaveMamba:
+    """An (untrained) WaveMamba for a stored config dict."""
+    return WaveMamba(from_dict(WaveMambaConfig, cfg, "low-light specialist config"))
 
 
 def release_params(obj: Any, where: str) -> dict[str, torch.Tensor]:

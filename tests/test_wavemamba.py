@@ -86,7 +86,10 @@ def test_release_parameter_count_and_inferred_config():
     assert sum(p.numel() for p in net.parameters()) == 1_512_718
     assert lowlight.infer_config(net.state_dict()) == WaveMambaConfig()
     odd = WaveMambaConfig(wf=24, n_l_blocks=[2, 1, 3], n_h_blocks=[1, 2, 1], ffn_scale=1.5)
-    assert lowlight.infer_config(WaveMamba(odd).state_dict()) == odd
+    sd = WaveMamba(odd).state_dict()
+    assert lowlight.infer_config(sd) == odd and lowlight.is_wavemamba(sd)
+    # stored as a plain dict in checkpoints, rebuilt from it
+    lowlight.from_config_dict(lowlight.config_dict(sd)).load_state_dict(sd)
 
 
 def test_fixture_config_from_shapes():
