@@ -94,23 +94,25 @@ class ScanMixer(nn.Module):
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> the sum of the four directional scans, (B, D, H * W) in row order."""
         b, d, h, w = x.shape
-        k, L = self.x_proj_weight.shape[0], h * w
+        L = h * w
         rows = x.reshape(b, d, L)
         cols = x.transpose(2, 3).contiguous().view(b, d, L)
-        fwd = torch.stack((rows, cols), dim=1)
-        xs = torch.cat((fwd, fwd.flip(-1)), dim=1)                          # (B, 4, D, L)
-        proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = selective_scan(xs.float().reshape(b, -1, L), dts.float().reshape(b, -1, L),
-                            -torch.exp(self.A_logs.float()), Bs.float(), Cs.float(), self.Ds.float(),
-                            delta_bias=self.dt_projs_bias.float().view(-1), delta_softplus=True).view(b, k, d, L)
-        back = ys[:, 2:4].flip(-1)                                          # reversed orders, undone
+        A = -torch.exp(self.A_logs.float()).view(-1, d, self.d_state)
+        Ds, bias = self.Ds.float().view(-1, d), self.dt_projs_bias.float()
+        ys = []
+        # One direction at a time (row order, column order, both reversed): the four scans are
+        # independent, and this keeps a quarter of the scan's temporaries alive at once.
+        for k, seq in enumerate((rows, cols, rows.flip(-1), cols.flip(-1))):
+            proj = torch.einsum("bdl,cd->bcl", seq, self.x_proj_weight[k])
+            dts, Bs, Cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+            dts = torch.einsum("brl,dr->bdl", dts, self.dt_projs_weight[k])
+            ys.append(selective_scan(seq.float(), dts.float(), A[k], Bs.float(), Cs.float(), Ds[k],
+                                     delta_bias=bias[k], delta_softplus=True))
 
         def col_to_row(y: torch.Tensor) -> torch.Tensor:
             return y.reshape(b, d, w, h).transpose(2, 3).contiguous().view(b, d, L)
 
-        return ys[:, 0] + back[:, 0] + col_to_row(ys[:, 1]) + col_to_row(back[:, 1])
+        return ys[0] + ys[2].flip(-1) + col_to_row(ys[1]) + col_to_row(ys[3].flip(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
