@@ -8,13 +8,18 @@ job killed mid-write leaves the previous checkpoint intact.
 
 Layout (``FORMAT`` / ``VERSION``)::
 
-    {"format": "foundir-checkpoint", "version": 1, "kind": "generalist" | "specialists",
+    {"format": "foundir-checkpoint", "version": 2, "kind": "generalist" | "specialists",
      "step": int, "unet": {...}, "diffusion": {...}, "train": {...},
      "model": state_dict, "ema": state_dict, "optimizer": state_dict, "data": stream state,
-     "specialists": {...}}   # optional, see specialists.py
+     "specialists": {...},   # optional, see specialists.py
+     "specialist_nets": {...}}   # optional, the release's specialists (experts.py)
+
+``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``) through
+:mod:`foundir_model.release`.
 
 The safetensors export holds the EMA weights (``net.*``), optional specialist weights
-(``specialists.<name>.*``, ``classifier.*``) and the configs as JSON strings in its metadata.
+(``specialists.<name>.*``, ``classifier.*``, ``specialist_nets.<name>.*``) and the configs as
+JSON strings in its metadata.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from typing import Any, Callable
 
 import torch
 
+from foundir_model import experts, release
 from foundir_model.config import DiffusionConfig, UNetConfig, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion
 from foundir_model.unet import UNet
 
 FORMAT = "foundir-checkpoint"
-VERSION = 1
+#: 2: the UNet computes the release's function (linear attention ``v / (h*w)``, encoder skip
+#: order) with the release's keys; version-1 weights belong to the old network.
+VERSION = 2
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -69,6 +77,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     Raises:
         CheckpointError: missing file, truncated/corrupted file, or not a foundir checkpoint.
     """
+    return _validate(_read(path, map_location), path)
+
+
+def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -79,11 +91,23 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             f"the file is corrupted or truncated, or holds objects that are not plain tensors and "
             f"containers. Use an earlier checkpoint or retrain") from None
+    return state
+
+
+def _validate(state: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a foundir checkpoint (no format={FORMAT!r} field)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}; this foundir reads {VERSION}")
+    _check_version(state.get("version"), path)
     return state
+
+
+def _check_version(version: Any, where: Any) -> None:
+    if str(version) == "1":
+        raise CheckpointError(f"{where}: checkpoint version 1 was trained with the old network (before the UNet "
+                              f"became the release's); retrain it, or convert the release's weights with "
+                              f"'foundir convert-release'")
+    if str(version) != str(VERSION):
+        raise CheckpointError(f"{where}: checkpoint version {version!r}; this foundir reads {VERSION}")
 
 
 def configs(state: dict[str, Any], where: str = "checkpoint") -> tuple[UNetConfig, DiffusionConfig]:
@@ -138,6 +162,9 @@ def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.P
         t, m = sp.flatten(spec)
         tensors.update(t)
         meta["specialists"] = json.dumps(m)
+    if state.get(experts.KEY):
+        t, meta[experts.KEY] = experts.flatten(state[experts.KEY])
+        tensors.update(t)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -163,6 +190,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
                               f"the file is corrupted or truncated") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a foundir safetensors export (metadata format={meta.get('format')!r})")
+    _check_version(meta.get("version"), path)
     state: dict[str, Any] = {"step": int(meta.get("step", 0))}
     if "unet" in meta:
         state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
@@ -171,12 +199,19 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         from foundir_model import specialists as sp
 
         state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
+    if experts.KEY in meta:
+        state[experts.KEY] = experts.unflatten(tensors, meta[experts.KEY])
     return state
 
 
 def read_any(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a ``.safetensors`` export or a ``.pt`` checkpoint."""
-    return load_safetensors(path) if str(path).endswith(".safetensors") else load(path)
+    """Load a ``.safetensors`` export, a ``.pt`` checkpoint, or one of the release's model files
+    (``model-2000.pt``, ``weather.pth``: converted in memory, :mod:`foundir_model.release`)."""
+    if str(path).endswith(".safetensors"):
+        return load_safetensors(path)
+    obj = _read(path)
+    converted = release.as_state(obj, str(path))
+    return converted if converted is not None else _validate(obj, path)
 
 
 # ---------------------------------------------------------------- inference
@@ -198,27 +233,32 @@ def load_generalist(path_or_state: str | os.PathLike | dict[str, Any], device: s
 
 
 def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", specialists: bool = True,
-                  steps: int | None = None, specialists_path: str | os.PathLike | None = None) -> Restorer:
-    """A callable ``f(lq, degradation=None) -> restored`` for tiled inference.
+                  steps: int | None = None, specialists_path: str | os.PathLike | None = None,
+                  only: str | None = None) -> Restorer:
+    """The :class:`foundir_model.restorer.Restorer` of a checkpoint, for tiled inference.
 
-    ``lq`` is ``[B, 3, H, W]`` in [0, 1]; ``degradation`` is a ``LongTensor[B]`` of taxonomy
-    indices or None (then a classifier picks the expert, when the checkpoint has one). The
-    generalist runs the few-step sampler; with ``specialists`` the matching expert refines
-    its output (G -> S, REFERENCE.md section 3).
+    Called as ``f(lq, degradation=None, noise=None)`` on ``[B, 3, H, W]`` tiles in [0, 1]
+    (``degradation``: ``LongTensor[B]`` of taxonomy indices or None, then a classifier picks
+    the expert when the checkpoint has one); its ``finish`` runs the release's specialists on
+    the whole image (G -> S).
 
     Args:
-        path: A ``.pt`` checkpoint or ``.safetensors`` export.
+        path: A ``.pt`` checkpoint, a ``.safetensors`` export, or a release file
+            (``model-2000.pt``; ``weather.pth`` with ``only="weather"``).
         device: Torch device.
         specialists: False gives generalist-only results (``--no-specialists``).
         steps: Sampler steps (default: the checkpoint's diffusion config, 4).
         specialists_path: A separate specialists checkpoint. Default: those inside ``path``,
             else ``specialists.pt`` beside it (where ``foundir-train --specialist`` writes them
             in the same ``--out-dir``), else none.
+        only: Run just this release specialist on the inputs (``--only-specialist``).
     """
+    from foundir_model.restorer import Restorer as _Restorer
+
     state = read_any(path)
-    model = load_generalist(state if "unet" in state else path, device)
-    pool = None
-    if specialists:
+    model = load_generalist(state, device) if "unet" in state and only is None else None
+    pool, nets = None, {}
+    if specialists or only is not None:
         from foundir_model import specialists as sp
 
         spec_state = state.get("specialists")
@@ -226,20 +266,15 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
         if specialists_path is None and not spec_state and beside.is_file() and beside != Path(path):
             specialists_path = beside
         if specialists_path is not None:
-            spec_state = read_any(specialists_path).get("specialists")
-            if not spec_state:
+            extra = read_any(specialists_path)
+            spec_state = extra.get("specialists")
+            nets.update(extra.get(experts.KEY) or {})
+            if not spec_state and not extra.get(experts.KEY):
                 raise CheckpointError(f"{specialists_path}: holds no specialists")
-        if spec_state:
+        if spec_state and only is None:
             pool = sp.SpecialistPool.from_state(spec_state).to(device).eval()
-
-    @torch.no_grad()
-    def restore(lq: torch.Tensor, degradation: torch.Tensor | None = None) -> torch.Tensor:
-        lq = lq.to(device=device, dtype=torch.float32)
-        out = model.restore(lq, steps=steps)
-        if pool is not None:
-            out = pool.refine(lq, out, degradation)
-        return out
-
-    restore.model = model  # type: ignore[attr-defined]
-    restore.pool = pool  # type: ignore[attr-defined]
-    return restore
+        nets.update(state.get(experts.KEY) or {})
+    try:
+        return _Restorer(model, pool, experts.build(nets, device, str(path)), device, steps, only)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None

@@ -1,6 +1,6 @@
 """The ``foundir`` command line: every ``shard_tools`` command plus the model's own.
 
-Lives in ``foundir_model`` because ``quickstart``, ``train``, ``eval`` and ``restore`` need
+Lives in ``foundir_model`` because ``quickstart``, ``train``, ``eval``, ``restore`` and ``convert-release`` need
 the model, and the dependency direction is foundir_data <- shard_tools <- (nothing), with
 foundir_model on top (docs/ARCHITECTURE.md).
 """
@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("foundir_model.train", "train the residual-diffusion generalist on the streams"),
     "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
     "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
+    "convert-release": ("foundir_model.convert_release",
+                        "the release's model-2000.pt (+ weather.pth) -> a foundir checkpoint"),
 }
 
 

@@ -165,9 +165,11 @@ class ResidualDiffusion(nn.Module):
         return x0
 
     @torch.no_grad()
-    def restore(self, lq01: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [0, 1] -> restored, same shape, in [0, 1]."""
-        out = self.sample(lq01 * 2.0 - 1.0, steps=steps)
+    def restore(self, lq01: torch.Tensor, steps: int | None = None,
+                start_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> restored, same shape, in [0, 1] (``start_noise``: see
+        :meth:`sample`)."""
+        out = self.sample(lq01 * 2.0 - 1.0, steps=steps, start_noise=start_noise)
         return ((out + 1.0) * 0.5).clamp(0.0, 1.0)
 
 

@@ -28,7 +28,6 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from foundir_data import taxonomy
 from foundir_data.retry import ShardError
@@ -59,7 +58,8 @@ class EvalConfig:
         blind: Do not pass degradation labels to the model (its classifier decides).
         specialists: Refine with the specialists (False = ``--no-specialists``).
         method: Name of our row in the report.
-        seed: Seeds the sampler's noise per image (seed + image number).
+        seed: The sampler's start noise of every image: ``torch.manual_seed(seed)``, one
+            ``torch.randn(1, 3, h, w)`` per tile in order (as ``foundir-restore --seed``).
         split: Split of a packed dataset to evaluate on.
         workers: Threads computing the metrics (SSIM of a 4 MP frame takes about a second
             on one core); 0 or 1 scores inline.
@@ -261,8 +261,9 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
                 lq = images.decode(it.read_lq(), it.lq_name)
                 known = it.degradation in taxonomy.NAMES
                 label = taxonomy.get(it.degradation).index if known and not cfg.blind else None
-                torch.manual_seed(cfg.seed + i)  # the sampler starts from LQ + noise: reproducible runs
-                pred = images.to_uint8(restore_array(restorer, lq.rgb, label, cfg.tile))
+                # Every image starts from the same seed (the release's draw, docs/training.md), so its
+                # result does not depend on which other images are evaluated or their order.
+                pred = images.to_uint8(restore_array(restorer, lq.rgb, label, cfg.tile, seed=cfg.seed))
                 lq01 = lq.rgb
             if pred.shape != gt.shape:
                 report.problems.append(f"{it.rel}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
@@ -336,7 +337,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d, t = EvalConfig(location=""), TileConfig()
     parser.add_argument("location", help="packed dataset (folder or URL) or test-layout folder NNName/{GT,LQ}")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint to evaluate")
+    src.add_argument("--checkpoint",
+                     help="model checkpoint to evaluate (.pt, .safetensors, or the release's model-2000.pt)")
     src.add_argument("--pred", help="folder of restored images at NNName/<id>.<ext> to score instead")
     parser.add_argument("--out", help="write report.md/.csv/.json and per_image.csv here")
     parser.add_argument("--json", help="also write the JSON report (per-type and average, with counts) here")
@@ -349,9 +351,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-images", action="store_true", help="save restored images under OUT/restored")
     parser.add_argument("--panels", action="store_true", help="save LQ | output | GT panels under OUT/panels")
     parser.add_argument("--blind", action="store_true", help="do not give the model the degradation labels")
-    parser.add_argument("--no-specialists", dest="specialists", action="store_false", help="generalist only")
+    parser.add_argument("--no-specialists", dest="specialists", action="store_false",
+                        help="generalist only: no G -> S refinement (weather Restormer, small experts; the release's "
+                             "low-light WaveMamba is not supported yet)")
     parser.add_argument("--method", default=d.method, help="name of our row in the report")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the "
+                             "release")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)

@@ -9,11 +9,15 @@ A *restorer* is any callable ``f(lq, degradation) -> out`` on ``[B, 3, H, W]`` f
 [0, 1] (``degradation``: ``LongTensor[B]`` of taxonomy indices, or None to let the model decide),
 e.g. :func:`foundir_model.checkpoint.load_restorer`. Tiles go to the restorer's device in batches
 of ``tile_batch``; the output is accumulated on the CPU, so device memory is bounded by the batch.
+A restorer that takes ``noise=`` gets the seeded start noise per tile (the release's draws,
+docs/training.md); one with a ``finish`` method gets the merged image once more (the release's
+whole-image specialists).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from foundir_model import images
+from foundir_model import experts, images
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -112,6 +116,15 @@ def blend_weights(height: int, width: int, cfg: TileConfig) -> torch.Tensor:
     return total
 
 
+def _takes_noise(restorer: Restorer) -> bool:
+    """Whether ``restorer`` accepts ``noise=`` (plain ``f(lq, degradation)`` callables do not)."""
+    try:
+        params = inspect.signature(restorer).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "noise" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _batches(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -119,7 +132,7 @@ def _batches(items: list, n: int) -> Iterator[list]:
 
 @torch.no_grad()
 def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
-                  cfg: TileConfig | None = None) -> torch.Tensor:
+                  cfg: TileConfig | None = None, seed: int | None = None) -> torch.Tensor:
     """Restore one image of any size by tiles.
 
     Args:
@@ -127,6 +140,11 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         lq: ``[3, H, W]`` or ``[1, 3, H, W]`` float tensor in [0, 1] (any device).
         degradation: Taxonomy index of the degradation when known, else None.
         cfg: Tiling configuration (default: the release's 1024 / 512, averaged).
+        seed: The sampler's start noise, as the release draws it: ``torch.manual_seed(seed)``
+            then one ``torch.randn(1, 3, h, w)`` per tile in row-major tile order (one draw
+            for an untiled image), on the CPU; passed to the restorer as ``noise=`` when it takes
+            that argument (:class:`foundir_model.restorer.Restorer` does). None: the restorer's
+            own default.
 
     Returns:
         ``[3, H, W]`` float32 CPU tensor (not clamped: the restorer decides its range).
@@ -146,10 +164,15 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
     H, W = x.shape[-2:]
     device = torch.device(cfg.device) if cfg.device else torch.device("cpu")
     label = None if degradation is None else int(degradation)
+    gen = None if seed is None or not _takes_noise(restorer) else torch.Generator().manual_seed(int(seed))
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
-        out = restorer(batch.to(device), deg)
+        if gen is None:
+            out = restorer(batch.to(device), deg)
+        else:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
+            noise = torch.cat([torch.randn((1, *batch.shape[1:]), generator=gen) for _ in range(batch.shape[0])])
+            out = restorer(batch.to(device), deg, noise=noise)
         if out.shape != batch.shape:
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
         return out.detach().to("cpu", torch.float32)
@@ -171,11 +194,16 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
 
 
 def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None = None,
-                  cfg: TileConfig | None = None) -> np.ndarray:
-    """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image; returns float32 ``HxWx3``
-    clamped to [0, 1]."""
+                  cfg: TileConfig | None = None, seed: int | None = None) -> np.ndarray:
+    """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image, then the restorer's
+    whole-image stage when it has one (``finish``: the release's specialists); returns float32
+    ``HxWx3`` clamped to [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)
-    out = restore_tiled(restorer, t, degradation, cfg).clamp_(0, 1)
+    out = restore_tiled(restorer, t, degradation, cfg, seed) if getattr(restorer, "tiles", True) else t
+    finish = getattr(restorer, "finish", None)
+    if finish is not None:
+        out = finish(t, out, degradation)
+    out = out.clamp(0, 1)
     return out.permute(1, 2, 0).numpy()
 
 
@@ -185,15 +213,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = TileConfig()
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
     parser.add_argument("output", help="output folder; results are <relative path>.png")
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt or .safetensors)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model checkpoint (.pt or .safetensors), or the release's model-2000.pt itself")
     parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
     parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
     parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-specialists", action="store_true", help="generalist only (no G -> S refinement)")
+    parser.add_argument("--no-specialists", action="store_true",
+                        help="generalist only: no G -> S refinement (weather Restormer, small experts; the "
+                             "release's low-light WaveMamba is not supported yet)")
+    parser.add_argument("--only-specialist", default=None, choices=sorted(experts.SPECIALISTS),
+                        help="run only this release specialist on the inputs, no generalist (as the release's "
+                             "inference_weather.py): 'weather' (Restormer). The release's low-light WaveMamba is "
+                             "not supported yet. --checkpoint may be the release's weather.pth itself")
     parser.add_argument("--degradation", default=None,
-                        help="degradation type name of every input (default: the model decides)")
+                        help="degradation type name of every input (default: the model decides); it also routes "
+                             "the release specialists (weather: Haze, Rain_Haze; low-light WaveMamba: not yet)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
+                             "tile in order, as the release (default 0)")
 
 
 def default_device(name: str | None) -> str:
@@ -214,14 +253,14 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
-    restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists)
+    restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
     out_root = Path(args.output)
     failed: list[str] = []
     for f in files:
         rel = f.relative_to(src) if src.is_dir() else Path(f.name)
         try:
             d = images.load(f)
-            out = restore_array(restorer, d.rgb, label, cfg)
+            out = restore_array(restorer, d.rgb, label, cfg, seed=args.seed)
             dst = images.save_png(out_root / rel.with_suffix(".png"), out, d.alpha)
         except images.ImageError as e:
             failed.append(str(e))

@@ -1,14 +1,18 @@
-"""Degradation-aware specialists: an expert pool that refines the generalist's output (G -> S).
+"""Small trained specialists and the degradation classifier (G -> S, paper section 4.3).
 
-Paper section 4.3 and REFERENCE.md section 3: a weather expert (Haze, Rain_Haze) and an
-illumination expert (the Lowlight folders 09, 14, 15, 17-20) refine the generalist's result.
-The release picks the expert by test-id range; the paper picks it from the input's
-degradation pattern. Here an expert is chosen by the degradation label when it is known and
-otherwise by a light classifier on the input (a small CNN trained on the stream's labels).
+The release's own specialists (the weather Restormer; the low-light WaveMamba, not supported
+yet) are :mod:`foundir_model.experts`. What stays here earns its place where the release has
+nothing to offer (docs/training.md, "Using the released models"):
 
-Each expert is a small residual refinement network ``S(concat(LQ, G)) -> G + delta`` whose
+- the degradation classifier: the release routes by test-id range, which only exists on its
+  test set; for other data without a label the classifier picks the specialist (the paper
+  picks it from the input's degradation pattern);
+- the ``illumination`` expert, the one low-light refinement this package can train and run
+  on a CPU until the release's WaveMamba is ported.
+
+An expert is a small residual refinement network ``S(concat(LQ, G)) -> G + delta`` whose
 last layer starts at zero, so an untrained expert returns the generalist's output unchanged.
-Images are in [0, 1] here (the restorer's space).
+It runs per tile, after the generalist. Images are in [0, 1] here (the restorer's space).
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ class Expert:
     description: str
 
 
-#: The expert pool (REFERENCE.md section 3: the release's assignment of test folders).
+#: The small trainable experts (the release's assignment of test folders, docs/training.md).
+#: The weather expert is the release's Restormer (:mod:`foundir_model.experts`), not one of these.
 EXPERTS: dict[str, Expert] = {
-    "weather": Expert("weather", ("Haze", "Rain_Haze"), "adverse weather (release: Restormer on 512 tiles)"),
     "illumination": Expert("illumination", ("Lowlight_Haze", "Lowlight", "Lowlight_Blur", "Lowlight_JPEG",
                                             "Lowlight_Blur_Noise", "Lowlight_Blur_JPEG", "Lowlight_Noise_JPEG"),
                            "low-light enhancement (folders 09, 14, 15, 17-20)"),
@@ -53,6 +57,9 @@ def get_expert(name: str) -> Expert:
     try:
         return EXPERTS[name]
     except KeyError:
+        if name == "weather":
+            raise ValueError("the weather specialist is the release's Restormer: convert its weather.pth with "
+                             "'foundir convert-release MODEL.pt OUT.pt --weather weather.pth'") from None
         raise ValueError(f"unknown specialist {name!r}; choose one of: {', '.join(EXPERTS)} "
                          f"(or {CLASSIFIER!r} to train the degradation classifier)") from None
 

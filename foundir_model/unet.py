@@ -1,11 +1,19 @@
-"""The generalist's conditional UNet (REFERENCE.md section 2).
+"""The generalist's conditional UNet: the release's network (docs/training.md, "Using the
+released models").
 
 The network sees ``concat(x_t, LQ)`` (6 channels for RGB) and the diffusion time, and
-predicts the residual ``LQ - GT``. The layout follows the release: base width 64,
+predicts the residual ``LQ - GT``. The layout is the release's: base width 64,
 multipliers (1, 2, 4, 8), two ResNet blocks per level built from weight-standardised
 3x3 convolutions, GroupNorm(8) and SiLU with a time scale/shift, linear attention at
 every level, full attention in the middle, and a sinusoidal time embedding of width
 ``dim`` expanded to ``4 * dim``. With the default config it has about 36.26M parameters.
+
+It computes the release's function, and its state-dict keys are the release's (``downs.L.0..3``
+= block1, block2, attention, downsample; ``mid_block1``, ``mid_attn``, ``mid_block2``), so the
+released weights load under their own names (:mod:`foundir_model.release`). Two details
+matter for that: the linear attention divides ``v`` by the number of pixels before the
+context product, and each encoder level pushes a skip after its first block and the second
+one after the level's attention.
 """
 
 from __future__ import annotations
@@ -105,6 +113,7 @@ class LinearAttention(nn.Module):
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
         q = q.softmax(dim=-2) * self.scale
         k = k.softmax(dim=-1)
+        v = v / (h * w)  # as the release: keeps the context's scale independent of image size
         context = torch.einsum("bhdn,bhen->bhde", k, v)
         out = torch.einsum("bhde,bhdn->bhen", context, q)
         return self.to_out(out.reshape(b, -1, h, w))
@@ -127,15 +136,27 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
-class PreNormResidual(nn.Module):
-    """``x + fn(LayerNorm(x))``."""
+class PreNorm(nn.Module):
+    """``fn(LayerNorm(x))``."""
 
     def __init__(self, dim: int, fn: nn.Module):
         super().__init__()
-        self.norm, self.fn = LayerNorm(dim), fn
+        self.fn, self.norm = fn, LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fn(self.norm(x))
+        return self.fn(self.norm(x))
+
+
+class PreNormResidual(nn.Module):
+    """``x + fn(LayerNorm(x))``; nested as the release's ``Residual(PreNorm(...))`` so the
+    keys are ``fn.norm.g`` and ``fn.fn.*``."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.fn = PreNorm(dim, fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(x)
 
 
 def _downsample(dim: int, dim_out: int) -> nn.Module:
@@ -172,8 +193,9 @@ class UNet(nn.Module):
         self.downs = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(in_out):
             last = i == len(in_out) - 1
+            # One flat list per level, as released: [block_1 .. block_n, attention, downsample].
             self.downs.append(nn.ModuleList([
-                nn.ModuleList([ResnetBlock(d_in, d_in, time_dim, g) for _ in range(n)]),
+                *(ResnetBlock(d_in, d_in, time_dim, g) for _ in range(n)),
                 PreNormResidual(d_in, LinearAttention(d_in, heads, dh)),
                 nn.Conv2d(d_in, d_out, 3, padding=1) if last else _downsample(d_in, d_out),
             ]))
@@ -185,7 +207,7 @@ class UNet(nn.Module):
         for i, (d_in, d_out) in enumerate(reversed(in_out)):
             last = i == len(in_out) - 1
             self.ups.append(nn.ModuleList([
-                nn.ModuleList([ResnetBlock(d_out + d_in, d_out, time_dim, g) for _ in range(n)]),
+                *(ResnetBlock(d_out + d_in, d_out, time_dim, g) for _ in range(n)),
                 PreNormResidual(d_out, LinearAttention(d_out, heads, dh)),
                 nn.Conv2d(d_out, d_in, 3, padding=1) if last else _upsample(d_out, d_in),
             ]))
@@ -216,14 +238,19 @@ class UNet(nn.Module):
         r = x
         temb = self.time_mlp(time)
         skips = []
-        for blocks, attn, down in self.downs:
-            for blk in blocks:
+        for level in self.downs:
+            *blocks, attn, down = level
+            # As released: a skip after every block but the last; the last block's skip is
+            # taken after the level's attention (block1 -> skip; block2 -> attn -> skip).
+            for blk in blocks[:-1]:
                 x = blk(x, temb)
                 skips.append(x)
-            x = attn(x)
+            x = attn(blocks[-1](x, temb))
+            skips.append(x)
             x = down(x)
         x = self.mid_block2(self.mid_attn(self.mid_block1(x, temb)), temb)
-        for blocks, attn, up in self.ups:
+        for level in self.ups:
+            *blocks, attn, up = level
             for blk in blocks:
                 x = blk(torch.cat((x, skips.pop()), dim=1), temb)
             x = attn(x)

@@ -63,7 +63,7 @@ def _parser(line: str):
                "foundir-eval": "foundir_model.evaluate", "foundir-restore": "foundir_model.infer",
                "foundir_model.card": None}
     m = re.search(r"(?:^|\s)(foundir-train|foundir-eval|foundir-restore|-m foundir_model\.train|"
-                  r"shard_tools \w+|foundir \w+)(?=\s|$)", line)
+                  r"shard_tools \w+|foundir [\w-]+)(?=\s|$)", line)
     if not m:
         return None
     cmd = m.group(1).replace("-m ", "")

@@ -42,13 +42,18 @@ def _idx(name: str) -> int:
 
 
 def test_expert_assignment_matches_release():
-    # REFERENCE.md section 3: weather for Haze and Rain_Haze; illumination for folders 09, 14, 15, 17-20.
-    weather = [t.folder[:2] for t in taxonomy.TYPES if sp.expert_for_type(t.index) == "weather"]
+    # The release's folders: weather (its Restormer, experts.py) for Haze and Rain_Haze; the small
+    # illumination expert for the low-light folders 09, 14, 15, 17-20.
+    from foundir_model import experts
+
+    weather = [t.folder[:2] for t in taxonomy.TYPES if experts.route(t.index) == "weather"]
     light = [t.folder[:2] for t in taxonomy.TYPES if sp.expert_for_type(t.index) == "illumination"]
     assert weather == ["08", "13"]
     assert light == ["09", "14", "15", "17", "18", "19", "20"]
-    with pytest.raises(ValueError, match="weather"):
+    with pytest.raises(ValueError, match="illumination"):
         sp.get_expert("snow")
+    with pytest.raises(ValueError, match="convert-release"):  # no small weather expert any more
+        sp.get_expert("weather")
 
 
 def test_selection_by_label_and_pool_contents():
@@ -68,9 +73,9 @@ def test_selection_by_label_and_pool_contents():
 
 def test_refine_touches_only_selected_images():
     torch.manual_seed(0)
-    pool = sp.SpecialistPool(["weather", "illumination"])
+    pool = sp.SpecialistPool(["illumination"])
     lq, g = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
-    labels = torch.tensor([_idx("Haze"), _idx("Noise"), _idx("Lowlight")])
+    labels = torch.tensor([_idx("Lowlight_Blur"), _idx("Noise"), _idx("Lowlight")])
     with torch.no_grad():
         assert torch.equal(pool.refine(lq, g, labels), g)  # zero-initialised tails: identity
         for m in pool.experts.values():

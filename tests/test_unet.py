@@ -80,3 +80,31 @@ def test_bad_config_and_preset_errors():
         UNet(UNetConfig(dim=12))
     with pytest.raises(ValueError, match="tiny"):
         unet_preset("huge")
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "release-golden"
+
+
+def test_state_dict_keys_are_the_releases():
+    # Per level [block1, block2, Residual(PreNorm(LinearAttention)), Downsample] = downs.L.0..3.
+    keys = set(UNet(UNET_PRESETS["default"]).state_dict())
+    for name in ("downs.0.0.block1.proj.weight", "downs.0.1.mlp.1.weight", "downs.0.2.fn.norm.g",
+                 "downs.0.2.fn.fn.to_qkv.weight", "downs.0.3.weight", "downs.3.3.weight", "mid_block1.block1.proj.weight",
+                 "mid_attn.fn.fn.to_qkv.weight", "mid_block2.mlp.1.weight",
+                 "ups.0.0.res_conv.weight", "ups.0.3.1.weight", "final_conv.weight"):
+        assert name in keys, name
+
+
+def test_release_function_on_golden_weights():
+    # The release's own Unet (dim 8) with its EMA weights: same keys, same output to ~1e-6
+    # (the old linear attention / skip order differ by far more than that).
+    from safetensors.torch import load_file
+
+    state = torch.load(GOLDEN / "release-model-dim8.pt", weights_only=True)
+    prefix = "ema_model.model.unet0."
+    net = UNet(UNetConfig(dim=8)).eval()
+    net.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+    g = load_file(str(GOLDEN / "release-golden-dim8.safetensors"))
+    with torch.no_grad():
+        out = net(g["x_t"], 2 * g["lq"] - 1, g["t"])
+    assert (out - g["unet_out"]).abs().max() < 1e-5
