@@ -213,7 +213,8 @@ def release_networks(size: int, device: torch.device, repeat: int) -> None:
     mp = size * size / 1e6
     rows = []
     gen = ResidualDiffusion(UNet(unet_preset("default"))).to(device).eval()
-    rows.append(("generalist (4 steps)", count_parameters(gen.net), size, _timed(lambda: gen.restore(x), device, repeat)))
+    rows.append(("generalist (4 steps)", count_parameters(gen.net), size,
+                 _timed(lambda: gen.restore(x), device, repeat)))
     del gen
     try:
         from foundir_model import restormer
@@ -230,7 +231,8 @@ def release_networks(size: int, device: torch.device, repeat: int) -> None:
     print(f"{'network':<22} {'params':>8} {'processed':>9} {'s/MP':>8} {'CPU-s/MP':>9} {'G CPU / this':>13}")
     base = rows[0][3][1]
     for name, params, side, (wall, cpu) in rows:
-        print(f"{name:<22} {params / 1e6:7.2f}M {side:>4}x{side:<4} {wall / mp:8.2f} {cpu / mp:9.2f} {base / cpu:12.1f}x")
+        print(f"{name:<22} {params / 1e6:7.2f}M {side:>4}x{side:<4} {wall / mp:8.2f} {cpu / mp:9.2f} "
+              f"{base / cpu:12.1f}x")
 
 
 def _endless(stream):

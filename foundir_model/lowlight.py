@@ -64,7 +64,8 @@ def infer_config(sd: Mapping[str, torch.Tensor], where: str = "weights") -> Wave
         raise LowlightFileError(f"{where}: not WaveMamba weights (no {e.args[0]!r})") from None
     n_l, n_h = [], []
     for i in (1, 2, 3):
-        counts = {(kind, side): _count(sd, f"{side}_group{i}", kind) for kind in ("l_blk", "h_blk") for side in ("down", "up")}
+        counts = {(kind, side): _count(sd, f"{side}_group{i}", kind)
+                  for kind in ("l_blk", "h_blk") for side in ("down", "up")}
         for kind in ("l_blk", "h_blk"):
             if counts[kind, "down"] != counts[kind, "up"] or counts[kind, "down"] == 0:
                 raise LowlightFileError(f"{where}: level {i} has {counts[kind, 'down']} encoder and "

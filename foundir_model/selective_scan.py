@@ -25,8 +25,9 @@ So a sequence costs about ``L / M * (T + nC)`` Python steps, one ``exp`` per sta
 
 Each state differs from the sequential loop's only by reassociated float32 products and sums,
 so the result agrees with the loop to about 1e-6 relative; no exponential of a cumulative sum
-is ever formed, so nothing overflows however strong the decay. When ``mamba_ssm`` is installed and the tensors are on a GPU, its
-fused kernel may be used instead (``backend="auto"``); it is never required.
+is ever formed, so nothing overflows however strong the decay. When ``mamba_ssm`` is installed
+and the tensors are on a GPU, its fused kernel may be used instead (``backend="auto"``); it is
+never required.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_s
     return F.softplus(delta) if delta_softplus else delta
 
 
-def _groups(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _groups(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """B, C as (batch, G, N, L) and the number of groups; checks the shapes."""
     if B.dim() == 3:
         B = B.unsqueeze(1)
