@@ -14,6 +14,8 @@ for a GPU run (bf16 autocast for training, like ``foundir-train --amp auto``), w
 ``--crop 256 --batch 8 --infer-size 1024`` for realistic numbers.
 
 Run: ``python bench/model.py`` or ``python bench/model.py --device cuda --crop 256 --batch 16``.
+``python bench/model.py --release-networks 256`` instead times the release's three networks
+(generalist, weather Restormer, low-light WaveMamba) side by side, s/MP each.
 """
 
 from __future__ import annotations
