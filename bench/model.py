@@ -14,6 +14,8 @@ for a GPU run (bf16 autocast for training, like ``foundir-train --amp auto``), w
 ``--crop 256 --batch 8 --infer-size 1024`` for realistic numbers.
 
 Run: ``python bench/model.py`` or ``python bench/model.py --device cuda --crop 256 --batch 16``.
+``python bench/model.py --release-networks 256`` instead times the release's three networks
+(generalist, weather Restormer, low-light WaveMamba) side by side, s/MP each.
 """
 
 from __future__ import annotations
@@ -135,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: per-core numbers; OpenMP spin-waiting on a busy "
                          "shared machine inflates multi-thread timings)")
+    ap.add_argument("--release-networks", type=int, default=0, metavar="SIZE",
+                    help="instead: s/MP of the release's generalist, weather Restormer and low-light "
+                         "WaveMamba side by side on one SIZE x SIZE image")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    if a.release_networks:
+        release_networks(a.release_networks, device, a.repeat)
+        return 0
     amp = device.type == "cuda"
     from foundir_data.stream import FoundIRStream
 
@@ -175,6 +183,58 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<8} stream/folder throughput ratio (CPU time) {rows['stream'][2] / rows['folder'][2]:.2f}x; "
                   f"loader share {rows['stream'][1]:.1f}% vs {rows['folder'][1]:.1f}%")
     return 0
+
+
+def _timed(fn, device: torch.device, repeat: int) -> tuple[float, float]:
+    """(wall s, process CPU s) per call of ``fn`` after one untimed warm-up call."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    with torch.no_grad():
+        fn()
+        sync()
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(repeat):
+            fn()
+        sync()
+    return (time.perf_counter() - t) / repeat, (time.process_time() - c) / repeat
+
+
+def release_networks(size: int, device: torch.device, repeat: int) -> None:
+    """Seconds per megapixel of the release's three networks at their real widths (random
+    weights), side by side on one ``size`` x ``size`` image, each run as the release runs it:
+    the generalist (36.26M, 4-step sampler), the weather Restormer (reflect pad to 512, 512
+    tiles) and the low-light WaveMamba (reflect pad to 128, the whole image, plain-PyTorch
+    selective scan). s/MP counts the input's pixels; "processed" is the padded size.
+    """
+    from foundir_model import lowlight
+    from foundir_model.wavemamba import WaveMamba, WaveMambaConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, size, size, device=device)
+    mp = size * size / 1e6
+    rows = []
+    gen = ResidualDiffusion(UNet(unet_preset("default"))).to(device).eval()
+    rows.append(("generalist (4 steps)", count_parameters(gen.net), size,
+                 _timed(lambda: gen.restore(x), device, repeat)))
+    del gen
+    try:
+        from foundir_model import restormer
+    except ImportError:  # the weather Restormer lands with the release-models work
+        restormer = None
+    if restormer is not None:
+        net = restormer.Restormer(restormer.RestormerConfig()).to(device).eval()
+        rows.append(("weather Restormer", count_parameters(net), -(-size // 512) * 512,
+                     _timed(lambda: restormer.apply_tiled(net, x, 512), device, repeat)))
+    net = WaveMamba(WaveMambaConfig()).to(device).eval()
+    rows.append(("lowlight WaveMamba", count_parameters(net), -(-size // 128) * 128,
+                 _timed(lambda: lowlight.restore_raw(net, x), device, repeat)))
+    print(f"release networks on {size}x{size}, {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'network':<22} {'params':>8} {'processed':>9} {'s/MP':>8} {'CPU-s/MP':>9} {'G CPU / this':>13}")
+    base = rows[0][3][1]
+    for name, params, side, (wall, cpu) in rows:
+        print(f"{name:<22} {params / 1e6:7.2f}M {side:>4}x{side:<4} {wall / mp:8.2f} {cpu / mp:9.2f} "
+              f"{base / cpu:12.1f}x")
 
 
 def _endless(stream):

@@ -14,8 +14,8 @@ Layout (``FORMAT`` / ``VERSION``)::
      "specialists": {...},   # optional, see specialists.py
      "specialist_nets": {...}}   # optional, the release's specialists (experts.py)
 
-``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``) through
-:mod:`foundir_model.release`.
+``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``,
+``lowlight.pth``) through :mod:`foundir_model.release`.
 
 The safetensors export holds the EMA weights (``net.*``), optional specialist weights
 (``specialists.<name>.*``, ``classifier.*``, ``specialist_nets.<name>.*``) and the configs as
@@ -206,7 +206,8 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_any(path: str | os.PathLike) -> dict[str, Any]:
     """Load a ``.safetensors`` export, a ``.pt`` checkpoint, or one of the release's model files
-    (``model-2000.pt``, ``weather.pth``: converted in memory, :mod:`foundir_model.release`)."""
+    (``model-2000.pt``, ``weather.pth``, ``lowlight.pth``: converted in memory,
+    :mod:`foundir_model.release`)."""
     if str(path).endswith(".safetensors"):
         return load_safetensors(path)
     obj = _read(path)
@@ -244,7 +245,7 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
 
     Args:
         path: A ``.pt`` checkpoint, a ``.safetensors`` export, or a release file
-            (``model-2000.pt``; ``weather.pth`` with ``only="weather"``).
+            (``model-2000.pt``; ``weather.pth`` / ``lowlight.pth`` with ``only``).
         device: Torch device.
         specialists: False gives generalist-only results (``--no-specialists``).
         steps: Sampler steps (default: the checkpoint's diffusion config, 4).

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
     "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
     "convert-release": ("foundir_model.convert_release",
-                        "the release's model-2000.pt (+ weather.pth) -> a foundir checkpoint"),
+                        "the release's model-2000.pt (+ weather.pth, lowlight.pth) -> a foundir checkpoint"),
 }
 
 

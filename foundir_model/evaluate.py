@@ -352,8 +352,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--panels", action="store_true", help="save LQ | output | GT panels under OUT/panels")
     parser.add_argument("--blind", action="store_true", help="do not give the model the degradation labels")
     parser.add_argument("--no-specialists", dest="specialists", action="store_false",
-                        help="generalist only: no G -> S refinement (weather Restormer, small experts; the release's "
-                             "low-light WaveMamba is not supported yet)")
+                        help="generalist only: no G -> S refinement (weather Restormer, low-light WaveMamba, "
+                             "small experts)")
     parser.add_argument("--method", default=d.method, help="name of our row in the report")
     parser.add_argument("--seed", type=int, default=d.seed,
                         help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the "

@@ -3,7 +3,7 @@
 Paper section 4.3, docs/training.md ("Using the released models"): the release refines the
 generalist's output of some test images with a specialist run on the whole image. Each kind
 of specialist is one entry of :data:`SPECIALISTS` (name -> how to build, size, load and apply
-it); a new one (the low-light WaveMamba) is added by adding an entry, nothing else changes.
+it): ``weather`` (the Restormer) and ``lowlight`` (the WaveMamba).
 
 Routing is the release's: by test-id range on its test set, which is the same as by
 degradation type (:func:`route`, checked in tests); for other data by the known degradation
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from foundir_data import taxonomy
-from foundir_model import restormer
+from foundir_model import lowlight, restormer
 from foundir_model.config import from_dict, to_dict
 
 KEY = "specialist_nets"
@@ -66,11 +66,13 @@ def _restormer_infer(sd: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
     return to_dict(restormer.infer_config(sd, where))
 
 
-#: name -> kind. The low-light WaveMamba of the release is not here yet (it needs CUDA-only
-#: kernels in the release; a plain-PyTorch port is being added as ``"lowlight"``).
+#: name -> kind. The low-light WaveMamba runs its Mamba scan in plain PyTorch here
+#: (:mod:`foundir_model.selective_scan`; the release needs mamba_ssm's CUDA kernel).
 SPECIALISTS: dict[str, SpecialistKind] = {
     "weather": SpecialistKind("weather", "restormer", ((501, 700), (1051, 1100)), _restormer_build,
                               _restormer_infer, lambda m, x: restormer.apply_tiled(m, x, 512)),
+    "lowlight": SpecialistKind("lowlight", lowlight.ARCH, lowlight.TEST_IDS, lowlight.from_config_dict,
+                               lowlight.config_dict, lowlight.restore_raw),
 }
 
 
@@ -79,8 +81,7 @@ def get(name: str) -> SpecialistKind:
     try:
         return SPECIALISTS[name]
     except KeyError:
-        raise ValueError(f"unknown specialist {name!r}; available: {', '.join(SPECIALISTS)} "
-                         f"(the release's low-light WaveMamba is not supported yet)") from None
+        raise ValueError(f"unknown specialist {name!r}; available: {', '.join(SPECIALISTS)}") from None
 
 
 def route(type_index: int) -> str | None:

@@ -221,15 +221,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-specialists", action="store_true",
-                        help="generalist only: no G -> S refinement (weather Restormer, small experts; the "
-                             "release's low-light WaveMamba is not supported yet)")
+                        help="generalist only: no G -> S refinement (weather Restormer, low-light WaveMamba, "
+                             "small experts)")
     parser.add_argument("--only-specialist", default=None, choices=sorted(experts.SPECIALISTS),
                         help="run only this release specialist on the inputs, no generalist (as the release's "
-                             "inference_weather.py): 'weather' (Restormer). The release's low-light WaveMamba is "
-                             "not supported yet. --checkpoint may be the release's weather.pth itself")
+                             "inference_weather.py / inference_lowlight.py): 'weather' (Restormer) or 'lowlight' "
+                             "(WaveMamba). --checkpoint may be the release's weather.pth / lowlight.pth itself")
     parser.add_argument("--degradation", default=None,
                         help="degradation type name of every input (default: the model decides); it also routes "
-                             "the release specialists (weather: Haze, Rain_Haze; low-light WaveMamba: not yet)")
+                             "the release specialists (weather: Haze, Rain_Haze; lowlight: Lowlight_Haze, Lowlight, "
+                             "Lowlight_Blur, Lowlight_JPEG, Lowlight_Blur_Noise, Lowlight_Blur_JPEG, "
+                             "Lowlight_Noise_JPEG)")
     parser.add_argument("--seed", type=int, default=0,
                         help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
                              "tile in order, as the release (default 0)")

@@ -6,11 +6,13 @@ docs/training.md ("Using the released models"). The release publishes
   diffusion wrapper's state dict under ``model`` (``model.unet0.<key>`` plus schedule buffers)
   and the ema-pytorch state under ``ema`` (``ema_model.model.unet0.<key>``; the release tests
   with these);
-- the weather specialist ``weather.pth``: ``{'params': {'restoration_network.<key>': tensor}}``.
+- the weather specialist ``weather.pth`` and the low-light one ``lowlight.pth``, both
+  ``{'params': {'restoration_network.<key>': tensor}}`` (a Restormer and a WaveMamba, told apart
+  by their tensor shapes).
 
-Both are read with ``torch.load(weights_only=True)``. The network widths are inferred from the
+All are read with ``torch.load(weights_only=True)``. The network widths are inferred from the
 tensor shapes (never from file names), the schedule from the stored buffers, and anything that
-is not one of these two layouts is refused with a message naming the file. Our UNet has the
+is not one of these layouts is refused with a message naming the file. Our UNet has the
 release's keys, so the weights are used under their own names. Writing the converted files
 (``foundir convert-release``) is :mod:`foundir_model.convert_release`.
 """

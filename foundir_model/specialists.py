@@ -1,14 +1,14 @@
 """Small trained specialists and the degradation classifier (G -> S, paper section 4.3).
 
-The release's own specialists (the weather Restormer; the low-light WaveMamba, not supported
-yet) are :mod:`foundir_model.experts`. What stays here earns its place where the release has
+The release's own specialists (the weather Restormer, the low-light WaveMamba) are
+:mod:`foundir_model.experts`. What stays here earns its place where the release has
 nothing to offer (docs/training.md, "Using the released models"):
 
 - the degradation classifier: the release routes by test-id range, which only exists on its
   test set; for other data without a label the classifier picks the specialist (the paper
   picks it from the input's degradation pattern);
-- the ``illumination`` expert, the one low-light refinement this package can train and run
-  on a CPU until the release's WaveMamba is ported.
+- the ``illumination`` expert, a small low-light refinement this package can train (the
+  release's WaveMamba is run here, not trained).
 
 An expert is a small residual refinement network ``S(concat(LQ, G)) -> G + delta`` whose
 last layer starts at zero, so an untrained expert returns the generalist's output unchanged.

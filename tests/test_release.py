@@ -157,7 +157,7 @@ def test_routing_is_the_releases_test_ids():
     for i in range(1, 1501):
         assert experts.route(taxonomy.from_test_id(i).index) == experts.route_test_id(i), i
     assert experts.route_test_id(501) == experts.route_test_id(1100) == "weather"
-    assert experts.route_test_id(500) is None and experts.route_test_id(701) is None
+    assert experts.route_test_id(500) is None and experts.route_test_id(801) is None
 
 
 def test_refusals_are_one_line(tmp_path, capsys):
