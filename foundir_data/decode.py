@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -71,6 +72,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 QOI_MAGIC = b"qoif"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BACKENDS = ("auto", "pillow")
+_PPM_HEAD = re.compile(rb"P6\s+(\d{1,6})\s+(\d{1,6})\s+255\s")
 #: JPEG colour spaces libjpeg-turbo converts to RGB exactly as Pillow does.
 _JPEG_FAST = {"YCbCr", "RGB", "Gray"}
 
@@ -228,16 +230,12 @@ def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None)
 
 
 def _ppm_header(head: bytes, name: str) -> tuple[int, int, int]:
-    """(height, width, offset of the pixels) of a ``P6\\n<w> <h>\\n255\\n`` header."""
-    parts = head.split(maxsplit=4)
-    try:
-        if parts[0] != b"P6" or parts[3] != b"255" or len(parts) < 5:
-            raise ValueError
-        w, h = int(parts[1]), int(parts[2])
-    except (ValueError, IndexError):
-        raise DecodeError(f"{name}: zstd tile does not hold an 8-bit binary PPM") from None
-    start = len(head) - len(parts[4])
-    return h, w, start
+    """(height, width, offset of the pixels) of a ``P6 <w> <h> 255`` header; exactly one
+    whitespace byte ends the header (the first pixel byte may itself be whitespace)."""
+    m = _PPM_HEAD.match(head)
+    if m is None:
+        raise DecodeError(f"{name}: zstd tile does not hold an 8-bit binary PPM")
+    return int(m.group(2)), int(m.group(1)), m.end()
 
 
 def decode_pair(lq: bytes, gt: bytes, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -118,6 +118,8 @@ def test_zstd_ppm_tile_roundtrip_and_errors(photo):
     a = np.asarray(photo)
     data = encode_ppm_zst(a)
     np.testing.assert_array_equal(decode_image(data, "t"), a)
+    ws = np.full((3, 5, 3), 10, np.uint8)  # pixels that look like PPM header whitespace
+    np.testing.assert_array_equal(decode_image(encode_ppm_zst(ws), "ws"), ws)
     out = np.empty_like(a)
     assert decode_image(data, "t", out=out) is out and np.array_equal(out, a)
     with pytest.raises(DecodeError, match="t: decoded to"):
