@@ -238,6 +238,17 @@ def _ppm_header(head: bytes, name: str) -> tuple[int, int, int]:
     return int(m.group(2)), int(m.group(1)), m.end()
 
 
+def pillow_readable(data: bytes) -> bytes:
+    """``data`` in a form Pillow (and so ``datasets.Image``, WebDataset's ``.decode("pil")``)
+    opens: a ``ppm.zst`` tile becomes its binary PPM (what ``zstd -d`` gives); any other
+    image is returned as is."""
+    if bytes(data[:4]) != ZSTD_MAGIC:
+        return data
+    if zstandard is None:
+        raise DecodeError("zstd-compressed tile, but the `zstandard` package is not installed (pip install zstandard)")
+    return zstandard.ZstdDecompressor().decompress(bytes(data))
+
+
 def decode_pair(lq: bytes, gt: bytes, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode an LQ/GT pair and check their sizes match.
 

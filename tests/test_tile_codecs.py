@@ -80,3 +80,20 @@ def test_unknown_codec_is_refused(packed, tmp_path):
         tiles.pack_tiles(str(root), size=64, codec="webp")
     with pytest.raises(tiles.TileError, match="--zstd-level 0"):
         tiles.pack_tiles(str(root), size=64, codec="zstd", zstd_level=0)
+
+
+def test_load_dataset_gives_pixels_of_zstd_tiles(packed, tmp_path):
+    """``load_dataset(layout="tile")`` (``datasets.Image``, i.e. Pillow) decodes the default codec."""
+    from foundir_data.load import load_dataset
+
+    root = tmp_path / "out"
+    shutil.copytree(packed, root)
+    tiles.pack_tiles(str(root), size=64, codec="zstd")
+    rows = {r["key"]: r for r in pq.read_table(root / fmt.INDEX_FILE).to_pylist()}
+    ds = load_dataset(str(root), split="train", layout="tile", streaming=True)
+    n = 0
+    for ex in ds:
+        r = rows[ex["key"]]
+        np.testing.assert_array_equal(np.asarray(ex["gt"].convert("RGB")), decode_image(_member(root, r, "gt"), r["key"]))
+        n += 1
+    assert n == sum(r["layout"] == fmt.LAYOUT_TILE for r in rows.values())
