@@ -43,6 +43,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -87,7 +89,7 @@ def available() -> dict[str, bool]:
             "qoi": qoi is not None, "zstandard": zstandard is not None}
 
 
-def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | None = None, *,
+def decode_image(data: bytes | memoryview, name: str, out: "np.ndarray | Callable | None" = None, *,
                  backend: str | None = None) -> np.ndarray:
     """Decode image bytes to a uint8 ``(H, W, 3)`` RGB array, by content.
 
@@ -95,7 +97,9 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | None = N
         data: The encoded image (PNG, JPEG, QOI, zstd-compressed PPM, or any format Pillow reads).
         name: A name for error messages (key and member, or path).
         out: Optional preallocated C-contiguous uint8 ``(H, W, 3)`` array to fill (returned);
-            JPEGs are decoded straight into it.
+            JPEGs and zstd tiles are decoded straight into it. Or a callable ``shape -> array``
+            asked for a buffer once the header gave the shape (a scratch pool: see
+            :func:`decode_pair`); backends that cannot write into a buffer then return their own.
         backend: ``"auto"`` (fastest exact backend installed) or ``"pillow"``; default: the
             ``FOUNDIR_DECODER`` environment variable, else ``"auto"``.
 
@@ -107,6 +111,8 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | None = N
     if backend not in BACKENDS:
         raise DecodeError(f"{name}: unknown decoder backend {backend!r}; expected one of {BACKENDS}")
     head = bytes(data[:8])
+    if callable(out):
+        return _decode_pooled(data, name, out, backend, head)
     if head.startswith(ZSTD_MAGIC):  # our raw tile codec: no Pillow plugin reads it
         return _decode_ppm_zst(data, name, out)
     arr = None
@@ -125,6 +131,20 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | None = N
     if arr is None:
         arr = _decode_pillow(data, name)
     return _into(arr, out, name)
+
+
+def _decode_pooled(data, name: str, get: Callable, backend: str, head: bytes) -> np.ndarray:
+    """``decode_image`` with a buffer from ``get(shape)`` where the backend writes into one."""
+    if head.startswith(ZSTD_MAGIC):
+        return _decode_ppm_zst(data, name, None, get)
+    if backend == "auto" and head.startswith(JPEG_MAGIC) and simplejpeg is not None:
+        try:
+            h, w, space, _ = simplejpeg.decode_jpeg_header(data)
+        except (ValueError, RuntimeError):
+            space = None
+        if space in _JPEG_FAST:
+            return decode_image(data, name, get((h, w, 3)), backend=backend)
+    return decode_image(data, name, backend=backend)
 
 
 def _into(arr: np.ndarray, out: np.ndarray | None, name: str) -> np.ndarray:
@@ -200,7 +220,8 @@ def _jpeg_fast(data: bytes | memoryview, out: np.ndarray | None) -> np.ndarray |
 
 
 # ---------------------------------------------------------------- zstd-compressed PPM tiles
-def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None) -> np.ndarray:
+def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None,
+                    get: Callable | None = None) -> np.ndarray:
     """A zstd frame holding a binary PPM (``P6 W H 255``): the ``zstd`` tile codec.
 
     The pixels are decompressed straight into ``out`` when given (no intermediate copy).
@@ -212,6 +233,8 @@ def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None)
         with zstandard.ZstdDecompressor().stream_reader(bytes(data)) as r:
             head = r.read(32)
             h, w, start = _ppm_header(head, name)
+            if get is not None:
+                out = get((h, w, 3))
             if out is None:
                 out = np.empty((h, w, 3), np.uint8)
             elif out.shape != (h, w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
@@ -249,15 +272,42 @@ def pillow_readable(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(bytes(data))
 
 
-def decode_pair(lq: bytes, gt: bytes, key: str) -> tuple[np.ndarray, np.ndarray]:
+class _Pool(threading.local):
+    """Per-thread scratch buffers by (slot, shape): a stream decodes its tiles without
+    allocating (a fresh 512 tile array costs page faults worth ~30% of a zstd tile's decode,
+    bench/README.md "Tile codec")."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple, np.ndarray] = {}
+
+    def get(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self.bufs.get((slot, shape))
+        if buf is None:
+            if len(self.bufs) >= 8:  # frames of many sizes: keep memory bounded
+                self.bufs.clear()
+            buf = self.bufs[slot, shape] = np.empty(shape, np.uint8)
+        return buf
+
+
+_POOL = _Pool()
+
+
+def decode_pair(lq: bytes, gt: bytes, key: str, reuse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Decode an LQ/GT pair and check their sizes match.
+
+    Args:
+        lq, gt: The encoded images.
+        key: The pair's key, for errors.
+        reuse: Decode into this thread's scratch buffers where the backend allows: the arrays
+            are only valid until the next ``reuse`` call of the thread (copy what you keep).
 
     Raises:
         DecodeError: either image fails to decode, or LQ and GT differ in size (naming
             ``key`` and both sizes).
     """
-    a = decode_image(lq, f"{key}.lq")
-    b = decode_image(gt, f"{key}.gt")
+    pool = _POOL if reuse else None
+    a = decode_image(lq, f"{key}.lq", (lambda shape: pool.get(0, shape)) if pool else None)
+    b = decode_image(gt, f"{key}.gt", (lambda shape: pool.get(1, shape)) if pool else None)
     if a.shape != b.shape:
         raise DecodeError(f"{key}: LQ is {a.shape[1]}x{a.shape[0]} but GT is {b.shape[1]}x{b.shape[0]}; "
                           "a pair must be aligned pixel for pixel")

@@ -149,3 +149,18 @@ def test_environment_forces_pillow(cases, monkeypatch):
     monkeypatch.setenv("FOUNDIR_DECODER", "pillow")
     decode_image(data, "x")
     assert calls == []
+
+
+def test_decode_pair_reuses_scratch_buffers(photo, cases):
+    from shard_tools.tile_codec import encode_ppm_zst
+
+    a = np.asarray(photo)
+    for lq, gt in ((encode_ppm_zst(a), encode_ppm_zst(a[::-1].copy())), (cases["jpeg 4:2:0"], cases["jpeg grey"]),
+                   (cases["png rgb"], cases["png palette"])):
+        want = decode.decode_pair(lq, gt, "k")
+        got = decode.decode_pair(lq, gt, "k", reuse=True)
+        again = decode.decode_pair(lq, gt, "k", reuse=True)
+        for w, g, g2 in zip(want, got, again):
+            np.testing.assert_array_equal(g2, w)
+            if lq[:2] != decode.PNG_MAGIC[:2]:  # zstd and JPEG decode into the same scratch buffer
+                assert g2 is g
