@@ -49,7 +49,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:  # Optional fast backends (the `fast` extra, docs/format.md "Decoding").
+# pyspng and zstandard are dependencies, simplejpeg and qoi the `fast` extra (setup.cfg); any of
+# them may be missing (a minimal install, an unsupported platform): Pillow then decodes.
+try:
     import pyspng
 except ImportError:  # pragma: no cover - depends on the environment
     pyspng = None
@@ -150,8 +152,9 @@ def _decode_pooled(data, name: str, get: Callable, backend: str, head: bytes) ->
 def _into(arr: np.ndarray, out: np.ndarray | None, name: str) -> np.ndarray:
     if out is None:
         return arr
-    if out.shape != arr.shape or out.dtype != np.uint8:
-        raise DecodeError(f"{name}: decoded to {arr.shape}, but the output array is {out.shape} {out.dtype}")
+    if out.shape != arr.shape or out.dtype != np.uint8 or not out.flags.writeable:
+        raise DecodeError(f"{name}: decoded to {arr.shape}, but the output array is {out.shape} {out.dtype}"
+                          f"{'' if out.flags.writeable else ' (read-only)'}")
     np.copyto(out, arr)
     return out
 
