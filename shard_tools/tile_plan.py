@@ -35,7 +35,7 @@ DEFAULT_SIZE = 512
 DEFAULT_PNG_LEVEL = 1
 #: Tile codec (``format.TILE_CODECS``), chosen by ``python bench/tiles.py`` on camera-like
 #: 2560x1600 frames (bench/README.md "Tile codec"): zstd-3 over raw pixels serves 3.6x the
-#: crops per CPU-second of PNG level 1 at 1.31x its bytes; QOI 2.8x at 1.34x.
+#: crops per CPU-second of PNG level 1 at 1.29x its bytes; QOI 2.5x at 1.34x.
 DEFAULT_CODEC = "zstd"
 
 
