@@ -18,10 +18,10 @@ import io
 import time
 
 import numpy as np
+from frames import _photos, degrade, mosaic
 from PIL import Image
 
 from foundir_data.decode import available, decode_image
-from frames import _photos, degrade, mosaic
 
 
 def cpu_ms(fn, repeat: int) -> float:
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, blobs in encoded(frames).items():
         outs = [decode_image(b, "x", backend="pillow") for b in blobs]
         same = all(np.array_equal(decode_image(b, "x"), o) for b, o in zip(blobs, outs))
-        pil = cpu_ms(lambda: [decode_image(b, "x", backend="pillow") for b in blobs], a.repeat) / len(blobs)
+        pil = cpu_ms(lambda blobs=blobs: [decode_image(b, "x", backend="pillow") for b in blobs], a.repeat) / len(blobs)
         bufs = [np.empty_like(o) for o in outs]
-        fast = cpu_ms(lambda: [decode_image(b, "x", out=o) for b, o in zip(blobs, bufs)], a.repeat) / len(blobs)
+        fast = cpu_ms(lambda blobs=blobs, bufs=bufs: [decode_image(b, "x", out=o) for b, o in zip(blobs, bufs)],
+                      a.repeat) / len(blobs)
         mb = sum(map(len, blobs)) / len(blobs) / 1e6
         print(f"  {name:<36}{mb:>7.2f}{pil:>11.1f}{fast:>12.1f}{pil / fast:>9.2f}x  {same}")
     return 0

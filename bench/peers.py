@@ -21,8 +21,8 @@ import importlib.util
 import io
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -94,7 +94,7 @@ def _streaming():
         pkg = types.ModuleType("streaming")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["streaming"] = pkg
-    import streaming.base as base
+    from streaming import base
 
     return base
 

@@ -35,16 +35,16 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-
 import peers
+from frames import build_frames
+
 from foundir_data import format as fmt
 from foundir_data.decode import available, decode_image
 from foundir_data.sample import LIST_FILE
-from frames import build_frames
 
 CROP = 256
 GPU_RATE = 1000  # crops/s one modern GPU trains on (issue 5)
@@ -137,15 +137,6 @@ def check_exact(root: Path, batches: list) -> int:
                     raise AssertionError(f"crop of {key} at {(y, x, op)} differs from the source window")
             n += 1
     return n
-
-
-def mean_pair_bytes(root: Path, layout: str) -> float:
-    """Mean LQ+GT member bytes of the index rows of ``layout``."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(root / fmt.INDEX_FILE, columns=["layout", "lq_size", "gt_size"]).to_pylist()
-    sizes = [r["lq_size"] + r["gt_size"] for r in t if r["layout"] == layout]
-    return sum(sizes) / len(sizes)
 
 
 def dir_bytes(path: Path, pattern: str) -> int:

@@ -44,7 +44,7 @@ import io
 import os
 import re
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -91,7 +91,7 @@ def available() -> dict[str, bool]:
             "qoi": qoi is not None, "zstandard": zstandard is not None}
 
 
-def decode_image(data: bytes | memoryview, name: str, out: "np.ndarray | Callable | None" = None, *,
+def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | Callable | None = None, *,
                  backend: str | None = None) -> np.ndarray:
     """Decode image bytes to a uint8 ``(H, W, 3)`` RGB array, by content.
 
