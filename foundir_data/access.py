@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 import weakref
@@ -23,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from foundir_data import format as fmt
+from foundir_data.decode import DecodeError, decode_image
 from foundir_data.store import ChecksumError, Store
 
 #: Read LQ and GT in one request when at most this many bytes lie between them (tar
@@ -110,14 +110,13 @@ def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
 
 
 def _decode(data: bytes, where: str):
-    from PIL import Image, UnidentifiedImageError
+    """An RGB PIL image through the one decoder (``decode.py``: every tile codec, fast paths)."""
+    from PIL import Image
 
     try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise fmt.FormatError(f"{where}: cannot decode image ({e})") from None
-    return im
+        return Image.fromarray(decode_image(data, where))
+    except DecodeError as e:
+        raise fmt.FormatError(str(e)) from None
 
 
 def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
@@ -128,7 +127,8 @@ def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
         location_or_store: A :class:`Store` or a location for :meth:`Store.open` (stores opened
             from a location are kept, so the index is read once).
         key: The sample key (``format.make_key``).
-        decode: Return PIL images (decoded by content); else the original bytes.
+        decode: Return RGB PIL images (decoded by content, ``decode.decode_image``); else the
+            original bytes.
         token: Hub token when ``location_or_store`` is an ``hf://`` location.
 
     Returns:

@@ -42,6 +42,10 @@ FORMAT_NAME = "foundir-shards"
 FORMAT_VERSION = 1
 #: Versions this reader understands.
 READABLE_VERSIONS = (1,)
+#: Bump when new folders may hold something an older reader of the same FORMAT_VERSION
+#: cannot decode but reports clearly (it never misreads it). Minor 1: tile codecs other
+#: than PNG (:data:`TILE_CODECS`).
+FORMAT_MINOR = 1
 
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index/pairs.parquet"
@@ -54,6 +58,12 @@ LQ_MEMBER = "lq.img"
 GT_MEMBER = "gt.img"
 JSON_MEMBER = "json"
 MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
+
+#: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
+#: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
+#: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``). Readers decode
+#: every one by content (``foundir_data.decode``).
+TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst"}
 
 LAYOUT_FULL = "full"
 LAYOUT_TILE = "tile"
@@ -224,11 +234,12 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    format_minor: int = FORMAT_MINOR
     name: str = "foundir"
     index: str = INDEX_FILE
     num_samples: int = 0
     num_rejected: int = 0
-    tile: dict[str, int] | None = None  # {"size": S, "stride": T} when a tile layout exists
+    tile: dict[str, Any] | None = None  # {"size": S, "stride": T, "codec": C} when a tile layout exists
     created_by: str = "foundir"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -250,6 +261,7 @@ class Manifest:
                 f"{where}: format_version {version!r} is not readable by this foundir "
                 f"(reads {READABLE_VERSIONS}); upgrade foundir or repack the dataset"
             )
+        data.setdefault("format_minor", 0)  # written before minor versions existed
         try:
             shards = [ShardInfo(**s) for s in data.pop("shards", [])]
             return cls(shards=shards, **data)

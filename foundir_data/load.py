@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.decode import pillow_readable
 from foundir_data.store import Store
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
@@ -94,9 +95,10 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
         raise fmt.FormatError(f"{where}: record lacks a known 'degradation'")
     out = {
         "key": record.get("key") or sample["__key__"],
-        # path None: datasets.Image decodes the bytes by content, whatever the format.
-        "lq": {"bytes": sample[fmt.LQ_MEMBER], "path": None},
-        "gt": {"bytes": sample[fmt.GT_MEMBER], "path": None},
+        # path None: datasets.Image decodes the bytes by content, whatever the format (zstd
+        # tiles are handed over as the PPM inside, which Pillow reads).
+        "lq": {"bytes": pillow_readable(sample[fmt.LQ_MEMBER]), "path": None},
+        "gt": {"bytes": pillow_readable(sample[fmt.GT_MEMBER]), "path": None},
         "degradation": record["degradation"],
     }
     for name in META_FIELDS:

@@ -306,7 +306,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         win = np.empty((n, 3), np.int64)
         keys = self._keys.take(pa.array(rows)).to_pylist()
         for i, row in enumerate(rows):
-            a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i])
+            a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i], reuse=True)
             # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
             rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
             _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from foundir_data.decode import DecodeError, decode_image
+
 #: File name endings treated as images when a folder is given (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -135,9 +137,13 @@ def load(path: str | os.PathLike) -> Decoded:
 
 def decode_rgb8(data: bytes, where: str = "image") -> np.ndarray:
     """Decode to ``HxWx3`` uint8 RGB the way pyiqa reads images (``Image.open(...).convert("RGB")``)
-    for 8-bit sources; other modes go through :func:`from_pil` and are rounded to 8 bit."""
-    d = decode(data, where)
-    return to_uint8(d.rgb)
+    for 8-bit sources, through the one decoder (``foundir_data.decode``, fast paths proven
+    identical to Pillow); its rules for other modes equal :func:`from_pil` rounded to 8 bit
+    (16-bit grey: ``round(v / 257)``; alpha dropped)."""
+    try:
+        return decode_image(data, where)
+    except DecodeError as e:
+        raise ImageError(str(e)) from None
 
 
 def to_uint8(rgb01: np.ndarray) -> np.ndarray:

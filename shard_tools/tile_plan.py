@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundir_data import format as fmt
+from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL
 
 TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
 TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
@@ -32,6 +33,10 @@ DEFAULT_SIZE = 512
 #: plus a 2M-iteration training run. Level 0 halves decode time but stores raw pixels (1.7-2.8x
 #: the bytes; ~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` where disks keep up.
 DEFAULT_PNG_LEVEL = 1
+#: Tile codec (``format.TILE_CODECS``), chosen by ``python bench/tiles.py`` on camera-like
+#: 2560x1600 frames (bench/README.md "Tile codec"): zstd-3 over raw pixels serves 3.6x the
+#: crops per CPU-second of PNG level 1 at 1.29x its bytes; QOI 2.5x at 1.34x.
+DEFAULT_CODEC = "zstd"
 
 
 class TileError(RuntimeError):
@@ -86,6 +91,8 @@ class TileConfig:
     shard_bytes: float = fmt.DEFAULT_SHARD_BYTES
     shard_count: int = fmt.DEFAULT_SHARD_COUNT
     progress: bool = True
+    codec: str = DEFAULT_CODEC
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
 
     @property
     def step(self) -> int:
@@ -152,6 +159,7 @@ def plan_json(shards: list[TileShard], table, cfg: TileConfig) -> str:
         h.update(s.path.encode() + b"\0" + "\0".join(keys[i] for i in s.rows).encode() + b"\0\0")
     return json.dumps({
         "size": cfg.size, "stride": cfg.step, "png_level": cfg.png_level, "split": cfg.split,
+        "codec": cfg.codec, "zstd_level": cfg.zstd_level,
         "fingerprint": h.hexdigest(),
         "shards": [{"path": s.path, "count": s.count, "sources": len(s.rows)} for s in shards],
     }, indent=1, sort_keys=True) + "\n"

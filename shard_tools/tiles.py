@@ -3,8 +3,9 @@
 The paper trains on 256x256 crops of ~2514x1516 frames (REFERENCE.md section 2); decoding a
 whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
-``size`` at ``stride`` and every tile is stored as a PNG: pixel-exact with the decoded source
-(PNG is lossless; the source's JPEG pixels are stored as decoded, never re-encoded lossily).
+``size`` at ``stride`` and every tile is stored with a lossless codec (``--codec``: PNG, QOI or
+zstd over raw pixels, ``shard_tools.tile_codec``): pixel-exact with the decoded source (the
+source's JPEG pixels are stored as decoded, never re-encoded lossily).
 
 The grid and the shard plan are ``shard_tools.tile_plan`` (re-exported here); this module builds
 the planned shards and merges them into the folder's index and manifest.
@@ -14,7 +15,7 @@ Output, next to the full frames (``format.LAYOUT_TILE``): tile shards
 ``format.tile_key(pair_key, y, x)``; one index part per tile shard under
 ``index/parts/tile/`` (the shard's *done* marker: rerunning resumes); then the folder's
 ``index/pairs.parquet`` gets the tile rows (layout ``tile``, ``source_key``, ``tile_*``) and
-``manifest.json`` the tile shards and ``tile = {"size", "stride"}``.
+``manifest.json`` the tile shards and ``tile = {"size", "stride", "codec"}``.
 
 The tile plan is a pure function of (index, arguments): the same input gives the same shards,
 byte for byte, with any ``--workers``.
@@ -24,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-import numpy as np
-
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
 from shard_tools.merge import MergeError
 from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
+    DEFAULT_CODEC,
     DEFAULT_PNG_LEVEL,
     DEFAULT_SIZE,
     TILE_PARTS_DIR,
@@ -50,20 +49,12 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     plan_tiles,
     windows,
 )
+from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_atomic, write_part
 
-__all__ = ["DEFAULT_PNG_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
+__all__ = ["DEFAULT_CODEC", "DEFAULT_PNG_LEVEL", "DEFAULT_ZSTD_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
            "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",
            "plan_json", "plan_tiles", "run", "windows", "with_tiles"]
-
-
-def encode_png(tile: np.ndarray, level: int = DEFAULT_PNG_LEVEL) -> bytes:
-    """Lossless PNG bytes of a uint8 HxWx3 array (deterministic for a given Pillow/zlib build)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- build one tile shard
@@ -78,6 +69,7 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     """
     base = Path(root)
     rows = []
+    tile_format = fmt.TILE_CODECS[cfg.codec]
     with TarShardWriter(base / shard.path) as w:
         for src in sources:
             with open(base / src["shard"], "rb") as f:
@@ -95,11 +87,11 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
                                 f"{pix['gt'].shape[1]}x{pix['gt'].shape[0]}")
             for y, x, th, tw in windows(h, wd, cfg.size, cfg.step):
                 key = fmt.tile_key(src["key"], y, x)
-                lq = encode_png(pix["lq"][y:y + th, x:x + tw], cfg.png_level)
-                gt = encode_png(pix["gt"][y:y + th, x:x + tw], cfg.png_level)
+                lq, gt = (encode(pix[side][y:y + th, x:x + tw], cfg.codec, cfg.png_level, cfg.zstd_level)
+                          for side in ("lq", "gt"))
                 row = {**src, "key": key, "layout": fmt.LAYOUT_TILE, "shard": shard.path, "sample_index": len(rows),
                        "lq_width": tw, "lq_height": th, "gt_width": tw, "gt_height": th,
-                       "lq_format": "png", "gt_format": "png",
+                       "lq_format": tile_format, "gt_format": tile_format,
                        "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
                        "source_key": src["key"], "tile_x": x, "tile_y": y, "tile_w": tw, "tile_h": th}
                 rows.append(add_sample(w, row, lq, gt))
@@ -126,7 +118,7 @@ def _is_done(root: Path, shard: TileShard) -> bool:
 def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *, workers: int = 1,
                split: str | None = "train", png_level: int = DEFAULT_PNG_LEVEL,
                shard_bytes: float = fmt.DEFAULT_SHARD_BYTES, shard_count: int = fmt.DEFAULT_SHARD_COUNT,
-               progress: bool = False) -> dict:
+               progress: bool = False, codec: str = DEFAULT_CODEC, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> dict:
     """Tile the full-frame shards of the packed folder ``root`` (local) and update its index
     and manifest.
 
@@ -136,9 +128,11 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         stride: Distance between tile starts (default ``size``: no overlap).
         workers: Processes building tile shards in parallel.
         split: Split to tile (``None``: all splits).
-        png_level: zlib level of the tile PNGs (lossless at every level).
+        png_level: zlib level of PNG tiles (lossless at every level).
         shard_bytes, shard_count: Tile shard roll-over (estimated bytes, tiles).
         progress: Show a progress bar.
+        codec: Tile codec, a key of ``format.TILE_CODECS`` (``png``, ``qoi``, ``zstd``).
+        zstd_level: zstd level of ``zstd`` tiles (1..22).
 
     Returns:
         A summary dict: ``shards``, ``tiles``, ``built`` (shards built by this call),
@@ -147,13 +141,20 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     Raises:
         TileError: bad arguments, an unpacked folder, or another tile layout in ``root``.
     """
-    cfg = TileConfig(root, size, stride, workers, split, png_level, shard_bytes, shard_count, progress)
+    cfg = TileConfig(root, size, stride, workers, split, png_level, shard_bytes, shard_count, progress,
+                     codec, zstd_level)
     if size < 1 or cfg.step < 1 or workers < 1 or shard_count < 1 or shard_bytes <= 0:
         raise TileError("--size, --stride, --workers, --shard-count and --shard-bytes must be positive")
     if cfg.step > size:
         raise TileError(f"--stride {cfg.step} > --size {size} would leave parts of frames untiled")
     if not 0 <= png_level <= 9:
         raise TileError(f"--png-level {png_level} must be in 0..9")
+    if not 1 <= zstd_level <= 22:
+        raise TileError(f"--zstd-level {zstd_level} must be in 1..22")
+    try:
+        check_codec(codec)
+    except CodecError as e:
+        raise TileError(str(e)) from None
     if split is not None and split not in fmt.SPLITS:
         raise TileError(f"--split {split!r}: expected one of {fmt.SPLITS} or 'all'")
     base = Path(root)
@@ -173,7 +174,7 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     plan = plan_json(shards, table, cfg)
     old = base / TILE_PLAN_FILE
     if old.exists() and old.read_text() != plan:
-        raise TileError(f"{root} already holds tiles of another plan (other size/stride/level/split or "
+        raise TileError(f"{root} already holds tiles of another plan (other size/stride/codec/level/split or "
                         f"source); delete {base / fmt.SHARDS_DIR / fmt.LAYOUT_TILE} and {base / TILE_PARTS_DIR} "
                         f"to re-tile")
     write_atomic(old, plan.encode())
@@ -253,10 +254,13 @@ def with_tiles(root: str | Path, index, manifest: fmt.Manifest):
         infos.append(info)
     index = pa.concat_tables(tables)
     manifest.shards = [s for s in manifest.shards if s.layout != fmt.LAYOUT_TILE] + infos
-    manifest.tile = {"size": plan["size"], "stride": plan["stride"]}
+    manifest.tile = {"size": plan["size"], "stride": plan["stride"], "codec": plan.get("codec", "png")}
+    manifest.format_minor = fmt.FORMAT_MINOR  # the tile codec is recorded (format.FORMAT_MINOR)
     # As merge and verify count it: every row of the index, whatever its layout.
     manifest.num_samples = index.num_rows
     manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
+    if plan.get("codec", "png") == "zstd":
+        manifest.extra["tile_zstd_level"] = plan["zstd_level"]
     return index, manifest
 
 
@@ -295,8 +299,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=None, help="distance between tiles (default: --size)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--split", choices=(*fmt.SPLITS, "all"), default="train", help="split to tile (default train)")
+    parser.add_argument("--codec", choices=sorted(fmt.TILE_CODECS), default=DEFAULT_CODEC,
+                        help=f"lossless tile codec (default {DEFAULT_CODEC}; chosen by measurement, see bench/README.md)")
     parser.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL,
-                        help=f"zlib level of the tile PNGs, lossless at any level (default {DEFAULT_PNG_LEVEL}, see bench/README.md)")
+                        help=f"zlib level of PNG tiles, lossless at any level (default {DEFAULT_PNG_LEVEL})")
+    parser.add_argument("--zstd-level", type=int, default=DEFAULT_ZSTD_LEVEL,
+                        help=f"zstd level of --codec zstd tiles (default {DEFAULT_ZSTD_LEVEL})")
     parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll tile shards over at about this size")
     parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many tiles")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -307,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
                        split=None if args.split == "all" else args.split, png_level=args.png_level,
-                       shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress)
+                       shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress,
+                       codec=args.codec, zstd_level=args.zstd_level)
     except (TileError, fmt.FormatError, MergeError, DecodeError) as e:
         print(f"shard_tools tile: error: {e}", file=sys.stderr)
         return 2

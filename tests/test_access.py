@@ -19,9 +19,9 @@ def test_every_pair_equals_its_source(packed, sample_source):
         assert raw["record"] == rec
     rec = store.index().slice(2, 1).to_pylist()[0]  # id 3: a .png name holding JPEG bytes
     pair = get_pair(str(packed), rec["key"])
-    assert pair["gt"].format == "JPEG" and rec["gt_source"].endswith(".png")
+    assert pair["record"]["gt_format"] == "jpeg" and rec["gt_source"].endswith(".png")
     for side in ("lq", "gt"):
-        src = np.asarray(Image.open(sample_source / rec[f"{side}_source"]))
+        src = np.asarray(Image.open(sample_source / rec[f"{side}_source"]).convert("RGB"))
         assert np.array_equal(np.asarray(pair[side]), src)
 
 

@@ -1,0 +1,78 @@
+"""Encoders of the lossless tile codecs (``shard_tools tile --codec``); readers decode them all
+through ``foundir_data.decode``.
+
+Codecs (``format.TILE_CODECS``), chosen by measurement (``bench/tiles.py``, bench/README.md
+"Tile codec"):
+
+* ``png``: zlib level ``--png-level`` (default 1). Every image tool reads it.
+* ``qoi``: the Quite OK Image format (``qoi`` package); Pillow >= 9.5 also reads it, slowly.
+* ``zstd``: a zstd frame (level ``--zstd-level``) of the binary PPM of the tile, i.e. raw
+  pixels with a 15-byte header; ``zstd -d`` turns it into a ``.ppm``.
+
+Every encoder is deterministic for a given library build, so a tile shard is reproducible
+byte for byte on the same software.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from foundir_data import format as fmt
+
+#: zstd level of ``--codec zstd`` (bench/README.md "Tile codec": level 3 is within a few % of
+#: the bytes of levels up to 9 and decodes at the same speed).
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class CodecError(RuntimeError):
+    """A tile codec that is unknown or whose package is not installed."""
+
+
+def encode_png(tile: np.ndarray, level: int = 1) -> bytes:
+    """Lossless PNG bytes of a uint8 HxWx3 array (deterministic for a given Pillow/zlib build)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def encode_qoi(tile: np.ndarray) -> bytes:
+    """QOI bytes of a uint8 HxWx3 array."""
+    try:
+        import qoi
+    except ImportError:
+        raise CodecError("--codec qoi needs the `qoi` package (pip install qoi)") from None
+    return bytes(qoi.encode(np.ascontiguousarray(tile)))
+
+
+def encode_ppm_zst(tile: np.ndarray, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
+    """A zstd frame (with its content size) of the binary PPM ``P6\\n<w> <h>\\n255\\n`` + pixels."""
+    try:
+        import zstandard
+    except ImportError:
+        raise CodecError("--codec zstd needs the `zstandard` package (pip install zstandard)") from None
+    h, w = tile.shape[:2]
+    head = f"P6\n{w} {h}\n255\n".encode()
+    c = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return c.compress(head + np.ascontiguousarray(tile).tobytes())
+
+
+def check_codec(codec: str) -> None:
+    """Raise :class:`CodecError` unless ``codec`` is known and its encoder's package is installed."""
+    if codec not in fmt.TILE_CODECS:
+        raise CodecError(f"--codec {codec!r}: expected one of {sorted(fmt.TILE_CODECS)}")
+    encode(np.zeros((1, 1, 3), np.uint8), codec)
+
+
+def encode(tile: np.ndarray, codec: str, png_level: int = 1, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
+    """Encode one tile with ``codec`` (a key of ``format.TILE_CODECS``)."""
+    if codec == "png":
+        return encode_png(tile, png_level)
+    if codec == "qoi":
+        return encode_qoi(tile)
+    if codec == "zstd":
+        return encode_ppm_zst(tile, zstd_level)
+    raise CodecError(f"--codec {codec!r}: expected one of {sorted(fmt.TILE_CODECS)}")
