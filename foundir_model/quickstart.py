@@ -247,6 +247,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         report.write(eval_dir)
         res.report, res.table = str(eval_dir / "report.json"), report.to_markdown()
         res.psnr, res.lq_psnr = report.average()["psnr"], lq.average()["psnr"]
+        res.page = str(eval_dir / "index.html")
         print(res.table)
         gain = res.psnr - res.lq_psnr
         print(f"      average PSNR: ours {res.psnr:.2f} dB vs the LQ input {res.lq_psnr:.2f} dB "
@@ -382,6 +383,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Next:\n"
           f"  shard_tools stats {res.packed}          counts per type/class/split\n"
           f"  shard_tools preview {res.packed} --out sheet.png\n"
+          f"  open {res.page}          the results page (per image: LQ | ours | GT, slider)\n"
           f"  foundir-eval {res.packed} --checkpoint {res.checkpoint} --out eval\n"
           f"  docs/: packing the release, streaming from the Hub/S3, schedules, training, format")
     return 0

@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -99,6 +100,7 @@ def compare_card(title: str, degradation: str, views: Sequence[tuple[str, str, s
         anchor: The card's id (per-image table rows link to it).
     """
     tip = "\n".join(f"{k}: {v}" for k, v in (meta or {}).items())
+    views = [(label, quote(src), cap) for label, src, cap in views]  # '#', '?', spaces in file names
     figs = "".join(f'<figure><img src="{esc(src)}" alt="{esc(label)}" loading="lazy">'
                    f"<figcaption>{esc(label)}{(' ' + esc(cap)) if cap else ''}</figcaption></figure>"
                    for label, src, cap in views)

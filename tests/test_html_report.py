@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def check_images(pg, folder: Path) -> int:
     assert srcs
     for src in srcs:
         assert not src.startswith(("/", "http:", "https:")), src  # relative: the folder is self-contained
-        assert (folder / src).is_file(), src
+        assert (folder / unquote(src)).is_file(), src
     pg.eval_on_selector_all("img", "els => els.forEach(e => { e.loading = 'eager'; })")
     pg.wait_for_function("[...document.images].every(i => i.complete)")
     broken = pg.eval_on_selector_all("img", "els => els.filter(e => !(e.naturalWidth > 0)).map(e => e.src)")

@@ -61,6 +61,8 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     lq_row = report["baselines"]["LQ input"]
     assert lq_row["count"] == 20 * small.test_per_type and lq_row["psnr"] == res["lq_psnr"]
     assert res["psnr"] == report["average"]["psnr"]
+    page = Path(res["page"]).read_text()
+    assert "LQ input" in page and "quickstart (tiny) PSNR" in page
 
     # preview: one LQ | ours | GT row per type (each tile captioned with its PSNR).
     with Image.open(res["preview"]) as im:
