@@ -360,8 +360,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-specialists", dest="specialists", action="store_false", help="generalist only")
     parser.add_argument("--method", default=d.method, help="name of our row in the report")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--page-size", type=int, default=d.page_size,
-                        help=f"long side of the images of OUT/index.html (default {d.page_size}; 0: no page)")
+    parser.add_argument("--page-size", type=int, default=d.page_size, help="image side on OUT/index.html (0: no page)")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)
