@@ -103,6 +103,12 @@ class Location:
         return f"{self.root}/{rel}"
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from the environment (MinIO, moto, R2, ...), as the AWS tools read it:
+    ``AWS_ENDPOINT_URL_S3`` first, then ``AWS_ENDPOINT_URL``; ``None`` for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def resolve(location: str | os.PathLike, *, token: str | None = None,
             storage_options: dict | None = None) -> Location:
     """Parse ``location`` (see the module docstring).
@@ -138,7 +144,7 @@ def resolve(location: str | os.PathLike, *, token: str | None = None,
         return Location(root, "file", "file", {}, root, {})
     protocol = location.split("://", 1)[0]
     if protocol in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint()
         client_kwargs = dict(opts.get("client_kwargs") or {})
         if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
             client_kwargs["endpoint_url"] = endpoint

@@ -66,13 +66,16 @@ class EpochPlan:
         epoch: Epoch number mixed into every draw (``set_epoch`` in the stream).
         steps: The schedule's step parameter (``n`` for incremental, the run length for
             mix/combine, steps per task for sequence); None for one pass.
+        run_steps: Global steps of the run: the curriculum's last phase continues to this
+            step (``Curriculum.run_for``), so the plan never restarts at its first phase;
+            None: the curriculum's own length.
         shuffle_block: Shards per shuffle block; 0 shuffles each stream uniformly.
         chunk_slots: See ``counts.BatchCounts`` (tests only).
     """
 
     def __init__(self, degradation_id: np.ndarray, shard: np.ndarray, within: np.ndarray | None,
                  schedule: "str | Curriculum | Mapping", batch_size: int, *, seed: int = 0,
-                 epoch: int = 0, steps: int | None = None,
+                 epoch: int = 0, steps: int | None = None, run_steps: int | None = None,
                  shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, chunk_slots: int = CHUNK_SLOTS) -> None:
         deg = np.asarray(degradation_id, np.int64)
         if len(deg) and (deg.min() < 0 or deg.max() >= len(taxonomy.TYPES)):
@@ -86,7 +89,7 @@ class EpochPlan:
         self.type_ids = np.flatnonzero(sizes)  # taxonomy indices of the present types
         self.types = [taxonomy.TYPES[i].name for i in self.type_ids]
         counts = {taxonomy.TYPES[i].name: int(sizes[i]) for i in self.type_ids}
-        self.curriculum = resolve(schedule, counts, self.batch_size, steps)
+        self.curriculum = resolve(schedule, counts, self.batch_size, steps, run_steps)
         self.counts = BatchCounts(self.curriculum, self.types, self.batch_size, self.seed, self.epoch, chunk_slots)
         # Rows of each type sorted by (shard, position): the unshuffled stream.
         shard = np.asarray(shard, np.int64)

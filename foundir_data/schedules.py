@@ -23,6 +23,7 @@ Named variants are builders in :data:`SCHEDULES` (paper section 4.2 and Table 3(
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -117,6 +118,29 @@ class Curriculum:
             phases.append(Phase(p.name, int(p.steps), w, p.mode, groups))
         return Curriculum(phases, self.name).validate()
 
+    def run_for(self, steps: int | None) -> "Curriculum":
+        """The curriculum a run of ``steps`` global steps follows.
+
+        When the run is longer than the curriculum, its last phase (the last one with a task
+        pool) continues to the run's end: stage 2 of ``incremental`` never falls back to stage
+        1, ``sequence`` stays on its last task. A run shorter than the curriculum stops inside
+        it and the curriculum is returned unchanged, as it is for ``steps=None``. Lengthening
+        only the last phase keeps every earlier phase's draws, so the batches before the last
+        phase do not depend on the run's length (``docs/sampler.md``).
+
+        Args:
+            steps: Global steps of the run (``--steps`` times gradient accumulation), or None.
+        """
+        if steps is None or int(steps) <= self.total_steps:
+            return self
+        live = [i for i, p in enumerate(self.phases) if any(w > 0 for w in p.weights.values())]
+        if not live:
+            raise ValueError(f"curriculum {self.name!r}: no phase has a task pool to continue")
+        phases = list(self.phases)
+        last = phases[live[-1]]
+        phases[live[-1]] = dataclasses.replace(last, steps=int(last.steps) + int(steps) - self.total_steps)
+        return Curriculum(phases, self.name).validate()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, the inverse of :meth:`from_dict` (saved in checkpoints/logs)."""
         return {"name": self.name, "phases": [
@@ -178,8 +202,8 @@ def incremental(counts: Mapping[str, int], batch_size: int, steps: int | None = 
     another (sub-phase k samples the first k types, in proportion to their sizes). Phase 2
     lasts ``stage2_factor * n`` steps in which every batch combines a mini-batch of the first
     class and one of the second (``groups``), each in proportion to type sizes.
-    ``n`` defaults to one pass over the first class. (REFERENCE.md section 2 reports 500k +
-    1.5M iterations in the release; the paper's text says n and 2n: use ``stage2_factor``.)
+    ``n`` defaults to one pass over the first class. The paper's text says n and 2n; the
+    release's own two stages are :func:`release` (``docs/training.md``, "Recipes").
     """
     pool = [t for t in first if counts.get(t, 0) > 0]
     other = [t for t in second if counts.get(t, 0) > 0]
@@ -205,6 +229,24 @@ def incremental(counts: Mapping[str, int], batch_size: int, steps: int | None = 
 def incremental_reversed(counts: Mapping[str, int], batch_size: int, steps: int | None = None) -> Curriculum:
     """Table 3(a)'s D_c -> D_i: coupled types first, then combined batches."""
     return incremental(counts, batch_size, steps, taxonomy.COUPLED, taxonomy.ISOLATED, "incremental-reversed")
+
+
+def release(counts: Mapping[str, int], batch_size: int, steps: int | None = None,
+            stage2_factor: int = 3) -> Curriculum:
+    """The release's two training stages (its ``train.sh``; ``docs/training.md``, "Recipes").
+
+    Stage 1 lasts ``n`` steps, uniform over the isolated pairs (the release's isolated pair
+    list, shuffled); stage 2 lasts ``stage2_factor * n`` steps, uniform over all pairs (the
+    full list). The release runs n = 500k, then continues to 2M: 1.5M more steps.
+    ``n`` defaults to one pass over the isolated pairs.
+    """
+    iso = [t for t in taxonomy.ISOLATED if counts.get(t, 0) > 0]
+    if not iso:
+        raise ValueError(f"schedule 'release': none of {list(taxonomy.ISOLATED)} is in the data")
+    n = int(steps) if steps is not None else _ceil(sum(counts[t] for t in iso), batch_size)
+    return Curriculum([Phase("release-1-isolated", n, _prop(counts, iso), "shuffle"),
+                       Phase("release-2-all", stage2_factor * n, _prop(counts, taxonomy.NAMES), "shuffle")],
+                      "release").validate()
 
 
 def mix(counts: Mapping[str, int], batch_size: int, steps: int | None = None) -> Curriculum:
@@ -236,13 +278,23 @@ SCHEDULES: dict[str, Builder] = {
     "mix": mix,
     "combine": combine,
     "sequence": sequence,
+    "release": release,
 }
 
 
 def resolve(schedule: "str | Curriculum | Mapping[str, Any]", counts: Mapping[str, int], batch_size: int,
-            steps: int | None = None) -> Curriculum:
+            steps: int | None = None, run_steps: int | None = None) -> Curriculum:
     """A named schedule, a dict/YAML path, or a Curriculum -> a Curriculum restricted to the
-    types present in ``counts`` (types with zero rows are dropped)."""
+    types present in ``counts`` (types with zero rows are dropped).
+
+    Args:
+        schedule: See above.
+        counts: Rows per type name.
+        batch_size: Global batch size.
+        steps: The schedule's step parameter (``n``; see :data:`SCHEDULES`).
+        run_steps: Global steps of the run: the last phase continues to this step
+            (:meth:`Curriculum.run_for`); None keeps the curriculum's own length.
+    """
     present = [t for t in taxonomy.NAMES if counts.get(t, 0) > 0]
     if not present:
         raise ValueError("no samples to schedule: the selection holds no rows")
@@ -257,7 +309,7 @@ def resolve(schedule: "str | Curriculum | Mapping[str, Any]", counts: Mapping[st
     else:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}, "
                          f"a Curriculum, a dict or a .yaml file")
-    return cur.validate().restrict(present)
+    return cur.validate().restrict(present).run_for(run_steps)
 
 
 def nested_subset(keys_or_n: "int | Sequence[str] | Any", fraction: float, seed: int = 0,

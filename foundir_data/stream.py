@@ -76,6 +76,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         schedule: A name from ``schedules.SCHEDULES``, a Curriculum, a dict or a YAML path.
         steps_per_phase: The schedule's step parameter (``n`` of incremental; run length of
             mix/combine; steps per task of sequence). None: one pass over the data.
+        run_steps: Global steps of the run (training steps times gradient accumulation):
+            the curriculum's last phase continues to this step, so a run never falls back
+            to its first phase (``Curriculum.run_for``). None: the curriculum's own length.
         batch_size: Global batch size in crops (every rank gets ``batch_size / world_size``).
         crop: Crop side in pixels (REFERENCE.md section 2: 256).
         crops_per_pair: Crops cut from each decoded pair (must divide the per-rank batch).
@@ -102,7 +105,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
     def __init__(self, location_or_store: Any, *, split: str = "train", config: Any = "all",
                  layout: str = fmt.LAYOUT_FULL, schedule: "str | Curriculum | Mapping" = "incremental",
-                 steps_per_phase: int | None = None, batch_size: int = 80, crop: int = 256,
+                 steps_per_phase: int | None = None, run_steps: int | None = None, batch_size: int = 80, crop: int = 256,
                  crops_per_pair: int = 1, augment: str = "hflip", seed: int = 0, epoch: int = 0,
                  dtype: str = "uint8", subset_fraction: float = 1.0, subset_seed: int = 0,
                  rank: int | None = None, world_size: int | None = None,
@@ -137,6 +140,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self.split, self.layout, self.config = split, layout, config
         self.seed, self.epoch = int(seed), int(epoch)
         self.schedule, self.steps_per_phase, self.shuffle_block = schedule, steps_per_phase, shuffle_block
+        self.run_steps = run_steps
         self.subset_fraction, self.subset_seed = subset_fraction, subset_seed
         if nodes is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
@@ -187,7 +191,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
     def _build_plan(self) -> None:
         self.plan = EpochPlan(self._deg, self._shard, self._within, self.schedule,
                               self.batch_size // self.crops_per_pair, seed=self.seed, epoch=self.epoch,
-                              steps=self.steps_per_phase, shuffle_block=self.shuffle_block)
+                              steps=self.steps_per_phase, run_steps=self.run_steps,
+                              shuffle_block=self.shuffle_block)
 
     @property
     def curriculum(self) -> Curriculum:
@@ -210,6 +215,13 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self.epoch, self._start = int(epoch), 0
         self._build_plan()
 
+    def set_run_steps(self, run_steps: int | None) -> None:
+        """Continue the curriculum's last phase to global step ``run_steps`` (see ``run_steps``
+        above); the training loop calls this with its own length before the first batch."""
+        if run_steps != self.run_steps:
+            self.run_steps = run_steps
+            self._build_plan()
+
     def state_dict(self, step: int | None = None) -> dict[str, Any]:
         """Resume state. ``step``: the next step to serve (``batch["step"] + 1``); default:
         the step after the last batch this object yielded in-process."""
@@ -224,8 +236,12 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                 raise ValueError(f"cannot resume: state has {k}={state[k]!r} but this stream has "
                                  f"{getattr(self, k)!r}; open the stream with the same settings")
         if "schedule" in state and state["schedule"] != self.curriculum.to_dict():
+            def desc(d: Mapping[str, Any]) -> str:
+                return f"{d.get('name')!r} " + ", ".join(f"{p.get('name')}: {p.get('steps')}" for p in d.get("phases", []))
+
             raise ValueError("cannot resume: the state's curriculum differs from this stream's "
-                             f"({state['schedule'].get('name')!r} vs {self.curriculum.name!r})")
+                             f"({desc(state['schedule'])} vs {desc(self.curriculum.to_dict())}); the run's "
+                             "steps, steps per phase and gradient accumulation fix the plan: resume with the same")
         if int(state.get("epoch", self.epoch)) != self.epoch:
             self.epoch = int(state["epoch"])
             self._build_plan()

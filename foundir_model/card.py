@@ -35,6 +35,8 @@ SCHEDULE_TEXT = {
     "mix": "Mix-Train (Table 3(a)): uniform sampling over all pairs",
     "combine": "Combine-Train (Table 3(a), DiffUIR): every batch holds an equal share of every type",
     "sequence": "Sequence-Train (Table 3(a)): one degradation type after another",
+    "release": "the release's two stages (its train.sh): n steps uniform over the isolated pairs, then "
+               "3n steps uniform over all pairs",
 }
 LICENSE_TEXT = ("The code and these weights are released under Apache-2.0 by the foundir project. "
                 "The training images keep the terms of their source; the FoundIR release is "
@@ -183,9 +185,11 @@ def render_model_card(checkpoint: str | os.PathLike | Mapping[str, Any], *,
                             if phases else "The checkpoint holds no stream state (batches were passed in)."),
         "steps_per_phase": train.steps_per_phase if train.steps_per_phase is not None else "one pass over the data",
         "steps": train.steps, "batch_size": train.batch_size, "crop": train.crop, "grad_accum": train.grad_accum,
-        "lr": train.lr, "lr_halve_step": int(train.lr_halve_step * train.step_scale),
+        "lr": train.lr, "lr_schedule": "constant" if train.lr_halve_step is None else
+        f"halved at step {int(train.lr_halve_step * train.step_scale)}",
         "adam_beta1": train.adam_beta1, "adam_beta2": train.adam_beta2, "grad_clip": train.grad_clip,
-        "ema_decay": train.ema_decay, "seed": train.seed,
+        "ema_decay": f"{train.ema_decay} (every {train.ema_update_every} steps, copied up to step "
+                     f"{train.ema_update_after_step})", "seed": train.seed,
         "eval_text": eval_text, "license_text": LICENSE_TEXT,
     }
     return string.Template(_template()).substitute(fields)

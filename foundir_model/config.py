@@ -85,8 +85,10 @@ RELEASE_DIFFUSION = DiffusionConfig(delta_end=1.4e-3)
 class TrainConfig:
     """One training run of the generalist; CLI flags of ``foundir-train`` map onto fields.
 
-    Defaults follow the paper (section 5.1) and the release (REFERENCE.md section 2)
-    except where noted: the paper's batch is 80 across 32 GPUs.
+    Defaults follow the paper (section 5.1) and the release except where noted: the batch
+    (8 here, 80 x gradient accumulation 2 in the release) and autocast on GPU (the release
+    trains in fp32). :data:`TRAIN_RECIPES` holds the release's and the paper's settings
+    (``foundir-train --recipe release|paper``; ``docs/training.md``, "Recipes").
     """
 
     data: str = ""  # packed dataset location (folder, s3://, https://, hf://)
@@ -103,13 +105,17 @@ class TrainConfig:
     batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)
     crop: int = 256
     lr: float = 1e-4
-    lr_halve_step: int = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations
+    lr_halve_step: int | None = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations; None: never
     step_scale: float = 1.0  # scales lr_halve_step (and the stream's phase lengths) for short runs
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    grad_accum: int = 1
+    ema_decay: float = 0.995  # ema-pytorch's beta (foundir_model/ema.py)
+    ema_update_every: int = 10  # the release's ema-pytorch schedule: update every 10 steps,
+    ema_update_after_step: int = 100  # copying the weights up to step 100, then averaging
+    ema_power: float = 2 / 3  # ema-pytorch's warm-up of the decay (library defaults)
+    ema_inv_gamma: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimiser step (the curriculum counts optimiser steps)
     amp: str = "auto"  # auto | bf16 | fp16 | none (autocast only on GPU)
     seed: int = 0
     ckpt_every: int = 5000
@@ -117,7 +123,7 @@ class TrainConfig:
     val_pairs: int = 2  # held-out pairs per degradation for validation PSNR
     val_split: str = "test"  # split the held-out pairs come from
     val_steps: int = 4  # sampler steps during validation
-    log_every: int = 50
+    log_every: int = 50  # progress line after the first step, then every log_every steps
     out_dir: str = "runs/foundir"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers for the stream
@@ -128,6 +134,40 @@ class TrainConfig:
     def diffusion(self) -> DiffusionConfig:
         """The diffusion config this run trains with."""
         return DiffusionConfig(gamma_T=self.gamma_T, delta_end=self.delta_end)
+
+
+#: Named training recipes: ``foundir-train --recipe NAME``; explicit flags override fields.
+#: ``release``: the release's ``train.py`` + ``train.sh`` (two stages of 500k and 1.5M steps,
+#: stage 2 uniform over all pairs; batch 80 x accumulation 2; fp32; its Adam, clip and EMA;
+#: its Trainer never changes the learning rate). ``paper``: section 4.2's Algorithm 1 (n
+#: steps growing the isolated pool, then 2n of half isolated / half coupled batches, 3n = 2M)
+#: with section 5.1's batch 80 and learning-rate halving after 1M iterations.
+TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "release": dict(schedule="release", steps_per_phase=500_000, steps=2_000_000, preset="default",
+                    batch_size=80, grad_accum=2, crop=256, lr=1e-4, lr_halve_step=None,
+                    adam_beta1=0.9, adam_beta2=0.99, grad_clip=1.0, amp="none", ema_decay=0.995,
+                    ema_update_every=10, ema_update_after_step=100, delta_end=1.4e-3, ckpt_every=10_000),
+    "paper": dict(schedule="incremental", steps_per_phase=666_666, steps=2_000_000, preset="default",
+                  batch_size=80, grad_accum=1, crop=256, lr=1e-4, lr_halve_step=1_000_000,
+                  adam_beta1=0.9, adam_beta2=0.99, grad_clip=1.0, amp="none", ema_decay=0.995,
+                  ema_update_every=10, ema_update_after_step=100, gamma_T=0.3, delta_end=None),
+}
+
+
+def train_recipe(name: str | None, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of recipe ``name`` (None: the plain defaults) with
+    ``overrides`` (explicit settings win over the recipe's).
+
+    Raises:
+        ValueError: naming the valid recipes, or an unknown field.
+    """
+    if name is not None and name not in TRAIN_RECIPES:
+        raise ValueError(f"unknown training recipe {name!r}; choose one of: {', '.join(TRAIN_RECIPES)}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}")
+    return TrainConfig(**{**(TRAIN_RECIPES[name] if name else {}), **overrides})
 
 
 @dataclass
@@ -195,5 +235,5 @@ def diff_fields(a: Any, b: Any) -> list[str]:
 
 __all__ = [
     "UNetConfig", "UNET_PRESETS", "DiffusionConfig", "RELEASE_DIFFUSION", "TrainConfig",
-    "SpecialistConfig", "unet_preset", "to_dict", "from_dict", "diff_fields",
+    "SpecialistConfig", "TRAIN_RECIPES", "train_recipe", "unet_preset", "to_dict", "from_dict", "diff_fields",
 ]

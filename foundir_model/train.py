@@ -1,7 +1,8 @@
 """Training loop of the generalist, and the ``foundir-train`` CLI.
 
-Paper section 5.1 / REFERENCE.md section 2: Adam (betas 0.9, 0.99) at 1e-4, halved to 5e-5
-after 1M iterations, grad clip 1.0, EMA 0.995, L1 residual loss, 256x256 crops. Batches come
+Paper section 5.1 and the release: Adam (betas 0.9, 0.99) at 1e-4 (the paper halves it after
+1M iterations), grad clip 1.0, an EMA on ema-pytorch's schedule (``ema.py``), L1 residual loss,
+256x256 crops; ``--recipe release|paper`` sets all of it (``config.TRAIN_RECIPES``). Batches come
 from :class:`foundir_data.stream.FoundIRStream` (any sampler schedule) or from any iterable of
 batch dicts ``{"lq": uint8[B,3,H,W], "gt": ..., "degradation": LongTensor[B], "step": int}``.
 
@@ -20,8 +21,7 @@ import json
 import os
 import sys
 import time
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -31,6 +31,8 @@ import torch.distributed as dist
 from foundir_model import checkpoint as ckpt
 from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
+from foundir_model.ema import EMASchedule, ema_update
+from foundir_model.train_flags import config_from_args, configure  # noqa: F401 (the CLI's flags)
 from foundir_model.unet import UNet
 from foundir_model.validation import ValPair, load_val_pairs, validate
 
@@ -73,8 +75,24 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate for optimiser step ``step`` (0-based): halved from the paper's 1M
-    iterations on, scaled by ``step_scale``."""
+    iterations on, scaled by ``step_scale``; constant when ``lr_halve_step`` is None (the
+    release's Trainer)."""
+    if cfg.lr_halve_step is None:
+        return cfg.lr
     return cfg.lr * (0.5 if step >= int(cfg.lr_halve_step * cfg.step_scale) else 1.0)
+
+
+def ema_schedule(cfg: TrainConfig) -> EMASchedule:
+    """The EMA update schedule of ``cfg``."""
+    return EMASchedule(cfg.ema_decay, cfg.ema_update_every, cfg.ema_update_after_step,
+                       cfg.ema_inv_gamma, cfg.ema_power)
+
+
+def stream_steps(cfg: TrainConfig) -> tuple[int | None, int]:
+    """``(steps_per_phase, run_steps)`` of the stream, in batches: the curriculum's ``n`` and
+    the run's length count optimiser steps, and each takes ``grad_accum`` batches."""
+    n = None if cfg.steps_per_phase is None else cfg.steps_per_phase * cfg.grad_accum
+    return n, cfg.steps * cfg.grad_accum
 
 
 def type_selector(config: str | list[str]) -> list[str]:
@@ -89,19 +107,27 @@ def make_stream(cfg: TrainConfig, rank: int, world: int):
 
     if not cfg.data:
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
+    n, run = stream_steps(cfg)
     return FoundIRStream(cfg.data, split=cfg.split, config=type_selector(cfg.config), layout=cfg.layout,
-                         schedule=cfg.schedule, steps_per_phase=cfg.steps_per_phase,
+                         schedule=cfg.schedule, steps_per_phase=n, run_steps=run,
                          batch_size=cfg.batch_size, crop=cfg.crop, crops_per_pair=cfg.crops_per_pair,
                          seed=cfg.seed, subset_fraction=cfg.subset_fraction, subset_seed=cfg.subset_seed,
                          rank=rank, world_size=world)
 
 
 class _Batches:
-    """Endless iterator over a stream's batches: next epoch when one ends; tracks the next
-    step so the checkpoint can resume the stream exactly (also with DataLoader workers)."""
+    """Iterator over a stream's batches; tracks the next step so the checkpoint can resume
+    the stream exactly (also with DataLoader workers).
 
-    def __init__(self, data: Iterable[dict[str, Any]], num_workers: int):
+    A stream with ``set_run_steps`` (``FoundIRStream``) is told the run's length, so its
+    curriculum's last phase lasts to the end of the run (never a restart at stage 1); other
+    iterables with ``set_epoch`` start their next epoch when one ends.
+    """
+
+    def __init__(self, data: Iterable[dict[str, Any]], num_workers: int, run_steps: int | None = None):
         self.data = data
+        if run_steps is not None and hasattr(data, "set_run_steps"):
+            data.set_run_steps(run_steps)
         self.num_workers = num_workers
         self.next_step: int | None = None
         self._it: Iterator[dict[str, Any]] | None = None
@@ -142,20 +168,27 @@ class _Batches:
             self.data.load_state_dict(state)
 
 
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * net`` over parameters; buffers copied."""
-    for e, p in zip(ema.parameters(), net.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), net.buffers()):
-        e.copy_(b)
-
-
 def _step_generator(cfg: TrainConfig, step: int, rank: int, micro: int, device: torch.device) -> torch.Generator:
     # Times and noise depend on (seed, step, rank, micro-batch) only: exact resume.
     g = torch.Generator(device=device)
     g.manual_seed(((cfg.seed * 1_000_003 + step) * 4099 + rank) * 131 + micro)
     return g
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _phase(data: Any, next_step: int | None) -> str:
+    """`` phase NAME`` of the curriculum phase the last batch came from ('' if unknown)."""
+    plan = getattr(data, "plan", None)
+    if plan is None or not next_step:
+        return ""
+    try:
+        return f" phase {plan.counts.phase_of(next_step - 1).name}"
+    except IndexError:
+        return ""
 
 
 def _log(out: Path, rec: dict[str, Any]) -> None:
@@ -195,8 +228,10 @@ def train(cfg: TrainConfig, data: Iterable[dict[str, Any]] | None = None,
 
 def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: torch.device) -> TrainResult:
     out = Path(cfg.out_dir)
-    if cfg.grad_accum < 1 or cfg.steps < 0:
-        raise ValueError(f"grad_accum must be >= 1 and steps >= 0 (got {cfg.grad_accum}, {cfg.steps})")
+    if cfg.grad_accum < 1 or cfg.steps < 0 or cfg.log_every < 1:
+        raise ValueError(f"grad_accum and log_every must be >= 1 and steps >= 0 "
+                         f"(got {cfg.grad_accum}, {cfg.log_every}, {cfg.steps})")
+    ema_sched = ema_schedule(cfg)
     unet_cfg, diff_cfg = unet_preset(cfg.preset), cfg.diffusion()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = ResidualDiffusion(UNet(unet_cfg), diff_cfg).to(device)
@@ -204,7 +239,8 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    batches = _Batches(data if data is not None else make_stream(cfg, rank, world), cfg.num_workers)
+    batches = _Batches(data if data is not None else make_stream(cfg, rank, world), cfg.num_workers,
+                       run_steps=stream_steps(cfg)[1])
     step = 0
     if cfg.resume and (out / LAST).is_file():
         state = ckpt.load(out / LAST, map_location=device)
@@ -234,6 +270,7 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
             dist.barrier()
 
     t_window, data_time, pairs = time.perf_counter(), 0.0, 0
+    t_start, first_step = t_window, step
     model.train()
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -258,7 +295,7 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-        ema_update(ema, model.net, cfg.ema_decay)
+        ema_update(ema, model.net, ema_sched.action(step))  # update number `step`, as ema-pytorch counts
         step += 1
         if world > 1:
             dist.all_reduce(total)
@@ -267,11 +304,12 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
         result.losses.append((step, lv))
         if rank == 0:
             _log(out, {"step": step, "loss": lv, "lr": lr_at(cfg, step - 1)})
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-            dt = time.perf_counter() - t_window
+        if rank == 0 and (step == first_step + 1 or step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            dt, eta = now - t_window, (now - t_start) / (step - first_step) * (cfg.steps - step)
             print(f"step {step}/{cfg.steps} loss {lv:.4f} lr {lr_at(cfg, step - 1):.1e} "
-                  f"{pairs * world / dt:.1f} patch pairs/s (loader {100 * data_time / dt:.0f}% of step time)",
-                  flush=True)
+                  f"{pairs * world / dt:.1f} patch pairs/s (loader {100 * data_time / dt:.0f}% of step time) "
+                  f"ETA {_hms(eta)}{_phase(batches.data, batches.next_step)}", flush=True)
             t_window, data_time, pairs = time.perf_counter(), 0.0, 0
         if cfg.val_every > 0 and val_pairs and (step % cfg.val_every == 0 or step == cfg.steps) and rank == 0:
             result.val = validate(ResidualDiffusion(ema, diff_cfg), val_pairs, device, cfg.val_steps)
@@ -287,37 +325,6 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
 
 
 # ---------------------------------------------------------------- CLI
-def _field_type(tp: Any) -> tuple[Any, bool]:
-    """argparse type of a TrainConfig field, and whether it is optional (None allowed)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if args and len(args) < len(typing.get_args(tp)):
-        return args[0], True
-    return tp, False
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`TrainConfig` field (underscores become dashes)."""
-    hints = typing.get_type_hints(TrainConfig)
-    d = TrainConfig()
-    for f in fields(TrainConfig):
-        tp, optional = _field_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            conv = tp if not optional else (lambda s, tp=tp: None if s.lower() == "none" else tp(s))
-            parser.add_argument(flag, type=conv, default=default, help=f"(default: {default})")
-    parser.add_argument("--specialist", default=None, metavar="NAME",
-                        help="train the named specialist (see specialists.EXPERTS) on top of --generalist")
-    parser.add_argument("--generalist", default=None, help="generalist checkpoint for --specialist")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed CLI flags."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the CLI; returns the exit status."""
     cfg = config_from_args(args)

@@ -17,7 +17,7 @@ import sys
 
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
-from shard_tools.push import (
+from shard_tools.push_items import (
     Item, PushConfig, PushError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
 )
@@ -94,7 +94,7 @@ def hub_commits(items: list[Item], batch_files: int, delete_manifest: bool,
 def push_to_hub(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
     """Push the files of a packed folder to ``hf://datasets/<org>/<name>[@rev][/subdir]``.
 
-    ``items`` comes from :func:`shard_tools.push.load_local` (manifest last).
+    ``items`` comes from :func:`shard_tools.push_items.load_local` (manifest last).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 

@@ -73,24 +73,31 @@ class _Crash:
     def set_epoch(self, e):
         self.stream.set_epoch(e)
 
+    def set_run_steps(self, n):
+        self.stream.set_run_steps(n)
+
     @property
     def epoch(self):
         return self.stream.epoch
 
 
 def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
-    # 14 pairs of isolated types, batch 4 -> 4 steps per epoch: the run crosses epochs too.
+    # 14 pairs of isolated types, batch 4 -> one pass is 4 steps: the mix phase continues past it.
     steps = 9
-    full = train(_cfg(packed_train, tmp_path / "a", steps=steps, ckpt_every=4))
+    # EMA averaging from update 4 on (every 2, copies up to 1 and at 2): the resumed run's first
+    # update (k = 4) averages into the EMA read from the checkpoint.
+    ema = dict(ema_update_every=2, ema_update_after_step=1)
+    full = train(_cfg(packed_train, tmp_path / "a", steps=steps, ckpt_every=4, **ema))
     ref = dict(full.losses)
     assert len(ref) == steps
 
-    cfg = _cfg(packed_train, tmp_path / "b", steps=steps, ckpt_every=4)
+    cfg = _cfg(packed_train, tmp_path / "b", steps=steps, ckpt_every=4, **ema)
     stream = FoundIRStream(cfg.data, config=cfg.config, schedule=cfg.schedule, batch_size=4, crop=32, seed=cfg.seed)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, data=_Crash(stream, 6))  # dies inside step 7, after the checkpoint at step 4
     state = ckpt.load(tmp_path / "b" / LAST)
-    assert state["step"] == 4 and (state["data"]["epoch"], state["data"]["step"]) == (0, 4)  # end of epoch 0
+    assert state["step"] == 4 and (state["data"]["epoch"], state["data"]["step"]) == (0, 4)  # end of one pass
+    assert state["data"]["schedule"]["phases"][0]["steps"] == steps  # one phase lasting the whole run
     # Fresh state, the default stream read through 2 DataLoader workers, resumed from last.pt.
     resumed = train(TrainConfig(**{**cfg.__dict__, "num_workers": 2}))
     assert [s for s, _ in resumed.losses] == list(range(5, steps + 1))
@@ -102,6 +109,7 @@ def test_resume_after_kill_reproduces_loss_curve(packed_train, tmp_path):
     # Final weights are identical too.
     a, b = ckpt.load(tmp_path / "a" / LAST), ckpt.load(tmp_path / "b" / LAST)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["ema"])  # an average, not a copy
 
 
 def test_checkpoint_contents_export_and_restorer(packed_train, tmp_path):

@@ -29,10 +29,11 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # Losses are all-reduced: both ranks log the same curve; weights stay in sync.
     assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 4
     assert r0["param_sum"] == r1["param_sum"]
-    # 8 pairs at a global batch of 4 (2 crops per rank) = 2 stream steps per epoch; with
-    # grad_accum 2 (no_sync on the first micro-batch) 4 optimiser steps read 8 batches, so the
-    # saved stream state is at the end of epoch 3.
-    assert (r0["data"]["epoch"], r0["data"]["step"]) == (3, 2)
+    # 8 pairs at a global batch of 4 (2 crops per rank) = 2 stream steps per pass; with
+    # grad_accum 2 (no_sync on the first micro-batch) 4 optimiser steps read 8 batches: the mix
+    # phase lasts the whole run, so the saved stream state is at its end, step 8 of epoch 0.
+    assert (r0["data"]["epoch"], r0["data"]["step"]) == (0, 8)
+    assert r0["data"]["schedule"]["phases"][0]["steps"] == 8
     assert "step 4/4 loss" in p.stdout and (out / "model.safetensors").is_file()
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
