@@ -155,8 +155,11 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
 
     types = config_types(name)
     loc = resolve_location(path, location)
+    default = loc == DEFAULT_LOCATION and path == "foundir"
+    if default:
+        store_kw.setdefault("retries", 1)  # offline: fail in a second, with the fix (below)
     store = Store.open(loc, token=token, cache_dir=cache_dir, **store_kw)
-    manifest = store.manifest()
+    manifest = _manifest(store, default)
     if layout not in manifest.layouts:
         raise ValueError(f"{store.location} has no {layout!r} layout; it has {manifest.layouts}")
     if split is not None and split not in manifest.splits:
@@ -189,3 +192,28 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
     if split is not None:
         return out[split]
     return datasets.IterableDatasetDict(out) if streaming else datasets.DatasetDict(out)
+
+
+class DefaultLocationError(ConnectionError):
+    """``"foundir"`` resolved to :data:`DEFAULT_LOCATION`, which cannot be read (offline, or no
+    access); the message says how to point it at your copy."""
+
+
+def _manifest(store: Store, default: bool) -> fmt.Manifest:
+    """The store's manifest; for the default Hub location, a quick failure that names the fix."""
+    if default and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise DefaultLocationError(_default_hint("HF_HUB_OFFLINE is set"))
+    try:
+        return store.manifest()
+    except OSError as e:  # NoManifestError, ShardError (after retries), connection errors
+        if not default:
+            raise
+        raise DefaultLocationError(_default_hint(f"{type(e).__name__}: {e}")) from None
+
+
+def _default_hint(why: str) -> str:
+    return (f"cannot read the default location of \"foundir\", {DEFAULT_LOCATION} ({why}). "
+            f"Point it at your copy: set {LOCATION_ENV}=<packed folder or URL>, or pass "
+            f"location=\"<packed folder or URL>\" (or give the folder as the path: "
+            f"load_dataset(\"out/\")); see docs/streaming.md")
+

@@ -277,6 +277,8 @@ class Store:
             try:
                 text = self.read_bytes(fmt.MANIFEST_FILE)
             except FileNotFoundError:
+                if self.is_local and not os.path.exists(self.location):
+                    raise NoManifestError(f"{self.location}: no such folder (the path does not exist)") from None
                 raise NoManifestError(
                     f"no {fmt.MANIFEST_FILE} at {url}: is this a packed foundir folder? "
                     "pack one with `shard_tools pack SOURCE OUT`") from None

@@ -10,8 +10,9 @@ per row); there is no shuffle buffer: the plan shuffles shards within blocks of
 ``shuffle_block`` shards, the bounded, seekable equivalent.
 
 Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
-dataset object in the training process does not see the workers' progress, so pass the
-next step explicitly: ``stream.state_dict(step=batch["step"] + 1)``.
+dataset object in the training process does not see the workers' progress: iterate through
+``foundir_data.loader.StreamLoader(stream, num_workers=K)``, whose ``state_dict()`` comes from
+the batches the loop received (or pass ``stream.state_dict(step=batch["step"] + 1)``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         nodes: Deal each global batch so the ranks of one node read the same shards
             (``plan.EpochPlan.batches``); the global batches do not change. Default: with
             ``read="cache"``, ``WORLD_SIZE / LOCAL_WORLD_SIZE`` (torchrun), else 1.
+        upscale_small: Resize pairs smaller than ``crop`` up (bicubic) as the reference
+            does; default False: such a pair raises ValueError naming it.
     """
 
     def __init__(self, location_or_store: Any, *, split: str = "train", config: Any = "all",
@@ -107,7 +110,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                  dtype: str = "uint8", subset_fraction: float = 1.0, subset_seed: int = 0,
                  rank: int | None = None, world_size: int | None = None,
                  shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, read: str = "auto",
-                 store_kwargs: dict | None = None, nodes: int | None = None) -> None:
+                 store_kwargs: dict | None = None, nodes: int | None = None,
+                 upscale_small: bool = False) -> None:
         super().__init__()
         from foundir_data.store import Store
 
@@ -128,6 +132,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             Store.open(str(location_or_store), **(store_kwargs or {}))
         self.rank, self.world_size = int(rank), int(world_size)
         self.batch_size, self.crop, self.crops_per_pair = int(batch_size), int(crop), int(crops_per_pair)
+        self.upscale_small = bool(upscale_small)
         if self.batch_size % (self.world_size * self.crops_per_pair):
             raise ValueError(f"batch_size {batch_size} must be a multiple of world_size * crops_per_pair "
                              f"= {self.world_size} * {self.crops_per_pair}")
@@ -310,7 +315,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
             rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
             _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
-                                                         lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k])
+                                                         lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k],
+                                                         upscale_small=self.upscale_small)
         lq_t, gt_t = torch.from_numpy(lq), torch.from_numpy(gt)
         if self.dtype == "float32":
             lq_t, gt_t = lq_t.float().div_(255), gt_t.float().div_(255)

@@ -71,8 +71,8 @@ def crop_windows(h: int, w: int, size: int, k: int, rng: np.random.Generator,
 
 def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.random.Generator,
                  augment: str = "hflip", key: str = "",
-                 out_lq: np.ndarray | None = None, out_gt: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 out_lq: np.ndarray | None = None, out_gt: np.ndarray | None = None,
+                 upscale_small: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut ``k`` aligned crops from a pair and write them channel-first.
 
     Args:
@@ -83,12 +83,19 @@ def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.rand
         augment: A key of :data:`AUGMENTS`.
         key: The pair's key, for errors.
         out_lq, out_gt: Optional uint8 ``(k, 3, size, size)`` arrays to fill (else allocated).
+        upscale_small: Resize a pair smaller than the crop up first (:func:`resize_up`, as
+            the reference does); by default such a pair is an error, since silently training
+            on upscaled pixels is rarely what a user with a too-large crop wants.
 
     Returns:
         ``(lq_crops, gt_crops, windows)``: the filled (or new) crop arrays and the windows
         ``(k, 3)`` as ``(y, x, op)`` in the coordinates of the (possibly resized-up) pair.
     """
     check_pair(lq, gt, key)
+    h, w = lq.shape[:2]
+    if not upscale_small and (h < size or w < size):
+        raise ValueError(f"{key}: image is {w}x{h}, smaller than the {size}px crop; use a crop of at most "
+                         f"{min(h, w)}, or pass upscale_small=True to resize small pairs up (bicubic) first")
     lq, gt = resize_up(lq, gt, size)
     win = crop_windows(lq.shape[0], lq.shape[1], size, k, rng, augment)
     out_lq = np.empty((k, 3, size, size), np.uint8) if out_lq is None else out_lq

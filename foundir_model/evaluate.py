@@ -31,7 +31,7 @@ import numpy as np
 
 from foundir_data import taxonomy
 from foundir_data.retry import ShardError
-from foundir_model import images, metrics
+from foundir_model import eval_page, images, metrics
 from foundir_model.infer import BLENDS, Restorer, TileConfig, default_device, restore_array
 from foundir_model.paper import Report
 
@@ -63,6 +63,7 @@ class EvalConfig:
         split: Split of a packed dataset to evaluate on.
         workers: Threads computing the metrics (SSIM of a 4 MP frame takes about a second
             on one core); 0 or 1 scores inline.
+        page_size: Long side of the images of ``out/index.html`` (``eval_page.py``); 0: no page.
     """
 
     location: str
@@ -83,6 +84,7 @@ class EvalConfig:
     seed: int = 0
     split: str = "test"
     workers: int = 0
+    page_size: int = eval_page.DEFAULT_SIZE
     tile: TileConfig = field(default_factory=TileConfig)
 
     def convention(self) -> metrics.Convention:
@@ -245,6 +247,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
     report = Report(method=cfg.method, convention=conv.describe(), location=cfg.location)
     out = Path(cfg.out) if cfg.out else None
+    page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
     bar = _progress(len(items), progress)
     with _Scorer(conv, cfg.workers) as scorer:
         for i, it in enumerate(items):
@@ -270,6 +273,9 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
                                        f"GT {it.gt_name} is {gt.shape[1]}x{gt.shape[0]}")
                 continue
             scorer.submit(it, pred, gt)
+            if page is not None:
+                lq8 = images.to_uint8(lq01) if lq01 is not None else images.decode_rgb8(it.read_lq(), it.lq_name)
+                page.add(it.rel, lq8, pred, gt)
             if out is not None and cfg.save_images and preds is None:
                 images.save_png(out / "restored" / f"{it.rel}.png", pred / 255.0)
             if out is not None and cfg.panels:
@@ -280,6 +286,8 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
             report.add(it.rel, it.degradation, p_val, s_val)
     if out is not None:
         report.write(out)
+    if page is not None:
+        page.finish(report)
     if cfg.json:
         report.write_json(cfg.json)
     return report
@@ -340,7 +348,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint",
                      help="model checkpoint to evaluate (.pt, .safetensors, or the release's model-2000.pt)")
     src.add_argument("--pred", help="folder of restored images at NNName/<id>.<ext> to score instead")
-    parser.add_argument("--out", help="write report.md/.csv/.json and per_image.csv here")
+    parser.add_argument("--out", help="write report.md/.csv/.json, per_image.csv and the results page index.html here")
     parser.add_argument("--json", help="also write the JSON report (per-type and average, with counts) here")
     parser.add_argument("--basicsr", action="store_true", help="BasicSR convention instead of the paper's (pyiqa)")
     parser.add_argument("--crop-border", type=int, default=d.crop_border, help="BasicSR border crop")
@@ -358,6 +366,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed,
                         help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the "
                              "release")
+    parser.add_argument("--page-size", type=int, default=d.page_size, help="image side on OUT/index.html (0: no page)")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)

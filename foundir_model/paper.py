@@ -165,6 +165,8 @@ class Report:
         missing: Test pairs without a prediction (``--pred``), by relative path.
         problems: Pairs that could not be scored (e.g. size mismatch), with the reason.
         paper: The paper row printed beside ours.
+        baselines: Other methods scored on the same pairs, printed as rows beside ours (e.g.
+            the ``LQ input`` itself: a restorer should beat it; other ``--pred`` methods).
     """
 
     method: str = "ours"
@@ -174,6 +176,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     paper: PaperRow = field(default_factory=lambda: FOUNDIR)
+    baselines: list["Report"] = field(default_factory=list)
 
     def add(self, rel: str, degradation: str, psnr: float, ssim: float) -> None:
         """Record one scored pair."""
@@ -223,7 +226,9 @@ class Report:
         avg = {k: (_json_num(v) if isinstance(v, float) else v) for k, v in self.average().items()}
         return {"method": self.method, "convention": self.convention, "location": self.location,
                 "types": pt, "average": avg, "missing": self.missing, "problems": self.problems,
-                "paper_method": self.paper.method}
+                "paper_method": self.paper.method,
+                "baselines": {b.method: {"psnr": _json_num(b.average()["psnr"]), "ssim": _json_num(b.average()["ssim"]),
+                                         "count": b.average()["count"]} for b in self.baselines}}
 
     def write_json(self, path: str | os.PathLike) -> Path:
         p = Path(path)
@@ -236,16 +241,23 @@ class Report:
         return [t.name for t in column_types()] + extra
 
     def table_rows(self) -> list[list[str]]:
-        """Table 1-style rows: header, paper PSNR/SSIM, ours PSNR/SSIM, counts."""
+        """Table 1-style rows: header, paper PSNR/SSIM, each baseline's PSNR/SSIM, ours
+        PSNR/SSIM, counts."""
         cols = self._columns()
         shorts = {t.name: t.short for t in taxonomy.TYPES}
         pt, avg = self.per_type(), self.average()
         ours = lambda key: [pt[c][key] if c in pt else None for c in cols]  # noqa: E731
         paper = f"{self.paper.method} (paper)"
+        others = []
+        for b in self.baselines:
+            bt, ba = b.per_type(), b.average()
+            others += [[b.method, "PSNR", *[_fmt(bt[c]["psnr"] if c in bt else None, 2) for c in cols], _fmt(ba["psnr"], 2)],
+                       [b.method, "SSIM", *[_fmt(bt[c]["ssim"] if c in bt else None, 4) for c in cols], _fmt(ba["ssim"], 4)]]
         return [
             ["Method", "Metric", *[shorts.get(c, c) for c in cols], AVERAGE],
             [paper, "PSNR", *[_fmt(self.paper.psnr.get(c), 2) for c in cols], _fmt(self.paper.psnr_average, 2)],
             [paper, "SSIM", *[_fmt(self.paper.ssim.get(c), 4) for c in cols], _fmt(self.paper.ssim_average, 4)],
+            *others,
             [self.method, "PSNR", *[_fmt(v, 2) for v in ours("psnr")], _fmt(avg["psnr"], 2)],
             [self.method, "SSIM", *[_fmt(v, 4) for v in ours("ssim")], _fmt(avg["ssim"], 4)],
             [self.method, "n", *[str(pt[c]["count"]) if c in pt else "0" for c in cols], str(avg["count"])],

@@ -13,8 +13,8 @@ Steps (each prints a numbered header, long ones a progress bar, and its time):
              types join the pool one by one, then isolated + coupled mini-batches);
 6. train:    the tiny generalist for a short run on that stream (``foundir_model.train``);
 7. evaluate: per-degradation PSNR/SSIM on the 20 test types, Table 1-style, beside the
-             paper's row (``foundir_model.evaluate``);
-8. preview:  ``preview.png``, one row per type: LQ | restored | GT; the type distribution
+             paper's row and the LQ input's (``foundir_model.evaluate``); ``eval/index.html``;
+8. preview:  ``preview.png``, one row per type: LQ | ours | GT with each tile's PSNR; the type distribution
              chart (``distribution.png``, paper Figure 3b) when matplotlib is installed;
              and the model card ``run/README.md`` filled from the checkpoint.
 
@@ -33,7 +33,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import torch
 
 #: Environment variable that selects the reduced CI size (same as ``--small``).
 SMALL_ENV = "FOUNDIR_QUICKSTART_SMALL"
@@ -54,6 +57,10 @@ class QuickstartConfig:
     steps: int = 200  # optimiser steps of the tiny generalist
     batch_size: int = 8
     crop: int = 64
+    # A short run: 10x the paper's learning rate and a short EMA, so that 200 steps move the
+    # (zero-initialised, i.e. identity) restorer past its input (measured: README, quickstart).
+    lr: float = 1e-3
+    ema_decay: float = 0.9
     seed: int = 0
     # One thread: the tiny network's ops are too small to gain from more, and OpenMP threads
     # on a busy machine spin and slow everything down (measured here: 10x CPU time at 2 threads
@@ -64,7 +71,7 @@ class QuickstartConfig:
     @classmethod
     def small(cls, **kw) -> "QuickstartConfig":
         """The reduced size for CI: every step runs, on a few tiny images."""
-        base = dict(per_type=1, test_per_type=1, size=48, steps=4, batch_size=4, crop=32)
+        base = dict(per_type=1, test_per_type=1, size=48, steps=4, batch_size=4, crop=24)
         return cls(**{**base, **kw})
 
 
@@ -81,7 +88,10 @@ class QuickstartResult:
     checkpoint: str = ""
     losses: list[float] = field(default_factory=list)
     report: str = ""  # eval report.json
-    table: str = ""  # the Table 1-style markdown
+    table: str = ""  # the Table 1-style markdown (paper, LQ input, ours)
+    psnr: float | None = None  # our average PSNR over the types (Table 1's Average)
+    lq_psnr: float | None = None  # the LQ input's, on the same pairs
+    page: str = ""  # eval/index.html
     preview: str = ""
     distribution: str = ""
     model_card: str = ""
@@ -214,7 +224,8 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
 
         tcfg = TrainConfig(data=str(packed), preset="tiny", schedule="incremental",
                            steps_per_phase=max(1, cfg.steps // 3), steps=cfg.steps, batch_size=cfg.batch_size,
-                           crop=cfg.crop, seed=cfg.seed, out_dir=str(run_dir), device="cpu",
+                           crop=cfg.crop, lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
+                           out_dir=str(run_dir), device="cpu",
                            ckpt_every=0, log_every=max(1, cfg.steps // 5), resume=False)
         result = train(tcfg)
         res.checkpoint = result.checkpoint or str(run_dir / "last.pt")
@@ -229,11 +240,21 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                           save_images=True, specialists=False, method="quickstart (tiny)",
                           seed=cfg.seed, tile=TileConfig(device="cpu"))
         report = evaluate(ecfg, progress=cfg.progress)
+        # The LQ input scored the same way: the row a restorer has to beat.
+        lq = evaluate(EvalConfig(location=str(packed), method="LQ input", seed=cfg.seed,
+                                 tile=TileConfig(device="cpu")), restorer=identity)
+        report.baselines.append(lq)
+        report.write(eval_dir)
         res.report, res.table = str(eval_dir / "report.json"), report.to_markdown()
+        res.psnr, res.lq_psnr = report.average()["psnr"], lq.average()["psnr"]
+        res.page = str(eval_dir / "index.html")
         print(res.table)
+        gain = res.psnr - res.lq_psnr
+        print(f"      average PSNR: ours {res.psnr:.2f} dB vs the LQ input {res.lq_psnr:.2f} dB "
+              f"({'+' if gain >= 0 else ''}{gain:.2f} dB)")
 
-    with _step(res, 8, "preview: LQ | restored | GT sheet, distribution chart, model card"):
-        res.preview = str(results_sheet(packed, eval_dir, root / "preview.png"))
+    with _step(res, 8, "preview: LQ | ours | GT sheet, distribution chart, model card"):
+        res.preview = str(results_sheet(packed, eval_dir, root / "preview.png", report))
         print(f"      {res.preview}")
         res.distribution = _distribution(packed, root / "distribution.png")
         if res.distribution:
@@ -246,8 +267,14 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     return res
 
 
-def results_sheet(packed: Path, eval_dir: Path, out: Path, tile: int = 96) -> Path:
-    """One row per evaluated type: the first test pair's LQ, restored output and GT."""
+def identity(lq: torch.Tensor, degradation: torch.Tensor | None) -> torch.Tensor:
+    """A restorer that returns its input: scores the LQ input itself."""
+    return lq
+
+
+def results_sheet(packed: Path, eval_dir: Path, out: Path, report=None, tile: int = 96) -> Path:
+    """One row per evaluated type: the first test pair's LQ, our output and GT, each tile
+    captioned with its PSNR against the GT (from ``report`` and its ``LQ input`` baseline)."""
     import numpy as np
     from PIL import Image
 
@@ -255,6 +282,13 @@ def results_sheet(packed: Path, eval_dir: Path, out: Path, tile: int = 96) -> Pa
     from foundir_data.decode import decode_pair
     from foundir_model.evaluate import packed_items
     from shard_tools.preview import render_sheet
+
+    ours = {r["rel"]: r["psnr"] for r in report.per_image} if report is not None else {}
+    lqs = {r["rel"]: r["psnr"] for b in (report.baselines if report is not None else []) for r in b.per_image
+           if b.method == "LQ input"}
+
+    def cap(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f} dB"
 
     rows = []
     seen: set[str] = set()
@@ -269,10 +303,11 @@ def results_sheet(packed: Path, eval_dir: Path, out: Path, tile: int = 96) -> Pa
         with Image.open(restored) as im:
             out_img = np.asarray(im.convert("RGB"))
         t = taxonomy.get(it.degradation)
-        rows.append((t.index, f"{t.name}\n{t.cls}", [[lq, out_img, gt]]))
+        cells = [(lq, cap(lqs.get(it.rel))), (out_img, cap(ours.get(it.rel))), (gt, "reference")]
+        rows.append((t.index, f"{t.name}\n{t.cls}", [cells]))
     rows.sort(key=lambda r: r[0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    render_sheet([(label, groups) for _, label, groups in rows], tile, columns=("LQ", "restored", "GT")).save(out)
+    render_sheet([(label, groups) for _, label, groups in rows], tile, columns=("LQ", "ours", "GT")).save(out)
     return out
 
 
@@ -292,6 +327,12 @@ def _distribution(packed: Path, out: Path) -> str:
                                  out, split="train"))
 
 
+def _short_side(size: int) -> int:
+    from foundir_data.sample import load_photos
+
+    return min(min(p.shape[:2]) for p in load_photos(size))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``quickstart`` flags."""
     d = QuickstartConfig()
@@ -303,6 +344,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help=f"training steps (default {d.steps})")
     parser.add_argument("--batch-size", type=int, help=f"crops per batch (default {d.batch_size})")
     parser.add_argument("--crop", type=int, help=f"crop side in px (default {d.crop})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"EMA decay (default {d.ema_decay})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads (default {d.threads})")
     parser.add_argument("--small", action="store_true", help=f"reduced CI size (also: {SMALL_ENV}=1)")
@@ -314,7 +357,8 @@ def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
     small = args.small or os.environ.get(SMALL_ENV, "") not in ("", "0")
     given = {k: getattr(args, k) for k in ("per_type", "test_per_type", "size", "steps", "batch_size", "crop")
              if getattr(args, k) is not None}
-    common = dict(out=args.out, seed=args.seed, threads=args.threads, progress=not args.no_progress, **given)
+    common = dict(out=args.out, seed=args.seed, threads=args.threads, progress=not args.no_progress, lr=args.lr,
+                  ema_decay=args.ema_decay, **given)
     return QuickstartConfig.small(**common) if small else QuickstartConfig(**common)
 
 
@@ -325,8 +369,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(cfg, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
-    if cfg.size < 32 or cfg.crop < 16 or cfg.crop > cfg.size:
-        print("error: need --size >= 32 and 16 <= --crop <= --size", file=sys.stderr)
+    short = _short_side(cfg.size) if cfg.size >= 32 else 0
+    if cfg.size < 32 or cfg.crop < 16 or cfg.crop > short:
+        print(f"error: need --size >= 32 and 16 <= --crop <= {short} (the photos' short side at --size "
+              f"{cfg.size})", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
@@ -337,6 +383,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Next:\n"
           f"  shard_tools stats {res.packed}          counts per type/class/split\n"
           f"  shard_tools preview {res.packed} --out sheet.png\n"
+          f"  open {res.page}          the results page (per image: LQ | ours | GT, slider)\n"
           f"  foundir-eval {res.packed} --checkpoint {res.checkpoint} --out eval\n"
           f"  docs/: packing the release, streaming from the Hub/S3, schedules, training, format")
     return 0

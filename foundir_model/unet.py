@@ -213,6 +213,10 @@ class UNet(nn.Module):
             ]))
         self.final_res_block = ResnetBlock(dim * 2, dim, time_dim, g)
         self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
+        # Zero-initialised output: the untrained net predicts a zero residual, so restoring
+        # returns the LQ input and training starts from "no worse than the input" (trained
+        # and released weights load over this; docs/training.md).
+        nn.init.zeros_(self.final_conv.weight), nn.init.zeros_(self.final_conv.bias)
 
     def forward(self, x_t: torch.Tensor, lq: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """Predict the residual.

@@ -31,6 +31,7 @@ import cards
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools.stats import counts_by, resolution_stats
+from shard_tools.summary import plural
 
 #: The template ships as package data of the top-level ``cards`` package (setup.cfg).
 TEMPLATE = Path(cards.__file__).resolve().parent / "dataset_card.md"
@@ -200,7 +201,7 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
     tiles = manifest.select(layout=fmt.LAYOUT_TILE)
     tile_note = ""
     if tiles:
-        tile_note = (f"; a tile layout ({sum(x.count for x in tiles):,} tiles in {len(tiles)} shards, "
+        tile_note = (f"; a tile layout ({plural(sum(x.count for x in tiles), 'tile')} in {plural(len(tiles), 'shard')}, "
                      f"{_human(sum(x.bytes for x in tiles))}{_tile_settings(manifest.tile)}) is under "
                      f"`shards/tile/` and in the index, not in the configurations")
     example = sorted(shards, key=lambda x: x.path)[0] if shards else None

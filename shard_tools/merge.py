@@ -25,6 +25,7 @@ from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
+from shard_tools.summary import plural
 from shard_tools.writer import read_part_meta, write_atomic
 
 
@@ -99,5 +100,6 @@ def run(args: argparse.Namespace) -> int:
     except (MergeError, fmt.FormatError) as e:
         print(f"shard_tools merge: error: {e}", file=sys.stderr)
         return 2
-    print(f"merged {m.num_samples} pairs in {len(m.shards)} shards; {m.num_rejected} rejected", file=sys.stderr)
+    print(f"merged {plural(m.num_samples, 'pair')} in {plural(len(m.shards), 'shard')}; {m.num_rejected:,} rejected",
+          file=sys.stderr)
     return 1 if m.num_rejected else 0

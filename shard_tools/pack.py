@@ -40,6 +40,7 @@ from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
 from shard_tools.runner import build_shards
+from shard_tools.summary import format_rejects, plural, read_rejects
 from shard_tools.writer import read_part_meta, write_atomic
 
 PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
@@ -263,22 +264,30 @@ def pack(cfg: PackConfig) -> int:
         from shard_tools.merge import merge
 
         manifest = merge(root)
-        print(f"packed {manifest.num_samples} pairs into {len(manifest.shards)} shards under {root}; "
-              f"{manifest.num_rejected} rejected", file=sys.stderr)
+        print(f"packed {plural(manifest.num_samples, 'pair')} into {plural(len(manifest.shards), 'shard')} "
+              f"under {root}; {manifest.num_rejected:,} rejected", file=sys.stderr)
         if cfg.tile:
             from shard_tools.tiles import pack_tiles
 
             s = pack_tiles(str(root), cfg.tile, cfg.tile_stride, workers=cfg.workers, progress=cfg.progress)
-            print(f"tiled: {s['tiles']} tiles in {s['shards']} shards", file=sys.stderr)
+            print(f"tiled: {plural(s['tiles'], 'tile')} in {plural(s['shards'], 'shard')}", file=sys.stderr)
     else:
         tile_hint = f", then `shard_tools tile {root} --size {cfg.tile}`" if cfg.tile else ""
-        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {len(mine)} shards; run `shard_tools merge {root}`"
+        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {plural(len(mine), 'shard')}; run `shard_tools merge {root}`"
               f"{tile_hint} when every job has finished", file=sys.stderr)
     if n_rejected:
-        where = root / (fmt.REJECTS_FILE if cfg.num_jobs == 1 else fmt.INDEX_PARTS_DIR)
-        print(f"{n_rejected} input pair(s) rejected; reasons in {where}", file=sys.stderr)
+        print(_rejects_summary(root, plan, mine, cfg), file=sys.stderr)
         return 1
     return 0
+
+
+def _rejects_summary(root: Path, plan: Plan, mine: list[PlannedShard], cfg: PackConfig) -> str:
+    """Rejects by reason, an example and the fix each (``shard_tools.summary``)."""
+    if cfg.num_jobs == 1:
+        return format_rejects(read_rejects(root / fmt.REJECTS_FILE), root / fmt.REJECTS_FILE)
+    rows = [r.to_json() for r in plan.rejects] if cfg.job_index == 0 else []
+    rows += [r for s in mine for r in read_part_meta(root / s.part)[1]]
+    return format_rejects(rows, root / fmt.INDEX_PARTS_DIR)
 
 
 def _part_rejects(root: Path, shard: PlannedShard) -> int:

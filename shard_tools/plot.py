@@ -112,6 +112,20 @@ def plot_distribution(index_table: pa.Table, out_png: str | os.PathLike, split: 
     counts = type_counts(index_table, split)
     title = ""
     if split is not None:
-        total = sum(counts.values())
-        title = f"FoundIR {split} split: {total:,} pairs per degradation type"
+        title = distribution_title(counts, split)
     return plot_counts(counts, out_png, title=title)
+
+
+def distribution_title(counts: Mapping[str, int], split: str) -> str:
+    """``"FoundIR train split: 120 pairs, 6 per type (20 types)"`` or ``"... 130 pairs in 20
+    types (2 to 12 per type)"``: the title states the totals its bars show."""
+    present = [v for v in counts.values() if v]
+    total = sum(present)
+    head = f"FoundIR {split} split: "
+    if not present:
+        return head + "0 pairs"
+    types = f"{len(present)} type{'s' if len(present) != 1 else ''}"
+    if min(present) == max(present):
+        return head + f"{total:,} pairs, {present[0]:,} per type ({types})"
+    return head + f"{total:,} pairs in {types} ({min(present):,} to {max(present):,} per type)"
+

@@ -1,4 +1,5 @@
-"""``shard_tools preview ROOT_OR_URL --out sheet.png``: a contact sheet of LQ | GT pairs.
+"""``shard_tools preview ROOT_OR_URL --out sheet.png``: a contact sheet of LQ | GT pairs
+(``--html DIR``: the same pairs as a page, ``preview_html.py``).
 
 One labelled row per degradation type (release order), ``--per-type`` pairs per row, each
 pair drawn as two ``--tile``-pixel squares (aspect kept, letterboxed). Works on a local
@@ -87,7 +88,8 @@ def render_sheet(rows: list[tuple[str, list[list[np.ndarray | None]]]], tile: in
 
     Args:
         rows: ``(label, groups)`` per row; each group holds one image per column (or None
-            for an empty cell). Rows may have fewer groups than the longest row.
+            for an empty cell, or ``(image, caption)`` to print a caption such as its PSNR
+            on the tile). Rows may have fewer groups than the longest row.
         tile: Side of one image square.
         columns: Column titles of one group (``LQ``, ``GT``; the quickstart adds ``output``).
     """
@@ -109,8 +111,18 @@ def render_sheet(rows: list[tuple[str, list[list[np.ndarray | None]]]], tile: in
             group = groups[c] if c < len(groups) else [None] * len(columns)
             for j in range(len(columns)):
                 x = LABEL_W + c * group_w + j * (tile + GAP)
-                sheet.paste(_fit(group[j] if j < len(group) else None, tile), (x, y))
+                cell = group[j] if j < len(group) else None
+                img, caption = cell if isinstance(cell, tuple) else (cell, "")
+                sheet.paste(_fit(img, tile), (x, y))
+                if caption:
+                    _caption(draw, x, y, tile, caption, small)
     return sheet
+
+
+def _caption(draw: ImageDraw.ImageDraw, x: int, y: int, tile: int, text: str, font) -> None:
+    """``text`` on a dark band at the bottom of the tile at (x, y)."""
+    draw.rectangle((x, y + tile - 16, x + tile - 1, y + tile - 1), fill=(0, 0, 0))
+    draw.text((x + tile // 2, y + tile - 8), text, fill=TEXT, font=font, anchor="mm")
 
 
 def choose(index: dict[str, list], per_type: int, split: str | None, types: Sequence[str],
@@ -173,6 +185,22 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
     return out
 
 
+def preview_page(cfg: PreviewConfig, out_dir: str, store=None) -> Path:
+    """Write the page of the pairs ``cfg`` selects to ``out_dir/index.html`` (``preview_html.py``)."""
+    from foundir_data.store import Store
+    from shard_tools.preview_html import META, write_html
+
+    if cfg.per_type < 1:
+        raise ValueError(f"--per-type must be >= 1 (got {cfg.per_type})")
+    store = store or Store.open(cfg.location)
+    index = store.index(columns=list(dict.fromkeys(("layout", *META)))).to_pydict()
+    picked = choose(index, cfg.per_type, cfg.split, cfg.types, cfg.seed)
+    if not picked:
+        raise ValueError(f"{cfg.location}: no full-frame pairs for split={cfg.split or 'any'} "
+                         f"types={','.join(cfg.types)}")
+    return write_html(store, index, picked, out_dir, cfg.per_type, threads=FETCH_THREADS)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``preview`` flags."""
     parser.description = "Contact sheet of LQ | GT pairs per degradation type (local folder or URL)."
@@ -183,6 +211,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=fmt.SPLITS, default=None, help="only this split")
     parser.add_argument("--types", nargs="+", default=["all"], help="all, isolated, coupled or type names")
     parser.add_argument("--seed", type=int, default=0, help="0: first pairs by key; else a seeded random pick")
+    parser.add_argument("--html", metavar="DIR", help="write a page DIR/index.html (sortable table, filter, "
+                        "side-by-side and slider views, metadata on hover) instead of the PNG sheet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = PreviewConfig(location=args.location, out=args.out, per_type=args.per_type, tile=args.tile,
                         split=args.split, types=args.types, seed=args.seed)
     try:
+        if args.html:
+            print(f"wrote {preview_page(cfg, args.html)}")
+            return 0
         out = preview(cfg)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

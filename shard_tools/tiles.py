@@ -49,6 +49,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     plan_tiles,
     windows,
 )
+from shard_tools.summary import plural
 from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_atomic, write_part
 
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     except (TileError, fmt.FormatError, MergeError, DecodeError) as e:
         print(f"shard_tools tile: error: {e}", file=sys.stderr)
         return 2
-    print(f"{s['tiles']} tiles of {s['source_pairs']} pairs in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB; "
+    print(f"{plural(s['tiles'], 'tile')} of {plural(s['source_pairs'], 'pair')} in {plural(s['shards'], 'shard')} ({s['bytes'] / 1e6:.1f} MB; "
           f"{s['built']} built now) under {args.root}", file=sys.stderr)
     return 0
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
+from shard_tools.summary import plural
 
 __all__ = ["Problem", "Report", "configure", "run", "verify", "verify_shard"]
 
@@ -158,6 +159,11 @@ def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
         ipath = Path(root) / manifest.index
         return manifest, fmt.check_index_schema(pq.read_table(ipath), str(ipath))
     except FileNotFoundError:
+        if where == fmt.MANIFEST_FILE and store is None and (Path(root) / fmt.INDEX_PARTS_DIR).is_dir():
+            # pack writes index parts first and the manifest last (docs/packing.md).
+            return Problem(where, "missing: the pack into this folder did not finish; rerun the same "
+                                  "`shard_tools pack` command to finish it (or `shard_tools merge` after "
+                                  "a multi-job pack)")
         return Problem(where, f"{'manifest' if where == fmt.MANIFEST_FILE else 'index'} is missing; is {root} a packed folder?")
     except Exception as e:  # FormatError, ArrowInvalid, OSError, HTTP/S3 errors after retries
         return Problem(where, f"unreadable ({type(e).__name__}: {e})")
@@ -203,9 +209,10 @@ def run(args: argparse.Namespace) -> int:
     for p in report.problems[: args.max_report]:
         print(f"{args.root}/{p}")
     if len(report.problems) > args.max_report:
-        print(f"... and {len(report.problems) - args.max_report} more problem(s)")
+        print(f"... and {len(report.problems) - args.max_report:,} more")
     if report.ok:
-        print(f"OK: {report.shards} shards, {report.samples} samples verified in {args.root}")
+        print(f"OK: {plural(report.shards, 'shard')}, {plural(report.samples, 'sample')} verified in {args.root}")
         return 0
-    print(f"FAILED: {len(report.problems)} problem(s) in {args.root} ({report.shards} shards, {report.samples} samples read)", file=sys.stderr)
+    print(f"FAILED: {plural(len(report.problems), 'problem')} in {args.root} ({plural(report.shards, 'shard')}, "
+          f"{plural(report.samples, 'sample')} read)", file=sys.stderr)
     return 1

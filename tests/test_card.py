@@ -155,7 +155,7 @@ def test_tile_shards_stay_out_of_configs_and_write_card_is_idempotent(packed, tm
     for cfg in meta["configs"]:
         for df in cfg["data_files"]:
             assert all("/tile/" not in p for p in ([df["path"]] if isinstance(df["path"], str) else df["path"]))
-    assert "tile layout (8 tiles in 1 shards" in render_card(m, index)
+    assert "tile layout (8 tiles in 1 shard," in render_card(m, index)
     out = tmp_path / "f"
     out.mkdir()
     write_card(out, manifest, index)

@@ -108,7 +108,7 @@ def test_plan_serves_exactly_the_run_and_resumes_inside_the_continued_phase():
 def packed(tmp_path_factory) -> Path:
     from _model_helpers import pack_train_sample
 
-    return pack_train_sample(tmp_path_factory.mktemp("data"), per_type=1, size=48)
+    return pack_train_sample(tmp_path_factory.mktemp("data"), per_type=1, size=64)  # short side 42 >= the 32px crop
 
 
 def test_stream_refuses_to_resume_a_run_of_another_length(packed):

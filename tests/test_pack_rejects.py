@@ -56,7 +56,15 @@ def test_rejects_report_every_problem_and_exit_1(bad_src, tmp_path, capsys):
     out = tmp_path / "out"
     assert pack(root, out) == 1
     err = capsys.readouterr().err
-    assert f"{len(expected)} input pair(s) rejected" in err and fmt.REJECTS_FILE in err
+    assert f"{len(expected)} input pairs rejected" in err and fmt.REJECTS_FILE in err
+    # The summary groups them by reason: a count, an example file and the fix for each kind.
+    for kind, example in (("damaged image", p_name(expected, "truncated")), ("LQ/GT size mismatch", None),
+                          ("missing partner", None), ("not an image", None),
+                          ("unknown degradation type", "21Snow/LQ/2001.png"), ("bad folder or list row", "22Haze")):
+        line = next((x for x in err.splitlines() if f"1 pair: {kind}, e.g. " in x), None)
+        assert line is not None, (kind, err)
+        assert example is None or example in line, (example, line)
+    assert err.count("fix: ") == len(expected)
     rejects = [json.loads(line) for line in (out / fmt.REJECTS_FILE).read_text().splitlines()]
     assert len(rejects) == len(expected)
     for needle, reason in expected.items():
@@ -72,6 +80,24 @@ def test_rejects_report_every_problem_and_exit_1(bad_src, tmp_path, capsys):
     # Shards whose every pair was rejected are not in the manifest (no empty tars).
     assert {s.degradation for s in manifest.shards} == {"Noise", "JPEG"}
     assert not (out / fmt.shard_relpath("full", "test", "Blur", 0)).exists()
+
+
+def p_name(expected: dict, reason: str) -> str:
+    return next(k for k, v in expected.items() if reason in v)
+
+
+def test_flat_folder_summary_says_how_to_fix(tmp_path, capsys):
+    """A flat lq/ + gt/ folder: every pair lacks a degradation, and the summary says so with the fix."""
+    pairs = make_sample(tmp_path / "s", per_type=1, size=40, layout="test", types=("Blur",))
+    for side, rel in (("lq", pairs[0].lq), ("gt", pairs[0].gt)):
+        (tmp_path / "flat" / side).mkdir(parents=True)
+        shutil.copy(tmp_path / "s" / rel, tmp_path / "flat" / side / "0001.png")
+    assert pack(tmp_path / "flat", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "1 input pair rejected" in err and "1 pair: no degradation type, e.g. lq/0001.png" in err
+    assert "put it in a degradation subfolder" in err and "--degradation" in err
+    assert pack(tmp_path / "flat", tmp_path / "out2", "--degradation", "Blur") == 0
+    assert "packed 1 pair into 1 shard under" in capsys.readouterr().err
 
 
 def test_strict_stops_at_first_problem(bad_src, tmp_path, capsys):

@@ -55,14 +55,14 @@ def test_preview_remote_uses_range_reads_only(packed, hub_server, tmp_path):
 
 def test_preview_bad_input(packed, tmp_path, capsys):
     assert main(["preview", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 1
-    assert "manifest.json" in capsys.readouterr().err
+    assert "nowhere: no such folder" in capsys.readouterr().err
     assert main(["preview", str(packed), "--out", str(tmp_path / "x.png"), "--tile", "4"]) == 1
     assert "--tile" in capsys.readouterr().err
 
 
 def test_plot_distribution_png(packed, tmp_path):
     pytest.importorskip("matplotlib")
-    from shard_tools.plot import DPI, FIGSIZE, plot_distribution, type_counts
+    from shard_tools.plot import DPI, FIGSIZE, distribution_title, plot_distribution, type_counts
 
     table = pq.read_table(packed / fmt.INDEX_FILE)
     counts = type_counts(table)
@@ -72,3 +72,8 @@ def test_plot_distribution_png(packed, tmp_path):
         assert im.format == "PNG" and im.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
     with pytest.raises(ValueError, match="no column"):
         type_counts(table.select(["key"]))
+    # The title states what the bars show (it said "120 pairs per degradation type" over bars of 6).
+    test = type_counts(table, "test")
+    n = sum(test.values())
+    assert n and distribution_title(test, "test") == f"FoundIR test split: {n} pairs, {n // 20} per type (20 types)"
+    assert distribution_title({"Blur": 2, "Noise": 5}, "test") == "FoundIR test split: 7 pairs in 2 types (2 to 5 per type)"

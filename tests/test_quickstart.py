@@ -56,8 +56,15 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     assert set(report["types"]) == set(taxonomy.NAMES) and report["average"]["types"] == 20
     assert all(v["count"] == small.test_per_type for v in report["types"].values())
     assert "| quickstart (tiny) | PSNR |" in res["table"] and res["table"] in printed
+    # The LQ input row: the input itself scored the same way, on the same pairs.
+    assert "| LQ input | PSNR |" in res["table"] and "vs the LQ input" in printed
+    lq_row = report["baselines"]["LQ input"]
+    assert lq_row["count"] == 20 * small.test_per_type and lq_row["psnr"] == res["lq_psnr"]
+    assert res["psnr"] == report["average"]["psnr"]
+    page = Path(res["page"]).read_text()
+    assert "LQ input" in page and "quickstart (tiny) PSNR" in page
 
-    # preview: one LQ | restored | GT row per type.
+    # preview: one LQ | ours | GT row per type (each tile captioned with its PSNR).
     with Image.open(res["preview"]) as im:
         assert im.format == "PNG" and im.size == pv.sheet_size(rows=20, cells=1, tile=96, columns=3)
     card = ModelCard.load(res["model_card"])

@@ -115,7 +115,7 @@ def test_classifier_learns_above_chance(packed, tmp_path):
     torch.manual_seed(0)
     clf = sp.DegradationClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
-    stream = FoundIRStream(str(packed), config=list(CLS_TYPES), schedule="mix", batch_size=8, crop=48, seed=0)
+    stream = FoundIRStream(str(packed), config=list(CLS_TYPES), schedule="mix", batch_size=8, crop=40, seed=0)
     it, n = iter(stream), 0
     while n < 100:
         try:

@@ -72,9 +72,13 @@ def test_crops_equal_the_same_window_of_the_source_decode(packed):
     assert len(ops) > 2
 
 
-def test_small_images_are_resized_up_like_the_reference(packed):
+def test_small_images_are_resized_up_like_the_reference_when_asked(packed):
     src = source_arrays(packed)
     s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
+    with pytest.raises(ValueError, match=r"smaller than the 128px crop.*upscale_small=True"):
+        next(iter(s))  # by default a crop larger than the image is an error, not a silent resize
+    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0,
+                      upscale_small=True)
     b = next(iter(s))
     for i, key in enumerate(b["key"]):
         lq, gt = resize_up(*src[key], 128)
@@ -290,3 +294,35 @@ def test_node_affinity_deals_the_same_global_batches_and_crops(packed):
         assert got == crops  # same pairs, same crops; only the rank that gets each differs
     with pytest.raises(ValueError, match="multiple of nodes"):
         FoundIRStream(packed / "packed", world_size=4, rank=0, nodes=3, **kw)
+
+
+def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
+    """No step= to remember: StreamLoader's state comes from the batches the loop received."""
+    from foundir_data.loader import StreamLoader
+
+    kw = dict(schedule="combine", batch_size=4, crop=32, seed=2, world_size=1, rank=0, steps_per_phase=7)
+    ref = collect(FoundIRStream(packed / "packed", **kw))
+    for workers in (0, 2):
+        loader = StreamLoader(FoundIRStream(packed / "packed", **kw), num_workers=workers)
+        got = []
+        for b in loader:
+            got.append(b)
+            if len(got) == 5:
+                break
+        state = loader.state_dict()
+        assert state["step"] == 5 and state["epoch"] == 0, (workers, state)
+        # The same loader continues after the last batch received, not from the start ...
+        assert [b["key"] for b in loader] == [b["key"] for b in ref[5:]]
+        # ... and so does a fresh one loaded from the state (a restarted job).
+        again = StreamLoader(FoundIRStream(packed / "packed", **kw), num_workers=workers)
+        again.load_state_dict(state)
+        assert [b["key"] for b in again] == [b["key"] for b in ref[5:]]
+    # endless: the next epoch follows with its own order, and the state says so.
+    loader = StreamLoader(FoundIRStream(packed / "packed", **kw), num_workers=2, endless=True)
+    seen = []
+    for b in loader:
+        seen.append(b["step"])
+        if len(seen) == len(ref) + 2:
+            break
+    assert seen == list(range(len(ref))) + [0, 1]
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 2

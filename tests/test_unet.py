@@ -19,6 +19,23 @@ def _one_thread():
         yield
 
 
+def _nonzero_out(net: UNet) -> UNet:
+    # The output layer starts at zero (an untrained net returns its input); tests of what the
+    # layers before it compute give it PyTorch's default random init.
+    net.final_conv.reset_parameters()
+    return net
+
+
+def test_untrained_net_predicts_zero_residual_so_restore_returns_the_input():
+    from foundir_model.diffusion import ResidualDiffusion
+
+    torch.manual_seed(0)
+    rd = ResidualDiffusion(UNet(unet_preset("tiny"))).eval()
+    lq = torch.rand(1, 3, 24, 40)
+    assert torch.equal(rd.net(lq, lq, torch.tensor([500.0])), torch.zeros_like(lq))
+    assert torch.allclose(rd.restore(lq), lq, atol=1e-6)
+
+
 def test_default_matches_release_parameter_count():
     # REFERENCE.md section 2: about 36.26M parameters.
     n = count_parameters(UNet(UNET_PRESETS["default"]))
@@ -41,7 +58,7 @@ def test_output_shape_any_size(hw):
 def test_padding_is_reflect_and_cropped_back():
     # A size that is not a multiple of 16 equals the crop of the explicitly reflect-padded run.
     torch.manual_seed(0)
-    net = UNet(unet_preset("tiny")).eval()
+    net = _nonzero_out(UNet(unet_preset("tiny")).eval())
     x, lq = torch.randn(1, 3, 20, 27), torch.randn(1, 3, 20, 27)
     t = torch.tensor([500.0])
     pad = lambda a: torch.nn.functional.pad(a, (0, 5, 0, 12), mode="reflect")
@@ -52,7 +69,7 @@ def test_padding_is_reflect_and_cropped_back():
 
 def test_time_changes_output():
     torch.manual_seed(0)
-    net = UNet(unet_preset("tiny")).eval()
+    net = _nonzero_out(UNet(unet_preset("tiny")).eval())
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         assert not torch.allclose(net(x, x, torch.tensor([0.0])), net(x, x, torch.tensor([999.0])))
