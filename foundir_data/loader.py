@@ -53,6 +53,11 @@ class StreamLoader:
         self._next_step: int | None = None  # step after the last batch received; None: not started
 
     @property
+    def next_step(self) -> int | None:
+        """The step after the last batch handed out (None before the first)."""
+        return self._next_step
+
+    @property
     def epoch(self) -> int:
         return int(getattr(self.stream, "epoch", 0))
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from foundir_data.loader import StreamLoader
 from foundir_model.config import TrainConfig
 
 
@@ -46,53 +47,46 @@ def make_stream(cfg: TrainConfig, rank: int, world: int):
 
 
 class Batches:
-    """Iterator over a stream's batches; tracks the next step so the checkpoint can resume
-    the stream exactly (also with DataLoader workers).
+    """The training loop's iterator over a stream's batches, with the stream's resume state.
 
-    A stream with ``set_run_steps`` (``FoundIRStream``) is told the run's length, so its
-    curriculum's last phase lasts to the end of the run (never a restart at stage 1); other
-    iterables with ``set_epoch`` start their next epoch when one ends.
+    A :class:`foundir_data.stream.FoundIRStream` goes through
+    :class:`foundir_data.loader.StreamLoader` (worker processes, resume state from the batches
+    received, the next epoch when one ends); with ``set_run_steps`` it is first told the run's
+    length, so its curriculum's last phase lasts to the end of the run (never a restart at
+    stage 1). Any other iterable of batch dicts is read as it is.
     """
 
     def __init__(self, data: Iterable[dict[str, Any]], num_workers: int, run_steps: int | None = None):
         self.data = data
         if run_steps is not None and hasattr(data, "set_run_steps"):
             data.set_run_steps(run_steps)
-        self.num_workers = num_workers
-        self.next_step: int | None = None
+        self._stateful = isinstance(data, torch.utils.data.IterableDataset) and hasattr(data, "state_dict")
+        self._loader = StreamLoader(data, num_workers if self._stateful else 0,
+                                    endless=self._stateful and hasattr(data, "set_epoch"))
         self._it: Iterator[dict[str, Any]] | None = None
 
-    def _open(self) -> Iterator[dict[str, Any]]:
-        if self.num_workers > 0 and isinstance(self.data, torch.utils.data.IterableDataset):
-            loader = torch.utils.data.DataLoader(self.data, batch_size=None, num_workers=self.num_workers,
-                                                 persistent_workers=False)
-            return iter(loader)
-        return iter(self.data)
+    @property
+    def next_step(self) -> int | None:
+        """The stream step after the last batch received (None before the first)."""
+        return self._loader.next_step
 
     def __next__(self) -> dict[str, Any]:
-        for attempt in range(2):
-            if self._it is None:
-                self._it = self._open()
-            try:
-                batch = next(self._it)
-                if "step" in batch:
-                    self.next_step = int(batch["step"]) + 1
-                return batch
-            except StopIteration:
-                self._it = None
-                if not hasattr(self.data, "set_epoch") or attempt:
-                    raise RuntimeError("the training data ran out (it yields no batches)") from None
-                self.data.set_epoch(self.data.epoch + 1)
-                self.next_step = 0
-        raise AssertionError("unreachable")
+        if self._it is None:
+            self._it = iter(self._loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise RuntimeError("the training data ran out (it yields no batches)") from None
 
     def state_dict(self) -> dict[str, Any] | None:
         if not hasattr(self.data, "state_dict"):
             return None
-        if isinstance(self.data, torch.utils.data.IterableDataset) and self.next_step is not None:
-            return self.data.state_dict(step=self.next_step)
-        return self.data.state_dict()
+        return self._loader.state_dict() if self._stateful else self.data.state_dict()
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if state is not None and hasattr(self.data, "load_state_dict"):
+        if state is None or not hasattr(self.data, "load_state_dict"):
+            return
+        if self._stateful:
+            self._loader.load_state_dict(state)
+        else:
             self.data.load_state_dict(state)
