@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from foundir_data import taxonomy
+from foundir_data.errors import FoundIRError
 
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
@@ -67,7 +68,7 @@ DEFAULT_SHARD_COUNT = 10_000
 _KEY_OK = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class FormatError(ValueError):
+class FormatError(FoundIRError, ValueError):
     """A packed folder, manifest or record that does not follow this format."""
 
 

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from typing import Any, BinaryIO, Callable, TypeVar
+from foundir_data.errors import EXIT_IO, EXIT_USAGE, FoundIRError
 
 log = logging.getLogger("foundir_data.store")
 T = TypeVar("T")
@@ -34,8 +35,10 @@ _TRANSIENT_NAMES = {
 }
 
 
-class ShardError(OSError):
+class ShardError(FoundIRError, OSError):
     """A file of a packed folder could not be read correctly; ``url`` names it."""
+
+    exit_code = EXIT_IO
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"{url}: {reason}")
@@ -49,9 +52,13 @@ class ShardError(OSError):
 class ChecksumError(ShardError):
     """The bytes read do not match the sha256 recorded in the manifest or index."""
 
+    exit_code = EXIT_USAGE
+
 
 class TruncatedShardError(ShardError):
     """A file still ended before its recorded size after every retry."""
+
+    exit_code = EXIT_USAGE
 
 
 class Truncated(Exception):

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.cache import DiskCache, default_cache_dir
 from foundir_data.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
+from foundir_data.errors import FoundIRError
 from foundir_data.retry import (
     ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
     http_status,
@@ -49,7 +50,7 @@ T = TypeVar("T")
 STREAM_BUFFER = 1 << 20
 
 
-class NoManifestError(FileNotFoundError):
+class NoManifestError(FoundIRError, FileNotFoundError):
     """The location has no ``manifest.json``: it is not a packed foundir folder."""
 
 

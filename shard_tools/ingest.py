@@ -29,13 +29,14 @@ from typing import Callable, Iterator, Mapping
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.errors import FoundIRError
 
 KINDS = ("auto", "list", "test", "folder", "manifest")
 _LQ_NAMES = ("lq",)
 _GT_NAMES = ("gt",)
 
 
-class IngestError(ValueError):
+class IngestError(FoundIRError, ValueError):
     """A source that cannot be read at all (empty, unknown layout, missing columns)."""
 
 

@@ -26,9 +26,10 @@ from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
 from shard_tools.writer import read_part_meta, write_atomic
+from foundir_data.errors import FoundIRError
 
 
-class MergeError(RuntimeError):
+class MergeError(FoundIRError, RuntimeError):
     """A folder that cannot be merged yet (unfinished shards, missing plan)."""
 
 
@@ -93,11 +94,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 = merged, nothing rejected; 1 = merged, some input rejected; 2 = cannot merge."""
-    try:
-        m = merge(args.out)
-    except (MergeError, fmt.FormatError) as e:
-        print(f"shard_tools merge: error: {e}", file=sys.stderr)
-        return 2
+    """0 = merged, nothing rejected; 1 = merged, some input rejected; 2 = cannot merge
+    (raised to the runner, ``foundir_data.command``)."""
+    m = merge(args.out)
     print(f"merged {m.num_samples} pairs in {len(m.shards)} shards; {m.num_rejected} rejected", file=sys.stderr)
     return 1 if m.num_rejected else 0

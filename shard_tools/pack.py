@@ -204,21 +204,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl), 2 = error."""
-    from shard_tools.merge import MergeError
-    from shard_tools.tiles import TileError
+    """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl).
 
+    Errors end in the runner (``foundir_data.command``): 2 = usage/bad input, 3 = I/O
+    failure or another pack writing the same folder.
+    """
     cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
-    try:
-        return pack(cfg)
-    except (PackError, MergeError, TileError, ingest.IngestError, taxonomy.UnknownDegradationError,
-            fmt.FormatError) as e:
-        print(f"shard_tools pack: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"shard_tools pack: interrupted; finished shards are kept, rerun the same command "
-              f"to resume", file=sys.stderr)
-        return 130
+    return pack(cfg)
+
+
+#: Printed by the runner after Ctrl-C.
+INTERRUPT_HINT = "finished shards are kept, rerun the same command to resume"
 
 
 def pack(cfg: PackConfig) -> int:

@@ -185,15 +185,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="0: first pairs by key; else a seeded random pick")
 
 
+#: Bad input the runner reports in one line (exit status 2).
+USER_ERRORS = (ValueError,)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``preview`` from parsed arguments."""
     cfg = PreviewConfig(location=args.location, out=args.out, per_type=args.per_type, tile=args.tile,
                         split=args.split, types=args.types, seed=args.seed)
-    try:
-        out = preview(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = preview(cfg)  # errors: one line, status 2/3 from the runner (foundir_data.command)
     with Image.open(out) as im:
         print(f"wrote {out} ({im.width}x{im.height})")
     return 0

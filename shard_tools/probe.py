@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from foundir_data.errors import FoundIRError
 
 # EXIF 2.3 tag ids: Model lives in IFD0; ISOSpeedRatings, ExposureTime and FNumber live in
 # the Exif sub-IFD (pointer tag 0x8769). Some writers put them in IFD0, so both are tried.
@@ -39,7 +40,7 @@ _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 
 
-class BadImage(ValueError):
+class BadImage(FoundIRError, ValueError):
     """Image bytes that cannot be packed: unreadable, truncated, empty, mismatched, ..."""
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
+from foundir_data.errors import FoundIRError, UsageError
 
 #: Hub limit on files per folder (huggingface.co/docs/hub/repositories-recommendations).
 HUB_FOLDER_LIMIT = 10_000
@@ -50,7 +51,7 @@ HUB_REPO_FILES_ADVICE = 100_000
 CHUNK = 8 << 20  # bytes per read while hashing/uploading
 
 
-class PushError(RuntimeError):
+class PushError(FoundIRError, RuntimeError):
     """A push that cannot start or did not verify; the message names the file/URL."""
 
 
@@ -332,13 +333,8 @@ def run(args: argparse.Namespace) -> int:
                      verify_sizes=args.verify_sizes, force=args.force, private=args.private,
                      storage_options=dict(args.storage_option), progress=not args.no_progress)
     if cfg.batch_files < 1:
-        print("error: --batch-files must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        rep = push(cfg)
-    except (PushError, fmt.FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise UsageError("--batch-files must be at least 1")
+    rep = push(cfg)  # errors: one line and status 2/3 from the runner (foundir_data.command)
     mb = rep.bytes_uploaded / 1e6
     print(f"pushed {cfg.root} -> {rep.dest}: {len(rep.uploaded)} file(s) uploaded ({mb:.1f} MB), "
           f"{len(rep.skipped)} unchanged; remote manifest verified")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundir_data import format as fmt
+from foundir_data.errors import FoundIRError
 
 TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
 TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
@@ -34,7 +35,7 @@ DEFAULT_SIZE = 512
 DEFAULT_PNG_LEVEL = 1
 
 
-class TileError(RuntimeError):
+class TileError(FoundIRError, RuntimeError):
     """A folder that cannot be tiled (not packed, not local, other tile layout present)."""
 
 

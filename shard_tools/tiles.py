@@ -35,7 +35,6 @@ import numpy as np
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
-from shard_tools.merge import MergeError
 from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_PNG_LEVEL,
@@ -302,15 +301,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+#: Bad input the runner reports in one line (exit status 2); the others are FoundIRErrors.
+USER_ERRORS = (DecodeError,)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``tile``: 0 = done, 2 = error."""
-    try:
-        s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
-                       split=None if args.split == "all" else args.split, png_level=args.png_level,
-                       shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress)
-    except (TileError, fmt.FormatError, MergeError, DecodeError) as e:
-        print(f"shard_tools tile: error: {e}", file=sys.stderr)
-        return 2
+    """Run ``tile``: 0 = done; errors end in the runner (``foundir_data.command``)."""
+    s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
+                   split=None if args.split == "all" else args.split, png_level=args.png_level,
+                   shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress)
     print(f"{s['tiles']} tiles of {s['source_pairs']} pairs in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB; "
           f"{s['built']} built now) under {args.root}", file=sys.stderr)
     return 0
@@ -318,9 +317,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shard_tools.tiles ROOT ...`` (the same as ``shard_tools tile``)."""
-    parser = argparse.ArgumentParser(prog="shard_tools tile")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    from foundir_data.command import run_module
+
+    return run_module(sys.modules[__name__], argv, "shard_tools tile", "cut training tiles")
 
 
 if __name__ == "__main__":

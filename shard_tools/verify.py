@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.errors import UsageError
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
 
 __all__ = ["Problem", "Report", "configure", "run", "verify", "verify_shard"]
@@ -197,8 +198,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print every problem (up to ``--max-report``); exit 1 if any, else 0."""
     if not _is_remote(args.root) and not Path(args.root).is_dir():
-        print(f"verify: {args.root} is not a folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.root} is not a folder")
     report = verify(args.root, full_decode=args.full_decode, workers=max(1, args.workers))
     for p in report.problems[: args.max_report]:
         print(f"{args.root}/{p}")
