@@ -42,7 +42,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
-from foundir_data.errors import FoundIRError, UsageError
+from foundir_data.errors import EXIT_IO, FoundIRError, UsageError
 
 #: Hub limit on files per folder (huggingface.co/docs/hub/repositories-recommendations).
 HUB_FOLDER_LIMIT = 10_000
@@ -53,6 +53,12 @@ CHUNK = 8 << 20  # bytes per read while hashing/uploading
 
 class PushError(FoundIRError, RuntimeError):
     """A push that cannot start or did not verify; the message names the file/URL."""
+
+
+class PushIOError(PushError):
+    """The destination refused or lost the upload (exit status 3: rerun to resume)."""
+
+    exit_code = EXIT_IO
 
 
 @dataclass
@@ -202,12 +208,12 @@ def push(cfg: PushConfig) -> PushReport:
         try:
             return push_hub.push_to_hub(cfg, raw, items)
         except HfHubHTTPError as e:  # its message names the URL and the Hub's reason, never the token
-            raise PushError(f"{cfg.dest}: the Hub refused the push ({str(e).splitlines()[0]}); "
+            raise PushIOError(f"{cfg.dest}: the Hub refused the push ({str(e).splitlines()[0]}); "
                             "check HF_TOKEN has write access. Rerun to resume") from None
     try:
         return _push_fs(cfg, raw, items)
     except (FileNotFoundError, PermissionError) as e:
-        raise PushError(f"{cfg.dest}: {e} (does the bucket/folder exist, and may these credentials "
+        raise PushIOError(f"{cfg.dest}: {e} (does the bucket/folder exist, and may these credentials "
                         "write there?). Rerun to resume") from None
 
 
@@ -297,12 +303,12 @@ def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
     fs.invalidate_cache()
     got, _ = _fs_remote_manifest(fs, rp(fmt.MANIFEST_FILE), cfg.dest)
     if got != raw:
-        raise PushError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
+        raise PushIOError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
     if cfg.verify_sizes:
         sizes = _fs_sizes(fs, base)
         bad = [it.rel for it in items if sizes.get(it.rel) != it.bytes]
         if bad:
-            raise PushError(f"{cfg.dest}: {len(bad)} remote file(s) have the wrong size, e.g. {bad[0]}")
+            raise PushIOError(f"{cfg.dest}: {len(bad)} remote file(s) have the wrong size, e.g. {bad[0]}")
     return report
 
 

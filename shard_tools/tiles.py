@@ -35,6 +35,8 @@ import numpy as np
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
+from foundir_data.reader import PairReader
+from foundir_data.store import Store
 from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_PNG_LEVEL,
@@ -73,21 +75,15 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     written. Runs in a worker process.
 
     Raises:
-        TileError: a source member whose bytes do not match the index's sha256.
+        ChecksumError: a source member whose bytes do not match the index's sha256.
     """
     base = Path(root)
     rows = []
+    reader = PairReader(Store.open(root), "pread")  # one pread per pair, checked against the index
     with TarShardWriter(base / shard.path) as w:
         for src in sources:
-            with open(base / src["shard"], "rb") as f:
-                pix = {}
-                for side in ("lq", "gt"):
-                    f.seek(src[f"{side}_offset"])
-                    data = f.read(src[f"{side}_size"])
-                    if hashlib.sha256(data).hexdigest() != src[f"{side}_sha256"]:
-                        raise TileError(f"{base / src['shard']}: {side.upper()} of {src['key']} does not match "
-                                        f"its sha256 in the index; the shard is damaged (run `shard_tools verify`)")
-                    pix[side] = decode_image(data, f"{src['shard']}:{src['key']}.{side}")
+            pix = {side: decode_image(data, f"{src['shard']}:{src['key']}.{side}")
+                   for side, data in zip(("lq", "gt"), reader.read_pair(src))}
             h, wd = pix["lq"].shape[:2]
             if pix["gt"].shape[:2] != (h, wd):
                 raise TileError(f"{src['shard']}: {src['key']} decodes to LQ {wd}x{h} but GT "
