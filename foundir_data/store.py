@@ -327,6 +327,7 @@ class Store:
         the ``on_error`` policy (:meth:`report_failure`): samples already yielded stay.
         """
         url = self.url(rel)
+        info = self.shard_info(rel)
         try:
             with self.open_shard(rel) as f:
                 with tarfile.open(fileobj=f, mode="r|") as tf:
@@ -343,6 +344,11 @@ class Store:
                             if cur is not None:
                                 yield cur
                             cur = {"__key__": key, "__url__": url}
+                        if info is not None and m.offset_data + m.size > info.bytes:
+                            # Sizes in a tar header are input: bounded before a byte is allocated.
+                            raise ShardError(url, f"tar member {m.name} claims {m.size} bytes at byte "
+                                                  f"{m.offset_data}, past the end of the {info.bytes}-byte "
+                                                  "shard; the shard is damaged: re-pack or re-upload")
                         cur[ext] = tf.extractfile(m).read()
                     if cur is not None:
                         yield cur
