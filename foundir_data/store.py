@@ -231,10 +231,14 @@ class Store:
             # size given (or -1 if unknown) so fsspec opens a streaming GET without a HEAD first.
             try:
                 f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
-            except Exception as e:
-                if pos and http_status(e) == 416:  # the server's file ends before ``pos``
-                    raise Truncated(url, size or pos, pos) from None
-                raise
+            except Exception as e:  # noqa: BLE001 - a 416 is classified below, the rest by the caller
+                if not (pos and http_status(e) == 416):
+                    raise
+                f = None
+            if f is None:  # 416: the server's file ends at or before ``pos``
+                if size is None or pos >= size:
+                    return io.BytesIO(b"")  # nothing left: the stream ends (size/sha256 still checked)
+                raise Truncated(url, size, pos)
             status = getattr(getattr(f, "r", None), "status", None)
             if pos and status is not None and status != 206:
                 f.close()
