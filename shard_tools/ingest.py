@@ -22,7 +22,9 @@ File extensions are never trusted for pairing beyond the stem: the release mixes
 
 from __future__ import annotations
 
+import contextvars
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -127,7 +129,8 @@ def detect_kind(source: str | os.PathLike) -> str:
 
 def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | None = None,
                degradation: str | None = None, data_root: str | os.PathLike | None = None,
-               mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
+               mapping: Mapping[str, str] | None = None,
+               exclude: str | os.PathLike | None = None) -> Iterator[Record]:
     """Yield one :class:`PairSpec` or :class:`Reject` per input item, in a fixed order.
 
     Args:
@@ -138,6 +141,12 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
         degradation: Force the degradation type of every pair (a name or token).
         data_root: Root that list/manifest paths are relative to.
         mapping: User mapping of unknown degradation tokens to canonical names.
+        exclude: A folder inside the source that is not input (the pack's own output).
+
+    Paths are normalised (``a//b``, ``a/./b``) before keys and duplicate checks; a path
+    that resolves outside the source root / data root (``..``, absolute, a symlink out) is
+    rejected with its path and the reason, never read. Hidden files and folders and
+    symlinked folders are not followed: each becomes a reject row.
 
     Raises:
         IngestError: the source is empty, unreadable, or of an unknown layout.
@@ -158,7 +167,12 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
 
     fn = {"list": iter_list, "test": _iter_test, "folder": _iter_folder, "manifest": iter_manifest}[kind]
     n = 0
-    for rec in fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}):
+    token = _EXCLUDE.set(os.path.realpath(exclude) if exclude is not None else None)
+    try:
+        records = list(fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}))
+    finally:
+        _EXCLUDE.reset(token)
+    for rec in records:
         n += 1
         yield rec
     if n == 0:
@@ -166,27 +180,99 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
 
 
 # ---------------------------------------------------------------- helpers
+#: The pack's output folder (realpath) while ingesting, when it lies inside the source.
+_EXCLUDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("exclude", default=None)
+
+
+def _excluded(p: str | Path) -> bool:
+    ex = _EXCLUDE.get()
+    return ex is not None and os.path.realpath(p) == ex
+
+
 def _subdirs(p: Path) -> list[Path]:
+    """Visible, real (not symlinked) sub-folders of ``p``, minus the excluded output."""
     try:
-        return sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+        return sorted(c for c in p.iterdir() if c.is_dir() and not c.is_symlink()
+                      and not c.name.startswith(".") and not _excluded(c))
     except OSError:
         return []
+
+
+def _skipped_children(p: Path, rel: str = "") -> list[tuple[str, str]]:
+    """(relative path, reason) of hidden and symlinked entries of ``p`` (never followed)."""
+    out = []
+    try:
+        children = sorted(p.iterdir())
+    except OSError:
+        return out
+    for c in children:
+        r = f"{rel}/{c.name}" if rel else c.name
+        if c.name.startswith(".") and not _excluded(c):
+            out.append((r, "hidden file or folder skipped (names starting with '.' are not input)"))
+        elif c.is_symlink() and c.is_dir():
+            out.append((r, "symlinked folder not followed"))
+    return out
+
+
+def inside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` resolves (symlinks included) to ``root`` or below it."""
+    base = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def normalise(p: str) -> str:
+    """A source path as stored in the index: ``/``-separated, ``a//b`` and ``./`` removed."""
+    p = p.replace("\\", "/")
+    norm = posixpath.normpath(p) if p else p
+    return norm[2:] if norm.startswith("./") else norm
+
+
+def outside_reason(root: Path, rel: str) -> str | None:
+    """Why ``rel`` may not be read (absolute, ``..``, or resolving outside ``root``), or None."""
+    if rel.startswith("/") or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
+        return f"path outside the data root {root}: {rel} (not read)"
+    if not inside(root, os.path.join(str(root), rel)):
+        return f"path resolves outside the data root {root} through a symlink: {rel} (not read)"
+    return None
 
 
 def _find_child(children: list[Path], names: tuple[str, ...]) -> Path | None:
     return next((c for c in children if c.name.lower() in names), None)
 
 
-def _files(root: Path) -> list[str]:
-    """All non-hidden files under ``root`` as sorted ``/``-relative paths."""
-    out = []
+def _files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """All non-hidden files under ``root`` as sorted ``/``-relative paths, and the
+    (path, reason) of every entry skipped: hidden files and folders, symlinked folders (not
+    followed), symlinked files that resolve outside ``root``. The excluded output folder is
+    left out silently (it is not input)."""
+    out, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+
+        def r(name: str) -> str:
+            return name if rel == "." else f"{rel}/{name}"
+
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if _excluded(full):
+                continue
+            if d.startswith("."):
+                skipped.append((r(d), "hidden folder skipped (names starting with '.' are not input)"))
+            elif os.path.islink(full):
+                skipped.append((r(d), "symlinked folder not followed"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
-            if not name.startswith("."):
-                out.append(name if rel == "." else f"{rel}/{name}")
-    return sorted(out)
+            if name.startswith("."):
+                skipped.append((r(name), "hidden file skipped (names starting with '.' are not input)"))
+            elif os.path.islink(os.path.join(dirpath, name)) and not inside(root, os.path.join(dirpath, name)):
+                skipped.append((r(name), f"symlink to a file outside {root} (not followed)"))
+            else:
+                out.append(r(name))
+    return sorted(out), sorted(skipped)
 
 
 def _stem(rel: str) -> str:
@@ -210,9 +296,13 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
     ``deg_of(relative_path_under_lq)`` returns (name, error). Paths in records are relative
     to ``base``.
     """
-    lq_files, gt_files = _files(lq_dir), _files(gt_dir)
+    (lq_files, lq_skip), (gt_files, gt_skip) = _files(lq_dir), _files(gt_dir)
     lq_pre = lq_dir.relative_to(base).as_posix()
     gt_pre = gt_dir.relative_to(base).as_posix()
+    for rel, reason in lq_skip:
+        yield Reject(f"{lq_pre}/{rel}", None, split, None, reason, origin)
+    for rel, reason in gt_skip:
+        yield Reject(None, f"{gt_pre}/{rel}", split, None, reason, origin)
     if not lq_files and not gt_files:
         yield Reject(lq_pre, gt_pre, split, None, f"empty folder: no files in {lq_dir} or {gt_dir}", origin)
         return
@@ -258,7 +348,11 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
     split = split or ("train" if root.resolve().name.lower() == "train" else "test")
     if not root.is_dir():
         raise IngestError(f"{root}: not a folder (test layout expects NNName/{{GT,LQ}}/)")
+    for rel, reason in _skipped_children(root):
+        yield Reject(rel, None, split, None, reason, str(root))
     for sub in _subdirs(root):
+        for rel, reason in _skipped_children(sub, sub.name):
+            yield Reject(rel, None, split, None, reason, str(sub))
         kids = _subdirs(sub)
         lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
         if lq is None or gt is None:
@@ -276,6 +370,8 @@ def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[R
     lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
     if lq is None or gt is None:
         raise IngestError(f"{root}: a paired folder needs lq/ and gt/ subfolders")
+    for rel, reason in _skipped_children(root):
+        yield Reject(rel, None, split, None, reason, str(root))
 
     def deg_of(rel: str) -> tuple[str | None, str | None]:
         if forced:

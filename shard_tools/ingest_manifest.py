@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from foundir_data import format as fmt
-from shard_tools.ingest import _GT_NAMES, _LQ_NAMES, IngestError, PairSpec, Record, Reject, _join, _parse_deg
+from shard_tools.ingest import (
+    _GT_NAMES, _LQ_NAMES, IngestError, PairSpec, Record, Reject, _join, _parse_deg, normalise, outside_reason,
+)
 
 
 def _deg_from_path(rel: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -61,15 +63,16 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
                 yield Reject(None, None, split, None,
                              f"list line does not parse: expected '<gt_path>, <lq_path>', got {text[:200]!r}", origin)
                 continue
-            gt_rel, lq_rel = (_clean(p) for p in parts)
+            gt_rel, lq_rel = (normalise(p) for p in parts)
             deg, err = (forced, None) if forced else _deg_from_path(lq_rel, mapping)
+            err = outside_reason(root, lq_rel) or outside_reason(root, gt_rel) or err
             if (lq_rel, gt_rel) in seen:
                 yield Reject(lq_rel, gt_rel, split, deg, f"duplicate pair (first listed at {seen[(lq_rel, gt_rel)]})", origin)
                 continue
-            seen[(lq_rel, gt_rel)] = origin
-            if err:
+            if err:  # a rejected row is not "seen": a later valid listing of it is packed
                 yield Reject(lq_rel, gt_rel, split, None, err, origin)
                 continue
+            seen[(lq_rel, gt_rel)] = origin
             yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
 
 
@@ -85,12 +88,17 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
         for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
             yield i, {k.lower(): v for k, v in row.items()}
         return
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
-        _check_columns(path, cols)
-        for i, row in enumerate(reader, 2):
-            yield i, {(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+            _check_columns(path, cols)
+            for i, row in enumerate(reader, 2):
+                yield i, {(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not UTF-8 text ({e}); save the CSV manifest as UTF-8") from None
+    except csv.Error as e:
+        raise IngestError(f"{path}: unreadable CSV ({e})") from None
 
 
 def _check_columns(path: Path, cols: dict) -> None:
@@ -136,27 +144,24 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
             deg, err = _parse_deg(str(row["degradation"]), mapping)
         else:
             deg, err = _deg_from_path(lq_rel, mapping)
+        err = outside_reason(root, lq_rel) or outside_reason(root, gt_rel) or err
         if (s, lq_rel, gt_rel) in seen:
             yield Reject(lq_rel, gt_rel, s, deg, f"duplicate pair (first listed at {seen[(s, lq_rel, gt_rel)]})", origin)
             continue
-        seen[(s, lq_rel, gt_rel)] = origin
-        if err:
+        if err:  # a rejected row is not "seen": a later valid listing of it is packed
             yield Reject(lq_rel, gt_rel, s, None, err, origin)
             continue
+        seen[(s, lq_rel, gt_rel)] = origin
         yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
 
 
-def _clean(p: str) -> str:
-    p = p.replace("\\", "/")
-    return p[2:] if p.startswith("./") else p
-
-
 def _rel_to(p: str, root: Path) -> str:
-    """A manifest path as stored in the index: relative to ``root`` when inside it."""
-    p = p.replace("\\", "/")
+    """A manifest path as stored in the index: normalised, relative to ``root`` when inside
+    it (an absolute path elsewhere stays absolute and is rejected by ``outside_reason``)."""
+    p = normalise(p)
     if os.path.isabs(p):
         try:
             return Path(p).relative_to(root.resolve()).as_posix()
         except ValueError:
             return p
-    return p[2:] if p.startswith("./") else p
+    return p

@@ -20,7 +20,9 @@ Cluster use (a Slurm array; a Kubernetes indexed Job uses ``$JOB_COMPLETION_INDE
 
 Resume: rerunning with the same arguments skips every shard whose index part exists,
 removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
-same folder is refused. Since the plan does not depend on ``--num-jobs``/``--workers``,
+same folder is refused. The output folder must be new, empty or a pack's own (``--force``
+otherwise), and one lock file keeps a second writer out (``shard_tools.pack_guard``); an
+output folder inside the source is left out of the input. Since the plan does not depend on ``--num-jobs``/``--workers``,
 slices + merge give exactly the bytes of a single-job pack.
 """
 
@@ -39,10 +41,10 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
+from shard_tools.pack_guard import PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
 from shard_tools.writer import read_part_meta, write_atomic
 
-PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
 INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).
@@ -71,6 +73,7 @@ class PackConfig:
     progress: bool = True
     tile: int | None = None
     tile_stride: int | None = None
+    force: bool = False
 
     def mapping(self) -> dict[str, str]:
         out = {}
@@ -201,6 +204,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also write lossless SIZE x SIZE LQ/GT training tiles of the train split "
                              "(see `shard_tools tile`)")
     parser.add_argument("--tile-stride", type=int, metavar="STRIDE", help="distance between tiles (default: SIZE)")
+    parser.add_argument("--force", action="store_true",
+                        help="pack into a non-empty folder that is not a foundir pack (its README.md, "
+                             "manifest.json and same-named files are overwritten)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,8 +237,17 @@ def pack(cfg: PackConfig) -> int:
     if cfg.workers < 1 or cfg.shard_count < 1 or cfg.shard_bytes <= 0:
         raise PackError("--workers, --shard-count and --shard-bytes must be positive")
     root = Path(cfg.out)
+    check_output(root, Path(cfg.source), force=cfg.force)  # before anything is written
+    # Jobs of a cluster pack share the folder (disjoint shards); anything else writes alone.
+    with writer_lock(root, shared=cfg.num_jobs > 1):
+        if cfg.num_jobs == 1:
+            remove_temps(root)
+        return _pack_locked(cfg, root)
+
+
+def _pack_locked(cfg: PackConfig, root: Path) -> int:
     records = ingest.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
-                                data_root=cfg.data_root, mapping=cfg.mapping())
+                                data_root=cfg.data_root, mapping=cfg.mapping(), exclude=root)
     plan = make_plan(records, shard_bytes=cfg.shard_bytes, shard_count=cfg.shard_count, strict=cfg.strict)
     plan_json = plan.to_json()
     old = root / PLAN_FILE
@@ -256,9 +271,9 @@ def pack(cfg: PackConfig) -> int:
     n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(
         built[s.path] if s.path in built else _part_rejects(root, s) for s in mine)
     if cfg.num_jobs == 1:
-        from shard_tools.merge import merge
+        from shard_tools.merge import merge_locked
 
-        manifest = merge(root)
+        manifest = merge_locked(root)
         print(f"packed {manifest.num_samples} pairs into {len(manifest.shards)} shards under {root}; "
               f"{manifest.num_rejected} rejected", file=sys.stderr)
         if cfg.tile:

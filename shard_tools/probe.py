@@ -186,7 +186,7 @@ def _open(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))  # lazy: reads the header only
     except Image.UnidentifiedImageError:
-        raise BadImage(f"{name}: not an image (unrecognised content, {len(data)} bytes, starts {data[:8]!r})") from None
+        raise BadImage(f"{name}: not an image (unrecognised content, {len(data)} bytes)") from None  # no file bytes in messages: rejects are published
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(f"{name}: image too large to be safe ({e})") from None
     except Exception as e:  # Pillow raises many types on damaged headers
