@@ -24,68 +24,18 @@ from __future__ import annotations
 
 import contextvars
 import os
-import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from foundir_data.errors import FoundIRError
+from shard_tools.ingest_manifest import iter_list, iter_manifest
+from shard_tools.records import (  # noqa: F401 - re-exported: the records are this module's API
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, inside, join_path, normalise, outside_reason,
+    parse_deg,
+)
 
 KINDS = ("auto", "list", "test", "folder", "manifest")
-_LQ_NAMES = ("lq",)
-_GT_NAMES = ("gt",)
-
-
-class IngestError(FoundIRError, ValueError):
-    """A source that cannot be read at all (empty, unknown layout, missing columns)."""
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """One LQ/GT pair to pack.
-
-    Attributes:
-        lq_path: Absolute local path of the LQ image.
-        gt_path: Absolute local path of the GT image.
-        lq_rel: LQ path relative to the source root, ``/``-separated (index ``lq_source``).
-        gt_rel: GT path relative to the source root (index ``gt_source``).
-        degradation: Canonical degradation name (``taxonomy.NAMES``).
-        split: ``train`` or ``test``.
-        origin: Where the pair came from, for messages (``list.txt:12`` or a folder).
-    """
-
-    lq_path: str
-    gt_path: str
-    lq_rel: str
-    gt_rel: str
-    degradation: str
-    split: str
-    origin: str
-
-    @property
-    def key(self) -> str:
-        return fmt.make_key(self.split, self.lq_rel, self.gt_rel)
-
-
-@dataclass(frozen=True)
-class Reject:
-    """One input item that was not packed, with the reason (a line of ``rejects.jsonl``)."""
-
-    lq_rel: str | None
-    gt_rel: str | None
-    split: str | None
-    degradation: str | None
-    reason: str
-    origin: str
-
-    def to_json(self) -> dict:
-        return {"lq": self.lq_rel, "gt": self.gt_rel, "split": self.split,
-                "degradation": self.degradation, "reason": self.reason, "origin": self.origin}
-
-
-Record = PairSpec | Reject
 
 
 def detect_kind(source: str | os.PathLike) -> str:
@@ -102,9 +52,9 @@ def detect_kind(source: str | os.PathLike) -> str:
     p = Path(source)
     if p.is_dir():
         children = _subdirs(p)
-        if _find_child(children, _LQ_NAMES) and _find_child(children, _GT_NAMES):
+        if _find_child(children, LQ_NAMES) and _find_child(children, GT_NAMES):
             return "folder"
-        if any(_find_child(_subdirs(c), _LQ_NAMES) and _find_child(_subdirs(c), _GT_NAMES) for c in children):
+        if any(_find_child(_subdirs(c), LQ_NAMES) and _find_child(_subdirs(c), GT_NAMES) for c in children):
             return "test"
         if not any(p.iterdir()):
             raise IngestError(f"{p}: empty folder, nothing to pack")
@@ -162,9 +112,6 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
         except taxonomy.UnknownDegradationError as e:
             raise IngestError(f"--degradation: {e}") from None
     kind = detect_kind(source) if kind == "auto" else kind
-    # Imported here: the listed sources build on this module's records and helpers.
-    from shard_tools.ingest_manifest import iter_list, iter_manifest
-
     fn = {"list": iter_list, "test": _iter_test, "folder": _iter_folder, "manifest": iter_manifest}[kind]
     n = 0
     token = _EXCLUDE.set(os.path.realpath(exclude) if exclude is not None else None)
@@ -214,29 +161,6 @@ def _skipped_children(p: Path, rel: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def inside(root: str | Path, path: str | Path) -> bool:
-    """Whether ``path`` resolves (symlinks included) to ``root`` or below it."""
-    base = os.path.realpath(root)
-    real = os.path.realpath(path)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def normalise(p: str) -> str:
-    """A source path as stored in the index: ``/``-separated, ``a//b`` and ``./`` removed."""
-    p = p.replace("\\", "/")
-    norm = posixpath.normpath(p) if p else p
-    return norm[2:] if norm.startswith("./") else norm
-
-
-def outside_reason(root: Path, rel: str) -> str | None:
-    """Why ``rel`` may not be read (absolute, ``..``, or resolving outside ``root``), or None."""
-    if rel.startswith("/") or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
-        return f"path outside the data root {root}: {rel} (not read)"
-    if not inside(root, os.path.join(str(root), rel)):
-        return f"path resolves outside the data root {root} through a symlink: {rel} (not read)"
-    return None
-
-
 def _find_child(children: list[Path], names: tuple[str, ...]) -> Path | None:
     return next((c for c in children if c.name.lower() in names), None)
 
@@ -281,14 +205,6 @@ def _stem(rel: str) -> str:
     return f"{head}/{stem}" if head else stem
 
 
-def _parse_deg(token: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """(canonical name, None) or (None, error message)."""
-    try:
-        return taxonomy.parse_token(token, mapping).name, None
-    except taxonomy.UnknownDegradationError as e:
-        return None, str(e)
-
-
 def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: str,
                deg_of: Callable[[str], tuple[str | None, str | None]]) -> Iterator[Record]:
     """Pair files under ``lq_dir`` and ``gt_dir`` by relative stem (extension-agnostic).
@@ -329,7 +245,7 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
         if err:
             yield Reject(lq_rel, gt_rel, split, None, err, origin)
             continue
-        yield PairSpec(_join(base, lq_rel), _join(base, gt_rel), lq_rel, gt_rel, deg, split, origin)
+        yield PairSpec(join_path(base, lq_rel), join_path(base, gt_rel), lq_rel, gt_rel, deg, split, origin)
     for stem, gts in gt_by_stem.items():
         for i, g in enumerate(gts):
             g_rel = f"{gt_pre}/{g}"
@@ -354,12 +270,12 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
         for rel, reason in _skipped_children(sub, sub.name):
             yield Reject(rel, None, split, None, reason, str(sub))
         kids = _subdirs(sub)
-        lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+        lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
         if lq is None or gt is None:
             yield Reject(sub.name, None, split, None,
                          f"{sub}: expected LQ/ and GT/ subfolders (release test layout)", str(sub))
             continue
-        deg, err = (forced, None) if forced else _parse_deg(sub.name, mapping)
+        deg, err = (forced, None) if forced else parse_deg(sub.name, mapping)
         yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(sub),
                               deg_of=lambda rel, d=deg, e=err: (d, e))
 
@@ -367,7 +283,7 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
 def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
     split = split or "train"
     kids = _subdirs(root)
-    lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+    lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
     if lq is None or gt is None:
         raise IngestError(f"{root}: a paired folder needs lq/ and gt/ subfolders")
     for rel, reason in _skipped_children(root):
@@ -379,12 +295,6 @@ def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[R
         if "/" not in rel:
             return None, (f"no degradation for {lq.name}/{rel}: put it in a degradation subfolder "
                           f"({lq.name}/Blur/...) or pass --degradation NAME")
-        return _parse_deg(rel.split("/", 1)[0], mapping)
+        return parse_deg(rel.split("/", 1)[0], mapping)
 
     yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(root), deg_of=deg_of)
-
-
-def _join(root: Path, rel: str) -> str:
-    """``root/rel`` as plain string concatenation (``rel`` as is when absolute): the packer
-    relies on ``path == prefix + rel`` to keep only one copy of the prefix in its plan."""
-    return os.path.join(str(root), rel)

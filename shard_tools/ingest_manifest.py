@@ -2,7 +2,7 @@
 manifests (``shard_tools pack --kind list|manifest``).
 
 Both name each pair's paths relative to a data root, rather than finding them by walking
-folders (``shard_tools.ingest`` reads the folder layouts and defines the records). Each
+folders (``shard_tools.ingest`` reads the folder layouts; ``shard_tools.records`` defines the records). Each
 input line or row yields exactly one :class:`~shard_tools.ingest.PairSpec` or
 :class:`~shard_tools.ingest.Reject`, in file order; a pair listed twice is rejected as a
 duplicate of its first listing. List files follow ``REFERENCE.md`` section 1.
@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from foundir_data import format as fmt
-from shard_tools.ingest import (
-    _GT_NAMES, _LQ_NAMES, IngestError, PairSpec, Record, Reject, _join, _parse_deg, normalise, outside_reason,
+from shard_tools.records import (
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, join_path, normalise, outside_reason, parse_deg,
 )
 
 
 def _deg_from_path(rel: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Degradation from the first folder token of a release path that parses."""
-    parts = [p for p in rel.split("/")[:-1] if p.lower() not in _LQ_NAMES + _GT_NAMES]
+    parts = [p for p in rel.split("/")[:-1] if p.lower() not in LQ_NAMES + GT_NAMES]
     first_err = None
     for p in parts:
-        name, err = _parse_deg(p, mapping)
+        name, err = parse_deg(p, mapping)
         if name:
             return name, None
         first_err = first_err or err
@@ -73,7 +73,7 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
                 yield Reject(lq_rel, gt_rel, split, None, err, origin)
                 continue
             seen[(lq_rel, gt_rel)] = origin
-            yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
+            yield PairSpec(join_path(root, lq_rel), join_path(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -141,7 +141,7 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
         if forced:
             deg, err = forced, None
         elif row.get("degradation"):
-            deg, err = _parse_deg(str(row["degradation"]), mapping)
+            deg, err = parse_deg(str(row["degradation"]), mapping)
         else:
             deg, err = _deg_from_path(lq_rel, mapping)
         err = outside_reason(root, lq_rel) or outside_reason(root, gt_rel) or err
@@ -152,7 +152,7 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
             yield Reject(lq_rel, gt_rel, s, None, err, origin)
             continue
         seen[(s, lq_rel, gt_rel)] = origin
-        yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
+        yield PairSpec(join_path(root, lq_rel), join_path(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
 
 
 def _rel_to(p: str, root: Path) -> str:
