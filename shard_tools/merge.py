@@ -24,8 +24,7 @@ from pathlib import Path
 from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
-from shard_tools.pack import INGEST_REJECTS_PART
-from shard_tools.pack_guard import PLAN_FILE, remove_temps, writer_lock
+from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.writer import read_part_meta, write_atomic
 from foundir_data.errors import FoundIRError
 

@@ -41,11 +41,10 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
-from shard_tools.pack_guard import PLAN_FILE, check_output, remove_temps, writer_lock
+from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
 from shard_tools.writer import read_part_meta, write_atomic
 
-INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).
 _PER_SAMPLE_OVERHEAD = 3 * 512 + 2048

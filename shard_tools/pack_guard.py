@@ -29,6 +29,8 @@ LOCK_FILE = ".foundir-pack.lock"
 #: same lock again in one process would refuse itself.
 _HELD: set[tuple[str, int]] = set()
 PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
+#: The ingest-level rejects job 0 writes for merge.
+INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
 
 
 def is_own_pack(out: Path) -> bool:

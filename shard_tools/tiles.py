@@ -37,7 +37,7 @@ from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
-from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
+from shard_tools.pack_guard import PLAN_FILE as PACK_PLAN_FILE
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_PNG_LEVEL,
     DEFAULT_SIZE,
