@@ -270,7 +270,15 @@ class Store:
         dest = self._cache.path_for(url, info.sha256 if info else None)
         if (info or url in self._fetched) and self._cache.hit(dest, info.bytes if info else None):
             return str(dest)
-        self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+        for attempt in (0, 1):
+            try:
+                self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+                break
+            except ChecksumError as e:
+                if attempt:  # a second mismatch: the remote file itself differs
+                    raise
+                # Corrupted in transit: fetched once more (the cache never keeps a bad copy).
+                log.warning("%s: %s; downloading it once more", url, e.reason)
         self._fetched.add(url)
         return str(dest)
 

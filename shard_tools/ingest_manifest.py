@@ -80,13 +80,17 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         is_parquet = f.read(4) == b"PAR1"
     if is_parquet:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
-        _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
-        rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
-        for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
-            yield i, {k.lower(): v for k, v in row.items()}
+        try:
+            pf = pq.ParquetFile(path)
+            _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
+            rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
+            for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
+                yield i, {k.lower(): v for k, v in row.items()}
+        except (pa.ArrowException, OSError) as e:
+            raise IngestError(f"{path}: unreadable Parquet manifest ({type(e).__name__}: {e})") from None
         return
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -131,6 +135,10 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
         origin = f"{path}:{rowno}"
         lq, gt = row.get("lq"), row.get("gt")
         s = split or row.get("split") or "train"
+        if not isinstance(lq, (str, type(None))) or not isinstance(gt, (str, type(None))) or not isinstance(s, str):
+            yield Reject(None, None, None, None, f"manifest row has a non-text lq, gt or split "
+                         f"({type(lq).__name__}, {type(gt).__name__}, {type(s).__name__})", origin)
+            continue
         if not lq or not gt:
             yield Reject(lq or None, gt or None, s, None, "manifest row has an empty lq or gt path", origin)
             continue

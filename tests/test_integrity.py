@@ -202,3 +202,14 @@ def test_hostile_tar_header_size_is_refused(packed_copy):
     with pytest.raises(ShardError, match="claims 6442450944 bytes") as e:
         list(store.iter_samples(rec["shard"]))
     assert isinstance(e.value, FoundIRError)
+
+
+def test_stream_cache_download_corrupted_in_transit_is_fetched_again(hub, packed_copy, tmp_path):
+    good = list(_stream(str(packed_copy)))
+    hub.corrupt("/shards/", times=1)  # one shard download arrives damaged: refetched once
+    got = list(_hub_stream("cache", tmp_path))
+    assert [b["key"] for b in got] == [b["key"] for b in good]
+    assert all(np.array_equal(a["gt"].numpy(), b["gt"].numpy()) for a, b in zip(got, good))
+    hub.corrupt("/shards/", times=2)  # twice in a row: the remote copy is taken to be damaged
+    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+        list(_hub_stream("cache", tmp_path / "fresh"))

@@ -209,3 +209,18 @@ def test_full_disk_is_one_line_and_status_3(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("shard_tools pack: error: ") and "File too large" in lines[0]
     assert pack(src, out) == 0  # the rerun resumes and finishes
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_parquet_manifest_errors_name_the_file(tmp_path, capsys):
+    import pyarrow as pa
+
+    root = tmp_path / "data"
+    _pairs(root, "Blur", 1)
+    pq.write_table(pa.table({"lq": [7, None], "gt": ["Blur/GT/0.png", None]}), tmp_path / "m.parquet")
+    assert pack(tmp_path / "m.parquet", tmp_path / "out", "--data-root", root) == 1
+    assert any("non-text lq" in r["reason"] for r in _rejects(tmp_path / "out"))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\0" * 50)
+    assert pack(broken, tmp_path / "out2", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "Parquet" in err and "Traceback" not in err
