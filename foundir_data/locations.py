@@ -30,6 +30,12 @@ def hf_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from the environment (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``):
+    MinIO, moto, R2, ... The one rule for readers and ``shard_tools push``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def parse_hf_location(location: str) -> tuple[str, str, str]:
     """Split ``hf://datasets/<org>/<name>[@revision][/subdir]`` into (repo, revision, subdir).
 
@@ -138,7 +144,7 @@ def resolve(location: str | os.PathLike, *, token: str | None = None,
         return Location(root, "file", "file", {}, root, {})
     protocol = location.split("://", 1)[0]
     if protocol in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint()
         client_kwargs = dict(opts.get("client_kwargs") or {})
         if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
             client_kwargs["endpoint_url"] = endpoint

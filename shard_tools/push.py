@@ -42,7 +42,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
+from foundir_data.cache import default_cache_dir
 from foundir_data.errors import EXIT_IO, FoundIRError, UsageError
+from foundir_data.locations import s3_endpoint
 
 #: Hub limit on files per folder (huggingface.co/docs/hub/repositories-recommendations).
 HUB_FOLDER_LIMIT = 10_000
@@ -261,8 +263,7 @@ def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
 
     opts: dict = dict(cfg.storage_options)
     if cfg.dest.startswith(("s3://", "s3a://")) and "endpoint_url" not in opts:
-        # Same endpoint rule as foundir_data.store.Store.open (MinIO, moto, R2, ...).
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint()  # the readers' rule (foundir_data.locations)
         if endpoint:
             opts["endpoint_url"] = endpoint
     fs, base = fsspec.core.url_to_fs(cfg.dest, **opts)
@@ -355,7 +356,7 @@ def progress_bar(cfg: PushConfig, total: int, desc: str) -> tqdm:
 
 def journal_path(dest: str) -> Path:
     """Local record of finished uploads to ``dest`` (resume for fsspec destinations)."""
-    base = Path(os.environ.get("FOUNDIR_CACHE") or Path.home() / ".cache" / "foundir")
+    base = Path(default_cache_dir())  # the readers' cache folder (FOUNDIR_CACHE, XDG_CACHE_HOME)
     return base / "push" / (hashlib.sha1(dest.rstrip("/").encode()).hexdigest()[:16] + ".jsonl")
 
 
