@@ -7,7 +7,8 @@
 * **One writer**: a lock file ``.foundir-pack.lock`` in the output folder, held with
   ``flock`` for the whole run: exclusive for a single-job pack and for merge, shared by the
   jobs of a multi-job pack (which write disjoint shards by design). A second writer is
-  refused at once with exit status 3, naming the process that holds the folder.
+  refused at once with exit status 3, naming the process that holds the folder. An
+  exclusive holder removes the file when it finishes, so a finished pack holds none.
 * **No leftovers**: temporary ``*.tmp-<pid>`` files of an interrupted run (shards, parts,
   index, manifest, card) are removed by the next run that holds the folder exclusively.
 """
@@ -75,26 +76,44 @@ def writer_lock(out: Path, *, shared: bool = False) -> Iterator[None]:
     if key in _HELD:  # this process holds it already (pack -> merge -> tiles -> merge)
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(out, path, shared)
     _HELD.add(key)
     try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
-            raise BusyError(f"{out}: another pack or merge (pid {holder}) is writing this folder; "
-                            "wait for it to finish, or stop it and rerun") from None
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
-                raise
-            # A filesystem without flock (some network mounts): run unlocked, as before.
         if not shared:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+        if not shared:  # a finished folder carries no lock file (push, verify see only the pack)
+            path.unlink(missing_ok=True)
     finally:
         _HELD.discard(key)
         os.close(fd)  # releases the lock
+
+
+def _acquire(out: Path, path: Path, shared: bool) -> int:
+    """An open descriptor of ``path`` holding the flock; retried when the file was removed
+    (by the previous holder, on finishing) between our open and our flock."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise BusyError(f"{out}: another pack or merge (pid {holder}) is writing this folder; "
+                            "wait for it to finish, or stop it and rerun") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                os.close(fd)
+                raise
+            return fd  # a filesystem without flock (some network mounts): run unlocked, as before
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def remove_temps(out: Path) -> int:

@@ -84,6 +84,7 @@ def test_output_inside_the_source_resumes(tmp_path):
     first = (out / fmt.MANIFEST_FILE).read_bytes()
     assert pack(src, out) == 0  # the output is not input: same plan, nothing rebuilt
     assert (out / fmt.MANIFEST_FILE).read_bytes() == first and len(_index(out)) == 3
+    assert not (out / ".foundir-pack.lock").exists()  # a finished pack holds no lock file
 
 
 # ---------------------------------------------------------------- paths
