@@ -161,9 +161,12 @@ class PairReader:
             self._fds.move_to_end(shard)
         return got
 
-    def _limit(self, shard: str) -> int | None:
+    def _limit(self, shard: str) -> int:
         info = self.store.shard_info(shard)
-        return info.bytes if info is not None else None
+        if info is None:  # no size to bound a range read by: the index does not match the manifest
+            raise fmt.FormatError(f"{self.store.location}: the index names shard {shard!r}, which the manifest "
+                                  "does not list; re-pack or re-upload the folder")
+        return info.bytes
 
     def _bound(self, shard: str, key: str, spans: list[tuple[int, int]], limit: int | None) -> None:
         for off, n in spans:

@@ -213,3 +213,11 @@ def test_stream_cache_download_corrupted_in_transit_is_fetched_again(hub, packed
     hub.corrupt("/shards/", times=2)  # twice in a row: the remote copy is taken to be damaged
     with pytest.raises(ChecksumError, match="sha256 mismatch"):
         list(_hub_stream("cache", tmp_path / "fresh"))
+
+
+def test_range_read_of_a_shard_the_manifest_does_not_list_is_refused(packed_copy):
+    from foundir_data.reader import PairReader
+
+    rec = dict(_one_shard_row(packed_copy), shard="shards/full/test/Blur/not-listed.tar")
+    with pytest.raises(fmt.FormatError, match="does not list"):
+        PairReader(Store.open(str(packed_copy)), "range").read_pair(rec)
