@@ -231,11 +231,11 @@ class Store:
             # size given (or -1 if unknown) so fsspec opens a streaming GET without a HEAD first.
             try:
                 f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
-            except Exception as e:  # noqa: BLE001 - a 416 is classified below, the rest by the caller
+            except Exception as e:  # noqa: BLE001 - a 416 is handled below, the rest by the caller
                 if not (pos and http_status(e) == 416):
                     raise
-                f = None
-            if f is None:  # 416: the server's file ends at or before ``pos``
+                f = None  # 416: the server's file ends at or before ``pos``
+            if f is None:
                 if size is None or pos >= size:
                     return io.BytesIO(b"")  # nothing left: the stream ends (size/sha256 still checked)
                 raise Truncated(url, size, pos)
@@ -270,15 +270,11 @@ class Store:
         dest = self._cache.path_for(url, info.sha256 if info else None)
         if (info or url in self._fetched) and self._cache.hit(dest, info.bytes if info else None):
             return str(dest)
-        for attempt in (0, 1):
-            try:
-                self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
-                break
-            except ChecksumError as e:
-                if attempt:  # a second mismatch: the remote file itself differs
-                    raise
-                # Corrupted in transit: fetched once more (the cache never keeps a bad copy).
-                log.warning("%s: %s; downloading it once more", url, e.reason)
+        try:
+            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+        except ChecksumError as e:  # corrupted in transit? Once more; a second mismatch raises
+            log.warning("%s: %s; downloading it once more", url, e.reason)
+            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
         self._fetched.add(url)
         return str(dest)
 
