@@ -145,8 +145,11 @@ def _subdirs(p: Path) -> list[Path]:
         return []
 
 
-def _skipped_children(p: Path, rel: str = "") -> list[tuple[str, str]]:
-    """(relative path, reason) of hidden and symlinked entries of ``p`` (never followed)."""
+def _skipped_children(p: Path, rel: str = "", *, used: tuple[Path, ...] | None = None,
+                      where: str = "") -> list[tuple[str, str]]:
+    """(relative path, reason) of the entries of ``p`` that are not input: hidden and
+    symlinked entries (never followed) and, when ``used`` lists the folders the layout reads
+    here, every other file or folder (``where`` says where input belongs)."""
     out = []
     try:
         children = sorted(p.iterdir())
@@ -158,6 +161,8 @@ def _skipped_children(p: Path, rel: str = "") -> list[tuple[str, str]]:
             out.append((r, "hidden file or folder skipped (names starting with '.' are not input)"))
         elif c.is_symlink() and c.is_dir():
             out.append((r, "symlinked folder not followed"))
+        elif used is not None and c not in used and not _excluded(c):
+            out.append((r, f"not input: {where} (skipped)"))
     return out
 
 
@@ -264,10 +269,14 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
     split = split or ("train" if root.resolve().name.lower() == "train" else "test")
     if not root.is_dir():
         raise IngestError(f"{root}: not a folder (test layout expects NNName/{{GT,LQ}}/)")
-    for rel, reason in _skipped_children(root):
+    subs = _subdirs(root)
+    for rel, reason in _skipped_children(root, used=tuple(subs), where="files belong in NNName/LQ/ and NNName/GT/"):
         yield Reject(rel, None, split, None, reason, str(root))
-    for sub in _subdirs(root):
-        for rel, reason in _skipped_children(sub, sub.name):
+    for sub in subs:
+        kids = _subdirs(sub)
+        pair = tuple(k for k in (_find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)) if k is not None)
+        used = pair if len(pair) == 2 else tuple(kids)  # an incomplete folder is one reject below
+        for rel, reason in _skipped_children(sub, sub.name, used=used, where="files belong in LQ/ and GT/"):
             yield Reject(rel, None, split, None, reason, str(sub))
         kids = _subdirs(sub)
         lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
@@ -286,7 +295,7 @@ def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[R
     lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
     if lq is None or gt is None:
         raise IngestError(f"{root}: a paired folder needs lq/ and gt/ subfolders")
-    for rel, reason in _skipped_children(root):
+    for rel, reason in _skipped_children(root, used=(lq, gt), where=f"pairs belong in {lq.name}/ and {gt.name}/"):
         yield Reject(rel, None, split, None, reason, str(root))
 
     def deg_of(rel: str) -> tuple[str | None, str | None]:

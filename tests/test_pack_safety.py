@@ -225,3 +225,27 @@ def test_parquet_manifest_errors_name_the_file(tmp_path, capsys):
     assert pack(broken, tmp_path / "out2", "--data-root", root) == 2
     err = capsys.readouterr().err
     assert str(broken) in err and "Parquet" in err and "Traceback" not in err
+
+
+def test_stray_files_of_the_folder_layouts_are_listed(tmp_path):
+    src = tmp_path / "src"
+    _pairs(src, "01Blur", 1)
+    (src / "notes.txt").write_text("x")
+    (src / "01Blur" / "readme.md").write_text("x")
+    (src / "01Blur" / "extra").mkdir()
+    out = tmp_path / "out"
+    assert pack(src, out) == 1
+    rej = {r["lq"]: r["reason"] for r in _rejects(out)}
+    assert set(rej) == {"notes.txt", "01Blur/readme.md", "01Blur/extra"}
+    assert all("not input" in r for r in rej.values())
+    folder = tmp_path / "paired"
+    _pairs(folder, "lq", 1, lq="Blur", gt="x")  # lq/Blur/0.png
+    _pairs(folder, "gt", 1, lq="Blur", gt="y")  # gt/Blur/0.png
+    for side, d in (("lq", "x"), ("gt", "y")):
+        for f in (folder / side / d).iterdir():
+            f.unlink()
+        (folder / side / d).rmdir()
+    (folder / "list.csv").write_text("x")
+    assert pack(folder, tmp_path / "out2") == 1
+    assert [r["lq"] for r in _rejects(tmp_path / "out2")] == ["list.csv"]
+    assert len(_index(tmp_path / "out2")) == 1
