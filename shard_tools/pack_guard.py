@@ -103,7 +103,7 @@ def _acquire(out: Path, path: Path, shared: bool) -> int:
             raise BusyError(f"{out}: another pack or merge (pid {holder}) is writing this folder; "
                             "wait for it to finish, or stop it and rerun") from None
         except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
                 raise
             return fd  # a filesystem without flock (some network mounts): run unlocked, as before
