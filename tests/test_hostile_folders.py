@@ -102,3 +102,17 @@ def test_deep_json_record_in_a_shard_is_a_finding(packed_copy):
               fmt.JSON_MEMBER: b"[" * 1_000_000}
     with pytest.raises(fmt.FormatError, match="u.tar sample 'k': unreadable JSON record"):
         example_from_sample(sample)
+
+
+def test_stats_refuses_an_index_path_outside_and_names_a_broken_index(packed_copy, capsys):
+    m = _manifest(packed_copy)
+    m["index"] = "../../pairs.parquet"
+    _write(packed_copy, m)
+    assert cli(["stats", str(packed_copy)]) == 2
+    assert "invalid path" in capsys.readouterr().err
+    m["index"] = fmt.INDEX_FILE
+    _write(packed_copy, m)
+    (packed_copy / fmt.INDEX_FILE).write_bytes(b"PAR1 not parquet PAR1")
+    assert cli(["stats", str(packed_copy)]) == 2
+    err = capsys.readouterr().err
+    assert str(packed_copy / fmt.INDEX_FILE) in err and len(err.strip().splitlines()) == 1
