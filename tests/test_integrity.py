@@ -221,3 +221,16 @@ def test_range_read_of_a_shard_the_manifest_does_not_list_is_refused(packed_copy
     rec = dict(_one_shard_row(packed_copy), shard="shards/full/test/Blur/not-listed.tar")
     with pytest.raises(fmt.FormatError, match="does not list"):
         PairReader(Store.open(str(packed_copy)), "range").read_pair(rec)
+
+
+@pytest.mark.parametrize("bad", ["", "z" * 64, None])
+def test_stream_refuses_an_index_without_valid_hashes(packed_copy, bad):
+    import pyarrow as pa
+
+    t = pq.read_table(packed_copy / fmt.INDEX_FILE)
+    col = t["gt_sha256"].to_pylist()
+    col[3] = bad
+    t = t.set_column(t.schema.get_field_index("gt_sha256"), "gt_sha256", pa.array(col, pa.string()))
+    pq.write_table(t, packed_copy / fmt.INDEX_FILE)
+    with pytest.raises(fmt.FormatError, match="gt_sha256"):
+        _stream(str(packed_copy))
