@@ -6,8 +6,9 @@
   with a list of what is there, unless ``--force``; the source itself is never an output.
 * **One writer**: a lock file ``.foundir-pack.lock`` in the output folder, held with
   ``flock`` for the whole run: exclusive for a single-job pack and for merge, shared by the
-  jobs of a multi-job pack (which write disjoint shards by design). A second writer is
-  refused at once with exit status 3, naming the process that holds the folder. An
+  jobs of a multi-job pack (which write disjoint shards by design). A second writer waits
+  up to ``LOCK_WAIT`` seconds, then is refused with exit status 3, naming the process that
+  holds the folder. An
   exclusive holder removes the file when it finishes, so a finished pack holds none.
 * **No leftovers**: temporary ``*.tmp-<pid>`` files of an interrupted run (shards, parts,
   index, manifest, card) are removed by the next run that holds the folder exclusively.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +28,9 @@ from foundir_data import format as fmt
 from foundir_data.errors import BusyError, OutputFolderError
 
 LOCK_FILE = ".foundir-pack.lock"
+#: Seconds a second writer waits for the lock before it gives up: long enough for the
+#: workers of a killed pack (which share its lock through fork) to finish dying.
+LOCK_WAIT = 5.0
 #: (lock path, pid) of the locks this process holds: flock is per open file, so taking the
 #: same lock again in one process would refuse itself.
 _HELD: set[tuple[str, int]] = set()
@@ -64,7 +69,7 @@ def check_output(out: Path, source: Path, *, force: bool = False) -> None:
 
 
 @contextmanager
-def writer_lock(out: Path, *, shared: bool = False) -> Iterator[None]:
+def writer_lock(out: Path, *, shared: bool = False, wait: float = LOCK_WAIT) -> Iterator[None]:
     """Hold ``out``'s lock file for the duration (see the module docstring).
 
     Raises:
@@ -76,7 +81,7 @@ def writer_lock(out: Path, *, shared: bool = False) -> Iterator[None]:
     if key in _HELD:  # this process holds it already (pack -> merge -> tiles -> merge)
         yield
         return
-    fd = _acquire(out, path, shared)
+    fd = _acquire(out, path, shared, wait)
     _HELD.add(key)
     try:
         if not shared:
@@ -90,9 +95,11 @@ def writer_lock(out: Path, *, shared: bool = False) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _acquire(out: Path, path: Path, shared: bool) -> int:
+def _acquire(out: Path, path: Path, shared: bool, wait: float) -> int:
     """An open descriptor of ``path`` holding the flock; retried when the file was removed
-    (by the previous holder, on finishing) between our open and our flock."""
+    (by the previous holder, on finishing) between our open and our flock, and for up to
+    ``wait`` seconds while another process holds it."""
+    deadline = time.monotonic() + wait
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -100,6 +107,9 @@ def _acquire(out: Path, path: Path, shared: bool) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
             raise BusyError(f"{out}: another pack or merge (pid {holder}) is writing this folder; "
                             "wait for it to finish, or stop it and rerun") from None
         except OSError as e:
