@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from foundir_data import format as fmt
@@ -29,7 +29,7 @@ def pack(*args) -> int:
 
 def _png(path: Path, seed: int, size: int = 24) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = __import__("numpy").random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype="uint8")).save(buf, "PNG")
     path.write_bytes(buf.getvalue())
