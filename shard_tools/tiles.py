@@ -275,10 +275,10 @@ def merge_tiles(root: str) -> fmt.Manifest:
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)
     write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
-    write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())
     from shard_tools.card import write_card
 
     write_card(str(base), manifest, index)
+    write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
 
 
