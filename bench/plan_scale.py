@@ -80,6 +80,9 @@ def write_skeleton(root: Path, rows: int, shards: int, distribution: str) -> Non
         "lq_offset": pa.array(off), "lq_size": pa.array(np.full(rows, 4_000_000, np.int64)),
         "gt_offset": pa.array(off + 4_000_512), "gt_size": pa.array(np.full(rows, 4_000_000, np.int64)),
         "source_key": pa.nulls(rows, pa.string()),
+        # Distinct per row, as real hashes are (the stream keeps them as 32 bytes per member).
+        "lq_sha256": pa.array(np.char.zfill(np.arange(rows).astype("U64"), 64).astype(object), pa.string()),
+        "gt_sha256": pa.array(np.char.zfill(np.arange(rows, 2 * rows).astype("U64"), 64).astype(object), pa.string()),
     }
     (root / "index").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols), root / fmt.INDEX_FILE)

@@ -14,6 +14,10 @@ One run builds a sample from the real CC0 photos bundled with scikit-image (``ma
         webdataset configs) + the same crop.
     Loaders run round-robin for ``--rounds`` rounds; the best round counts. Printed: ratios, and
     how many cores feed one GPU at 1,000 patch pairs/s.
+(c) the cost of the integrity check (issue 11): every pair's read checked against the index's
+    sha256 (``FoundIRStream.read_pair``, what training does) vs the same preads unchecked, and
+    both vs decoding the pair; interleaved per round, best of rounds, CPU time. Printed: the
+    check's cost as a fraction of the decode time.
 
 Training tiles (``layout="tile"``, issue 5) are measured by ``bench/tiles.py``.
 
@@ -103,8 +107,9 @@ def per_patch(it: Iterator[int], n: int) -> tuple[float, float]:
     return (time.process_time() - c) / k, (time.perf_counter() - w) / k
 
 
-def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[float, float, int, int]:
-    """(ours pairs/s, cat pairs/s, pairs, bytes) reading the shards without decoding.
+def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[float, float, float, int, int]:
+    """(ours pairs/s, ours unchecked pairs/s, cat pairs/s, pairs, bytes) reading the shards
+    without decoding; "unchecked" is the same preads without the sha256 step.
 
     Both read the data ``k`` times per round (``k`` brings a round near ``target_bytes``) so
     ``cat``'s process start-up does not count.
@@ -117,7 +122,8 @@ def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[flo
     nbytes = sum(Path(f).stat().st_size for f in files)
     k = int(max(1, min(200, target_bytes // nbytes)))
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-    best_ours = best_cat = float("inf")
+    spans = _spans(st, rows)
+    best_ours = best_plain = best_cat = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()
         for _ in range(k):
@@ -125,9 +131,58 @@ def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[flo
                 st.read_pair(r, reuse=True)
         best_ours = min(best_ours, time.perf_counter() - t)
         t = time.perf_counter()
+        for _ in range(k):
+            for shard, sp in spans:
+                st._reader._read(shard, sp, True, "")
+        best_plain = min(best_plain, time.perf_counter() - t)
+        t = time.perf_counter()
         subprocess.run(["cat", *(files * k)], stdout=subprocess.DEVNULL, check=True)
         best_cat = min(best_cat, time.perf_counter() - t)
-    return k * len(rows) / best_ours, k * len(rows) / best_cat, len(rows), nbytes
+    n = k * len(rows)
+    return n / best_ours, n / best_plain, n / best_cat, len(rows), nbytes
+
+
+def _spans(st, rows: list[int]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The reader's pread spans of ``rows`` (for the unchecked comparison)."""
+    from foundir_data.reader import MAX_GAP
+
+    out = []
+    for r in rows:
+        lo, ls, go, gs = (int(v) for v in st._off[r])
+        joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
+        out.append((st._shard_names[int(st._shard[r])], [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]))
+    return out
+
+
+def integrity_cost(packed: Path, rounds: int) -> tuple[float, float, float, int]:
+    """(unchecked read, checked read, decode) CPU seconds per pair, and the pair count.
+
+    The unchecked read is the reader's own pread path without the sha256 step
+    (``PairReader._read``), so the difference is the check alone.
+    """
+    from foundir_data.decode import decode_pair
+    from foundir_data.stream import FoundIRStream
+
+    st = FoundIRStream(str(packed), schedule="mix", batch_size=1, crop=CROP, world_size=1, rank=0)
+    rows = list(range(st.num_pairs))
+    spans = _spans(st, rows)
+    blobs = [tuple(bytes(m) for m in st.read_pair(r)) for r in rows]
+    best = [float("inf")] * 3
+    for _ in range(rounds):
+        t = time.process_time()
+        for shard, sp in spans:
+            st._reader._read(shard, sp, True, "")
+        best[0] = min(best[0], time.process_time() - t)
+        t = time.process_time()
+        for r in rows:
+            st.read_pair(r, reuse=True)
+        best[1] = min(best[1], time.process_time() - t)
+        t = time.process_time()
+        for r, (lq, gt) in zip(rows, blobs):
+            decode_pair(lq, gt, "bench")
+        best[2] = min(best[2], time.process_time() - t)
+    n = len(rows)
+    return best[0] / n, best[1] / n, best[2] / n, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", type=int, default=4, help="crops per decoded pair for the multi-crop variant")
     ap.add_argument("--rounds", type=int, default=2, help="round-robin rounds (best counts)")
     ap.add_argument("--work", help="folder to build in (default: a temporary folder)")
+    ap.add_argument("--no-loaders", action="store_true", help="only (a) and (c): skip the loader comparison")
     a = ap.parse_args(argv)
     import torch
 
@@ -148,12 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         src, packed = build(work, a.size, a.per_type)
         print(f"built {20 * a.per_type} pairs at long side {a.size} and packed them in {time.perf_counter() - t:.0f} s ({work})")
 
-        ours, cat, n, nbytes = raw_rates(packed, max(3, a.rounds))
+        ours, plain, cat, n, nbytes = raw_rates(packed, max(3, a.rounds))
         print(f"\n(a) raw read, no decode ({n} pairs, {nbytes / 1e6:.0f} MB of shards, page cache warm)")
-        print(f"  FoundIRStream.read_pair (planned order)  {ours:9.0f} pairs/s  {ours * nbytes / n / 1e9:5.2f} GB/s")
+        print(f"  FoundIRStream.read_pair (planned order)  {ours:9.0f} pairs/s  {ours * nbytes / n / 1e9:5.2f} GB/s  (sha256-checked)")
+        print(f"  the same preads, unchecked               {plain:9.0f} pairs/s  {plain * nbytes / n / 1e9:5.2f} GB/s")
         print(f"  cat of the same shard files              {cat:9.0f} pairs/s  {cat * nbytes / n / 1e9:5.2f} GB/s")
-        print(f"  ratio ours / cat: {ours / cat:.2f}x (target >= 0.8x)")
+        print(f"  ratio unchecked / cat: {plain / cat:.2f}x (target >= 0.8x); checked / cat: {ours / cat:.2f}x")
 
+        plain, checked, decode, n = integrity_cost(packed, max(3, a.rounds))
+        print(f"\n(c) integrity check: sha256 of every member vs the index ({n} pairs, CPU ms per pair, best of "
+              f"{max(3, a.rounds)} rounds)")
+        print(f"  read, unchecked   {plain * 1e3:8.3f}")
+        print(f"  read, checked     {checked * 1e3:8.3f}   (check alone: {(checked - plain) * 1e3:.3f})")
+        print(f"  decode LQ+GT      {decode * 1e3:8.3f}")
+        print(f"  check / decode: {(checked - plain) / decode:.1%}; checked read / unchecked read: {checked / plain:.1f}x")
+
+        if a.no_loaders:
+            return 0
         loaders: dict[str, tuple[Callable[[], Iterator[int]], int]] = {
             "folder (BasicSR-style)": (lambda: folder_loader(src), a.pairs),
             "datasets streaming + crop": (lambda: datasets_loader(packed), a.pairs),

@@ -2,7 +2,8 @@
 
 For evaluation, previews and debugging: reading a pair costs one range request (the LQ and
 GT members are consecutive in their shard, so one request covers both) and never downloads
-the shard. Member bytes are checked against the sha256 recorded in the index.
+the shard. Member bytes are checked against the sha256 recorded in the index by the one
+pair reader (``reader.py``) before they are decoded.
 
 Example::
 
@@ -13,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import weakref
@@ -23,11 +23,9 @@ import pyarrow as pa
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
-from foundir_data.store import ChecksumError, Store
+from foundir_data.reader import MAX_GAP, PairReader  # noqa: F401 - MAX_GAP: part of this API
+from foundir_data.store import ChecksumError, Store  # noqa: F401 - ChecksumError: what get_pair raises
 
-#: Read LQ and GT in one request when at most this many bytes lie between them (tar
-#: header + padding is 512-1023 bytes).
-MAX_GAP = 64 * 1024
 _lock = threading.Lock()
 _indexes: "weakref.WeakKeyDictionary[Store, tuple[pa.Table, dict[str, int]]]" = weakref.WeakKeyDictionary()
 _stores: dict[tuple, Store] = {}
@@ -72,41 +70,21 @@ def get_record(location_or_store: str | Store, key: str, *, token: str | None = 
     return table.slice(i, 1).to_pylist()[0]
 
 
-def _check(store: Store, rec: dict[str, Any], member: str, data: bytes) -> bytes:
-    expected = rec[f"{member}_sha256"]
-    found = hashlib.sha256(data).hexdigest()
-    if expected and found != expected:
-        raise ChecksumError(store.url(rec["shard"]), f"member {rec['key']}.{member}.img at byte "
-                            f"{rec[f'{member}_offset']}: sha256 mismatch: expected {expected}, found "
-                            f"{found}; the shard is corrupt or does not match its index: re-pack or re-upload")
-    return data
-
-
 def read_member(store: Store, rec: dict[str, Any], member: str) -> bytes:
     """The bytes of one image member (``"lq"`` or ``"gt"``) of an index row: one range
-    request, checked against the index's sha256.
+    request, checked against the index's sha256 (``reader.PairReader``).
 
     Raises:
         ChecksumError: the bytes do not match the index (names the shard URL).
     """
-    off, size = rec[f"{member}_offset"], rec[f"{member}_size"]
-    if off is None or size is None or min(off, size) < 0:
-        raise fmt.FormatError(f"{store.location}: index row of {rec['key']!r} has no {member} offsets")
-    return _check(store, rec, member, store.read_range(rec["shard"], off, size))
+    return PairReader(store, "range").read_member(rec, member)
 
 
 def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
-    """LQ and GT bytes of an index row, in one range request when they are adjacent."""
-    shard = rec["shard"]
-    lo, ls, go, gs = rec["lq_offset"], rec["lq_size"], rec["gt_offset"], rec["gt_size"]
-    if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0:
-        raise fmt.FormatError(f"{store.location}: index row of {rec['key']!r} has no member offsets")
-    if lo <= go and 0 <= go - (lo + ls) <= MAX_GAP:
-        block = store.read_range(shard, lo, go + gs - lo)
-        lq, gt = block[:ls], block[go - lo:]
-    else:
-        lq, gt = store.read_range(shard, lo, ls), store.read_range(shard, go, gs)
-    return _check(store, rec, "lq", lq), _check(store, rec, "gt", gt)
+    """LQ and GT bytes of an index row, in one range request when they are adjacent, each
+    checked against the index's sha256 (``reader.PairReader``)."""
+    lq, gt = PairReader(store, "range").read_pair(rec)
+    return bytes(lq), bytes(gt)
 
 
 def _decode(data: bytes, where: str):

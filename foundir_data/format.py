@@ -30,12 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Iterable
 
 import pyarrow as pa
 
 from foundir_data import taxonomy
+from foundir_data.errors import FoundIRError
 
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
@@ -77,7 +78,7 @@ DEFAULT_SHARD_COUNT = 10_000
 _KEY_OK = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class FormatError(ValueError):
+class FormatError(FoundIRError, ValueError):
     """A packed folder, manifest or record that does not follow this format."""
 
 
@@ -210,6 +211,32 @@ def check_index_schema(table: pa.Table, where: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------- manifest
+#: JSON types of the manifest's known fields (``_typed``); bool is not an int here.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str,), "split": (str,), "degradation": (str,), "layout": (str,), "count": (int,),
+    "bytes": (int,), "sha256": (str,), "format": (str,), "format_version": (int,), "name": (str,),
+    "index": (str,), "num_samples": (int,), "num_rejected": (int,), "tile": (dict, type(None)),
+    "created_by": (str,), "extra": (dict,),
+}
+
+
+def _typed(cls: type, data: dict, where: str, build: bool = True) -> Any:
+    """``cls(**known fields of data)`` after checking their JSON types; unknown fields are
+    dropped (written by a newer version), missing required ones named."""
+    names = {f.name for f in fields(cls)} - {"shards"}
+    known = {k: v for k, v in data.items() if k in names}
+    for k, v in known.items():
+        ok = _FIELD_TYPES.get(k, (object,))
+        if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+            raise FormatError(f"{where}: field {k!r} must be {' or '.join(t.__name__ for t in ok)}, "
+                              f"got {type(v).__name__} {str(v)[:40]!r}")
+    missing = [f.name for f in fields(cls) if f.name in names and f.name not in known
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise FormatError(f"{where}: missing field(s) {missing}")
+    return cls(**known) if build else known
+
+
 @dataclass
 class ShardInfo:
     """One shard as listed in the manifest."""
@@ -248,11 +275,19 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = MANIFEST_FILE) -> "Manifest":
-        """Parse and validate a manifest; errors name ``where`` (a path or URL)."""
+        """Parse and validate a manifest; errors name ``where`` (a path or URL).
+
+        Fields this version does not know are ignored (a newer writer's folder still reads);
+        known fields must have their types.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise FormatError(f"{where}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{where}: not UTF-8 text, so not valid JSON ({e})") from None
+        except RecursionError:
+            raise FormatError(f"{where}: not a manifest (JSON nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise FormatError(f"{where}: not a {FORMAT_NAME} manifest (format={data.get('format') if isinstance(data, dict) else None!r})")
         version = data.get("format_version")
@@ -262,11 +297,11 @@ class Manifest:
                 f"(reads {READABLE_VERSIONS}); upgrade foundir or repack the dataset"
             )
         data.setdefault("format_minor", 0)  # written before minor versions existed
-        try:
-            shards = [ShardInfo(**s) for s in data.pop("shards", [])]
-            return cls(shards=shards, **data)
-        except TypeError as e:
-            raise FormatError(f"{where}: malformed manifest ({e})") from None
+        shards = data.get("shards", [])
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise FormatError(f"{where}: malformed manifest ('shards' must be a list of objects)")
+        return cls(shards=[_typed(ShardInfo, s, f"{where} shards[{i}]") for i, s in enumerate(shards)],
+                   **_typed(cls, {k: v for k, v in data.items() if k != "shards"}, where, build=False))
 
     def select(self, *, split: str | None = None, degradations: Iterable[str] | None = None,
                layout: str | None = LAYOUT_FULL) -> list[ShardInfo]:

@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
+from foundir_data.reader import PairReader, digest
+from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
+
+log = logging.getLogger(__name__)
+#: Index columns the member check needs.
+_CHECK_COLUMNS = ("key", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256")
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
 DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
@@ -91,6 +101,8 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
         record = json.loads(sample[fmt.JSON_MEMBER])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fmt.FormatError(f"{where}: unreadable JSON record ({e})") from None
+    except RecursionError:
+        raise fmt.FormatError(f"{where}: unreadable JSON record (nested too deeply)") from None
     if not isinstance(record, dict) or record.get("degradation") not in taxonomy.NAMES:
         raise fmt.FormatError(f"{where}: record lacks a known 'degradation'")
     out = {
@@ -106,16 +118,55 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _member_rows(store: Store, shards: list[str]) -> dict[str, dict[str, Any]]:
+    """key -> index row (offsets and sha256) of the samples of ``shards``."""
+    t = store.index(columns=list(_CHECK_COLUMNS))
+    t = t.filter(pc.is_in(t["shard"], value_set=pa.array(shards, pa.string())))
+    return {r["key"]: r for r in t.to_pylist()}
+
+
+def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The samples of shard ``rel`` whose image members match the index's sha256.
+
+    Each member is compared with its index row before the sample is yielded; a mismatch is
+    read once more by a range request at the row's offsets when the store is remote
+    (``reader.PairReader``), then raised or, under ``on_error="skip"``, logged, listed in
+    ``store.skipped`` and never yielded. A sample the index does not list is refused too.
+    """
+    reader = PairReader(store, "range")
+    for sample in store.iter_samples(rel):
+        key = sample.get("__key__")
+        try:
+            row = rows.get(key)
+            if row is None:
+                raise ChecksumError(store.url(rel), f"sample {key!r} is not in the index; the shard does "
+                                                    "not match its index: re-pack or re-upload")
+            for m, member in (("lq", fmt.LQ_MEMBER), ("gt", fmt.GT_MEMBER)):
+                data = sample.get(member)
+                want = digest(row[f"{m}_sha256"], f"{store.url(rel)}: member {key}.{member}")
+                if data is None or hashlib.sha256(data).digest() != want:
+                    sample[member] = reader.read_member(row, m)  # second read, or ChecksumError
+        except ChecksumError as e:
+            if store.on_error != "skip":
+                raise
+            log.warning("skipping sample %s of %s (on_error='skip'): %s", key, store.url(rel), e)
+            store.skipped.append((f"{store.url(rel)}#{key}", str(e)))
+            continue
+        yield sample
+
+
 def generate_examples(shards: list[str], location: str, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The ``from_generator`` generator: examples of ``shards`` (relative paths) in order.
 
-    Opens its own store (it runs in DataLoader workers); reads the manifest once, so shard
-    sizes and checksums are verified.
+    Opens its own store (it runs in DataLoader workers); reads the manifest and the index
+    rows of its shards once, so shard sizes and checksums are verified and every image
+    member is checked against the index before it is yielded (:func:`checked_samples`).
     """
     store = Store.open(location, **options)
     store.manifest()
+    rows = _member_rows(store, shards)
     for rel in shards:
-        for sample in store.iter_samples(rel):
+        for sample in checked_samples(store, rel, rows):
             yield example_from_sample(sample)
 
 

@@ -30,6 +30,12 @@ def hf_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from the environment (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``):
+    MinIO, moto, R2, ... The one rule for readers and ``shard_tools push``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def parse_hf_location(location: str) -> tuple[str, str, str]:
     """Split ``hf://datasets/<org>/<name>[@revision][/subdir]`` into (repo, revision, subdir).
 
@@ -101,12 +107,6 @@ class Location:
         if self.is_http:
             return f"{self.root}/{quote(rel, safe='/')}"
         return f"{self.root}/{rel}"
-
-
-def s3_endpoint() -> str | None:
-    """The S3 endpoint from the environment (MinIO, moto, R2, ...), as the AWS tools read it:
-    ``AWS_ENDPOINT_URL_S3`` first, then ``AWS_ENDPOINT_URL``; ``None`` for AWS itself."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def resolve(location: str | os.PathLike, *, token: str | None = None,

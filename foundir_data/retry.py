@@ -18,8 +18,9 @@ import logging
 import random
 import time
 from typing import Any, BinaryIO, Callable, TypeVar
+from foundir_data.errors import EXIT_IO, EXIT_USAGE, FoundIRError
 
-log = logging.getLogger("foundir_data.store")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Longest single wait, whatever the backoff or Retry-After say.
@@ -34,8 +35,10 @@ _TRANSIENT_NAMES = {
 }
 
 
-class ShardError(OSError):
+class ShardError(FoundIRError, OSError):
     """A file of a packed folder could not be read correctly; ``url`` names it."""
+
+    exit_code = EXIT_IO
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"{url}: {reason}")
@@ -49,9 +52,13 @@ class ShardError(OSError):
 class ChecksumError(ShardError):
     """The bytes read do not match the sha256 recorded in the manifest or index."""
 
+    exit_code = EXIT_USAGE
+
 
 class TruncatedShardError(ShardError):
     """A file still ended before its recorded size after every retry."""
+
+    exit_code = EXIT_USAGE
 
 
 class Truncated(Exception):
@@ -81,12 +88,22 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, (ShardError, FileNotFoundError, PermissionError, IsADirectoryError,
                       NotADirectoryError)):
         return False
+    if _protocol_error(e):
+        return True
     status = http_status(e)
     if status is not None:
         return status in (408, 425, 429) or status >= 500
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
     return any(c.__name__ in _TRANSIENT_NAMES for c in type(e).__mro__)
+
+
+def _protocol_error(e: BaseException) -> bool:
+    """A response that did not parse as HTTP (aiohttp reports it as status 400): typically
+    bytes a server left on a keep-alive connection after a too-short Content-Length. The
+    client drops that connection, so the same request on a new one may succeed."""
+    cause = e.__cause__ or e.__context__
+    return cause is not None and any(k.__name__ == "HttpProcessingError" for k in type(cause).__mro__)
 
 
 def retry_after(e: BaseException) -> float | None:
@@ -122,35 +139,59 @@ def retry_delay(attempt: int, backoff: float, url: str, after: float | None = No
 
 
 def describe(e: BaseException) -> str:
+    """A one-line account of ``e`` built from its status and reason only: an HTTP client's
+    error also holds the request, whose headers carry the token, so its ``str``/``repr``
+    never go into a message."""
     status = http_status(e)
     if status is not None:
-        return f"HTTP {status} {getattr(e, 'message', '') or ''}".rstrip()
+        reason = getattr(e, "message", "") or ""
+        reason = reason.splitlines()[0][:200] if isinstance(reason, str) and reason else ""
+        return f"HTTP {status} {reason}".rstrip()
     if isinstance(e, Truncated):
         return f"truncated read: expected {e.expected} bytes, got {e.got}"
-    return f"{type(e).__name__}: {e}"
+    if isinstance(e, (ShardError, Truncated)) or type(e).__module__ == "builtins":
+        return f"{type(e).__name__}: {e}"
+    return type(e).__name__  # a third-party error: its text may quote request headers
 
 
-def handle_failure(e: Exception, attempt: int, *, what: str, url: str, retries: int,
-                   backoff: float) -> None:
-    """Raise the final error for ``e``, or wait before retry ``attempt`` if it is transient."""
+def _clean(err: BaseException) -> BaseException:
+    """``err`` with no chained cause or context (they may hold a client error and its request)."""
+    err.__cause__ = None
+    err.__context__ = None
+    err.__suppress_context__ = True
+    return err
+
+
+def failure(e: Exception, attempt: int, *, what: str, url: str, retries: int, backoff: float) -> BaseException | None:
+    """The error to raise for ``e``, or None after waiting before retry ``attempt``.
+
+    Every error returned is rebuilt by this module with the URL and a status/reason only
+    and carries no chained exception: callers raise it outside their ``except`` block, so
+    no ``__context__`` links back to a client error (which holds the request and its
+    ``Authorization`` header).
+    """
     status = http_status(e)
     if status in (401, 403):
-        raise PermissionError(
+        return _clean(PermissionError(
             f"access denied (HTTP {status}) {what} {url}: pass a valid token (token=, HF_TOKEN "
-            "or `hf auth login`) or check the bucket's credentials") from None
-    if status == 404 and not isinstance(e, FileNotFoundError):
-        raise FileNotFoundError(f"{url}: not found (HTTP 404)") from None
+            "or `hf auth login`) or check the bucket's credentials"))
+    if status == 404 or isinstance(e, FileNotFoundError):
+        return _clean(FileNotFoundError(f"{url}: not found" + (" (HTTP 404)" if status == 404 else "")))
     if not is_transient(e):
-        raise e
+        if isinstance(e, (FoundIRError, PermissionError, IsADirectoryError, NotADirectoryError)) \
+                and type(e).__module__.startswith(("foundir", "builtins")):
+            return _clean(e)
+        return _clean(ShardError(url, f"{what} failed: {describe(e)}"))
     if attempt >= retries:
         if isinstance(e, Truncated):
-            raise TruncatedShardError(
+            return _clean(TruncatedShardError(
                 url, f"truncated: expected {e.expected} bytes, got {e.got} (after {attempt + 1} "
-                     "attempts); the file is shorter than the manifest says: re-upload or re-pack it") from e
-        raise ShardError(url, f"{what} failed after {attempt + 1} attempts: {describe(e)}") from e
+                     "attempts); the file is shorter than the manifest says: re-upload or re-pack it"))
+        return _clean(ShardError(url, f"{what} failed after {attempt + 1} attempts: {describe(e)}"))
     delay = retry_delay(attempt, backoff, url, retry_after(e))
     log.info("%s %s: %s; retry %d/%d in %.2fs", what, url, describe(e), attempt + 1, retries, delay)
     time.sleep(delay)
+    return None
 
 
 def call_with_retries(fn: Callable[[], T], *, what: str, url: str, retries: int, backoff: float) -> T:
@@ -159,9 +200,11 @@ def call_with_retries(fn: Callable[[], T], *, what: str, url: str, retries: int,
     while True:
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - classified by handle_failure
-            handle_failure(e, attempt, what=what, url=url, retries=retries, backoff=backoff)
-            attempt += 1
+        except Exception as e:  # noqa: BLE001 - classified by failure()
+            err = failure(e, attempt, what=what, url=url, retries=retries, backoff=backoff)
+        if err is not None:
+            raise err  # outside the except block: no context chained to the client's error
+        attempt += 1
 
 
 class ShardStream(io.RawIOBase):
@@ -209,6 +252,7 @@ class ShardStream(io.RawIOBase):
             return b""
         attempt = 0
         while True:
+            err, at_end = None, False
             try:
                 if self._f is None:
                     if self._pos:
@@ -227,11 +271,20 @@ class ShardStream(io.RawIOBase):
                 if self._hash is not None:
                     self._hash.update(data)
                 return data
-            except Exception as e:  # noqa: BLE001 - classified by handle_failure
+            except Exception as e:  # noqa: BLE001 - classified by failure()
                 self._close_file()
-                handle_failure(e, attempt, what="reading", url=self.url, retries=self.retries,
-                               backoff=self.backoff)
-                attempt += 1
+                # Every byte the manifest records arrived and the body then "failed": the server
+                # announced a wrong Content-Length. Resuming would ask for bytes past the end (416).
+                at_end = self.size is not None and self._pos == self.size and is_transient(e)
+                if not at_end:
+                    err = failure(e, attempt, what="reading", url=self.url, retries=self.retries,
+                                  backoff=self.backoff)
+            if at_end:
+                self._finish()  # the sha256 (when given) still decides whether the bytes are right
+                return b""
+            if err is not None:
+                raise err  # outside the except block: no context chained to the client's error
+            attempt += 1
 
     def _finish(self) -> None:
         self._done = True

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.cache import DiskCache, default_cache_dir
 from foundir_data.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
+from foundir_data.errors import FoundIRError
 from foundir_data.retry import (
     ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
     http_status,
@@ -49,7 +50,7 @@ T = TypeVar("T")
 STREAM_BUFFER = 1 << 20
 
 
-class NoManifestError(FileNotFoundError):
+class NoManifestError(FoundIRError, FileNotFoundError):
     """The location has no ``manifest.json``: it is not a packed foundir folder."""
 
 
@@ -230,10 +231,14 @@ class Store:
             # size given (or -1 if unknown) so fsspec opens a streaming GET without a HEAD first.
             try:
                 f = self._fs.open(url, "rb", block_size=0, size=size or -1, headers=headers)
-            except Exception as e:
-                if pos and http_status(e) == 416:  # the server's file ends before ``pos``
-                    raise Truncated(url, size or pos, pos) from None
-                raise
+            except Exception as e:  # noqa: BLE001 - a 416 is handled below, the rest by the caller
+                if not (pos and http_status(e) == 416):
+                    raise
+                f = None  # 416: the server's file ends at or before ``pos``
+            if f is None:
+                if size is None or pos >= size:
+                    return io.BytesIO(b"")  # nothing left: the stream ends (size/sha256 still checked)
+                raise Truncated(url, size, pos)
             status = getattr(getattr(f, "r", None), "status", None)
             if pos and status is not None and status != 206:
                 f.close()
@@ -265,7 +270,11 @@ class Store:
         dest = self._cache.path_for(url, info.sha256 if info else None)
         if (info or url in self._fetched) and self._cache.hit(dest, info.bytes if info else None):
             return str(dest)
-        self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+        try:
+            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+        except ChecksumError as e:  # corrupted in transit? Once more; a second mismatch raises
+            log.warning("%s: %s; downloading it once more", url, e.reason)
+            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
         self._fetched.add(url)
         return str(dest)
 
@@ -328,6 +337,7 @@ class Store:
         the ``on_error`` policy (:meth:`report_failure`): samples already yielded stay.
         """
         url = self.url(rel)
+        info = self.shard_info(rel)
         try:
             with self.open_shard(rel) as f:
                 with tarfile.open(fileobj=f, mode="r|") as tf:
@@ -344,6 +354,11 @@ class Store:
                             if cur is not None:
                                 yield cur
                             cur = {"__key__": key, "__url__": url}
+                        if info is not None and m.offset_data + m.size > info.bytes:
+                            # Sizes in a tar header are input: bounded before a byte is allocated.
+                            raise ShardError(url, f"tar member {m.name} claims {m.size} bytes at byte "
+                                                  f"{m.offset_data}, past the end of the {info.bytes}-byte "
+                                                  "shard; the shard is damaged: re-pack or re-upload")
                         cur[ext] = tf.extractfile(m).read()
                     if cur is not None:
                         yield cur

@@ -3,8 +3,10 @@
 ``FoundIRStream`` is an ``IterableDataset`` that yields whole per-rank batches (use it with
 ``DataLoader(stream, batch_size=None, num_workers=K)``). The global order comes from
 ``plan.EpochPlan`` (seeded, independent of world size and workers); each row is read through
-the index's byte offsets (one pread on a local or cached shard, or one range request),
-decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
+the index's byte offsets through the one pair reader (``reader.PairReader``: one pread on
+a local or cached shard, or one range request, then a check against the index's sha256:
+a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
+of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
 bounded by one batch of decoded pairs per worker plus the index columns (numpy, ~60 bytes
 per row); there is no shuffle buffer: the plan shuffles shards within blocks of
 ``shuffle_block`` shards, the bounded, seekable equivalent.
@@ -17,8 +19,9 @@ the batches the loop received (or pass ``stream.state_dict(step=batch["step"] + 
 
 from __future__ import annotations
 
+import binascii
+import logging
 import os
-from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -30,16 +33,16 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, shard_codes
+from foundir_data.reader import READ_MODES, PairReader, resolve_read
+from foundir_data.retry import ChecksumError
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "source_key"]
-READ_MODES = ("auto", "pread", "cache", "range")
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
 DTYPES = ("uint8", "float32")
-#: LQ and GT members of a sample are adjacent in the tar (one 512-byte header between them);
-#: when the gap is at most this, one read fetches both.
-_JOIN_GAP = 64 << 10
+__all__ = ["FoundIRStream", "READ_MODES", "resolve_read"]
+log = logging.getLogger(__name__)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -48,21 +51,6 @@ def _dist_rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def resolve_read(read: str, store: Any) -> str:
-    """The read mode ``"auto"`` stands for at ``store``'s location.
-
-    Local folders: ``pread``. The Hub: ``cache`` (whole shards), because it limits file
-    resolves to 3,000-12,000 per 5 minutes (REFERENCE.md section 5): one range request per
-    pair would be about a million requests per epoch, one download per shard about 5,000.
-    S3 and plain HTTP: ``range`` (no such limit; no bytes fetched that this rank does not use).
-    """
-    if read != "auto":
-        return read
-    if store.is_local:
-        return "pread"
-    return "cache" if store.protocol == "hf" else "range"
 
 
 class FoundIRStream(torch.utils.data.IterableDataset):
@@ -151,9 +139,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._load_index()
         self._start = 0
         self._build_plan()
-        self._fds: OrderedDict[int, int] = OrderedDict()
-        self._pid = -1
-        self._buf = bytearray()
+        self._reader = PairReader(self.store, self.read)
+        #: ``(key, reason)`` of pairs left out under ``on_error="skip"`` (this process only).
+        self.skipped: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------ index and plan
     def _load_index(self) -> None:
@@ -187,6 +175,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._shard = shard_codes(sel["shard"]).astype(np.int32)
         self._within = sel["sample_index"].to_numpy().astype(np.int32)
         self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1)
+        self._sha = _digests(sel, self.store.location)  # (n, 2, 32) uint8: 64 bytes per pair
 
     def _build_plan(self) -> None:
         self.plan = EpochPlan(self._deg, self._shard, self._within, self.schedule,
@@ -251,56 +240,22 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._start = step
 
     # ------------------------------------------------------------ reading
-    def _fd(self, code: int) -> int:
-        if self._pid != os.getpid():  # forked worker: never share the parent's descriptors
-            self._fds, self._pid, self._buf = OrderedDict(), os.getpid(), bytearray()
-        fd = self._fds.get(code)
-        if fd is None:
-            fd = os.open(self.store.local_path(self._shard_names[code]), os.O_RDONLY)
-            self._fds[code] = fd
-            while len(self._fds) > 32:
-                os.close(self._fds.popitem(last=False)[1])
-        else:
-            self._fds.move_to_end(code)
-        return fd
-
     def read_pair(self, row: int, reuse: bool = False) -> tuple[memoryview, memoryview]:
-        """The LQ and GT bytes of index row ``row`` (of this stream's selection).
+        """The LQ and GT bytes of index row ``row`` (of this stream's selection), checked
+        against the index's sha256 (``reader.PairReader``).
 
         Args:
             row: Row of this stream's selection.
             reuse: Read into one buffer kept by this process (no allocation and page faults
                 per pair); the views are only valid until the next call.
+
+        Raises:
+            ChecksumError: the bytes differ from the index (after one more read if remote).
         """
         lo, ls, go, gs = (int(v) for v in self._off[row])
-        code = int(self._shard[row])
-        joined = 0 <= go - (lo + ls) <= _JOIN_GAP
-        mode = self.read
-        if mode == "range":
-            rel = self._shard_names[code]
-            if joined:
-                buf = memoryview(self.store.read_range(rel, lo, go + gs - lo))
-                return buf[:ls], buf[go - lo:]
-            return memoryview(self.store.read_range(rel, lo, ls)), memoryview(self.store.read_range(rel, go, gs))
-        fd = self._fd(code)
-        spans = [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]
-        need = sum(n for _, n in spans)
-        if reuse:
-            if len(self._buf) < need:
-                self._buf = bytearray(max(need, 2 * len(self._buf)))
-            mem = memoryview(self._buf)
-        else:
-            mem = memoryview(bytearray(need))
-        pos, got = 0, 0
-        for off, n in spans:
-            got += os.preadv(fd, [mem[pos:pos + n]], off)
-            pos += n
-        if got != need:
-            raise fmt.FormatError(f"{self.store.url(self._shard_names[code])}: truncated shard (sample "
-                                  f"{self._keys[row]} ends past the end of the file); re-download or repack it")
-        if joined:
-            return mem[:ls], mem[go - lo:go - lo + gs]
-        return mem[:ls], mem[ls:ls + gs]
+        sha = self._sha[row]
+        return self._reader.read_offsets(self._shard_names[int(self._shard[row])], self._keys[row].as_py(),
+                                         lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(), reuse=reuse)
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
@@ -310,20 +265,34 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         gt = np.empty_like(lq)
         win = np.empty((n, 3), np.int64)
         keys = self._keys.take(pa.array(rows)).to_pylist()
+        kept: list[int] = []
         for i, row in enumerate(rows):
-            a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i], reuse=True)
+            try:
+                pair = self.read_pair(int(row), reuse=True)
+            except ChecksumError as e:
+                if self.store.on_error != "skip":
+                    raise
+                # Skipped means never yielded: the pair leaves the batch (which gets smaller).
+                log.warning("skipping pair %s (on_error='skip'): %s", keys[i], e)
+                self.skipped.append((keys[i], str(e)))
+                continue
+            a, b = decode_pair(*pair, keys[i], reuse=True)
+            j = len(kept)
             # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
             rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
-            _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
-                                                         lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k],
+            _, _, win[j * k:(j + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
+                                                         lq[j * k:(j + 1) * k], gt[j * k:(j + 1) * k],
                                                          upscale_small=self.upscale_small)
-        lq_t, gt_t = torch.from_numpy(lq), torch.from_numpy(gt)
+            kept.append(i)
+        m = len(kept) * k
+        lq_t, gt_t = torch.from_numpy(lq[:m]), torch.from_numpy(gt[:m])
         if self.dtype == "float32":
             lq_t, gt_t = lq_t.float().div_(255), gt_t.float().div_(255)
+        rows_kept = rows[kept] if len(kept) < len(rows) else rows
         return {"lq": lq_t, "gt": gt_t,
-                "degradation": torch.from_numpy(np.repeat(self._deg[rows].astype(np.int64), k)),
-                "key": [kk for kk in keys for _ in range(k)], "step": int(step),
-                "window": torch.from_numpy(win)}
+                "degradation": torch.from_numpy(np.repeat(self._deg[rows_kept].astype(np.int64), k)),
+                "key": [keys[i] for i in kept for _ in range(k)], "step": int(step),
+                "window": torch.from_numpy(win[:m])}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -335,13 +304,25 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                 self._start = step + 1
             yield batch
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Descriptors and the read buffer belong to one process (spawned workers reopen).
-        return {**self.__dict__, "_fds": OrderedDict(), "_pid": -1, "_buf": bytearray()}
 
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+
+def _digests(sel: pa.Table, where: str) -> np.ndarray:
+    """The index's hex sha256 columns as an (n, 2, 32) uint8 array.
+
+    Decoded from the Arrow buffer directly (no Python string per row): at the release's
+    million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
+    """
+    n = sel.num_rows
+    out = np.empty((n, 2, 32), np.uint8)
+    for j, col in enumerate(("lq_sha256", "gt_sha256")):
+        arr = sel[col].combine_chunks()
+        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != {"min": 64, "max": 64}):
+            raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
+                                  "re-pack the folder (every member must be checkable)")
+        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4) if n else np.zeros(1, np.int32)
+        hexes = memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if n else b""
+        try:
+            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, 32)
+        except (binascii.Error, ValueError):
+            raise fmt.FormatError(f"{where}: the index's {col} column holds non-hex hashes; re-pack the folder") from None
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Mapping
+from foundir_data.errors import FoundIRError
 
 #: Degradation components, in the order used for flags and canonical names.
 COMPONENTS: tuple[str, ...] = ("blur", "noise", "jpeg", "haze", "rain", "raindrop", "lowlight")
@@ -110,7 +111,7 @@ _TOKEN_COMPONENTS: dict[str, tuple[str, ...]] = {
 _FOLDER_RE = re.compile(r"^(?:\d+)?(?P<body>[A-Za-z][A-Za-z_\-]*)$")
 
 
-class UnknownDegradationError(ValueError):
+class UnknownDegradationError(FoundIRError, ValueError):
     """A degradation token that the taxonomy does not know and the user did not map."""
 
 

@@ -47,10 +47,13 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
 
     from foundir_data import taxonomy
     from foundir_data.decode import decode_pair
+    from foundir_data.reader import PairReader
     from foundir_data.store import Store
 
     store = Store.open(location)
-    cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size"]
+    cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size",
+            "lq_sha256", "gt_sha256"]
+    reader = PairReader(store)  # checked against the index's sha256 before decoding
     t = store.index(columns=cols)
     if isinstance(config, str):  # "Lowlight,Lowlight_Blur" as on the CLI (train.type_selector)
         config = [c.strip() for c in config.split(",") if c.strip()]
@@ -66,8 +69,7 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
         if seen.get(r["degradation"], 0) >= per_type:
             continue
         seen[r["degradation"]] = seen.get(r["degradation"], 0) + 1
-        lq, gt = decode_pair(store.read_range(r["shard"], r["lq_offset"], r["lq_size"]),
-                             store.read_range(r["shard"], r["gt_offset"], r["gt_size"]), r["key"])
+        lq, gt = decode_pair(*reader.read_pair(r), r["key"])
         h, w = lq.shape[:2]
         y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
         out.append(ValPair(r["degradation"], lq[y:y + size, x:x + size], gt[y:y + size, x:x + size]))

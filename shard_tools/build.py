@@ -19,9 +19,10 @@ from typing import Callable, NamedTuple
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_part
+from foundir_data.errors import FoundIRError
 
 
-class PackError(RuntimeError):
+class PackError(FoundIRError, RuntimeError):
     """A pack that must stop (``--strict`` problem, plan mismatch)."""
 
 

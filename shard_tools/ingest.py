@@ -22,67 +22,20 @@ File extensions are never trusted for pairing beyond the stem: the release mixes
 
 from __future__ import annotations
 
+import contextvars
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools.ingest_manifest import iter_list, iter_manifest
+from shard_tools.records import (  # noqa: F401 - re-exported: the records are this module's API
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, inside, join_path, normalise, outside_reason,
+    parse_deg,
+)
 
 KINDS = ("auto", "list", "test", "folder", "manifest")
-_LQ_NAMES = ("lq",)
-_GT_NAMES = ("gt",)
-
-
-class IngestError(ValueError):
-    """A source that cannot be read at all (empty, unknown layout, missing columns)."""
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """One LQ/GT pair to pack.
-
-    Attributes:
-        lq_path: Absolute local path of the LQ image.
-        gt_path: Absolute local path of the GT image.
-        lq_rel: LQ path relative to the source root, ``/``-separated (index ``lq_source``).
-        gt_rel: GT path relative to the source root (index ``gt_source``).
-        degradation: Canonical degradation name (``taxonomy.NAMES``).
-        split: ``train`` or ``test``.
-        origin: Where the pair came from, for messages (``list.txt:12`` or a folder).
-    """
-
-    lq_path: str
-    gt_path: str
-    lq_rel: str
-    gt_rel: str
-    degradation: str
-    split: str
-    origin: str
-
-    @property
-    def key(self) -> str:
-        return fmt.make_key(self.split, self.lq_rel, self.gt_rel)
-
-
-@dataclass(frozen=True)
-class Reject:
-    """One input item that was not packed, with the reason (a line of ``rejects.jsonl``)."""
-
-    lq_rel: str | None
-    gt_rel: str | None
-    split: str | None
-    degradation: str | None
-    reason: str
-    origin: str
-
-    def to_json(self) -> dict:
-        return {"lq": self.lq_rel, "gt": self.gt_rel, "split": self.split,
-                "degradation": self.degradation, "reason": self.reason, "origin": self.origin}
-
-
-Record = PairSpec | Reject
 
 
 def detect_kind(source: str | os.PathLike) -> str:
@@ -99,9 +52,9 @@ def detect_kind(source: str | os.PathLike) -> str:
     p = Path(source)
     if p.is_dir():
         children = _subdirs(p)
-        if _find_child(children, _LQ_NAMES) and _find_child(children, _GT_NAMES):
+        if _find_child(children, LQ_NAMES) and _find_child(children, GT_NAMES):
             return "folder"
-        if any(_find_child(_subdirs(c), _LQ_NAMES) and _find_child(_subdirs(c), _GT_NAMES) for c in children):
+        if any(_find_child(_subdirs(c), LQ_NAMES) and _find_child(_subdirs(c), GT_NAMES) for c in children):
             return "test"
         if not any(p.iterdir()):
             raise IngestError(f"{p}: empty folder, nothing to pack")
@@ -126,7 +79,8 @@ def detect_kind(source: str | os.PathLike) -> str:
 
 def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | None = None,
                degradation: str | None = None, data_root: str | os.PathLike | None = None,
-               mapping: Mapping[str, str] | None = None) -> Iterator[Record]:
+               mapping: Mapping[str, str] | None = None,
+               exclude: str | os.PathLike | None = None) -> Iterator[Record]:
     """Yield one :class:`PairSpec` or :class:`Reject` per input item, in a fixed order.
 
     Args:
@@ -137,6 +91,12 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
         degradation: Force the degradation type of every pair (a name or token).
         data_root: Root that list/manifest paths are relative to.
         mapping: User mapping of unknown degradation tokens to canonical names.
+        exclude: A folder inside the source that is not input (the pack's own output).
+
+    Paths are normalised (``a//b``, ``a/./b``) before keys and duplicate checks; a path
+    that resolves outside the source root / data root (``..``, absolute, a symlink out) is
+    rejected with its path and the reason, never read. Hidden files and folders and
+    symlinked folders are not followed: each becomes a reject row.
 
     Raises:
         IngestError: the source is empty, unreadable, or of an unknown layout.
@@ -152,12 +112,14 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
         except taxonomy.UnknownDegradationError as e:
             raise IngestError(f"--degradation: {e}") from None
     kind = detect_kind(source) if kind == "auto" else kind
-    # Imported here: the listed sources build on this module's records and helpers.
-    from shard_tools.ingest_manifest import iter_list, iter_manifest
-
     fn = {"list": iter_list, "test": _iter_test, "folder": _iter_folder, "manifest": iter_manifest}[kind]
     n = 0
-    for rec in fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}):
+    token = _EXCLUDE.set(os.path.realpath(exclude) if exclude is not None else None)
+    try:
+        records = list(fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}))
+    finally:
+        _EXCLUDE.reset(token)
+    for rec in records:
         n += 1
         yield rec
     if n == 0:
@@ -165,41 +127,87 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
 
 
 # ---------------------------------------------------------------- helpers
+#: The pack's output folder (realpath) while ingesting, when it lies inside the source.
+_EXCLUDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("exclude", default=None)
+
+
+def _excluded(p: str | Path) -> bool:
+    ex = _EXCLUDE.get()
+    return ex is not None and os.path.realpath(p) == ex
+
+
 def _subdirs(p: Path) -> list[Path]:
+    """Visible, real (not symlinked) sub-folders of ``p``, minus the excluded output."""
     try:
-        return sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+        return sorted(c for c in p.iterdir() if c.is_dir() and not c.is_symlink()
+                      and not c.name.startswith(".") and not _excluded(c))
     except OSError:
         return []
+
+
+def _skipped_children(p: Path, rel: str = "", *, used: tuple[Path, ...] | None = None,
+                      where: str = "") -> list[tuple[str, str]]:
+    """(relative path, reason) of the entries of ``p`` that are not input: hidden and
+    symlinked entries (never followed) and, when ``used`` lists the folders the layout reads
+    here, every other file or folder (``where`` says where input belongs)."""
+    out = []
+    try:
+        children = sorted(p.iterdir())
+    except OSError:
+        return out
+    for c in children:
+        r = f"{rel}/{c.name}" if rel else c.name
+        if c.name.startswith(".") and not _excluded(c):
+            out.append((r, "hidden file or folder skipped (names starting with '.' are not input)"))
+        elif c.is_symlink() and c.is_dir():
+            out.append((r, "symlinked folder not followed"))
+        elif used is not None and c not in used and not _excluded(c):
+            out.append((r, f"not input: {where} (skipped)"))
+    return out
 
 
 def _find_child(children: list[Path], names: tuple[str, ...]) -> Path | None:
     return next((c for c in children if c.name.lower() in names), None)
 
 
-def _files(root: Path) -> list[str]:
-    """All non-hidden files under ``root`` as sorted ``/``-relative paths."""
-    out = []
+def _files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """All non-hidden files under ``root`` as sorted ``/``-relative paths, and the
+    (path, reason) of every entry skipped: hidden files and folders, symlinked folders (not
+    followed), symlinked files that resolve outside ``root``. The excluded output folder is
+    left out silently (it is not input)."""
+    out, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+
+        def r(name: str) -> str:
+            return name if rel == "." else f"{rel}/{name}"
+
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if _excluded(full):
+                continue
+            if d.startswith("."):
+                skipped.append((r(d), "hidden folder skipped (names starting with '.' are not input)"))
+            elif os.path.islink(full):
+                skipped.append((r(d), "symlinked folder not followed"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
-            if not name.startswith("."):
-                out.append(name if rel == "." else f"{rel}/{name}")
-    return sorted(out)
+            if name.startswith("."):
+                skipped.append((r(name), "hidden file skipped (names starting with '.' are not input)"))
+            elif os.path.islink(os.path.join(dirpath, name)) and not inside(root, os.path.join(dirpath, name)):
+                skipped.append((r(name), f"symlink to a file outside {root} (not followed)"))
+            else:
+                out.append(r(name))
+    return sorted(out), sorted(skipped)
 
 
 def _stem(rel: str) -> str:
     head, _, name = rel.rpartition("/")
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return f"{head}/{stem}" if head else stem
-
-
-def _parse_deg(token: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """(canonical name, None) or (None, error message)."""
-    try:
-        return taxonomy.parse_token(token, mapping).name, None
-    except taxonomy.UnknownDegradationError as e:
-        return None, str(e)
 
 
 def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: str,
@@ -209,9 +217,13 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
     ``deg_of(relative_path_under_lq)`` returns (name, error). Paths in records are relative
     to ``base``.
     """
-    lq_files, gt_files = _files(lq_dir), _files(gt_dir)
+    (lq_files, lq_skip), (gt_files, gt_skip) = _files(lq_dir), _files(gt_dir)
     lq_pre = lq_dir.relative_to(base).as_posix()
     gt_pre = gt_dir.relative_to(base).as_posix()
+    for rel, reason in lq_skip:
+        yield Reject(f"{lq_pre}/{rel}", None, split, None, reason, origin)
+    for rel, reason in gt_skip:
+        yield Reject(None, f"{gt_pre}/{rel}", split, None, reason, origin)
     if not lq_files and not gt_files:
         yield Reject(lq_pre, gt_pre, split, None, f"empty folder: no files in {lq_dir} or {gt_dir}", origin)
         return
@@ -238,7 +250,7 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
         if err:
             yield Reject(lq_rel, gt_rel, split, None, err, origin)
             continue
-        yield PairSpec(_join(base, lq_rel), _join(base, gt_rel), lq_rel, gt_rel, deg, split, origin)
+        yield PairSpec(join_path(base, lq_rel), join_path(base, gt_rel), lq_rel, gt_rel, deg, split, origin)
     for stem, gts in gt_by_stem.items():
         for i, g in enumerate(gts):
             g_rel = f"{gt_pre}/{g}"
@@ -257,14 +269,22 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
     split = split or ("train" if root.resolve().name.lower() == "train" else "test")
     if not root.is_dir():
         raise IngestError(f"{root}: not a folder (test layout expects NNName/{{GT,LQ}}/)")
-    for sub in _subdirs(root):
+    subs = _subdirs(root)
+    for rel, reason in _skipped_children(root, used=tuple(subs), where="files belong in NNName/LQ/ and NNName/GT/"):
+        yield Reject(rel, None, split, None, reason, str(root))
+    for sub in subs:
         kids = _subdirs(sub)
-        lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+        pair = tuple(k for k in (_find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)) if k is not None)
+        used = pair if len(pair) == 2 else tuple(kids)  # an incomplete folder is one reject below
+        for rel, reason in _skipped_children(sub, sub.name, used=used, where="files belong in LQ/ and GT/"):
+            yield Reject(rel, None, split, None, reason, str(sub))
+        kids = _subdirs(sub)
+        lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
         if lq is None or gt is None:
             yield Reject(sub.name, None, split, None,
                          f"{sub}: expected LQ/ and GT/ subfolders (release test layout)", str(sub))
             continue
-        deg, err = (forced, None) if forced else _parse_deg(sub.name, mapping)
+        deg, err = (forced, None) if forced else parse_deg(sub.name, mapping)
         yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(sub),
                               deg_of=lambda rel, d=deg, e=err: (d, e))
 
@@ -272,9 +292,11 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
 def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
     split = split or "train"
     kids = _subdirs(root)
-    lq, gt = _find_child(kids, _LQ_NAMES), _find_child(kids, _GT_NAMES)
+    lq, gt = _find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)
     if lq is None or gt is None:
         raise IngestError(f"{root}: a paired folder needs lq/ and gt/ subfolders")
+    for rel, reason in _skipped_children(root, used=(lq, gt), where=f"pairs belong in {lq.name}/ and {gt.name}/"):
+        yield Reject(rel, None, split, None, reason, str(root))
 
     def deg_of(rel: str) -> tuple[str | None, str | None]:
         if forced:
@@ -282,12 +304,6 @@ def _iter_folder(root: Path, *, split, forced, data_root, mapping) -> Iterator[R
         if "/" not in rel:
             return None, (f"no degradation for {lq.name}/{rel}: put it in a degradation subfolder "
                           f"({lq.name}/Blur/...) or pass --degradation NAME")
-        return _parse_deg(rel.split("/", 1)[0], mapping)
+        return parse_deg(rel.split("/", 1)[0], mapping)
 
     yield from _pair_dirs(lq, gt, base=root, split=split, origin=str(root), deg_of=deg_of)
-
-
-def _join(root: Path, rel: str) -> str:
-    """``root/rel`` as plain string concatenation (``rel`` as is when absolute): the packer
-    relies on ``path == prefix + rel`` to keep only one copy of the prefix in its plan."""
-    return os.path.join(str(root), rel)

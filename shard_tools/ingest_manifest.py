@@ -2,7 +2,7 @@
 manifests (``shard_tools pack --kind list|manifest``).
 
 Both name each pair's paths relative to a data root, rather than finding them by walking
-folders (``shard_tools.ingest`` reads the folder layouts and defines the records). Each
+folders (``shard_tools.ingest`` reads the folder layouts; ``shard_tools.records`` defines the records). Each
 input line or row yields exactly one :class:`~shard_tools.ingest.PairSpec` or
 :class:`~shard_tools.ingest.Reject`, in file order; a pair listed twice is rejected as a
 duplicate of its first listing. List files follow ``REFERENCE.md`` section 1.
@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from foundir_data import format as fmt
-from shard_tools.ingest import _GT_NAMES, _LQ_NAMES, IngestError, PairSpec, Record, Reject, _join, _parse_deg
+from shard_tools.records import (
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, join_path, normalise, outside_reason, parse_deg,
+)
 
 
 def _deg_from_path(rel: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Degradation from the first folder token of a release path that parses."""
-    parts = [p for p in rel.split("/")[:-1] if p.lower() not in _LQ_NAMES + _GT_NAMES]
+    parts = [p for p in rel.split("/")[:-1] if p.lower() not in LQ_NAMES + GT_NAMES]
     first_err = None
     for p in parts:
-        name, err = _parse_deg(p, mapping)
+        name, err = parse_deg(p, mapping)
         if name:
             return name, None
         first_err = first_err or err
@@ -61,36 +63,46 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
                 yield Reject(None, None, split, None,
                              f"list line does not parse: expected '<gt_path>, <lq_path>', got {text[:200]!r}", origin)
                 continue
-            gt_rel, lq_rel = (_clean(p) for p in parts)
+            gt_rel, lq_rel = (normalise(p) for p in parts)
             deg, err = (forced, None) if forced else _deg_from_path(lq_rel, mapping)
+            err = outside_reason(root, lq_rel) or outside_reason(root, gt_rel) or err
             if (lq_rel, gt_rel) in seen:
                 yield Reject(lq_rel, gt_rel, split, deg, f"duplicate pair (first listed at {seen[(lq_rel, gt_rel)]})", origin)
                 continue
-            seen[(lq_rel, gt_rel)] = origin
-            if err:
+            if err:  # a rejected row is not "seen": a later valid listing of it is packed
                 yield Reject(lq_rel, gt_rel, split, None, err, origin)
                 continue
-            yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
+            seen[(lq_rel, gt_rel)] = origin
+            yield PairSpec(join_path(root, lq_rel), join_path(root, gt_rel), lq_rel, gt_rel, deg, split, origin)
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         is_parquet = f.read(4) == b"PAR1"
     if is_parquet:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
-        _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
-        rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
-        for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
-            yield i, {k.lower(): v for k, v in row.items()}
+        try:
+            pf = pq.ParquetFile(path)
+            _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
+            rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
+            for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
+                yield i, {k.lower(): v for k, v in row.items()}
+        except (pa.ArrowException, OSError) as e:
+            raise IngestError(f"{path}: unreadable Parquet manifest ({type(e).__name__}: {e})") from None
         return
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
-        _check_columns(path, cols)
-        for i, row in enumerate(reader, 2):
-            yield i, {(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+            _check_columns(path, cols)
+            for i, row in enumerate(reader, 2):
+                yield i, {(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not UTF-8 text ({e}); save the CSV manifest as UTF-8") from None
+    except csv.Error as e:
+        raise IngestError(f"{path}: unreadable CSV ({e})") from None
 
 
 def _check_columns(path: Path, cols: dict) -> None:
@@ -123,6 +135,10 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
         origin = f"{path}:{rowno}"
         lq, gt = row.get("lq"), row.get("gt")
         s = split or row.get("split") or "train"
+        if not isinstance(lq, (str, type(None))) or not isinstance(gt, (str, type(None))) or not isinstance(s, str):
+            yield Reject(None, None, None, None, f"manifest row has a non-text lq, gt or split "
+                         f"({type(lq).__name__}, {type(gt).__name__}, {type(s).__name__})", origin)
+            continue
         if not lq or not gt:
             yield Reject(lq or None, gt or None, s, None, "manifest row has an empty lq or gt path", origin)
             continue
@@ -133,30 +149,27 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
         if forced:
             deg, err = forced, None
         elif row.get("degradation"):
-            deg, err = _parse_deg(str(row["degradation"]), mapping)
+            deg, err = parse_deg(str(row["degradation"]), mapping)
         else:
             deg, err = _deg_from_path(lq_rel, mapping)
+        err = outside_reason(root, lq_rel) or outside_reason(root, gt_rel) or err
         if (s, lq_rel, gt_rel) in seen:
             yield Reject(lq_rel, gt_rel, s, deg, f"duplicate pair (first listed at {seen[(s, lq_rel, gt_rel)]})", origin)
             continue
-        seen[(s, lq_rel, gt_rel)] = origin
-        if err:
+        if err:  # a rejected row is not "seen": a later valid listing of it is packed
             yield Reject(lq_rel, gt_rel, s, None, err, origin)
             continue
-        yield PairSpec(_join(root, lq_rel), _join(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
-
-
-def _clean(p: str) -> str:
-    p = p.replace("\\", "/")
-    return p[2:] if p.startswith("./") else p
+        seen[(s, lq_rel, gt_rel)] = origin
+        yield PairSpec(join_path(root, lq_rel), join_path(root, gt_rel), lq_rel, gt_rel, deg, s, origin)
 
 
 def _rel_to(p: str, root: Path) -> str:
-    """A manifest path as stored in the index: relative to ``root`` when inside it."""
-    p = p.replace("\\", "/")
+    """A manifest path as stored in the index: normalised, relative to ``root`` when inside
+    it (an absolute path elsewhere stays absolute and is rejected by ``outside_reason``)."""
+    p = normalise(p)
     if os.path.isabs(p):
         try:
             return Path(p).relative_to(root.resolve()).as_posix()
         except ValueError:
             return p
-    return p[2:] if p.startswith("./") else p
+    return p

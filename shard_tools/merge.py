@@ -24,21 +24,36 @@ from pathlib import Path
 from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
-from shard_tools.pack import INGEST_REJECTS_PART, PLAN_FILE
+from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
 from shard_tools.writer import read_part_meta, write_atomic
+from foundir_data.errors import FoundIRError
 
 
-class MergeError(RuntimeError):
+class MergeError(FoundIRError, RuntimeError):
     """A folder that cannot be merged yet (unfinished shards, missing plan)."""
 
 
 def merge(root: str | Path) -> fmt.Manifest:
     """Merge the index parts under ``root``; return the manifest written.
 
+    Holds the folder's lock exclusively (no pack job may still be writing) and removes the
+    temporary files of an interrupted run first (``pack_guard``).
+
     Raises:
         MergeError: naming the missing plan or unfinished shards.
+        BusyError: a pack or merge is still writing the folder.
     """
+    root = Path(root)
+    if not (root / PLAN_FILE).exists():
+        raise MergeError(f"{root / PLAN_FILE} not found: {root} is not a pack output folder (run `shard_tools pack` first)")
+    with writer_lock(root):
+        remove_temps(root)
+        return merge_locked(root)
+
+
+def merge_locked(root: str | Path) -> fmt.Manifest:
+    """:func:`merge` for a caller that already holds the folder (a single-job pack)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -46,7 +61,10 @@ def merge(root: str | Path) -> fmt.Manifest:
     plan_path = root / PLAN_FILE
     if not plan_path.exists():
         raise MergeError(f"{plan_path} not found: {root} is not a pack output folder (run `shard_tools pack` first)")
-    plan = json.loads(plan_path.read_text())
+    try:
+        plan = json.loads(plan_path.read_text())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MergeError(f"{plan_path}: unreadable pack plan ({type(e).__name__}); delete {root} and pack again") from None
     shards = [PlannedShard(s["path"], s["split"], s["degradation"], []) for s in plan["shards"]]
     missing = [s.path for s in shards if not (root / s.part).exists()]
     if missing or not (root / INGEST_REJECTS_PART).exists():
@@ -76,8 +94,9 @@ def merge(root: str | Path) -> fmt.Manifest:
     pq.write_table(index, sink)
     write_atomic(root / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
     write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
     write_card(str(root), manifest, index)
+    # The manifest last: a folder with a manifest is complete (docs/format.md).
+    write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
     return manifest
 
 
@@ -94,12 +113,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 = merged, nothing rejected; 1 = merged, some input rejected; 2 = cannot merge."""
-    try:
-        m = merge(args.out)
-    except (MergeError, fmt.FormatError) as e:
-        print(f"shard_tools merge: error: {e}", file=sys.stderr)
-        return 2
+    """0 = merged, nothing rejected; 1 = merged, some input rejected; 2 = cannot merge
+    (raised to the runner, ``foundir_data.command``)."""
+    m = merge(args.out)
     print(f"merged {plural(m.num_samples, 'pair')} in {plural(len(m.shards), 'shard')}; {m.num_rejected:,} rejected",
           file=sys.stderr)
     return 1 if m.num_rejected else 0

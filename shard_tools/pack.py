@@ -20,7 +20,9 @@ Cluster use (a Slurm array; a Kubernetes indexed Job uses ``$JOB_COMPLETION_INDE
 
 Resume: rerunning with the same arguments skips every shard whose index part exists,
 removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
-same folder is refused. Since the plan does not depend on ``--num-jobs``/``--workers``,
+same folder is refused. The output folder must be new, empty or a pack's own (``--force``
+otherwise), and one lock file keeps a second writer out (``shard_tools.pack_guard``); an
+output folder inside the source is left out of the input. Since the plan does not depend on ``--num-jobs``/``--workers``,
 slices + merge give exactly the bytes of a single-job pack.
 """
 
@@ -39,12 +41,11 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
+from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
 from shard_tools.summary import format_rejects, plural, read_rejects
 from shard_tools.writer import read_part_meta, write_atomic
 
-PLAN_FILE = f"{fmt.INDEX_PARTS_DIR}/_plan.json"
-INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).
 _PER_SAMPLE_OVERHEAD = 3 * 512 + 2048
@@ -72,6 +73,7 @@ class PackConfig:
     progress: bool = True
     tile: int | None = None
     tile_stride: int | None = None
+    force: bool = False
 
     def mapping(self) -> dict[str, str]:
         out = {}
@@ -202,24 +204,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also write lossless SIZE x SIZE LQ/GT training tiles of the train split "
                              "(see `shard_tools tile`)")
     parser.add_argument("--tile-stride", type=int, metavar="STRIDE", help="distance between tiles (default: SIZE)")
+    parser.add_argument("--force", action="store_true",
+                        help="pack into a non-empty folder that is not a foundir pack (its README.md, "
+                             "manifest.json and same-named files are overwritten)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl), 2 = error."""
-    from shard_tools.merge import MergeError
-    from shard_tools.tiles import TileError
+    """Run ``pack``; 0 = all packed, 1 = some pairs rejected (see rejects.jsonl).
 
+    Errors end in the runner (``foundir_data.command``): 2 = usage/bad input, 3 = I/O
+    failure or another pack writing the same folder.
+    """
     cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
-    try:
-        return pack(cfg)
-    except (PackError, MergeError, TileError, ingest.IngestError, taxonomy.UnknownDegradationError,
-            fmt.FormatError) as e:
-        print(f"shard_tools pack: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"shard_tools pack: interrupted; finished shards are kept, rerun the same command "
-              f"to resume", file=sys.stderr)
-        return 130
+    return pack(cfg)
+
+
+#: Printed by the runner after Ctrl-C.
+INTERRUPT_HINT = "finished shards are kept, rerun the same command to resume"
 
 
 def pack(cfg: PackConfig) -> int:
@@ -236,8 +237,17 @@ def pack(cfg: PackConfig) -> int:
     if cfg.workers < 1 or cfg.shard_count < 1 or cfg.shard_bytes <= 0:
         raise PackError("--workers, --shard-count and --shard-bytes must be positive")
     root = Path(cfg.out)
+    check_output(root, Path(cfg.source), force=cfg.force)  # before anything is written
+    # Jobs of a cluster pack share the folder (disjoint shards); anything else writes alone.
+    with writer_lock(root, shared=cfg.num_jobs > 1):
+        if cfg.num_jobs == 1:
+            remove_temps(root)
+        return _pack_locked(cfg, root)
+
+
+def _pack_locked(cfg: PackConfig, root: Path) -> int:
     records = ingest.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
-                                data_root=cfg.data_root, mapping=cfg.mapping())
+                                data_root=cfg.data_root, mapping=cfg.mapping(), exclude=root)
     plan = make_plan(records, shard_bytes=cfg.shard_bytes, shard_count=cfg.shard_count, strict=cfg.strict)
     plan_json = plan.to_json()
     old = root / PLAN_FILE
@@ -261,9 +271,9 @@ def pack(cfg: PackConfig) -> int:
     n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(
         built[s.path] if s.path in built else _part_rejects(root, s) for s in mine)
     if cfg.num_jobs == 1:
-        from shard_tools.merge import merge
+        from shard_tools.merge import merge_locked
 
-        manifest = merge(root)
+        manifest = merge_locked(root)
         print(f"packed {plural(manifest.num_samples, 'pair')} into {plural(len(manifest.shards), 'shard')} "
               f"under {root}; {manifest.num_rejected:,} rejected", file=sys.stderr)
         if cfg.tile:

@@ -215,18 +215,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "side-by-side and slider views, metadata on hover) instead of the PNG sheet")
 
 
+#: Bad input the runner reports in one line (exit status 2).
+USER_ERRORS = (ValueError,)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``preview`` from parsed arguments."""
     cfg = PreviewConfig(location=args.location, out=args.out, per_type=args.per_type, tile=args.tile,
                         split=args.split, types=args.types, seed=args.seed)
-    try:
-        if args.html:
-            print(f"wrote {preview_page(cfg, args.html)}")
-            return 0
-        out = preview(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.html:  # errors: one line, status 2/3 from the runner (foundir_data.command)
+        print(f"wrote {preview_page(cfg, args.html)}")
+        return 0
+    out = preview(cfg)
     with Image.open(out) as im:
         print(f"wrote {out} ({im.width}x{im.height})")
     return 0

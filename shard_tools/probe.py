@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from foundir_data.errors import FoundIRError
 
 from foundir_data.decode import QOI_MAGIC, ZSTD_MAGIC, DecodeError, decode_image
 
@@ -41,7 +42,7 @@ _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 
 
-class BadImage(ValueError):
+class BadImage(FoundIRError, ValueError):
     """Image bytes that cannot be packed: unreadable, truncated, empty, mismatched, ..."""
 
 
@@ -193,7 +194,7 @@ def _open(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))  # lazy: reads the header only
     except Image.UnidentifiedImageError:
-        raise BadImage(f"{name}: not an image (unrecognised content, {len(data)} bytes, starts {data[:8]!r})") from None
+        raise BadImage(f"{name}: not an image (unrecognised content, {len(data)} bytes)") from None  # no file bytes in messages: rejects are published
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(f"{name}: image too large to be safe ({e})") from None
     except Exception as e:  # Pillow raises many types on damaged headers

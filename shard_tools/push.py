@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import posixpath
 import sys
 from pathlib import Path
@@ -41,10 +40,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
+from foundir_data.cache import default_cache_dir
+from foundir_data.errors import UsageError
 from foundir_data.locations import s3_endpoint
 from shard_tools import push_hub
 from shard_tools.push_items import (  # noqa: F401  (HUB_FOLDER_LIMIT: re-exported)
-    CHUNK, HUB_FOLDER_LIMIT, Item, PushConfig, PushError, PushReport, apply_remote_manifest,
+    CHUNK, HUB_FOLDER_LIMIT, Item, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest,
     check_folder_limits, load_local, progress_bar, sha256_file, stale_paths,
 )
 
@@ -64,12 +65,12 @@ def push(cfg: PushConfig) -> PushReport:
         try:
             return push_hub.push_to_hub(cfg, raw, items)
         except HfHubHTTPError as e:  # its message names the URL and the Hub's reason, never the token
-            raise PushError(f"{cfg.dest}: the Hub refused the push ({str(e).splitlines()[0]}); "
+            raise PushIOError(f"{cfg.dest}: the Hub refused the push ({str(e).splitlines()[0]}); "
                             "check HF_TOKEN has write access. Rerun to resume") from None
     try:
         return _push_fs(cfg, raw, items)
     except (FileNotFoundError, PermissionError) as e:
-        raise PushError(f"{cfg.dest}: {e} (does the bucket/folder exist, and may these credentials "
+        raise PushIOError(f"{cfg.dest}: {e} (does the bucket/folder exist, and may these credentials "
                         "write there?). Rerun to resume") from None
 
 
@@ -117,8 +118,7 @@ def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
 
     opts: dict = dict(cfg.storage_options)
     if cfg.dest.startswith(("s3://", "s3a://")) and "endpoint_url" not in opts:
-        # Same endpoint rule as foundir_data.store.Store.open (MinIO, moto, R2, ...).
-        endpoint = s3_endpoint()
+        endpoint = s3_endpoint()  # the readers' rule (foundir_data.locations)
         if endpoint:
             opts["endpoint_url"] = endpoint
     fs, base = fsspec.core.url_to_fs(cfg.dest, **opts)
@@ -159,12 +159,12 @@ def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
     fs.invalidate_cache()
     got, _ = _fs_remote_manifest(fs, rp(fmt.MANIFEST_FILE), cfg.dest)
     if got != raw:
-        raise PushError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
+        raise PushIOError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
     if cfg.verify_sizes:
         sizes = _fs_sizes(fs, base)
         bad = [it.rel for it in items if sizes.get(it.rel) != it.bytes]
         if bad:
-            raise PushError(f"{cfg.dest}: {len(bad)} remote file(s) have the wrong size, e.g. {bad[0]}")
+            raise PushIOError(f"{cfg.dest}: {len(bad)} remote file(s) have the wrong size, e.g. {bad[0]}")
     return report
 
 
@@ -195,13 +195,8 @@ def run(args: argparse.Namespace) -> int:
                      verify_sizes=args.verify_sizes, force=args.force, private=args.private,
                      storage_options=dict(args.storage_option), progress=not args.no_progress)
     if cfg.batch_files < 1:
-        print("error: --batch-files must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        rep = push(cfg)
-    except (PushError, fmt.FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise UsageError("--batch-files must be at least 1")
+    rep = push(cfg)  # errors: one line and status 2/3 from the runner (foundir_data.command)
     mb = rep.bytes_uploaded / 1e6
     print(f"pushed {cfg.root} -> {rep.dest}: {len(rep.uploaded)} file(s) uploaded ({mb:.1f} MB), "
           f"{len(rep.skipped)} unchanged; remote manifest verified")
@@ -210,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
 def journal_path(dest: str) -> Path:
     """Local record of finished uploads to ``dest`` (resume for fsspec destinations)."""
-    base = Path(os.environ.get("FOUNDIR_CACHE") or Path.home() / ".cache" / "foundir")
+    base = Path(default_cache_dir())  # the readers' cache folder (FOUNDIR_CACHE, XDG_CACHE_HOME)
     return base / "push" / (hashlib.sha1(dest.rstrip("/").encode()).hexdigest()[:16] + ".jsonl")
 
 

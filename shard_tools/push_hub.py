@@ -18,7 +18,7 @@ import sys
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
 from shard_tools.push_items import (
-    Item, PushConfig, PushError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
+    Item, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
 )
 
@@ -38,7 +38,7 @@ def _hub_get(api, repo: str, rev: str, path: str) -> bytes | None:
     if r.status_code == 404:
         return None
     if r.status_code >= 400:
-        raise PushError(f"{url}: HTTP {r.status_code} while reading the remote manifest")
+        raise PushIOError(f"{url}: HTTP {r.status_code} while reading the remote manifest")
     return r.content
 
 
@@ -140,10 +140,10 @@ def push_to_hub(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
                     bar.update(it.bytes)
     report.skipped = [it.rel for it in items if not it.upload]
     if _hub_get(api, repo, rev, manifest_path) != raw:
-        raise PushError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
+        raise PushIOError(f"{cfg.dest}/{fmt.MANIFEST_FILE}: remote manifest differs from {cfg.root}'s after the push")
     if cfg.verify_sizes:
         ids = _hub_remote_ids(api, repo, rev, list(by_path))
         bad = [rel for rel, it in by_path.items() if not _same_on_hub(it, ids.get(rel))]
         if bad:
-            raise PushError(f"{cfg.dest}: {len(bad)} remote file(s) differ in size or checksum, e.g. {bad[0]}")
+            raise PushIOError(f"{cfg.dest}: {len(bad)} remote file(s) differ in size or checksum, e.g. {bad[0]}")
     return report

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
+from foundir_data.errors import EXIT_IO, FoundIRError
 
 #: Hub limit on files per folder (huggingface.co/docs/hub/repositories-recommendations).
 HUB_FOLDER_LIMIT = 10_000
@@ -24,8 +25,14 @@ HUB_REPO_FILES_ADVICE = 100_000
 CHUNK = 8 << 20  # bytes per read while hashing/uploading
 
 
-class PushError(RuntimeError):
+class PushError(FoundIRError, RuntimeError):
     """A push that cannot start or did not verify; the message names the file/URL."""
+
+
+class PushIOError(PushError):
+    """The destination refused or lost the upload (exit status 3: rerun to resume)."""
+
+    exit_code = EXIT_IO
 
 
 @dataclass

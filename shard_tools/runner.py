@@ -18,15 +18,25 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from shard_tools.build import PlannedShard, ShardResult, build_shard
 
-if TYPE_CHECKING:  # pack imports this module; the config type is only needed for annotations
-    from shard_tools.pack import PackConfig
+
+class BuildSettings(Protocol):
+    """The fields of ``pack.PackConfig`` the runner reads (a protocol, so that this module
+    does not import ``pack``, which imports it)."""
+
+    workers: int
+    progress: bool
+    job_index: int
+    num_jobs: int
+    full_decode: bool
+    strict: bool
+    fsync: bool
 
 
-def build_shards(root: Path, todo: list[PlannedShard], cfg: PackConfig, *, total: int,
+def build_shards(root: Path, todo: list[PlannedShard], cfg: BuildSettings, *, total: int,
                  initial: int) -> dict[str, int]:
     """Build ``todo`` with ``cfg.workers`` processes, with a progress bar (pairs/s, MB/s).
 

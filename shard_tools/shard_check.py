@@ -31,6 +31,12 @@ from foundir_data import format as fmt
 from shard_tools.probe import BadImage, probe_image
 
 _SUFFIX = {fmt.LQ_MEMBER: "lq", fmt.GT_MEMBER: "gt", fmt.JSON_MEMBER: "json"}
+#: Largest member kept in memory for the image check; larger ones are hashed as they stream
+#: by and reported (FoundIR's largest images are tens of MB), so verify's memory does not
+#: follow a hostile tar header.
+MAX_MEMBER_BYTES = 256 << 20
+#: Largest JSON record parsed (records are a few hundred bytes).
+MAX_RECORD_BYTES = 1 << 20
 
 
 @dataclass
@@ -78,8 +84,25 @@ class _HashingReader:
             pass
 
 
-def _samples(tf: tarfile.TarFile, rel: str, problems: list[Problem]) -> Iterator[tuple[str, dict[str, tuple[int, bytes]]]]:
-    """Group members into samples; report names, order and non-consecutive keys."""
+Member = tuple[int, int, str, "bytes | None"]  # (data offset, size, sha256 hex, bytes or None if too large)
+
+
+def _read_member(tf: tarfile.TarFile, ti: tarfile.TarInfo, limit: int) -> tuple[str, bytes | None]:
+    """sha256 and bytes of a member, read in chunks; bytes only up to ``limit``."""
+    f = tf.extractfile(ti)
+    sha, keep = hashlib.sha256(), ti.size <= limit
+    chunks = []
+    while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        if keep:
+            chunks.append(chunk)
+    return sha.hexdigest(), b"".join(chunks) if keep else None
+
+
+def _samples(tf: tarfile.TarFile, rel: str, problems: list[Problem],
+             shard_size: int | None = None) -> Iterator[tuple[str, dict[str, Member]]]:
+    """Group members into samples; report names, order and non-consecutive keys. A member
+    whose header claims more bytes than the shard has is reported and not read."""
     seen: set[str] = set()
     key, members = None, {}
     for ti in tf:
@@ -105,8 +128,16 @@ def _samples(tf: tarfile.TarFile, rel: str, problems: list[Problem]) -> Iterator
         expected_pos = fmt.MEMBERS[len(members)] if len(members) < len(fmt.MEMBERS) else None
         if suffix != expected_pos:
             problems.append(Problem(rel, "member out of order", key=k, member=suffix, expected=expected_pos, found=suffix))
-        data = tf.extractfile(ti).read()
-        members[suffix] = (ti.offset_data, data)
+        if shard_size is not None and ti.offset_data + ti.size > shard_size:
+            problems.append(Problem(rel, "tar header claims a member past the end of the shard", key=k,
+                                    member=suffix, expected=f"<= {shard_size - ti.offset_data} bytes", found=ti.size))
+            raise tarfile.ReadError(f"member {name} claims {ti.size} bytes past the end of the shard")
+        limit = MAX_RECORD_BYTES if suffix == fmt.JSON_MEMBER else MAX_MEMBER_BYTES
+        sha, data = _read_member(tf, ti, limit)
+        if data is None:
+            problems.append(Problem(rel, f"member is larger than verify checks ({limit} bytes)", key=k,
+                                    member=suffix, found=ti.size))
+        members[suffix] = (ti.offset_data, ti.size, sha, data)
     if key is not None:
         yield key, members
 
@@ -164,7 +195,7 @@ def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]] | pa
         reader = _HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:
-                for key, members in _samples(tf, rel, problems):
+                for key, members in _samples(tf, rel, problems, size if size is not None else info.bytes):
                     _check_sample(rel, key, members, n, by_key.get(key), info, full_decode, problems)
                     found_keys.add(key)
                     n += 1
@@ -194,7 +225,7 @@ def verify_shard(root: str, info: fmt.ShardInfo, rows: list[dict[str, Any]] | pa
     return problems, n
 
 
-def _check_sample(rel: str, key: str, members: dict[str, tuple[int, bytes]], position: int,
+def _check_sample(rel: str, key: str, members: dict[str, Member], position: int,
                   row: dict[str, Any] | None, info: fmt.ShardInfo, full_decode: bool,
                   problems: list[Problem]) -> None:
     def bad(what: str, member: str | None = None, expected: Any = None, found: Any = None) -> None:
@@ -214,16 +245,17 @@ def _check_sample(rel: str, key: str, members: dict[str, tuple[int, bytes]], pos
                         ("degradation", info.degradation), ("layout", info.layout)):
         if row.get(field) != want:
             bad(f"index {field} differs", expected=want, found=row.get(field))
-    for member, (offset, data) in members.items():
+    for member, (offset, size, sha, data) in members.items():
         p = _SUFFIX[member]
         if row.get(f"{p}_offset") != offset:
             bad("member offset differs from the index", member, row.get(f"{p}_offset"), offset)
-        if row.get(f"{p}_size") != len(data):
-            bad("member size differs from the index", member, row.get(f"{p}_size"), len(data))
+        if row.get(f"{p}_size") != size:
+            bad("member size differs from the index", member, row.get(f"{p}_size"), size)
+        if data is None:  # too large to check further (reported by _samples)
+            continue
         if member == fmt.JSON_MEMBER:
             _check_record(data, row, bad)
             continue
-        sha = hashlib.sha256(data).hexdigest()
         if row.get(f"{p}_sha256") != sha:
             bad("member sha256 differs from the index", member, row.get(f"{p}_sha256"), sha)
         try:
@@ -242,6 +274,9 @@ def _check_record(data: bytes, row: dict[str, Any], bad) -> None:
         record = json.loads(data)  # JSON only: never pickle from shards
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         bad(f"JSON record does not parse ({e})", fmt.JSON_MEMBER)
+        return
+    except RecursionError:
+        bad("JSON record does not parse (nested too deeply)", fmt.JSON_MEMBER)
         return
     if not isinstance(record, dict):
         bad("JSON record is not an object", fmt.JSON_MEMBER)

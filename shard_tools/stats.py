@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.locations import check_rel
 
 
 def counts_by(t: pa.Table, *cols: str) -> dict[tuple, int]:
@@ -146,10 +147,14 @@ def load(root: str | Path) -> tuple[pa.Table, fmt.Manifest | None]:
     root = Path(root)
     mpath = root / fmt.MANIFEST_FILE
     manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath)) if mpath.is_file() else None
-    ipath = root / (manifest.index if manifest else fmt.INDEX_FILE)
+    ipath = root / check_rel(manifest.index if manifest else fmt.INDEX_FILE)  # the readers' path rule
     if not ipath.is_file():
         raise FileNotFoundError(f"{ipath}: no index; is {root} a packed folder (run shard_tools pack/merge)?")
-    return fmt.check_index_schema(pq.read_table(ipath), str(ipath)), manifest
+    try:
+        table = pq.read_table(ipath)
+    except (pa.ArrowException, OSError) as e:
+        raise fmt.FormatError(f"{ipath}: unreadable index ({type(e).__name__}: {e})") from None
+    return fmt.check_index_schema(table, str(ipath)), manifest
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -163,21 +168,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        index, manifest = load(args.root)
-    except (FileNotFoundError, fmt.FormatError) as e:
-        print(f"stats: {e}", file=sys.stderr)
-        return 2
+    index, manifest = load(args.root)  # errors: one line from the runner (foundir_data.command)
     st = summarize(index, manifest, layout=args.layout)
     print(json.dumps(st, indent=1) if args.json else format_stats(st))
     if args.plot:
         from shard_tools import plot  # matplotlib only when asked for
 
         rows = index.filter(pc.equal(index["layout"], args.layout))
-        try:
-            out = plot.plot_distribution(rows, args.plot, split=args.split)
-        except RuntimeError as e:  # matplotlib missing
-            print(f"stats: {e}", file=sys.stderr)
-            return 2
+        out = plot.plot_distribution(rows, args.plot, split=args.split)
         print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundir_data import format as fmt
+from foundir_data.errors import FoundIRError
 from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL
 
 TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
@@ -39,7 +40,7 @@ DEFAULT_PNG_LEVEL = 1
 DEFAULT_CODEC = "zstd"
 
 
-class TileError(RuntimeError):
+class TileError(FoundIRError, RuntimeError):
     """A folder that cannot be tiled (not packed, not local, other tile layout present)."""
 
 

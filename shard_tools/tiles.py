@@ -33,8 +33,9 @@ from pathlib import Path
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
-from shard_tools.merge import MergeError
-from shard_tools.pack import PLAN_FILE as PACK_PLAN_FILE
+from foundir_data.reader import PairReader
+from foundir_data.store import Store
+from shard_tools.pack_guard import PLAN_FILE as PACK_PLAN_FILE
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_CODEC,
     DEFAULT_PNG_LEVEL,
@@ -66,22 +67,16 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     written. Runs in a worker process.
 
     Raises:
-        TileError: a source member whose bytes do not match the index's sha256.
+        ChecksumError: a source member whose bytes do not match the index's sha256.
     """
     base = Path(root)
     rows = []
     tile_format = fmt.TILE_CODECS[cfg.codec]
+    reader = PairReader(Store.open(root), "pread")  # one pread per pair, checked against the index
     with TarShardWriter(base / shard.path) as w:
         for src in sources:
-            with open(base / src["shard"], "rb") as f:
-                pix = {}
-                for side in ("lq", "gt"):
-                    f.seek(src[f"{side}_offset"])
-                    data = f.read(src[f"{side}_size"])
-                    if hashlib.sha256(data).hexdigest() != src[f"{side}_sha256"]:
-                        raise TileError(f"{base / src['shard']}: {side.upper()} of {src['key']} does not match "
-                                        f"its sha256 in the index; the shard is damaged (run `shard_tools verify`)")
-                    pix[side] = decode_image(data, f"{src['shard']}:{src['key']}.{side}")
+            pix = {side: decode_image(data, f"{src['shard']}:{src['key']}.{side}")
+                   for side, data in zip(("lq", "gt"), reader.read_pair(src))}
             h, wd = pix["lq"].shape[:2]
             if pix["gt"].shape[:2] != (h, wd):
                 raise TileError(f"{src['shard']}: {src['key']} decodes to LQ {wd}x{h} but GT "
@@ -285,10 +280,10 @@ def merge_tiles(root: str) -> fmt.Manifest:
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)
     write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
-    write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())
     from shard_tools.card import write_card
 
     write_card(str(base), manifest, index)
+    write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
 
 
@@ -311,16 +306,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+#: Bad input the runner reports in one line (exit status 2); the others are FoundIRErrors.
+USER_ERRORS = (DecodeError,)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``tile``: 0 = done, 2 = error."""
-    try:
-        s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
-                       split=None if args.split == "all" else args.split, png_level=args.png_level,
-                       shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress,
-                       codec=args.codec, zstd_level=args.zstd_level)
-    except (TileError, fmt.FormatError, MergeError, DecodeError) as e:
-        print(f"shard_tools tile: error: {e}", file=sys.stderr)
-        return 2
+    """Run ``tile``: 0 = done; errors end in the runner (``foundir_data.command``)."""
+    s = pack_tiles(args.root, args.size, args.stride, workers=args.workers,
+                   split=None if args.split == "all" else args.split, png_level=args.png_level,
+                   shard_bytes=args.shard_bytes, shard_count=args.shard_count, progress=args.progress,
+                   codec=args.codec, zstd_level=args.zstd_level)
     print(f"{plural(s['tiles'], 'tile')} of {plural(s['source_pairs'], 'pair')} in {plural(s['shards'], 'shard')} ({s['bytes'] / 1e6:.1f} MB; "
           f"{s['built']} built now) under {args.root}", file=sys.stderr)
     return 0
@@ -328,9 +323,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shard_tools.tiles ROOT ...`` (the same as ``shard_tools tile``)."""
-    parser = argparse.ArgumentParser(prog="shard_tools tile")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    from foundir_data.command import run_module
+
+    return run_module(sys.modules[__name__], argv, "shard_tools tile", "cut training tiles")
 
 
 if __name__ == "__main__":

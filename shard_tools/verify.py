@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.errors import UsageError
+from foundir_data.locations import check_rel
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
 from shard_tools.summary import plural
 
@@ -96,6 +98,15 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     manifest, index = loaded
 
     problems: list[Problem] = []
+    # The readers' path rule (locations.check_rel): a shard path that is absolute or climbs
+    # out of the folder is never opened, here or by any reader.
+    unsafe = set()
+    for s in manifest.shards:
+        try:
+            check_rel(s.path)
+        except fmt.FormatError as e:
+            problems.append(Problem(fmt.MANIFEST_FILE, f"unsafe shard path, refused by every reader ({e})", found=s.path))
+            unsafe.add(s.path)
     listed = [s.path for s in manifest.shards]
     for p in sorted({p for p in listed if listed.count(p) > 1}):
         problems.append(Problem(fmt.MANIFEST_FILE, "shard listed more than once", found=p))
@@ -119,7 +130,7 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     groups = _group_rows(index)
     for rel in sorted(set(groups) - set(listed)):
         problems.append(Problem(manifest.index, f"{groups[rel].num_rows} index row(s) name a shard not in the manifest", found=rel))
-    shards = list(dict((s.path, s) for s in manifest.shards).values())
+    shards = [s for s in dict((s.path, s) for s in manifest.shards).values() if s.path not in unsafe]
     # Rows travel as Arrow slices and become dicts inside verify_shard: one shard's rows at a time.
     jobs = ((root, s, groups.get(s.path, index.slice(0, 0)), full_decode, store) for s in shards)
     samples = 0
@@ -153,6 +164,8 @@ def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
         else:
             mpath = Path(root) / fmt.MANIFEST_FILE
             manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+        where = fmt.MANIFEST_FILE
+        check_rel(manifest.index)  # the readers' path rule, before anything is opened
         where = manifest.index
         if store is not None:
             return manifest, store.index()
@@ -203,8 +216,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print every problem (up to ``--max-report``); exit 1 if any, else 0."""
     if not _is_remote(args.root) and not Path(args.root).is_dir():
-        print(f"verify: {args.root} is not a folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.root} is not a folder")
     report = verify(args.root, full_decode=args.full_decode, workers=max(1, args.workers))
     for p in report.problems[: args.max_report]:
         print(f"{args.root}/{p}")

@@ -51,6 +51,8 @@ class _Fault:
     retry_after: str | None = None
     drop_after: int = -1  # ... or send this many body bytes and cut the connection
     pause: float = 0.0
+    flip: bool = False  # ... or flip one byte in the middle of the body (corruption in transit)
+    length_delta: int = 0  # ... or announce Content-Length off by this many bytes
 
 
 @dataclass
@@ -111,6 +113,20 @@ class HubServer:
         """
         with self._lock:
             self.faults.append(_Fault(match, times, drop_after=nbytes, pause=pause))
+
+    def corrupt(self, match: str, times: int = 1) -> None:
+        """Flip one byte in the middle of the body of the next ``times`` GETs of paths
+        containing ``match`` (status and length stay right: only a checksum can tell)."""
+        with self._lock:
+            self.faults.append(_Fault(match, times, flip=True))
+
+    def wrong_length(self, match: str, delta: int, times: int = 1) -> None:
+        """Announce ``Content-Length`` ``delta`` bytes off for the next ``times`` GETs of
+        paths containing ``match``, sending the real body. Too long (``delta > 0``): the
+        connection is closed after the body. Too short: the extra bytes stay on the
+        keep-alive connection, where the client reads them as the next response."""
+        with self._lock:
+            self.faults.append(_Fault(match, times, length_delta=delta))
 
     def redirect(self, match: str, base_url: str) -> None:
         """Answer 302 to ``base_url + path`` for paths containing ``match`` (as the Hub sends
@@ -197,7 +213,8 @@ def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 status = 206
             entry.status = status
             self.send_response(status)
-            self.send_header("Content-Length", str(end - start))
+            delta = fault.length_delta if fault is not None else 0
+            self.send_header("Content-Length", str(end - start + delta))
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("ETag", f'"{len(data)}"')
             if status == 206:
@@ -212,7 +229,16 @@ def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self.wfile.write(data[start:end])
+            body_bytes = data[start:end]
+            if fault is not None and fault.flip and body_bytes:
+                mid = len(body_bytes) // 2
+                body_bytes = body_bytes[:mid] + bytes([body_bytes[mid] ^ 0xFF]) + body_bytes[mid + 1:]
+            self.wfile.write(body_bytes)
+            if delta > 0:  # promised more than sent: end the body by closing, as a broken server would
+                self.wfile.flush()
+                time.sleep(0.2)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     return Handler
 

@@ -54,9 +54,9 @@ def test_preview_remote_uses_range_reads_only(packed, hub_server, tmp_path):
 
 
 def test_preview_bad_input(packed, tmp_path, capsys):
-    assert main(["preview", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 1
+    assert main(["preview", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 2  # bad input: the exit-code table of foundir_data.errors
     assert "nowhere: no such folder" in capsys.readouterr().err
-    assert main(["preview", str(packed), "--out", str(tmp_path / "x.png"), "--tile", "4"]) == 1
+    assert main(["preview", str(packed), "--out", str(tmp_path / "x.png"), "--tile", "4"]) == 2
     assert "--tile" in capsys.readouterr().err
 
 

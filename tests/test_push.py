@@ -110,7 +110,7 @@ def test_changed_local_shard_is_refused_and_manifest_not_published(packed_copy, 
     data[600] ^= 0xFF  # same size, different bytes
     shard.write_bytes(bytes(data))
     dest = tmp_path / "mirror"
-    assert push(packed_copy, dest) == 1
+    assert push(packed_copy, dest) == 2
     err = capsys.readouterr().err
     assert str(shard) in err and "sha256" in err and "shard_tools verify" in err
     assert not (dest / fmt.MANIFEST_FILE).exists()
@@ -118,7 +118,7 @@ def test_changed_local_shard_is_refused_and_manifest_not_published(packed_copy, 
 
 def test_not_a_packed_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert push(tmp_path / "empty", tmp_path / "d") == 1
+    assert push(tmp_path / "empty", tmp_path / "d") == 2
     err = capsys.readouterr().err
     assert "empty" in err and "no manifest.json" in err
 
@@ -126,7 +126,7 @@ def test_not_a_packed_folder(tmp_path, capsys):
 def test_missing_shard_named(packed_copy, tmp_path, capsys):
     m = fmt.Manifest.from_json((packed_copy / fmt.MANIFEST_FILE).read_text())
     (packed_copy / m.shards[2].path).unlink()
-    assert push(packed_copy, tmp_path / "d") == 1
+    assert push(packed_copy, tmp_path / "d") == 2
     assert m.shards[2].path in capsys.readouterr().err
 
 
@@ -356,7 +356,7 @@ def test_hub_commit_plan_with_subdir(packed):
 def test_hub_push_resumes_after_a_failed_commit(packed, hub, capsys):
     dest = "hf://datasets/foundir-test/resume"
     hub.refuse_commit_number = 1  # the first batch lands, the second is refused
-    assert push(packed, dest, "--batch-files", "8") == 1
+    assert push(packed, dest, "--batch-files", "8") == 3
     folder = hub.folder("foundir-test/resume")
     first = [p for _, p in hub.commits[0][1]]
     assert len(first) == 8 and not (folder / fmt.MANIFEST_FILE).exists()
@@ -369,18 +369,18 @@ def test_hub_push_resumes_after_a_failed_commit(packed, hub, capsys):
 
 def test_hub_refusal_is_reported_without_token(packed, hub, capsys):
     hub.fail_first(10, status=403, match="/commit/")
-    assert push(packed, "hf://datasets/foundir-test/denied") == 1
+    assert push(packed, "hf://datasets/foundir-test/denied") == 3
     err = capsys.readouterr().err
     assert "hf://datasets/foundir-test/denied" in err and "403" in err and TOKEN not in err
     assert not (hub.folder("foundir-test/denied") / fmt.MANIFEST_FILE).exists()
 
 
 def test_s3_missing_bucket_is_named(packed, moto_s3, capsys):
-    assert push(packed, "s3://no-such-bucket/v1") == 1
+    assert push(packed, "s3://no-such-bucket/v1") == 3
     err = capsys.readouterr().err
     assert "s3://no-such-bucket/v1" in err and "bucket" in err
 
 
 def test_bad_hub_dest(packed, hub, capsys):
-    assert push(packed, "hf://datasets/only-org") == 1
+    assert push(packed, "hf://datasets/only-org") == 2
     assert "hf://datasets/<org>/<name>" in capsys.readouterr().err

@@ -218,7 +218,9 @@ def test_damaged_source_is_named(root: Path):
     data = bytearray(shard.read_bytes())
     data[r["lq_offset"] + 100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(tiles.TileError, match=r"sha256.*damaged"):
+    from foundir_data.retry import ChecksumError
+
+    with pytest.raises(ChecksumError, match=r"sha256 mismatch.*damaged"):
         tiles.pack_tiles(str(root), size=64)
 
 
