@@ -26,6 +26,7 @@ from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
+from shard_tools.tile_index import with_tiles
 from shard_tools.writer import read_part_meta, write_atomic
 from foundir_data.errors import FoundIRError
 
@@ -87,8 +88,6 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
                             extra={"num_input": plan["num_input"]})
     # Keep a tile layout built earlier (`shard_tools tile` / `pack --tile`): a resumed pack or
     # a re-merge must not drop its rows and shards from the index and manifest.
-    from shard_tools.tiles import with_tiles
-
     index, manifest = with_tiles(root, index, manifest)
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -50,9 +49,11 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     plan_tiles,
     windows,
 )
+from shard_tools.merge import merge
 from shard_tools.summary import plural
+from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
 from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png
-from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_atomic, write_part
+from shard_tools.writer import TarShardWriter, add_sample, write_atomic, write_part
 
 __all__ = ["DEFAULT_CODEC", "DEFAULT_PNG_LEVEL", "DEFAULT_ZSTD_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
            "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",
@@ -96,17 +97,9 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     return len(rows)
 
 
-def _part_info(path: Path) -> fmt.ShardInfo | None:
-    """The ShardInfo of an index part, or None where it is missing or unreadable."""
-    try:
-        return read_part_meta(path)[0]
-    except Exception:
-        return None
-
-
 def _is_done(root: Path, shard: TileShard) -> bool:
     """Done iff its index part exists and names a tar of exactly the recorded size."""
-    info = _part_info(root / shard.part)
+    info = part_info(root / shard.part)
     return info is not None and (root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes
 
 
@@ -225,41 +218,6 @@ def _build(root: str, todo: list[TileShard], table, cfg: TileConfig) -> None:
         bar.close()
 
 
-def with_tiles(root: str | Path, index, manifest: fmt.Manifest):
-    """``(index, manifest)`` with the tile rows and shards of ``root``'s tile parts in place of
-    any they held (unchanged where ``root`` has no tile plan). For ``shard_tools.merge``.
-
-    Raises:
-        TileError: a planned tile shard that is not finished.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    base = Path(root)
-    if not (base / TILE_PLAN_FILE).exists():
-        return index, manifest
-    plan = json.loads((base / TILE_PLAN_FILE).read_text())
-    tables, infos = [index.filter(pc.not_equal(index["layout"], fmt.LAYOUT_TILE))], []
-    for s in plan["shards"]:
-        part = base / TileShard(s["path"], "", "").part
-        info = _part_info(part)
-        if info is None:
-            raise TileError(f"{root}: tile shard {s['path']} is not finished; rerun `shard_tools tile`")
-        tables.append(fmt.check_index_schema(pq.read_table(part), str(part)).replace_schema_metadata(None))
-        infos.append(info)
-    index = pa.concat_tables(tables)
-    manifest.shards = [s for s in manifest.shards if s.layout != fmt.LAYOUT_TILE] + infos
-    manifest.tile = {"size": plan["size"], "stride": plan["stride"], "codec": plan.get("codec", "png")}
-    manifest.format_minor = fmt.FORMAT_MINOR  # the tile codec is recorded (format.FORMAT_MINOR)
-    # As merge and verify count it: every row of the index, whatever its layout.
-    manifest.num_samples = index.num_rows
-    manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
-    if plan.get("codec", "png") == "zstd":
-        manifest.extra["tile_zstd_level"] = plan["zstd_level"]
-    return index, manifest
-
-
 def merge_tiles(root: str) -> fmt.Manifest:
     """Put the tile parts into ``index/pairs.parquet``, ``manifest.json`` and the card (idempotent).
 
@@ -271,8 +229,6 @@ def merge_tiles(root: str) -> fmt.Manifest:
 
     base = Path(root)
     if (base / PACK_PLAN_FILE).exists():
-        from shard_tools.merge import merge
-
         merge(root)
     manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
