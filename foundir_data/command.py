@@ -22,6 +22,21 @@ from typing import Any
 from foundir_data.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FoundIRError, exit_code, one_line
 
 
+#: The dataset commands, shared by ``shard_tools`` and ``foundir``: sub-command -> (module,
+#: one-line help). Modules are imported only when their command runs (``shard_tools --help``
+#: stays fast; a missing optional module breaks only its command), so naming them here is no
+#: import of ``shard_tools``.
+DATA_COMMANDS: dict[str, tuple[str, str]] = {
+    "pack": ("shard_tools.pack", "pack paired LQ/GT images into tar shards + Parquet index"),
+    "merge": ("shard_tools.merge", "merge the index parts of a multi-job pack"),
+    "verify": ("shard_tools.verify", "re-read every shard against manifest and index"),
+    "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
+    "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),
+    "preview": ("shard_tools.preview", "render a preview of some pairs"),
+    "push": ("shard_tools.push", "upload a packed folder to the Hub, S3, a folder or any fsspec URL"),
+}
+
+
 def _top_parser(prog: str, commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<11} {help_}" for name, (_, help_) in commands.items())
     return argparse.ArgumentParser(

@@ -1,19 +1,19 @@
 """The ``foundir`` command line: every ``shard_tools`` command plus the model's own.
 
 Lives in ``foundir_model`` because ``quickstart``, ``train``, ``eval``, ``restore`` and ``convert-release`` need
-the model, and the dependency direction is foundir_data <- shard_tools <- (nothing), with
-foundir_model on top (docs/ARCHITECTURE.md).
+the model; the dataset commands come from the runner's table (``foundir_data.command``), so
+this package does not import ``shard_tools`` for them (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-from shard_tools import cli as _shard_cli
+from foundir_data import command
 
 #: ``shard_tools``' table plus the model's commands (each module: configure/run).
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("foundir_model.quickstart",
                    "sample -> pack -> verify -> load -> stream -> train -> evaluate -> preview, offline"),
-    **_shard_cli.COMMANDS,
+    **command.DATA_COMMANDS,
     "train": ("foundir_model.train", "train the residual-diffusion generalist on the streams"),
     "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
     "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """The ``foundir`` console script; returns the sub-command's exit status."""
-    return _shard_cli.main(argv, prog="foundir", commands=COMMANDS)
+    return command.main(argv, "foundir", COMMANDS)
 
 
 if __name__ == "__main__":

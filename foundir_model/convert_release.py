@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from foundir_data.command import run_module
 from foundir_model import checkpoint as ckpt
 from foundir_model import experts, release
 
@@ -69,8 +70,6 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``foundir convert-release``)."""
-    from shard_tools.cli import run_module
-
     return run_module(sys.modules[__name__], argv, "foundir convert-release",
                       "Convert the FoundIR release's model files into a foundir checkpoint + safetensors export.")
 

@@ -3,7 +3,7 @@
 The page holds the Table 1-style report (the paper's row, the LQ input's PSNR, and every
 method evaluated into ``DIR``), a sortable per-image table, and per image a side-by-side and a
 slider view of LQ, each method and GT, filterable by degradation type. It is self-contained:
-CSS and script inline, images as relative paths under ``DIR/page/`` (``shard_tools/html_report.py``
+CSS and script inline, images as relative paths under ``DIR/page/`` (``foundir_data/html_report.py``
 draws it; ``docs/training.md`` shows it).
 
 Several methods on one page: each run into the same ``DIR`` adds (or replaces) its method, e.g.
@@ -24,7 +24,7 @@ import numpy as np
 from foundir_data import taxonomy
 from foundir_model import metrics
 from foundir_model.paper import Report
-from shard_tools import html_report as hr
+from foundir_data import html_report as hr
 
 PAGE_DIR = "page"
 INDEX = "index.html"

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from foundir_data import taxonomy
+from foundir_data.command import run_module
 from foundir_data.retry import ShardError
 from foundir_model import eval_page, images, metrics
 from foundir_model.infer import BLENDS, Restorer, TileConfig, default_device, restore_array
@@ -397,8 +398,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError, ShardError)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``foundir-eval`` (the same as ``foundir eval``)."""
-    from shard_tools.cli import run_module
-
     description = ("Score a checkpoint or a folder of restored images on the FoundIR test split: PSNR/SSIM per degradation "
                    "type as in the paper's Table 1, beside the paper's FoundIR row.")
     return run_module(sys.modules[__name__], argv, "foundir-eval", description)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from foundir_data.command import run_module
 from foundir_model import experts, images
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -281,8 +282,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``foundir-restore`` (the same as ``foundir restore``)."""
-    from shard_tools.cli import run_module
-
     description = ("Restore an image or a folder of images of any size with a foundir checkpoint (tiled inference, "
                    "release tiling by default).")
     return run_module(sys.modules[__name__], argv, "foundir-restore", description)

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from foundir_data.command import run_module
 from foundir_model import checkpoint as ckpt
 from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
@@ -262,8 +263,6 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``foundir-train`` (the same as ``foundir train``)."""
-    from shard_tools.cli import run_module
-
     return run_module(sys.modules[__name__], argv, "foundir-train", __doc__.split("\n\n")[0])
 
 

@@ -12,18 +12,11 @@ prefixes and exit statuses are those of the one runner, ``foundir_data.command``
 from __future__ import annotations
 
 from foundir_data import command
-from foundir_data.command import run_module  # noqa: F401 - the console scripts' runner
+from foundir_data.command import run_module  # noqa: F401 - re-exported: the console scripts' runner
 
-#: Sub-command -> (module, one-line help).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "pack": ("shard_tools.pack", "pack paired LQ/GT images into tar shards + Parquet index"),
-    "merge": ("shard_tools.merge", "merge the index parts of a multi-job pack"),
-    "verify": ("shard_tools.verify", "re-read every shard against manifest and index"),
-    "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
-    "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),
-    "preview": ("shard_tools.preview", "render a preview of some pairs"),
-    "push": ("shard_tools.push", "upload a packed folder to the Hub, S3, a folder or any fsspec URL"),
-}
+#: Sub-command -> (module, one-line help): the table lives with the runner (``foundir`` adds
+#: the model's commands to it without importing this package).
+COMMANDS: dict[str, tuple[str, str]] = command.DATA_COMMANDS
 
 
 def main(argv: list[str] | None = None, prog: str = "shard_tools",

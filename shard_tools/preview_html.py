@@ -4,7 +4,7 @@
 ``preview.choose``) in a sortable table and, grouped by degradation type, shows each pair side
 by side and under a slider (LQ | GT), with the pair's metadata (key, split, source files,
 sizes, formats, EXIF) on hover; a filter shows one type. Self-contained: images are PNG files
-under ``DIR/page/`` named by sample key, drawn by ``shard_tools/html_report.py``.
+under ``DIR/page/`` named by sample key, drawn by ``foundir_data/html_report.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from foundir_data import taxonomy
-from shard_tools import html_report as hr
+from foundir_data import html_report as hr
 
 #: Index columns shown on hover and in the table.
 META = ("key", "split", "degradation", "cls", "lq_source", "gt_source", "lq_width", "lq_height",

@@ -171,7 +171,7 @@ def test_preview_html_in_browser(browser, packed, tmp_path):
 
 
 def test_save_view_scales_down_and_keeps_small_images(tmp_path):
-    from shard_tools.html_report import save_view
+    from foundir_data.html_report import save_view
 
     big = np.random.default_rng(0).integers(0, 256, (300, 900, 3), dtype=np.uint8)
     with Image.open(save_view(big, tmp_path / "a.png", 450)) as im:

@@ -43,3 +43,89 @@ def test_importing_every_data_module_loads_no_model_module():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(mods) >= 15
+
+
+PACKAGES = ("foundir_data", "shard_tools", "foundir_model")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports anywhere in its source (top level,
+    inside functions, under TYPE_CHECKING alike: a cycle through any of them is a cycle)."""
+    mods = {f"{pkg}.{p.stem}": p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))}
+    mods = {m.removesuffix(".__init__"): p for m, p in mods.items()}
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                names = subs if all(s in mods for s in subs) else [node.module, *subs]
+            else:
+                continue
+            graph[m].update(n for n in names if n in mods and n != m)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_cycles_between_modules():
+    assert _cycles(_module_graph()) == []
+
+
+def test_cycle_finder_finds_a_cycle():
+    # The check above is only as good as its finder: a two- and a three-module loop are found.
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c", "a"}, "f": set()}
+    assert sorted(_cycles(graph)) == [["a", "b"], ["c", "d", "e"]]
+
+
+def test_model_uses_shard_tools_only_in_the_quickstart():
+    """foundir_model sits on foundir_data; only the quickstart (which packs, verifies and
+    previews a sample through shard_tools' public functions) reaches into shard_tools."""
+    offenders = [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in sorted((ROOT / "foundir_model").glob("*.py")) if p.name != "quickstart.py"
+        for name in _imports(p)
+        if name == "shard_tools" or name.startswith("shard_tools.")
+    ]
+    assert not offenders, offenders

@@ -2,8 +2,8 @@
 side-by-side / slider comparisons.
 
 Shared by ``shard_tools preview --html`` (pairs of a packed folder) and ``foundir-eval --out``
-(``index.html`` beside the report; ``foundir_model/eval_page.py``), so it lives on the data
-side: ``shard_tools`` never imports ``foundir_model``. A page is one HTML file with its CSS and
+(``index.html`` beside the report; ``foundir_model/eval_page.py``), so it lives in the bottom
+layer that both use (``docs/ARCHITECTURE.md``). A page is one HTML file with its CSS and
 script inline and images as relative paths next to it: the folder can be copied, zipped or
 opened from disk with no network.
 
