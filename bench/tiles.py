@@ -11,7 +11,7 @@ with ``shard_tools.tiles`` at 512/512 and 512/256. Loaders, one process each (= 
 * ``folder (BasicSR-style)``: open the LQ/GT PNG files of the release list, decode, crop (what
   BasicSR's ``PairedImageDataset`` + ``paired_random_crop`` do, with Pillow instead of cv2);
 * ``datasets streaming``: ``datasets.load_dataset("webdataset", data_files=<full shards>,
-  streaming=True)``, decode the ``lq.img``/``gt.img`` bytes, crop.
+  streaming=True)``, which decodes the ``lq.png``/``gt.png`` members, crop.
 
 Rate = patch pairs per CPU-second of this process (``time.process_time``; Pillow decodes on the
 calling thread, torch is pinned to one thread), so other load on a shared machine does not
@@ -113,8 +113,8 @@ def datasets_loader(root: Path) -> Iterator[int]:
     rng = np.random.default_rng(0)
     while True:
         for ex in ds:
-            lq = decode_image(ex[f"{fmt.LQ_MEMBER}"], ex["__key__"])
-            gt = decode_image(ex[f"{fmt.GT_MEMBER}"], ex["__key__"])
+            # the builder decodes the image members itself (format version 2 names)
+            lq, gt = (np.asarray(ex[m].convert("RGB")) for m in (fmt.LQ_MEMBER, fmt.GT_MEMBER))
             crop_pair(lq, gt, rng)
             yield 1
 

@@ -72,11 +72,17 @@ def get_record(location_or_store: str | Store, key: str, *, token: str | None = 
     return table.slice(i, 1).to_pylist()[0]
 
 
+def _member_name(store: Store, member: str) -> str:
+    """The tar member name of ``"lq"``/``"gt"`` in this folder's format version."""
+    names = fmt.members(store.manifest().format_version)
+    return names[0] if member == "lq" else names[1]
+
+
 def _check(store: Store, rec: dict[str, Any], member: str, data: bytes) -> bytes:
     expected = rec[f"{member}_sha256"]
     found = hashlib.sha256(data).hexdigest()
     if expected and found != expected:
-        raise ChecksumError(store.url(rec["shard"]), f"member {rec['key']}.{member}.img at byte "
+        raise ChecksumError(store.url(rec["shard"]), f"member {rec['key']}.{_member_name(store, member)} at byte "
                             f"{rec[f'{member}_offset']}: sha256 mismatch: expected {expected}, found "
                             f"{found}; the shard is corrupt or does not match its index: re-pack or re-upload")
     return data
@@ -142,5 +148,6 @@ def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
     lq, gt = read_pair_bytes(store, rec)
     if decode:
         url = store.url(rec["shard"])
-        lq, gt = _decode(lq, f"{url} member {key}.lq.img"), _decode(gt, f"{url} member {key}.gt.img")
+        lq = _decode(lq, f"{url} member {key}.{_member_name(store, 'lq')}")
+        gt = _decode(gt, f"{url} member {key}.{_member_name(store, 'gt')}")
     return {"key": key, "lq": lq, "gt": gt, "record": rec}

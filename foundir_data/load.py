@@ -83,11 +83,12 @@ def features():
 def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """A ``datasets`` example from a webdataset-style sample of :meth:`Store.iter_samples`."""
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')!r}"
-    missing = [m for m in fmt.MEMBERS if m not in sample]
+    lq_name, gt_name, json_name = fmt.sample_members(sample)  # version 1 folders too
+    missing = [m for m in (lq_name, gt_name, json_name) if m not in sample]
     if missing:
         raise fmt.FormatError(f"{where}: missing members {missing}; the shard is not a foundir shard")
     try:
-        record = json.loads(sample[fmt.JSON_MEMBER])
+        record = json.loads(sample[json_name])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fmt.FormatError(f"{where}: unreadable JSON record ({e})") from None
     if not isinstance(record, dict) or record.get("degradation") not in taxonomy.NAMES:
@@ -95,8 +96,8 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     out = {
         "key": record.get("key") or sample["__key__"],
         # path None: datasets.Image decodes the bytes by content, whatever the format.
-        "lq": {"bytes": sample[fmt.LQ_MEMBER], "path": None},
-        "gt": {"bytes": sample[fmt.GT_MEMBER], "path": None},
+        "lq": {"bytes": sample[lq_name], "path": None},
+        "gt": {"bytes": sample[gt_name], "path": None},
         "degradation": record["degradation"],
     }
     for name in META_FIELDS:

@@ -322,7 +322,7 @@ class Store:
         """Yield the samples of a shard as webdataset-style dicts.
 
         Each dict has ``__key__``, ``__url__`` and one bytes entry per member extension
-        (``lq.img``, ``gt.img``, ``json``). A shard that fails (after retries) is handled by
+        (``format.members(version)``: ``lq.png``, ``gt.png``, ``json``). A shard that fails (after retries) is handled by
         the ``on_error`` policy (:meth:`report_failure`): samples already yielded stay.
         """
         url = self.url(rel)

@@ -9,7 +9,7 @@ without a loading script (``datasets`` 4.0 and later run none; REFERENCE.md sect
   builder is chosen from the first config, so ``all`` (tars) comes first.
 * ``dataset_info:`` declares the features of every config. Without them the ``webdataset``
   builder infers columns from the first 5 samples and a column per full extension; declared
-  ``Image`` features make it wrap the ``lq.img``/``gt.img`` bytes as ``{path, bytes}`` and
+  ``Image`` features make it wrap the ``lq.png``/``gt.png`` bytes as ``{path, bytes}`` and
   decode them by content, so every image comes back as a PIL image whatever its format.
 
 The body is filled with ``string.Template`` (no Jinja dependency) from real statistics of the

@@ -161,6 +161,9 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         raise TileError(f"{root}: no {fmt.INDEX_FILE} here; tile a local folder written by `shard_tools pack`")
     import pyarrow.parquet as pq
 
+    mpath = base / fmt.MANIFEST_FILE
+    if mpath.exists():  # tile shards are written in the current version only
+        fmt.check_writable(fmt.Manifest.from_json(mpath.read_text(), str(mpath)), str(mpath))
     t0 = time.monotonic()
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     shards, table = plan_tiles(index, cfg)
