@@ -157,3 +157,20 @@ def test_version_1_folders_still_read(packed_copy, sample_source):
         pack_tiles(str(packed_copy), size=32, split="test")
     report = verify(packed_copy)
     assert not report.ok and "format version 1 folder" in str(report.problems[0])
+
+
+def test_pack_rerun_over_a_version_1_folder_rebuilds_it(packed_copy, sample_source):
+    from shard_tools.pack import PackConfig, pack
+    from shard_tools.verify import verify
+    from shard_tools.writer import VERSION_META_KEY
+
+    _as_version_1(packed_copy)
+    for part in (packed_copy / fmt.INDEX_PARTS_DIR).rglob("*.parquet"):  # parts as version 1 wrote them
+        t = pq.read_table(part)
+        meta = {k: v for k, v in t.schema.metadata.items() if k != VERSION_META_KEY}
+        pq.write_table(t.replace_schema_metadata(meta), part)
+    assert pack(PackConfig(source=str(sample_source), out=str(packed_copy), progress=False)) == 0
+    manifest = fmt.Manifest.from_json((packed_copy / fmt.MANIFEST_FILE).read_text())
+    assert manifest.format_version == fmt.FORMAT_VERSION and verify(packed_copy).ok
+    with tarfile.open(packed_copy / manifest.shards[0].path) as tf:
+        assert {n.split(".", 1)[1] for n in tf.getnames()} == set(fmt.MEMBERS)
