@@ -89,7 +89,12 @@ def test_hub_urls_are_resolve_urls_read_by_webdataset_and_datasets(hub_server, p
     assert urls == [f"{hub_server.url}/datasets/foundir/wds/resolve/v2/{shard}"]
     expected = _expected_keys(index, "test", "Blur")
     _check_wds(urls, index, sample_source, expected)  # WebDataset's own curl opener
-    ds = datasets.load_dataset("webdataset", data_files={"test": urls}, split="test", streaming=True,
+    # datasets over a plain https:// location (served by the same server under another host
+    # name: datasets < 5 rewrites URLs under an http:// HF_ENDPOINT into broken ones).
+    plain = hub_server.url.replace("127.0.0.1", "localhost") + "/datasets/foundir/wds/resolve/v2"
+    http_urls = webdataset_urls(plain, split="test", config="Blur")
+    assert http_urls == [f"{plain}/{shard}"]
+    ds = datasets.load_dataset("webdataset", data_files={"test": http_urls}, split="test", streaming=True,
                                cache_dir=str(tmp_path / "cache"))
     assert sorted(ex["__key__"] for ex in ds if ex[fmt.GT_MEMBER] is not None) == sorted(expected)
     assert not [p for p in hub_server.paths() if p.startswith("/api/")]  # no listing calls
