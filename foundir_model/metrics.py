@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import correlate1d  # scipy comes with scikit-image (install_requires)
+from scipy.ndimage import correlate1d  # declared in install_requires
 
 #: pyiqa's PSNR epsilon (``REFERENCE.md`` section 4): identical images give 10 log10(1e8) = 80 dB.
 PSNR_EPS = 1e-8
