@@ -29,6 +29,7 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, shard_codes
+from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.transforms import check_augment, random_crops
 
@@ -292,7 +293,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         for i, row in enumerate(rows):
             a, b = decode_pair(*self.read_pair(int(row), reuse=True), keys[i])
             # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
-            rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
+            rng = generator(self.seed, self.epoch, CROPS, step, int(slots[i]))
             _, _, win[i * k:(i + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
                                                          lq[i * k:(i + 1) * k], gt[i * k:(i + 1) * k])
         lq_t, gt_t = torch.from_numpy(lq), torch.from_numpy(gt)
