@@ -19,7 +19,7 @@ import random
 import time
 from typing import Any, BinaryIO, Callable, TypeVar
 
-log = logging.getLogger("foundir_data.store")
+log = logging.getLogger(__name__)  # "foundir_data.retry" (a child of "foundir_data")
 T = TypeVar("T")
 
 #: Longest single wait, whatever the backoff or Retry-After say.

@@ -104,7 +104,7 @@ class TrainConfig:
     crop: int = 256
     lr: float = 1e-4
     lr_halve_step: int = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations
-    step_scale: float = 1.0  # scales lr_halve_step (and the stream's phase lengths) for short runs
+    step_scale: float = 1.0  # scales lr_halve_step for short runs (phase lengths: steps_per_phase)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     grad_clip: float = 1.0
