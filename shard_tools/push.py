@@ -80,7 +80,7 @@ class PushConfig:
 
 
 @dataclass
-class Item:
+class PushItem:
     """One file of the packed folder to push."""
 
     rel: str
@@ -117,7 +117,7 @@ def git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]]:
+def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[PushItem]]:
     """Read the packed folder's manifest and list every file to push, manifest last.
 
     Raises:
@@ -130,7 +130,7 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]
         raise PushError(f"{root}: no {fmt.MANIFEST_FILE}; is this a packed folder? (run `shard_tools pack` first)")
     raw = mpath.read_bytes()
     manifest = fmt.Manifest.from_json(raw, where=str(mpath))
-    items: list[Item] = []
+    items: list[PushItem] = []
     for s in sorted(manifest.shards, key=lambda s: s.path):
         p = root / s.path
         if not p.is_file():
@@ -138,14 +138,14 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]
         if p.stat().st_size != s.bytes:
             raise PushError(f"{p}: {p.stat().st_size} bytes but the manifest says {s.bytes}; "
                             f"run `shard_tools verify {root}`")
-        items.append(Item(s.path, p, s.bytes, s.sha256))
+        items.append(PushItem(s.path, p, s.bytes, s.sha256))
     for rel in (manifest.index or fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE):
         p = root / rel
         if p.is_file():
-            items.append(Item(rel, p, p.stat().st_size, None))
+            items.append(PushItem(rel, p, p.stat().st_size, None))
         elif rel != fmt.REJECTS_FILE:
             raise PushError(f"{p}: missing from the packed folder; rerun `shard_tools merge`")
-    items.append(Item(fmt.MANIFEST_FILE, mpath, len(raw), hashlib.sha256(raw).hexdigest()))
+    items.append(PushItem(fmt.MANIFEST_FILE, mpath, len(raw), hashlib.sha256(raw).hexdigest()))
     return manifest, raw, items
 
 
@@ -164,7 +164,7 @@ def check_folder_limits(rels: list[str], limit: int = HUB_FOLDER_LIMIT) -> None:
               file=sys.stderr)
 
 
-def apply_remote_manifest(items: list[Item], remote: fmt.Manifest | None) -> None:
+def apply_remote_manifest(items: list[PushItem], remote: fmt.Manifest | None) -> None:
     """Mark shards the remote manifest already lists with the same size and sha256."""
     if remote is None:
         return
@@ -174,7 +174,7 @@ def apply_remote_manifest(items: list[Item], remote: fmt.Manifest | None) -> Non
             it.upload, it.reason = False, "same sha256 in remote manifest"
 
 
-def stale_paths(items: list[Item], remote: fmt.Manifest | None) -> list[str]:
+def stale_paths(items: list[PushItem], remote: fmt.Manifest | None) -> list[str]:
     """Paths listed by the remote manifest that this push will overwrite with other bytes."""
     if remote is None:
         return []
@@ -232,7 +232,7 @@ def _fs_sizes(fs, base: str) -> dict[str, int]:
     return {p[len(base) + 1:]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(base + "/")}
 
 
-def _fs_upload(fs, it: Item, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
+def _fs_upload(fs, it: PushItem, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
     """Copy one file while hashing it; returns its sha256. Local folders get a temp name then
     a rename; object stores publish an object only when its (multipart) upload completes."""
     h = hashlib.sha256()
@@ -249,7 +249,7 @@ def _fs_upload(fs, it: Item, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
     return h.hexdigest()
 
 
-def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
+def _push_fs(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushReport:
     import fsspec
 
     opts: dict = dict(cfg.storage_options)

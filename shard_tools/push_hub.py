@@ -18,7 +18,7 @@ import sys
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
 from shard_tools.push import (
-    Item, PushConfig, PushError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
+    PushItem, PushConfig, PushError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
 )
 
@@ -54,7 +54,7 @@ def _hub_remote_ids(api, repo: str, rev: str, paths: list[str]) -> dict[str, tup
     return out
 
 
-def _same_on_hub(it: Item, remote: tuple[int, str | None, str] | None) -> bool:
+def _same_on_hub(it: PushItem, remote: tuple[int, str | None, str] | None) -> bool:
     """True when the Hub holds ``it`` with the same size and checksum."""
     if remote is None or remote[0] != it.bytes:
         return False
@@ -64,7 +64,7 @@ def _same_on_hub(it: Item, remote: tuple[int, str | None, str] | None) -> bool:
     return remote[2] == git_blob_sha1(it.local)  # regular git file: its blob id
 
 
-def hub_commits(items: list[Item], batch_files: int, delete_manifest: bool,
+def hub_commits(items: list[PushItem], batch_files: int, delete_manifest: bool,
                 prefix: str = "") -> list[tuple[str, list]]:
     """The commits a Hub push makes, in order: ``[(message, operations), ...]``.
 
@@ -91,7 +91,7 @@ def hub_commits(items: list[Item], batch_files: int, delete_manifest: bool,
     return commits
 
 
-def push_to_hub(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
+def push_to_hub(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushReport:
     """Push the files of a packed folder to ``hf://datasets/<org>/<name>[@rev][/subdir]``.
 
     ``items`` comes from :func:`shard_tools.push.load_local` (manifest last).
