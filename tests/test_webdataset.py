@@ -31,7 +31,7 @@ def _expected_keys(index: dict, split: str, config: str) -> set[str]:
 
 
 def _check_wds(urls, index, sample_source, expected: set[str]) -> None:
-    ds = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", fmt.LQ_MEMBER, fmt.GT_MEMBER, "json")
+    ds = wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", fmt.LQ_MEMBER, fmt.GT_MEMBER, fmt.JSON_MEMBER)
     seen, formats = [], set()
     for key, lq, gt, record in ds:
         row = index[key]
