@@ -100,6 +100,18 @@ def test_hub_urls_are_resolve_urls_read_by_webdataset_and_datasets(hub_server, p
     assert not [p for p in hub_server.paths() if p.startswith("/api/")]  # no listing calls
 
 
+def test_private_hub_repo_through_pipe_urls_keeps_the_token_out_of_urls(hub_server, packed, sample_source, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
+    hub_server.add_repo("foundir/private", packed)
+    index = _index(packed)
+    urls = webdataset_urls("hf://datasets/foundir/private", split="test", config="Rain", opener="pipe")
+    assert len(urls) == 1 and urls[0].startswith("pipe:") and "hf_secret" not in urls[0]
+    hub_server.clear_log()
+    _check_wds(urls, index, sample_source, _expected_keys(index, "test", "Rain"))
+    gets = [r for r in hub_server.requests if r.method == "GET" and r.path.endswith(".tar")]
+    assert gets and all(r.headers.get("Authorization") == "Bearer hf_secret_token_123" for r in gets)
+
+
 def test_s3_pipe_urls_stream_through_the_checked_store(moto_s3, packed_copy, sample_source, capfd):
     s3 = moto_s3.upload_folder(packed_copy, "foundir-wds", "data")
     index = _index(packed_copy)
