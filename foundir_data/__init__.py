@@ -1,7 +1,7 @@
 """foundir_data: the packed FoundIR format and everything that reads it.
 
-``load_dataset`` and ``webdataset_urls`` are imported lazily: ``import foundir_data`` stays cheap for the writer
-(``shard_tools``), which needs only the format and the taxonomy.
+``load_dataset`` and ``webdataset_urls`` are imported lazily: ``import foundir_data`` stays
+cheap for the writer (``shard_tools``), which needs only the format and the taxonomy.
 """
 
 from typing import Any
