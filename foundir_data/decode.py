@@ -1,7 +1,7 @@
 """Image bytes -> exact uint8 HxWx3 RGB arrays, decoded by content (never by extension).
 
 The release names files ``png``/``jpg``/``JPG`` inconsistently and at least one ``.png``
-holds JPEG bytes (REFERENCE.md section 1), so the member name is only used in messages.
+holds JPEG bytes (docs/release.md, "Data"), so the member name is only used in messages.
 
 Result for each Pillow mode (the array equals ``np.asarray(Image.open(f).convert("RGB"))``
 of the source file for every mode Pillow converts itself):

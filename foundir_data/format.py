@@ -262,7 +262,7 @@ class Manifest:
     """The dataset's manifest: the only file a reader must fetch before reading shards.
 
     Readers never list a remote folder: everything they open is named here (the Hub's API
-    rate limit is far lower than its file-resolve limit; REFERENCE.md section 5).
+    rate limit is far lower than its file-resolve limit; docs/release.md, "Library facts").
     """
 
     shards: list[ShardInfo] = field(default_factory=list)

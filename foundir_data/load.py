@@ -4,7 +4,7 @@ The examples come from the manifest's shards read through :class:`~foundir_data.
 (local, ``s3://``, ``http(s)://``, ``hf://``) with ``datasets``' ``from_generator``: the shard
 list is passed in ``gen_kwargs``, so ``datasets`` splits it over DataLoader workers and
 ``split_dataset_by_node`` ranks. This does not go through ``datasets``' own remote tar path,
-which breaks on S3 with current s3fs (``REFERENCE.md`` section 5).
+which breaks on S3 with current s3fs (docs/release.md, "Library facts").
 
 Example::
 

@@ -2,7 +2,7 @@
 
 Used by the quickstart and by the tests: no downloads. Each of the 20 degradation types
 gets a few LQ/GT pairs made with simple, seeded degradations of the real photos, laid out
-like the release (``REFERENCE.md`` section 1), including its quirks: mixed extensions
+like the release (docs/release.md, "Data"), including its quirks: mixed extensions
 (``png``, ``jpg``, ``JPG``), a ``.png`` file holding JPEG bytes, and EXIF camera fields.
 
 Layouts:

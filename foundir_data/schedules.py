@@ -179,7 +179,7 @@ def incremental(counts: Mapping[str, int], batch_size: int, steps: int | None = 
     another (sub-phase k samples the first k types, in proportion to their sizes). Phase 2
     lasts ``stage2_factor * n`` steps in which every batch combines a mini-batch of the first
     class and one of the second (``groups``), each in proportion to type sizes.
-    ``n`` defaults to one pass over the first class. (REFERENCE.md section 2 reports 500k +
+    ``n`` defaults to one pass over the first class. (docs/release.md, "Generalist model" reports 500k +
     1.5M iterations in the release; the paper's text says n and 2n: use ``stage2_factor``.)
     """
     pool = [t for t in first if counts.get(t, 0) > 0]

@@ -7,7 +7,7 @@ to a filesystem and a root URL; Hub files are read from
 
 The Hub is read with plain file GETs only: the manifest names every file, so nothing is
 ever listed and no API call is made (the Hub's API limit is far below its file-resolve
-limit, ``REFERENCE.md`` section 5). ``HF_ENDPOINT`` is read when a store is opened, not
+limit, docs/release.md, "Library facts"). ``HF_ENDPOINT`` is read when a store is opened, not
 when ``huggingface_hub`` is imported. The token (argument, else
 ``huggingface_hub.get_token()``) is sent as ``Authorization: Bearer`` and never appears in
 URLs, logs or error messages.

@@ -54,7 +54,7 @@ def resolve_read(read: str, store: Any) -> str:
     """The read mode ``"auto"`` stands for at ``store``'s location.
 
     Local folders: ``pread``. The Hub: ``cache`` (whole shards), because it limits file
-    resolves to 3,000-12,000 per 5 minutes (REFERENCE.md section 5): one range request per
+    resolves to 3,000-12,000 per 5 minutes (docs/release.md, "Library facts"): one range request per
     pair would be about a million requests per epoch, one download per shard about 5,000.
     S3 and plain HTTP: ``range`` (no such limit; no bytes fetched that this rank does not use).
     """
@@ -77,7 +77,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         steps_per_phase: The schedule's step parameter (``n`` of incremental; run length of
             mix/combine; steps per task of sequence). None: one pass over the data.
         batch_size: Global batch size in crops (every rank gets ``batch_size / world_size``).
-        crop: Crop side in pixels (REFERENCE.md section 2: 256).
+        crop: Crop side in pixels (docs/release.md, "Generalist model": 256).
         crops_per_pair: Crops cut from each decoded pair (must divide the per-rank batch).
         augment: ``"hflip"`` (the reference), ``"dihedral"`` or ``"none"``.
         seed: Seed of the order, the crops and the augmentations.

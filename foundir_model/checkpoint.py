@@ -204,7 +204,7 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
     ``lq`` is ``[B, 3, H, W]`` in [0, 1]; ``degradation`` is a ``LongTensor[B]`` of taxonomy
     indices or None (then a classifier picks the expert, when the checkpoint has one). The
     generalist runs the few-step sampler; with ``specialists`` the matching expert refines
-    its output (G -> S, REFERENCE.md section 3).
+    its output (G -> S, docs/release.md, "Specialists").
 
     Args:
         path: A ``.pt`` checkpoint or ``.safetensors`` export.

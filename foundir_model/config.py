@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The conditional UNet (REFERENCE.md section 2).
+    """The conditional UNet (docs/release.md, "Generalist model").
 
     Attributes:
         channels: Image channels; the network sees ``2 * channels`` (x_t and LQ).
@@ -52,7 +52,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The residual-diffusion schedule and sampler (REFERENCE.md section 2).
+    """The residual-diffusion schedule and sampler (docs/release.md, "Generalist model").
 
     Attributes:
         timesteps: T.
@@ -85,7 +85,7 @@ RELEASE_DIFFUSION = DiffusionConfig(delta_end=1.4e-3)
 class TrainConfig:
     """One training run of the generalist; CLI flags of ``foundir-train`` map onto fields.
 
-    Defaults follow the paper (section 5.1) and the release (REFERENCE.md section 2)
+    Defaults follow the paper (section 5.1) and the release (docs/release.md, "Generalist model")
     except where noted: the paper's batch is 80 across 32 GPUs.
     """
 
@@ -132,7 +132,7 @@ class TrainConfig:
 
 @dataclass
 class SpecialistConfig:
-    """A small refinement network G -> S (REFERENCE.md section 3).
+    """A small refinement network G -> S (docs/release.md, "Specialists").
 
     Attributes:
         width: Channels of the refinement network.

@@ -1,6 +1,6 @@
 """Degradation-aware specialists: an expert pool that refines the generalist's output (G -> S).
 
-Paper section 4.3 and REFERENCE.md section 3: a weather expert (Haze, Rain_Haze) and an
+Paper section 4.3 and docs/release.md, "Specialists": a weather expert (Haze, Rain_Haze) and an
 illumination expert (the Lowlight folders 09, 14, 15, 17-20) refine the generalist's result.
 The release picks the expert by test-id range; the paper picks it from the input's
 degradation pattern. Here an expert is chosen by the degradation label when it is known and
@@ -37,7 +37,7 @@ class Expert:
     description: str
 
 
-#: The expert pool (REFERENCE.md section 3: the release's assignment of test folders).
+#: The expert pool (docs/release.md, "Specialists": the release's assignment of test folders).
 EXPERTS: dict[str, Expert] = {
     "weather": Expert("weather", ("Haze", "Rain_Haze"), "adverse weather (release: Restormer on 512 tiles)"),
     "illumination": Expert("illumination", ("Lowlight_Haze", "Lowlight", "Lowlight_Blur", "Lowlight_JPEG",

@@ -1,6 +1,6 @@
 """Training loop of the generalist, and the ``foundir-train`` CLI.
 
-Paper section 5.1 / REFERENCE.md section 2: Adam (betas 0.9, 0.99) at 1e-4, halved to 5e-5
+Paper section 5.1 / docs/release.md, "Generalist model": Adam (betas 0.9, 0.99) at 1e-4, halved to 5e-5
 after 1M iterations, grad clip 1.0, EMA 0.995, L1 residual loss, 256x256 crops. Batches come
 from :class:`foundir_data.stream.FoundIRStream` (any sampler schedule) or from any iterable of
 batch dicts ``{"lq": uint8[B,3,H,W], "gt": ..., "degradation": LongTensor[B], "step": int}``.

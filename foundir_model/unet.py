@@ -1,4 +1,4 @@
-"""The generalist's conditional UNet (REFERENCE.md section 2).
+"""The generalist's conditional UNet (docs/release.md, "Generalist model").
 
 The network sees ``concat(x_t, LQ)`` (6 channels for RGB) and the diffusion time, and
 predicts the residual ``LQ - GT``. The layout follows the release: base width 64,

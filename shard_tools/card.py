@@ -1,7 +1,7 @@
 """The packed folder's dataset card (``README.md``) from ``cards/dataset_card.md``.
 
 The card's YAML front matter is what makes ``datasets.load_dataset(<folder>, <config>)`` work
-without a loading script (``datasets`` 4.0 and later run none; REFERENCE.md section 5):
+without a loading script (``datasets`` 4.0 and later run none; docs/release.md, "Library facts"):
 
 * ``configs:`` names the tar globs of each configuration (``all``, each type present,
   ``isolated``, ``coupled``) per split. Only the full-frame tar shards are listed, never the

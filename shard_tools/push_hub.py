@@ -6,7 +6,7 @@ finished batch, and a rerun skips what the Hub already holds with the same check
 index, card and manifest go in one final commit: the dataset appears or changes at once.
 The remote manifest is read with a plain file GET on its resolve URL; existing files are
 checked with the ``paths-info`` API, 100 paths per call (one pusher, few calls: well under
-the Hub's API rate limit, REFERENCE.md section 5). The token comes from ``HF_TOKEN`` or the
+the Hub's API rate limit, docs/release.md, "Library facts"). The token comes from ``HF_TOKEN`` or the
 saved login (huggingface_hub's rules) and is never printed.
 """
 
@@ -28,7 +28,7 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def _hub_get(api, repo: str, rev: str, path: str) -> bytes | None:
-    """GET one file through its resolve URL (file GETs, not API calls; REFERENCE.md s.5)."""
+    """GET one file through its resolve URL (file GETs, not API calls; docs/release.md, "Library facts")."""
     from urllib.parse import quote
 
     from huggingface_hub.utils import build_hf_headers, get_session

@@ -1,6 +1,6 @@
 """``shard_tools tile``: lossless aligned LQ/GT training tiles from a packed folder's full frames.
 
-The paper trains on 256x256 crops of ~2514x1516 frames (REFERENCE.md section 2); decoding a
+The paper trains on 256x256 crops of ~2514x1516 frames (docs/release.md, "Generalist model"); decoding a
 whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
 ``size`` at ``stride`` and every tile is stored as a PNG: pixel-exact with the decoded source

@@ -6,8 +6,8 @@ Checks, each reported with the shard path, sample key, member, expected and foun
 * files: every listed shard exists with the listed size and sha256; no unlisted ``.tar``
   under ``shards/`` (the card's globs would hand it to ``datasets``) and no leftover temp file;
 * tar structure: each sample is exactly ``<key>.lq.png``, ``<key>.gt.png``, ``<key>.json``,
-  consecutive and in that order (WebDataset only groups consecutive members, REFERENCE.md
-  section 5); the sample count matches the manifest;
+  consecutive and in that order (WebDataset only groups consecutive members,
+  docs/release.md, "Library facts"); the sample count matches the manifest;
 * index: one row per sample, unique keys, right shard/position, each member's data offset,
   size and sha256 as recorded, the JSON record equal to the index row's record;
 * images: decodable by content (cheap container checks, or every pixel with

@@ -21,7 +21,7 @@ def _one_thread():
 
 
 def test_release_schedule_numbers():
-    # REFERENCE.md section 2: delta = linspace(1e-6, 1.4e-3, 1000) gives 1 - delta_bar_T = 0.2995.
+    # docs/release.md, "Generalist model": delta = linspace(1e-6, 1.4e-3, 1000) gives 1 - delta_bar_T = 0.2995.
     s = make_schedule(RELEASE_DIFFUSION)
     assert s.T == 1000
     assert abs(1 - s.delta_bar[-1].item() - 0.2995) < 1e-9

@@ -42,7 +42,7 @@ def _idx(name: str) -> int:
 
 
 def test_expert_assignment_matches_release():
-    # REFERENCE.md section 3: weather for Haze and Rain_Haze; illumination for folders 09, 14, 15, 17-20.
+    # docs/release.md, "Specialists": weather for Haze and Rain_Haze; illumination for folders 09, 14, 15, 17-20.
     weather = [t.folder[:2] for t in taxonomy.TYPES if sp.expert_for_type(t.index) == "weather"]
     light = [t.folder[:2] for t in taxonomy.TYPES if sp.expert_for_type(t.index) == "illumination"]
     assert weather == ["08", "13"]
