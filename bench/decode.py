@@ -200,8 +200,8 @@ def bench_crops(tiles: list[np.ndarray], level: int, repeat: int) -> None:
 
 
 # Scale of the real job, to weigh one-off encode cost against per-epoch decode cost:
-# 1,011,614 pairs of ~2514x1516 (REFERENCE.md section 1) -> 5 x 3 tiles of 512 per image, two
-# images per pair; training is 2M iterations x batch 80 crops (REFERENCE.md section 2), one tile
+# 1,011,614 pairs of ~2514x1516 (docs/release.md, "Data") -> 5 x 3 tiles of 512 per image, two
+# images per pair; training is 2M iterations x batch 80 crops (docs/release.md, "Generalist model"), one tile
 # pair decoded per crop.
 SCALE_TILES = 1_011_614 * 15 * 2
 SCALE_DECODES = 2_000_000 * 80 * 2

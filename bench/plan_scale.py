@@ -14,7 +14,7 @@ process, times and measures the peak memory of:
 No per-sample Python objects are created (numpy / Arrow arrays only). Targets: < 10 s and
 < 1 GB. The per-type counts of the training set are only published as a sunburst chart
 (paper Figure 3b), so the synthetic index uses the test set's per-type proportions
-(REFERENCE.md section 1) scaled to 1,011,614 rows (``--distribution uniform`` for equal types).
+(docs/release.md, "Data") scaled to 1,011,614 rows (``--distribution uniform`` for equal types).
 
 Run: ``python bench/plan_scale.py`` (``--rows``, ``--shards``, ``--nodes``, ``--gpus``,
 ``--workers``, ``--per-gpu-batch``, ``--schedule`` for other sizes).

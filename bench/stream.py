@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from foundir_data import format as fmt
 from foundir_data.sample import LIST_FILE, make_sample
 
 CROP = 256
@@ -84,7 +85,7 @@ def datasets_loader(packed: Path) -> Iterator[int]:
     rng = np.random.default_rng(0)
     while True:
         for ex in ds:
-            lq, gt = (np.asarray(ex[m].convert("RGB")) for m in ("lq.img", "gt.img"))
+            lq, gt = (np.asarray(ex[m].convert("RGB")) for m in (fmt.LQ_MEMBER, fmt.GT_MEMBER))
             aligned_crop(lq, gt, rng)
             yield 1
 

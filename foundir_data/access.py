@@ -97,6 +97,12 @@ def _decode(data: bytes, where: str):
         raise fmt.FormatError(str(e)) from None
 
 
+def _member_name(store: Store, member: str) -> str:
+    """The tar member name of ``"lq"``/``"gt"`` in this folder's format version."""
+    names = fmt.members(store.manifest().format_version)
+    return names[0] if member == "lq" else names[1]
+
+
 def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
              token: str | None = None) -> dict[str, Any]:
     """Read one pair by key without downloading its shard.
@@ -120,5 +126,6 @@ def get_pair(location_or_store: str | Store, key: str, *, decode: bool = True,
     lq, gt = read_pair_bytes(store, rec)
     if decode:
         url = store.url(rec["shard"])
-        lq, gt = _decode(lq, f"{url} member {key}.lq.img"), _decode(gt, f"{url} member {key}.gt.img")
+        lq = _decode(lq, f"{url} member {key}.{_member_name(store, 'lq')}")
+        gt = _decode(gt, f"{url} member {key}.{_member_name(store, 'gt')}")
     return {"key": key, "lq": lq, "gt": gt, "record": rec}

@@ -23,16 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
+from foundir_data.rng import GROUP_SIZES, SHARE_COUNTS, STEP_LABELS, TYPE_TOTALS, generator
 from foundir_data.schedules import Curriculum, Phase
 
 #: Planning chunk of about this many slots: the unit of randomness (fixed by the global
 #: batch size only, so it never depends on world size or workers).
 CHUNK_SLOTS = 1 << 16
-
-
-def _rng(*key: int) -> np.random.Generator:
-    # One independent generator per purpose/phase/group/chunk key: any chunk is recomputable.
-    return np.random.default_rng([int(k) for k in key])
 
 
 def hamilton(total: int, weights: np.ndarray) -> np.ndarray:
@@ -165,7 +161,7 @@ class BatchCounts:
         gl = self._groups[pi]
         if len(gl) == 1:
             return np.full((n, 1), self.batch_size, np.int64)
-        u = _rng(self.seed, self.epoch, 1, pi, c).random(n)
+        u = generator(self.seed, self.epoch, GROUP_SIZES, pi, c).random(n)
         return systematic(np.full(n, self.batch_size), np.array([w.sum() for _, w in gl]), u)
 
     def _hyper(self, pi: int, gi: int) -> np.ndarray | None:
@@ -181,7 +177,7 @@ class BatchCounts:
         else:  # single: one type per step
             units = [n for _, n in chunks]
         remaining = hamilton(sum(units), w)
-        rng = _rng(self.seed, self.epoch, 2, pi, gi)
+        rng = generator(self.seed, self.epoch, TYPE_TOTALS, pi, gi)
         table = np.zeros((len(chunks), len(cols)), np.int64)
         for i, L in enumerate(units):
             table[i] = rng.multivariate_hypergeometric(remaining, L) if L else 0
@@ -207,10 +203,10 @@ class BatchCounts:
         for gi, (cols, w) in enumerate(self._groups[pi]):
             b = sizes[:, gi]
             if ph.mode == "share":
-                out[:, cols] += systematic(b, w, _rng(self.seed, self.epoch, 3, pi, gi, c).random(n))
+                out[:, cols] += systematic(b, w, generator(self.seed, self.epoch, SHARE_COUNTS, pi, gi, c).random(n))
                 continue
             t = self._draws[pi][gi][c]
-            rng = _rng(self.seed, self.epoch, 4, pi, gi, c)
+            rng = generator(self.seed, self.epoch, STEP_LABELS, pi, gi, c)
             labels = rng.permutation(np.repeat(np.arange(len(cols)), t))
             if ph.mode == "shuffle":
                 step_of = np.repeat(np.arange(n), b)

@@ -14,15 +14,21 @@ A packed folder looks like::
 
 Each tar holds samples of three consecutive members sharing a dot-free key::
 
-    <key>.lq.img   original LQ bytes, untouched (format sniffed from content, see ``lq_format``)
-    <key>.gt.img   original GT bytes, untouched
+    <key>.lq.png   original LQ bytes, untouched (format sniffed from content, see ``lq_format``)
+    <key>.gt.png   original GT bytes, untouched
     <key>.json     the sample's metadata record (a JSON object, see ``record_fields``)
 
-The image members use the neutral extension ``img`` on purpose: WebDataset and
-``datasets`` name a column after the member's full extension, so ``lq.png`` and ``lq.jpg``
-would be two columns and a sample whose format differs from the first samples would
-silently lose its image (REFERENCE.md section 5). The real format is in the index and the
-JSON record; both Pillow and ``datasets.Image`` decode by content.
+Every image member has the extension ``png`` whatever its bytes are (the release itself has
+JPEG bytes in ``.png`` files): WebDataset and ``datasets`` name a column after the member's
+full extension, so ``lq.png`` and ``lq.jpg`` would be two columns and a sample whose format
+differs from the first samples would silently lose its image (docs/format.md, "Member
+names"). ``png`` is an extension both WebDataset's ``.decode("pil")`` and the ``datasets``
+webdataset builder treat as an image, and both decode it with ``PIL.Image.open`` on the
+bytes, i.e. by content. The real format is in the index and the JSON record.
+
+Format version 1 named the image members ``lq.img``/``gt.img``, which both libraries left
+as bytes; readers still read version-1 folders (:func:`members`), writers write only
+:data:`FORMAT_VERSION`.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ from foundir_data.errors import FoundIRError
 
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
-FORMAT_VERSION = 1
+#: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
+FORMAT_VERSION = 2
 #: Versions this reader understands.
-READABLE_VERSIONS = (1,)
+READABLE_VERSIONS = (1, 2)
 #: Bump when new folders may hold something an older reader of the same FORMAT_VERSION
 #: cannot decode but reports clearly (it never misreads it). Minor 1: tile codecs other
 #: than PNG (:data:`TILE_CODECS`).
@@ -55,10 +62,14 @@ REJECTS_FILE = "rejects.jsonl"
 CARD_FILE = "README.md"
 SHARDS_DIR = "shards"
 
-LQ_MEMBER = "lq.img"
-GT_MEMBER = "gt.img"
+#: Extension of every image member (see the module docstring for why one, and why this one).
+IMAGE_EXT = "png"
+LQ_MEMBER = f"lq.{IMAGE_EXT}"
+GT_MEMBER = f"gt.{IMAGE_EXT}"
 JSON_MEMBER = "json"
 MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
+#: Member names (LQ, GT, JSON) of every readable format version.
+MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS}
 
 #: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
 #: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
@@ -80,6 +91,39 @@ _KEY_OK = re.compile(r"[^A-Za-z0-9_-]+")
 
 class FormatError(FoundIRError, ValueError):
     """A packed folder, manifest or record that does not follow this format."""
+
+
+def members(version: int = FORMAT_VERSION) -> tuple[str, str, str]:
+    """The (LQ, GT, JSON) member names of format ``version``.
+
+    Raises:
+        FormatError: a version this reader cannot read.
+    """
+    try:
+        return MEMBERS_BY_VERSION[version]
+    except KeyError:
+        raise FormatError(f"format_version {version!r} is not readable by this foundir "
+                          f"(reads {READABLE_VERSIONS})") from None
+
+
+def sample_members(sample: dict[str, Any]) -> tuple[str, str, str]:
+    """The (LQ, GT, JSON) member names a WebDataset-style sample dict uses (any readable
+    version: a sample holds the names of exactly one), the current names if it has neither."""
+    for names in MEMBERS_BY_VERSION.values():
+        if names[0] in sample:
+            return names
+    return MEMBERS
+
+
+def check_writable(manifest: "Manifest", where: str) -> None:
+    """Raise :class:`FormatError` unless new shards may be added to the folder of ``manifest``
+    (written in the current :data:`FORMAT_VERSION`: one folder never mixes member names)."""
+    if manifest.format_version != FORMAT_VERSION:
+        raise FormatError(
+            f"{where}: this folder is format version {manifest.format_version} (members "
+            f"{', '.join(members(manifest.format_version))}); this foundir writes version "
+            f"{FORMAT_VERSION} ({', '.join(MEMBERS)}) and does not mix them in one folder: "
+            "pack into a new folder")
 
 
 def make_key(split: str, lq_relpath: str, gt_relpath: str, max_slug: int = 60) -> str:
@@ -255,7 +299,7 @@ class Manifest:
     """The dataset's manifest: the only file a reader must fetch before reading shards.
 
     Readers never list a remote folder: everything they open is named here (the Hub's API
-    rate limit is far lower than its file-resolve limit; REFERENCE.md section 5).
+    rate limit is far lower than its file-resolve limit; docs/release.md, "Library facts").
     """
 
     shards: list[ShardInfo] = field(default_factory=list)

@@ -4,7 +4,7 @@ The examples come from the manifest's shards read through :class:`~foundir_data.
 (local, ``s3://``, ``http(s)://``, ``hf://``) with ``datasets``' ``from_generator``: the shard
 list is passed in ``gen_kwargs``, so ``datasets`` splits it over DataLoader workers and
 ``split_dataset_by_node`` ranks. This does not go through ``datasets``' own remote tar path,
-which breaks on S3 with current s3fs (``REFERENCE.md`` section 5).
+which breaks on S3 with current s3fs (docs/release.md, "Library facts").
 
 Example::
 
@@ -94,11 +94,12 @@ def features():
 def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """A ``datasets`` example from a webdataset-style sample of :meth:`Store.iter_samples`."""
     where = f"{sample.get('__url__', '?')} sample {sample.get('__key__', '?')!r}"
-    missing = [m for m in fmt.MEMBERS if m not in sample]
+    lq_name, gt_name, json_name = fmt.sample_members(sample)  # version 1 folders too
+    missing = [m for m in (lq_name, gt_name, json_name) if m not in sample]
     if missing:
         raise fmt.FormatError(f"{where}: missing members {missing}; the shard is not a foundir shard")
     try:
-        record = json.loads(sample[fmt.JSON_MEMBER])
+        record = json.loads(sample[json_name])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise fmt.FormatError(f"{where}: unreadable JSON record ({e})") from None
     except RecursionError:
@@ -109,8 +110,8 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
         "key": record.get("key") or sample["__key__"],
         # path None: datasets.Image decodes the bytes by content, whatever the format (zstd
         # tiles are handed over as the PPM inside, which Pillow reads).
-        "lq": {"bytes": pillow_readable(sample[fmt.LQ_MEMBER]), "path": None},
-        "gt": {"bytes": pillow_readable(sample[fmt.GT_MEMBER]), "path": None},
+        "lq": {"bytes": pillow_readable(sample[lq_name]), "path": None},
+        "gt": {"bytes": pillow_readable(sample[gt_name]), "path": None},
         "degradation": record["degradation"],
     }
     for name in META_FIELDS:

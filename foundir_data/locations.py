@@ -8,7 +8,7 @@ Locations (one fsspec code path for all, see ``store.py``):
 * ``https://host/prefix`` -> fsspec's HTTP filesystem;
 * ``hf://datasets/<org>/<name>[@revision][/subdir]`` -> the same HTTP filesystem on the
   Hub's file URLs ``{HF_ENDPOINT}/datasets/{repo}/resolve/{revision}/{path}``
-  (``REFERENCE.md`` section 5); ``HF_ENDPOINT`` is read now, not at import.
+  (docs/release.md, "Library facts"); ``HF_ENDPOINT`` is read now, not at import.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import taxonomy
-from foundir_data.counts import CHUNK_SLOTS, BatchCounts, _rng
+from foundir_data.counts import CHUNK_SLOTS, BatchCounts
+from foundir_data.rng import BATCH_SHUFFLE, STREAM_ORDER, generator
 from foundir_data.schedules import Curriculum, resolve
 
 #: Default shards per shuffle block (mosaicml streaming's py1b idea: shuffle within a block
@@ -129,7 +130,7 @@ class EpochPlan:
             return hit
         rows = self._rows[j]
         n, G = len(rows), self._group_size(j)
-        rng = _rng(self.seed, self.epoch, 5, self.type_ids[j], g)
+        rng = generator(self.seed, self.epoch, STREAM_ORDER, self.type_ids[j], g)
         sh = self._shard[rows]
         starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])  # rows are grouped by shard
         nsh = len(starts)
@@ -197,7 +198,7 @@ class EpochPlan:
                 steps.append(np.repeat(np.arange(n), c))
         rows_a, steps_a = np.concatenate(rows), np.concatenate(steps)
         # Shuffle inside each batch so ranks do not get type-sorted slices.
-        order = _group_shuffle(_rng(self.seed, self.epoch, 6, ci), steps_a)
+        order = _group_shuffle(generator(self.seed, self.epoch, BATCH_SHUFFLE, ci), steps_a)
         return s0, rows_a[order].reshape(n, self.batch_size)
 
     def global_batch(self, step: int) -> np.ndarray:

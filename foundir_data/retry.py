@@ -20,7 +20,7 @@ import time
 from typing import Any, BinaryIO, Callable, TypeVar
 from foundir_data.errors import EXIT_IO, EXIT_USAGE, FoundIRError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # "foundir_data.retry" (a child of "foundir_data")
 T = TypeVar("T")
 
 #: Longest single wait, whatever the backoff or Retry-After say.

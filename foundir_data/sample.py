@@ -2,7 +2,7 @@
 
 Used by the quickstart and by the tests: no downloads. Each of the 20 degradation types
 gets a few LQ/GT pairs made with simple, seeded degradations of the real photos, laid out
-like the release (``REFERENCE.md`` section 1), including its quirks: mixed extensions
+like the release (docs/release.md, "Data"), including its quirks: mixed extensions
 (``png``, ``jpg``, ``JPG``), a ``.png`` file holding JPEG bytes, and EXIF camera fields.
 
 Layouts:
@@ -46,9 +46,22 @@ class SamplePair:
     split: str
 
 
-def photo_dir() -> Path:
-    import skimage
+#: The optional dependency that supplies the photos (``pip install foundir[demo]``).
+DEMO_EXTRA = "demo"
 
+
+def photo_dir() -> Path:
+    """The folder of scikit-image's bundled photos.
+
+    Raises:
+        ImportError: scikit-image is not installed; the message names the extra to install.
+    """
+    try:  # optional: only the demo sample needs it (~200 MB with its dependencies)
+        import skimage
+    except ImportError:
+        raise ImportError(f"the FoundIR-shaped demo sample is made from photos bundled with scikit-image, "
+                          f"which is not installed: pip install 'foundir[{DEMO_EXTRA}]' "
+                          "(or pip install scikit-image)") from None
     return Path(skimage.__file__).parent / "data"
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from foundir_data import taxonomy
+from foundir_data.rng import NESTED_SUBSET, generator
 
 MODES = ("shuffle", "share", "single")
 
@@ -340,7 +341,7 @@ def nested_subset(keys_or_n: "int | Sequence[str] | Any", fraction: float, seed:
         arr = keys_or_n if isinstance(keys_or_n, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys_or_n), pa.string())
         n = len(arr)
         order = np.asarray(pc.sort_indices(arr))  # position of each row in key order
-    rank_in_keys = np.random.default_rng([seed, 0x5B5E7]).permutation(n)
+    rank_in_keys = generator(seed, NESTED_SUBSET).permutation(n)
     rank = np.empty(n, np.int64)
     if order is None:
         rank[:] = rank_in_keys

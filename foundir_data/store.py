@@ -7,7 +7,7 @@ to a filesystem and a root URL; Hub files are read from
 
 The Hub is read with plain file GETs only: the manifest names every file, so nothing is
 ever listed and no API call is made (the Hub's API limit is far below its file-resolve
-limit, ``REFERENCE.md`` section 5). ``HF_ENDPOINT`` is read when a store is opened, not
+limit, docs/release.md, "Library facts"). ``HF_ENDPOINT`` is read when a store is opened, not
 when ``huggingface_hub`` is imported. The token (argument, else
 ``huggingface_hub.get_token()``) is sent as ``Authorization: Bearer`` and never appears in
 URLs, logs or error messages.
@@ -333,7 +333,7 @@ class Store:
         """Yield the samples of a shard as webdataset-style dicts.
 
         Each dict has ``__key__``, ``__url__`` and one bytes entry per member extension
-        (``lq.img``, ``gt.img``, ``json``). A shard that fails (after retries) is handled by
+        (``format.members(version)``: ``lq.png``, ``gt.png``, ``json``). A shard that fails (after retries) is handled by
         the ``on_error`` policy (:meth:`report_failure`): samples already yielded stay.
         """
         url = self.url(rel)

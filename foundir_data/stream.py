@@ -35,6 +35,7 @@ from foundir_data.decode import decode_pair
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
 from foundir_data.retry import ChecksumError
+from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.transforms import check_augment, random_crops
 
@@ -68,7 +69,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             the curriculum's last phase continues to this step, so a run never falls back
             to its first phase (``Curriculum.run_for``). None: the curriculum's own length.
         batch_size: Global batch size in crops (every rank gets ``batch_size / world_size``).
-        crop: Crop side in pixels (REFERENCE.md section 2: 256).
+        crop: Crop side in pixels (docs/release.md, "Generalist model": 256).
         crops_per_pair: Crops cut from each decoded pair (must divide the per-rank batch).
         augment: ``"hflip"`` (the reference), ``"dihedral"`` or ``"none"``.
         seed: Seed of the order, the crops and the augmentations.
@@ -279,7 +280,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             a, b = decode_pair(*pair, keys[i], reuse=True)
             j = len(kept)
             # Crops depend on (seed, epoch, step, canonical slot) only: world-size independent.
-            rng = np.random.default_rng([self.seed, self.epoch, 7, step, int(slots[i])])
+            rng = generator(self.seed, self.epoch, CROPS, step, int(slots[i]))
             _, _, win[j * k:(j + 1) * k] = random_crops(a, b, c, k, rng, self.augment, keys[i],
                                                          lq[j * k:(j + 1) * k], gt[j * k:(j + 1) * k],
                                                          upscale_small=self.upscale_small)

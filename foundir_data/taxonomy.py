@@ -1,7 +1,7 @@
 """The FoundIR degradation taxonomy: 20 types (7 isolated, 13 coupled) as data.
 
 The names, test folders and id ranges come from the public release (see
-``shared/REFERENCE.md`` section 1 and Table 1 of the paper). ``NightRain`` is the
+docs/release.md, "Data" and Table 1 of the paper). ``NightRain`` is the
 release's single token for lowlight + rain.
 """
 
@@ -63,7 +63,7 @@ def _t(index: int, name: str, comps: str, ids: tuple[int, int], short: str) -> D
     )
 
 
-# Release order (REFERENCE.md section 1). Short names follow Table 1 of the paper
+# Release order (docs/release.md, "Data"). Short names follow Table 1 of the paper
 # (B, N, J, R, H, L); Raindrop has no letter there, so it keeps its name.
 TYPES: tuple[DegradationType, ...] = (
     _t(0, "Blur", "blur", (1, 150), "Blur"),

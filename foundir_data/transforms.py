@@ -1,8 +1,8 @@
 """Aligned training crops of LQ/GT pairs: the same window and the same flip/rotation on both.
 
-Follows the released training recipe (REFERENCE.md section 2): 256x256 random crops, a flip
+Follows the released training recipe (docs/release.md, "Generalist model"): 256x256 random crops, a flip
 shared by LQ and GT, and images under the crop size resized up first. Decoding a full
-2514x1516 PNG costs ~90 ms (REFERENCE.md section 5), so :func:`random_crops` can cut several
+2514x1516 PNG costs ~90 ms (docs/release.md, "Library facts"), so :func:`random_crops` can cut several
 crops from one decoded pair.
 """
 
@@ -34,7 +34,7 @@ def check_pair(lq: np.ndarray, gt: np.ndarray, key: str) -> None:
 def resize_up(lq: np.ndarray, gt: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize both images up (bicubic, aspect kept) so the short side is at least ``size``.
 
-    The reference resizes images under 256 px up (REFERENCE.md section 2); pairs already
+    The reference resizes images under 256 px up (docs/release.md, "Generalist model"); pairs already
     large enough are returned unchanged (no copy).
     """
     h, w = lq.shape[:2]

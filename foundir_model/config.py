@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """The conditional UNet (REFERENCE.md section 2).
+    """The conditional UNet (docs/release.md, "Generalist model").
 
     Attributes:
         channels: Image channels; the network sees ``2 * channels`` (x_t and LQ).
@@ -52,7 +52,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The residual-diffusion schedule and sampler (REFERENCE.md section 2).
+    """The residual-diffusion schedule and sampler (docs/release.md, "Generalist model").
 
     Attributes:
         timesteps: T.
@@ -106,7 +106,7 @@ class TrainConfig:
     crop: int = 256
     lr: float = 1e-4
     lr_halve_step: int | None = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations; None: never
-    step_scale: float = 1.0  # scales lr_halve_step (and the stream's phase lengths) for short runs
+    step_scale: float = 1.0  # scales lr_halve_step for short runs (phase lengths: steps_per_phase)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     grad_clip: float = 1.0
@@ -172,7 +172,7 @@ def train_recipe(name: str | None, **overrides: Any) -> TrainConfig:
 
 @dataclass
 class SpecialistConfig:
-    """A small refinement network G -> S (REFERENCE.md section 3).
+    """A small refinement network G -> S (docs/release.md, "Specialists").
 
     Attributes:
         width: Channels of the refinement network.

@@ -1,6 +1,6 @@
 """Residual diffusion: schedule, forward process, L1 residual loss and the few-step sampler.
 
-Everything here follows REFERENCE.md section 2 (the release) and paper section 4.1. Images
+Everything here follows docs/release.md, "Generalist model" (the release) and paper section 4.1. Images
 live in [-1, 1]. With ``acp = cumprod(1 - beta)`` (DDPM betas), the forward process is::
 
     x_t = x0 + alpha_bar_t (LQ - x0) + beta_bar_t eps - delta_bar_t LQ
@@ -134,7 +134,7 @@ class ResidualDiffusion(nn.Module):
         Starts at ``(1 - delta_bar_T) LQ + 0.1 eps``; each step predicts the residual
         (clamped to [-1, 1]), forms ``x0 = clamp(LQ - res)`` and moves
         ``x <- x - (alpha_bar_t - alpha_bar_next) res + (delta_bar_t - delta_bar_next) LQ``;
-        the last step returns ``x0`` (REFERENCE.md section 2).
+        the last step returns ``x0`` (docs/release.md, "Generalist model").
 
         Args:
             lq: ``[B, C, H, W]`` in [-1, 1].

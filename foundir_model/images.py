@@ -1,7 +1,7 @@
 """Image file <-> array conversions for inference and evaluation, with documented mode handling.
 
 Decoding is by content (Pillow sniffs the bytes; a ``.png`` holding JPEG bytes decodes fine,
-``REFERENCE.md`` section 1). No EXIF rotation is applied: pyiqa, which computed the paper's
+docs/release.md, "Data"). No EXIF rotation is applied: pyiqa, which computed the paper's
 numbers, reads pixels as stored, and LQ/GT pairs are aligned as stored.
 
 Mode conversions (everything becomes RGB float32 in [0, 1]):

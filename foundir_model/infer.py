@@ -1,7 +1,7 @@
 """Tiled inference for any image size, and the ``foundir-restore`` CLI.
 
 The release restores images over 1024x1024 as 1024x1024 tiles at stride 512, the last row and
-column snapped to the image edge, and averages the overlaps (``REFERENCE.md`` section 2). It
+column snapped to the image edge, and averages the overlaps (docs/release.md, "Generalist model"). It
 breaks on an image with one side under 1024; here the tile clamps to that side instead. An image
 that fits one tile is restored in one call, so tiling never changes its result.
 
@@ -40,7 +40,7 @@ BLENDS = ("average", "window")
 
 @dataclass
 class TileConfig:
-    """How an image is cut into tiles (defaults: the release, ``REFERENCE.md`` section 2).
+    """How an image is cut into tiles (defaults: the release, docs/release.md, "Generalist model").
 
     Attributes:
         tile: Tile side in pixels; clamps to the image side where the image is smaller.

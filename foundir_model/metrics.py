@@ -1,6 +1,6 @@
 """PSNR and SSIM exactly as the paper's Table 1 numbers were computed, plus the BasicSR convention.
 
-Two conventions, chosen by name from :data:`CONVENTIONS` (``REFERENCE.md`` section 4):
+Two conventions, chosen by name from :data:`CONVENTIONS` (docs/release.md, "Metrics"):
 
 ``paper`` (default; the defaults of the IQA toolbox ``pyiqa``)
     PSNR on RGB, all channels, images in [0, 1], ``10 log10(1 / (mse + 1e-8))``, no border crop
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import correlate1d  # scipy comes with scikit-image (install_requires)
+from scipy.ndimage import correlate1d  # declared in install_requires
 
-#: pyiqa's PSNR epsilon (``REFERENCE.md`` section 4): identical images give 10 log10(1e8) = 80 dB.
+#: pyiqa's PSNR epsilon (docs/release.md, "Metrics"): identical images give 10 log10(1e8) = 80 dB.
 PSNR_EPS = 1e-8
 #: Gaussian window of SSIM (Wang et al. 2004; both conventions): 11 taps, sigma 1.5.
 SSIM_WINDOW = 11

@@ -159,7 +159,7 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
         (lq bytes, gt bytes, lq info, gt info, reject reason or None, lq sha256, gt sha256);
         the hashes are None for a rejected pair.
     """
-    from shard_tools.probe import BadImage, probe_image
+    from shard_tools.probe import BadImage, check_pair, probe_image
 
     lq = gt = b""
     try:
@@ -170,11 +170,10 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
         return lq, gt, None, None, str(e), None, None
     except OSError as e:
         return lq, gt, None, None, f"unreadable file: {e.filename} ({e.strerror})", None, None
-    if (li.width, li.height) != (gi.width, gi.height):
-        # FoundIR pairs are pixel-aligned captures (paper, section 3.1): a size mismatch is
-        # a wrong pairing or a damaged file.
-        return lq, gt, li, gi, (f"LQ/GT size mismatch: {lq_path} is {li.width}x{li.height} "
-                                f"but {gt_path} is {gi.width}x{gi.height}"), None, None
+    try:
+        check_pair(li, gi, lq_path, gt_path)  # pixel-aligned pairs have one size
+    except BadImage as e:
+        return lq, gt, li, gi, str(e), None, None
     return lq, gt, li, gi, None, hashlib.sha256(lq).hexdigest(), hashlib.sha256(gt).hexdigest()
 
 

@@ -4,7 +4,7 @@ Every source becomes a deterministic stream of :class:`PairSpec` (a pair to pack
 :class:`Reject` (an input item that cannot be packed, with its reason). Each input item
 yields exactly one record, so *count in = packed + rejected* holds by construction.
 
-Layouts (``REFERENCE.md`` section 1 for the release's own):
+Layouts (docs/release.md, "Data" for the release's own):
     ``list``: the release's training list files, ``<gt_relpath>, <lq_relpath>`` per line,
         relative to a data root (default: the folder ``Train`` next to the list file).
     ``test``: the release's test layout ``<root>/NNName/{GT,LQ}/<id>.<ext>``.
@@ -264,7 +264,7 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
 
 # ---------------------------------------------------------------- layouts
 def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Record]:
-    # The release's training root (MillionIRData/Train, REFERENCE.md section 1) has the same
+    # The release's training root (MillionIRData/Train, docs/release.md, "Data") has the same
     # <Type>/{GT,LQ} shape as its test set; its pairs are training pairs.
     split = split or ("train" if root.resolve().name.lower() == "train" else "test")
     if not root.is_dir():

@@ -5,7 +5,7 @@ Both name each pair's paths relative to a data root, rather than finding them by
 folders (``shard_tools.ingest`` reads the folder layouts; ``shard_tools.records`` defines the records). Each
 input line or row yields exactly one :class:`~shard_tools.ingest.PairSpec` or
 :class:`~shard_tools.ingest.Reject`, in file order; a pair listed twice is rejected as a
-duplicate of its first listing. List files follow ``REFERENCE.md`` section 1.
+duplicate of its first listing. List files follow docs/release.md, "Data".
 """
 
 from __future__ import annotations

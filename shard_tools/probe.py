@@ -1,7 +1,7 @@
 """Image bytes -> format, size and EXIF camera fields, from headers; cheap integrity checks.
 
 Packing a million pairs must not decode a million 2514x1516 images twice (a PNG decode costs
-about 90 ms, REFERENCE.md section 5), so :func:`probe_image` reads what the index needs from
+about 90 ms, docs/release.md, "Library facts"), so :func:`probe_image` reads what the index needs from
 the headers only and checks integrity cheaply:
 
 * PNG: every chunk's CRC is checked and the stream must end with ``IEND`` (a walk over
@@ -11,7 +11,7 @@ the headers only and checks integrity cheaply:
 
 ``full_decode=True`` also decodes every pixel (catches a corrupt deflate/entropy stream whose
 container is intact). The format is sniffed from the content, never from the file name: the
-release has JPEG bytes behind ``.png`` names (REFERENCE.md section 1).
+release has JPEG bytes behind ``.png`` names (docs/release.md, "Data").
 """
 
 from __future__ import annotations

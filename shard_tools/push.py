@@ -45,7 +45,7 @@ from foundir_data.errors import UsageError
 from foundir_data.locations import s3_endpoint
 from shard_tools import push_hub
 from shard_tools.push_items import (  # noqa: F401  (HUB_FOLDER_LIMIT: re-exported)
-    CHUNK, HUB_FOLDER_LIMIT, Item, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest,
+    CHUNK, HUB_FOLDER_LIMIT, PushItem, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest,
     check_folder_limits, load_local, progress_bar, sha256_file, stale_paths,
 )
 
@@ -96,7 +96,7 @@ def _fs_sizes(fs, base: str) -> dict[str, int]:
     return {p[len(base) + 1:]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(base + "/")}
 
 
-def _fs_upload(fs, it: Item, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
+def _fs_upload(fs, it: PushItem, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
     """Copy one file while hashing it; returns its sha256. Local folders get a temp name then
     a rename; object stores publish an object only when its (multipart) upload completes."""
     h = hashlib.sha256()
@@ -113,7 +113,7 @@ def _fs_upload(fs, it: Item, rpath: str, atomic_rename: bool, bar: tqdm) -> str:
     return h.hexdigest()
 
 
-def _push_fs(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
+def _push_fs(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushReport:
     import fsspec
 
     opts: dict = dict(cfg.storage_options)

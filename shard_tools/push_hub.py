@@ -6,7 +6,7 @@ finished batch, and a rerun skips what the Hub already holds with the same check
 index, card and manifest go in one final commit: the dataset appears or changes at once.
 The remote manifest is read with a plain file GET on its resolve URL; existing files are
 checked with the ``paths-info`` API, 100 paths per call (one pusher, few calls: well under
-the Hub's API rate limit, REFERENCE.md section 5). The token comes from ``HF_TOKEN`` or the
+the Hub's API rate limit, docs/release.md, "Library facts"). The token comes from ``HF_TOKEN`` or the
 saved login (huggingface_hub's rules) and is never printed.
 """
 
@@ -18,7 +18,7 @@ import sys
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
 from shard_tools.push_items import (
-    Item, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
+    PushItem, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
 )
 
@@ -28,7 +28,7 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def _hub_get(api, repo: str, rev: str, path: str) -> bytes | None:
-    """GET one file through its resolve URL (file GETs, not API calls; REFERENCE.md s.5)."""
+    """GET one file through its resolve URL (file GETs, not API calls; docs/release.md, "Library facts")."""
     from urllib.parse import quote
 
     from huggingface_hub.utils import build_hf_headers, get_session
@@ -54,7 +54,7 @@ def _hub_remote_ids(api, repo: str, rev: str, paths: list[str]) -> dict[str, tup
     return out
 
 
-def _same_on_hub(it: Item, remote: tuple[int, str | None, str] | None) -> bool:
+def _same_on_hub(it: PushItem, remote: tuple[int, str | None, str] | None) -> bool:
     """True when the Hub holds ``it`` with the same size and checksum."""
     if remote is None or remote[0] != it.bytes:
         return False
@@ -64,7 +64,7 @@ def _same_on_hub(it: Item, remote: tuple[int, str | None, str] | None) -> bool:
     return remote[2] == git_blob_sha1(it.local)  # regular git file: its blob id
 
 
-def hub_commits(items: list[Item], batch_files: int, delete_manifest: bool,
+def hub_commits(items: list[PushItem], batch_files: int, delete_manifest: bool,
                 prefix: str = "") -> list[tuple[str, list]]:
     """The commits a Hub push makes, in order: ``[(message, operations), ...]``.
 
@@ -91,7 +91,7 @@ def hub_commits(items: list[Item], batch_files: int, delete_manifest: bool,
     return commits
 
 
-def push_to_hub(cfg: PushConfig, raw: bytes, items: list[Item]) -> PushReport:
+def push_to_hub(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushReport:
     """Push the files of a packed folder to ``hf://datasets/<org>/<name>[@rev][/subdir]``.
 
     ``items`` comes from :func:`shard_tools.push_items.load_local` (manifest last).

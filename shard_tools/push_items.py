@@ -61,7 +61,7 @@ class PushConfig:
 
 
 @dataclass
-class Item:
+class PushItem:
     """One file of the packed folder to push."""
 
     rel: str
@@ -98,7 +98,7 @@ def git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]]:
+def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[PushItem]]:
     """Read the packed folder's manifest and list every file to push, manifest last.
 
     Raises:
@@ -111,7 +111,7 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]
         raise PushError(f"{root}: no {fmt.MANIFEST_FILE}; is this a packed folder? (run `shard_tools pack` first)")
     raw = mpath.read_bytes()
     manifest = fmt.Manifest.from_json(raw, where=str(mpath))
-    items: list[Item] = []
+    items: list[PushItem] = []
     for s in sorted(manifest.shards, key=lambda s: s.path):
         p = root / s.path
         if not p.is_file():
@@ -119,14 +119,14 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[Item]
         if p.stat().st_size != s.bytes:
             raise PushError(f"{p}: {p.stat().st_size} bytes but the manifest says {s.bytes}; "
                             f"run `shard_tools verify {root}`")
-        items.append(Item(s.path, p, s.bytes, s.sha256))
+        items.append(PushItem(s.path, p, s.bytes, s.sha256))
     for rel in (manifest.index or fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE):
         p = root / rel
         if p.is_file():
-            items.append(Item(rel, p, p.stat().st_size, None))
+            items.append(PushItem(rel, p, p.stat().st_size, None))
         elif rel != fmt.REJECTS_FILE:
             raise PushError(f"{p}: missing from the packed folder; rerun `shard_tools merge`")
-    items.append(Item(fmt.MANIFEST_FILE, mpath, len(raw), hashlib.sha256(raw).hexdigest()))
+    items.append(PushItem(fmt.MANIFEST_FILE, mpath, len(raw), hashlib.sha256(raw).hexdigest()))
     return manifest, raw, items
 
 
@@ -145,7 +145,7 @@ def check_folder_limits(rels: list[str], limit: int = HUB_FOLDER_LIMIT) -> None:
               file=sys.stderr)
 
 
-def apply_remote_manifest(items: list[Item], remote: fmt.Manifest | None) -> None:
+def apply_remote_manifest(items: list[PushItem], remote: fmt.Manifest | None) -> None:
     """Mark shards the remote manifest already lists with the same size and sha256."""
     if remote is None:
         return
@@ -155,7 +155,7 @@ def apply_remote_manifest(items: list[Item], remote: fmt.Manifest | None) -> Non
             it.upload, it.reason = False, "same sha256 in remote manifest"
 
 
-def stale_paths(items: list[Item], remote: fmt.Manifest | None) -> list[str]:
+def stale_paths(items: list[PushItem], remote: fmt.Manifest | None) -> list[str]:
     """Paths listed by the remote manifest that this push will overwrite with other bytes."""
     if remote is None:
         return []

@@ -4,9 +4,9 @@ One sequential pass per shard hashes the file and parses the tar (``_HashingRead
 shard is read once at disk speed, locally or through ``foundir_data.store.Store``. Checks:
 
 * file: the listed size and sha256;
-* tar structure: each sample is exactly ``<key>.lq.img``, ``<key>.gt.img``, ``<key>.json``,
-  consecutive and in that order (WebDataset only groups consecutive members, REFERENCE.md
-  section 5); the sample count matches the manifest;
+* tar structure: each sample is exactly ``<key>.lq.png``, ``<key>.gt.png``, ``<key>.json``,
+  consecutive and in that order (WebDataset only groups consecutive members,
+  docs/release.md, "Library facts"); the sample count matches the manifest;
 * index: one row per sample, right shard/position, each member's data offset, size and
   sha256 as recorded, the JSON record equal to the index row's record;
 * images: decodable by content (cheap container checks, or every pixel with

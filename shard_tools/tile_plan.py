@@ -1,8 +1,8 @@
 """The tile plan of ``shard_tools tile``: grid math and the cut of full-frame index rows into tile shards.
 
 Grid: top-left corners at ``0, stride, 2*stride, ...`` and the last row/column snapped to the
-edge so the whole frame is covered (as the release's tiled inference does, REFERENCE.md
-section 2); a frame side shorter than ``size`` gives one tile of that side (no upscaling).
+edge so the whole frame is covered (as the release's tiled inference does,
+docs/release.md, "Generalist model"); a frame side shorter than ``size`` gives one tile of that side (no upscaling).
 
 The plan is a pure function of (index, :class:`TileConfig`): it needs no pixels (tile counts
 and byte estimates come from the index's sizes), so the same input gives the same shards, and

@@ -1,6 +1,6 @@
 """``shard_tools tile``: lossless aligned LQ/GT training tiles from a packed folder's full frames.
 
-The paper trains on 256x256 crops of ~2514x1516 frames (REFERENCE.md section 2); decoding a
+The paper trains on 256x256 crops of ~2514x1516 frames (docs/release.md, "Generalist model"); decoding a
 whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
 ``size`` at ``stride`` and every tile is stored with a lossless codec (``--codec``: PNG, QOI or
@@ -151,6 +151,9 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         raise TileError(f"{root}: no {fmt.INDEX_FILE} here; tile a local folder written by `shard_tools pack`")
     import pyarrow.parquet as pq
 
+    mpath = base / fmt.MANIFEST_FILE
+    if mpath.exists():  # tile shards are written in the current version only
+        fmt.check_writable(fmt.Manifest.from_json(mpath.read_text(), str(mpath)), str(mpath))
     t0 = time.monotonic()
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     shards, table = plan_tiles(index, cfg)

@@ -5,9 +5,9 @@ Checks, each reported with the shard path, sample key, member, expected and foun
 * manifest: parses, counts add up, no shard listed twice;
 * files: every listed shard exists with the listed size and sha256; no unlisted ``.tar``
   under ``shards/`` (the card's globs would hand it to ``datasets``) and no leftover temp file;
-* tar structure: each sample is exactly ``<key>.lq.img``, ``<key>.gt.img``, ``<key>.json``,
-  consecutive and in that order (WebDataset only groups consecutive members, REFERENCE.md
-  section 5); the sample count matches the manifest;
+* tar structure: each sample is exactly ``<key>.lq.png``, ``<key>.gt.png``, ``<key>.json``,
+  consecutive and in that order (WebDataset only groups consecutive members,
+  docs/release.md, "Library facts"); the sample count matches the manifest;
 * index: one row per sample, unique keys, right shard/position, each member's data offset,
   size and sha256 as recorded, the JSON record equal to the index row's record;
 * images: decodable by content (cheap container checks, or every pixel with
@@ -96,6 +96,9 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     if isinstance(loaded, Problem):
         return Report([loaded])
     manifest, index = loaded
+    if manifest.format_version != fmt.FORMAT_VERSION:  # member names differ (format.members)
+        return Report([Problem(fmt.MANIFEST_FILE, f"format version {manifest.format_version} folder: this verify "
+                               f"checks version {fmt.FORMAT_VERSION} shards; repack into a new folder to verify")])
 
     problems: list[Problem] = []
     # The readers' path rule (locations.check_rel): a shard path that is absolute or climbs

@@ -89,7 +89,7 @@ class TarShardWriter:
     Example::
 
         with TarShardWriter("out/shards/x.tar") as w:
-            w.add("key.lq.img", lq_bytes)
+            w.add(f"key.{fmt.LQ_MEMBER}", lq_bytes)
         print(w.sha256, w.bytes)
 
     Attributes (valid after the ``with`` block):
@@ -225,6 +225,9 @@ def write_atomic(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fs
 #: the one done-marker file means one atomic write and one fsync per shard.
 SHARD_META_KEY = b"foundir.shard"
 REJECTS_META_KEY = b"foundir.rejects"
+#: The format version of the part's shard (parts without it are version 1): a resumed pack
+#: rebuilds, and merge refuses, parts of another version, so one folder never mixes member names.
+VERSION_META_KEY = b"foundir.format_version"
 
 
 def add_sample(w: TarShardWriter, row: dict, lq: bytes, gt: bytes) -> dict:
@@ -265,7 +268,8 @@ def write_part(path: str | os.PathLike, rows: list[dict], info: fmt.ShardInfo, r
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode()}
+    meta = {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode(),
+            VERSION_META_KEY: str(fmt.FORMAT_VERSION).encode()}
     if rejects is not None:
         meta[REJECTS_META_KEY] = json.dumps(rejects, sort_keys=True).encode()
     sink = pa.BufferOutputStream()
@@ -287,4 +291,9 @@ def read_part_meta(path: str | os.PathLike, schema=None) -> tuple[fmt.ShardInfo,
     meta = schema.metadata or {}
     if SHARD_META_KEY not in meta:
         raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
+    version = int(meta.get(VERSION_META_KEY, b"1"))
+    if version != fmt.FORMAT_VERSION:
+        raise fmt.FormatError(f"{path}: index part of format version {version}; this foundir writes "
+                              f"version {fmt.FORMAT_VERSION} and does not mix versions in one folder: "
+                              "pack into a new folder (or rerun pack here to rebuild every shard)")
     return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY])), json.loads(meta.get(REJECTS_META_KEY, b"[]"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from foundir_data import format as fmt
 from foundir_data.access import get_pair, get_record, read_pair_bytes
 from foundir_data.store import ChecksumError, Store
 
@@ -36,7 +37,7 @@ def test_unknown_key_and_corrupt_member(packed_copy):
     path.write_bytes(bytes(raw))
     with pytest.raises(ChecksumError) as e:
         get_pair(store, rec["key"])
-    assert str(path) in str(e.value) and f"{rec['key']}.gt.img" in str(e.value) and rec["gt_sha256"] in str(e.value)
+    assert str(path) in str(e.value) and f"{rec['key']}.{fmt.GT_MEMBER}" in str(e.value) and rec["gt_sha256"] in str(e.value)
 
 
 def test_far_apart_members_use_two_ranges(packed):

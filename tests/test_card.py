@@ -23,7 +23,7 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.sample import make_sample
 from shard_tools import stats
-from shard_tools.card import features_yaml, front_matter, render_card, write_card
+from shard_tools.card import card_data, dataset_card, features_yaml, front_matter, render_card, write_card
 from shard_tools.pack import PackConfig, pack
 
 TRAIN_TYPES = ("Blur", "Noise", "Blur_Noise", "Lowlight_Haze")
@@ -55,6 +55,10 @@ def _decode(data: bytes) -> np.ndarray:
 def test_card_yaml_parses_and_configs_glob_only_full_tar_shards(packed):
     root, _, manifest, _ = packed
     card = DatasetCard.load(root / fmt.CARD_FILE)  # huggingface_hub's own parser
+    index = pq.read_table(root / fmt.INDEX_FILE)
+    built = dataset_card(manifest, index, root.name)
+    assert isinstance(built, DatasetCard) and built.data.to_dict() == card.data.to_dict() == card_data(manifest).to_dict()
+    assert built.text == card.text and card.text.lstrip().startswith("# FoundIR")
     configs = {c["config_name"]: c for c in card.data.configs}
     present = {s.degradation for s in manifest.shards}
     assert list(configs)[0] == "all" and configs["all"].get("default") is True
@@ -143,7 +147,7 @@ def test_card_body_has_real_statistics(packed):
         assert f"| {split} | {r['width_mean']:.1f} | {r['width_min']} | {r['width_max']} | {r['height_mean']:.1f} |" in text
     assert f"**{index.num_rows} pairs**" in text
     assert "index/pairs.parquet" in text and "`lq_offset` | int64 |" in text
-    assert 'wds.imagehandler("pil", extensions=["img"])' in text and "torchrun" in text
+    assert f'.decode("pil").to_tuple("{fmt.LQ_MEMBER}", "{fmt.GT_MEMBER}", "json")' in text and "torchrun" in text
     assert "@misc{li2024foundir" in text
 
 

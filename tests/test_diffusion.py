@@ -21,7 +21,7 @@ def _one_thread():
 
 
 def test_release_schedule_numbers():
-    # REFERENCE.md section 2: delta = linspace(1e-6, 1.4e-3, 1000) gives 1 - delta_bar_T = 0.2995.
+    # docs/release.md, "Generalist model": delta = linspace(1e-6, 1.4e-3, 1000) gives 1 - delta_bar_T = 0.2995.
     s = make_schedule(RELEASE_DIFFUSION)
     assert s.T == 1000
     assert abs(1 - s.delta_bar[-1].item() - 0.2995) < 1e-9
@@ -122,12 +122,21 @@ def test_loss_is_l1_of_residual_and_trains():
     assert last < first
 
 
-def test_restore_range_and_shape():
+def test_restore_maps_to_model_range_and_back():
+    """restore() takes and returns [0, 1] images: with a perfect network the output is the GT
+    in [0, 1] (values, not just the range), and where a residual overshoots, the output is the
+    clamped value (white), elsewhere exactly LQ - res mapped back to [0, 1]."""
+    g = torch.Generator().manual_seed(1)
+    lq01 = torch.rand(1, 3, 19, 23, generator=g)
+    gt01 = lq01 * 0.6 + 0.2  # a residual within the network's clamp range [-1, 1]
+    y = ResidualDiffusion(_Oracle((lq01 * 2 - 1) - (gt01 * 2 - 1))).restore(lq01)
+    assert y.shape == lq01.shape and torch.allclose(y, gt01, atol=1e-6)
+    over = torch.full_like(lq01, -1.0)  # res = -1: LQ - res = LQ + 1, beyond 1 where LQ > 0
+    y = ResidualDiffusion(_Oracle(over)).restore(lq01)
+    expected = ((lq01 * 2 - 1 + 1).clamp(-1, 1) + 1) / 2
+    assert torch.allclose(y, expected, atol=1e-6) and (y == 1).float().mean() > 0.4
     rd = ResidualDiffusion(UNet(UNetConfig(dim=8, dim_mults=(1, 2), blocks_per_level=1, attn_heads=1, attn_dim_head=8))).eval()
-    x = torch.rand(1, 3, 19, 23)
-    y = rd.restore(x)
-    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    assert torch.equal(y, rd.restore(x))  # deterministic
+    assert torch.equal(rd.restore(lq01), rd.restore(lq01))  # deterministic: seeded start noise
 
 
 def test_mismatched_shapes_raise():

@@ -21,7 +21,7 @@ def test_manifest_roundtrip_and_version_check():
     m = fmt.Manifest(shards=[fmt.ShardInfo("shards/full/test/Blur/test-Blur-000000.tar", "test", "Blur", "full", 2, 10, "ab")])
     m2 = fmt.Manifest.from_json(m.to_json())
     assert m2 == m
-    bad = m.to_json().replace('"format_version": 1', '"format_version": 99')
+    bad = m.to_json().replace(f'"format_version": {fmt.FORMAT_VERSION}', '"format_version": 99')
     with pytest.raises(fmt.FormatError, match="format_version 99"):
         fmt.Manifest.from_json(bad, where="s3://b/manifest.json")
     with pytest.raises(fmt.FormatError, match="not valid JSON"):

@@ -283,6 +283,9 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # basic LFS, not Xet
     server = HubCommitServer(tmp_path / "hub").start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
+    # As if HF_ENDPOINT had been set before huggingface_hub was imported (it reads it then):
+    # huggingface_hub 1.0 parses commit URLs against this constant.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     try:

@@ -9,7 +9,7 @@ from foundir_data import counts as C
 from foundir_data import schedules as S
 from foundir_data import taxonomy
 
-# Type sizes shaped like the release's test set (REFERENCE.md section 1), times 3.
+# Type sizes shaped like the release's test set (docs/release.md, "Data"), times 3.
 COUNTS = {t.name: 3 * (t.test_ids[1] - t.test_ids[0] + 1) for t in taxonomy.TYPES}
 N = sum(COUNTS.values())
 NAMES = list(taxonomy.NAMES)

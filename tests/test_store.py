@@ -74,7 +74,7 @@ def test_plain_file_corrupt_and_truncated(tmp_path):
 def test_no_manifest_and_bad_version(tmp_path):
     with pytest.raises(NoManifestError, match=r"no manifest\.json at .*shard_tools pack"):
         Store.open(str(tmp_path)).manifest()
-    m = fmt.Manifest().to_json().replace('"format_version": 1', '"format_version": 7')
+    m = fmt.Manifest().to_json().replace(f'"format_version": {fmt.FORMAT_VERSION}', '"format_version": 7')
     (tmp_path / fmt.MANIFEST_FILE).write_text(m)
     with pytest.raises(fmt.FormatError, match=r"manifest\.json: format_version 7 is not readable"):
         Store.open(str(tmp_path)).manifest()

@@ -37,7 +37,7 @@ def test_untrained_net_predicts_zero_residual_so_restore_returns_the_input():
 
 
 def test_default_matches_release_parameter_count():
-    # REFERENCE.md section 2: about 36.26M parameters.
+    # docs/release.md, "Generalist model": about 36.26M parameters.
     n = count_parameters(UNet(UNET_PRESETS["default"]))
     assert abs(n - 36.26e6) < 0.01e6, n
 

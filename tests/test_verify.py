@@ -59,14 +59,14 @@ def test_flipped_byte_in_member(copy, capsys):
     data[row["gt_offset"] + row["gt_size"] // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     found = problems(root)
-    assert (row["shard"], row["key"], "gt.img", "member sha256 differs from the index") in found
+    assert (row["shard"], row["key"], fmt.GT_MEMBER, "member sha256 differs from the index") in found
     assert (row["shard"], None, None, "shard sha256 differs from the manifest") in found
     # Nothing else is blamed: not the other member, not another key or shard.
     assert {(p[0], p[1]) for p in found} <= {(row["shard"], row["key"]), (row["shard"], None)}
-    assert all(p[2] in (None, "gt.img") for p in found)
+    assert all(p[2] in (None, fmt.GT_MEMBER) for p in found)
     assert cli(["verify", str(root)]) == 1
     out = capsys.readouterr()
-    assert f"{row['shard']} key {row['key']} member gt.img: member sha256 differs from the index (expected '{row['gt_sha256']}'" in out.out
+    assert f"{row['shard']} key {row['key']} member {fmt.GT_MEMBER}: member sha256 differs from the index (expected '{row['gt_sha256']}'" in out.out
     assert "FAILED" in out.err
 
 
@@ -128,7 +128,7 @@ def test_edited_json_record_and_index_value(copy):
     w = rows[0]["lq_width"]
     k = rows[0]["key"]
     assert (k, "json", "JSON record field 'lq_width' differs from the index", w + 1, w) in found
-    assert (k, "lq.img", "image format/size differs from the index",
+    assert (k, fmt.LQ_MEMBER, "image format/size differs from the index",
             (rows[0]["lq_format"], w + 1, rows[0]["lq_height"]), (rows[0]["lq_format"], w, rows[0]["lq_height"])) in found
 
 
@@ -138,14 +138,14 @@ def test_reordered_members_and_stray_files(copy):
     shard = root / rel
     with tarfile.open(shard) as tf:
         members = [(ti, tf.extractfile(ti).read()) for ti in tf]
-    members[0], members[1] = members[1], members[0]  # gt.img before lq.img
+    members[0], members[1] = members[1], members[0]  # GT before LQ
     with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tf:
         for ti, data in members:
             tf.addfile(ti, io.BytesIO(data))
     (root / "shards/full/test/Blur/extra.tar").write_bytes(shard.read_bytes())
     (root / "shards/full/test/Blur/test-Blur-000001.tar.tmp-123").write_bytes(b"x")
     found = problems(root)
-    assert (rel, rows[0]["key"], "gt.img", "member out of order") in found
+    assert (rel, rows[0]["key"], fmt.GT_MEMBER, "member out of order") in found
     assert ("shards/full/test/Blur/extra.tar", None, None,
             "tar file not listed in the manifest (the card's globs would read it)") in found
     assert any(p[0].endswith(".tmp-123") and p[3].startswith("leftover temporary file") for p in found)
@@ -202,5 +202,5 @@ def test_full_decode_finds_pixels_the_cheap_check_accepts(tmp_path):
     assert verify(root).ok
     row = next(r for r in pq.read_table(root / fmt.INDEX_FILE).to_pylist() if r["lq_source"] == pairs[1].lq)
     found = verify(root, full_decode=True).problems
-    assert [(p.path, p.key, p.member) for p in found] == [(row["shard"], row["key"], "lq.img")]
+    assert [(p.path, p.key, p.member) for p in found] == [(row["shard"], row["key"], fmt.LQ_MEMBER)]
     assert "cannot decode pixels" in found[0].what
