@@ -216,6 +216,11 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
                      f"{_human(sum(x.bytes for x in tiles))}{_tile_settings(manifest.tile)}) is under "
                      f"`shards/tile/` and in the index, not in the configurations")
     example = sorted(shards, key=lambda x: x.path)[0] if shards else None
+    # The stream example crops 256 px as the paper trains (section 5.1), or less where the
+    # example split has smaller frames (a crop larger than a frame is an error in the stream).
+    ex = resolution_stats(full.filter(pc.equal(full["split"], example.split))) if example else {}
+    small = min(ex.get("width_min") or 256, ex.get("height_min") or 256)
+    example_crop = 256 if small >= 256 else (small // 8 * 8 or small)
     return {
         "description": DESCRIPTION,
         "created_by": manifest.created_by,
@@ -238,6 +243,7 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
         "lq_member": fmt.LQ_MEMBER, "gt_member": fmt.GT_MEMBER, "json_member": fmt.JSON_MEMBER,
         "example_config": example.degradation if example else "all",
         "example_split": example.split if example else "train",
+        "example_crop": str(example_crop),
         "example_shard": example.path if example else fmt.shard_relpath(fmt.LAYOUT_FULL, "train", "Blur", 0),
     }
 
