@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundir_model.attention import DEFAULT_BLOCK_BYTES, attention
 from foundir_model.config import UNetConfig
 
 
@@ -111,7 +112,13 @@ class LinearAttention(nn.Module):
 
 
 class Attention(nn.Module):
-    """Full softmax attention over all pixels (used at the lowest resolution only)."""
+    """Full softmax attention over all pixels (used at the lowest resolution only).
+
+    The scores are computed in query blocks of at most ``block_bytes``
+    (:func:`foundir_model.attention.attention`, ``docs/inference.md``): same result as the
+    whole ``(h*w)^2`` matrix, bounded memory. Inference sets ``block_bytes`` from the memory
+    budget (:func:`foundir_model.budget.set_attention_block`).
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -119,11 +126,12 @@ class Attention(nn.Module):
         hidden = heads * dim_head
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Conv2d(hidden, dim, 1)
+        self.block_bytes = DEFAULT_BLOCK_BYTES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, d)
+        out = attention(q, k, v, self.block_bytes)  # (b, heads, n, d)
         return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
