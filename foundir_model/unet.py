@@ -151,6 +151,14 @@ def _downsample(dim: int, dim_out: int) -> nn.Module:
     return nn.Conv2d(dim, dim_out, 4, 2, 1)
 
 
+def _level_attention(cfg: UNetConfig, dim: int) -> nn.Module:
+    # The release has linear attention at every level; the inference presets drop it
+    # (UNetConfig.linear_attention, docs/inference.md): it costs more than the convolutions.
+    if not cfg.linear_attention:
+        return nn.Identity()
+    return PreNormResidual(dim, LinearAttention(dim, cfg.attn_heads, cfg.attn_dim_head))
+
+
 def _upsample(dim: int, dim_out: int) -> nn.Module:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim, dim_out, 3, padding=1))
 
@@ -182,7 +190,7 @@ class UNet(nn.Module):
             last = i == len(in_out) - 1
             self.downs.append(nn.ModuleList([
                 nn.ModuleList([ResnetBlock(d_in, d_in, time_dim, g) for _ in range(n)]),
-                PreNormResidual(d_in, LinearAttention(d_in, heads, dh)),
+                _level_attention(cfg, d_in),
                 nn.Conv2d(d_in, d_out, 3, padding=1) if last else _downsample(d_in, d_out),
             ]))
         mid = dims[-1]
@@ -194,7 +202,7 @@ class UNet(nn.Module):
             last = i == len(in_out) - 1
             self.ups.append(nn.ModuleList([
                 nn.ModuleList([ResnetBlock(d_out + d_in, d_out, time_dim, g) for _ in range(n)]),
-                PreNormResidual(d_out, LinearAttention(d_out, heads, dh)),
+                _level_attention(cfg, d_out),
                 nn.Conv2d(d_out, d_in, 3, padding=1) if last else _upsample(d_out, d_in),
             ]))
         self.final_res_block = ResnetBlock(dim * 2, dim, time_dim, g)
