@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from foundir_model import images
+from foundir_model import budget, images
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -45,6 +45,9 @@ class TileConfig:
         min_size: Images with a side under this are edge-padded up to it and cropped back
             (reflect padding inside the network needs a few pixels; 16 is its padding multiple).
         device: Where tiles are sent; None = leave them on the CPU.
+        max_memory: Memory budget in bytes from which the tile batch (at most ``tile_batch``)
+            and the attention block are chosen (:mod:`foundir_model.budget`); None = a safe
+            share of the free memory of ``device``.
     """
 
     tile: int = 1024
@@ -53,6 +56,7 @@ class TileConfig:
     tile_batch: int = 4
     min_size: int = 16
     device: str | None = None
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -66,6 +70,8 @@ class TileConfig:
             raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
 
 
 def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
@@ -119,17 +125,22 @@ def _batches(items: list, n: int) -> Iterator[list]:
 
 @torch.no_grad()
 def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
-                  cfg: TileConfig | None = None) -> torch.Tensor:
-    """Restore one image of any size by tiles.
+                  cfg: TileConfig | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Restore one image of any size by tiles, within the memory budget ``cfg.max_memory``.
 
     Args:
         restorer: ``f(lq[B,3,h,w], degradation LongTensor[B] | None) -> [B,3,h,w]``.
         lq: ``[3, H, W]`` or ``[1, 3, H, W]`` float tensor in [0, 1] (any device).
         degradation: Taxonomy index of the degradation when known, else None.
         cfg: Tiling configuration (default: the release's 1024 / 512, averaged).
+        progress: Called as ``progress(tiles_done, tiles_total)`` after each batch of tiles.
 
     Returns:
         ``[3, H, W]`` float32 CPU tensor (not clamped: the restorer decides its range).
+
+    Raises:
+        budget.MemoryBudgetError: when one tile does not fit the budget (before any work), or
+            an allocation fails during the work.
     """
     cfg = cfg or TileConfig()
     x = lq[0] if lq.dim() == 4 else lq
@@ -155,27 +166,38 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         return out.detach().to("cpu", torch.float32)
 
     th, tw, origins = tile_grid(H, W, cfg)
-    if len(origins) == 1:
-        out = run(x[None])[0]
-    else:
-        win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
-        acc = torch.zeros(3, H, W, dtype=torch.float32)
-        total = blend_weights(H, W, cfg).float()
-        for group in _batches(origins, cfg.tile_batch):
-            batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
-            res = run(batch)
-            for (y, xx), tile in zip(group, res):
-                acc[:, y : y + th, xx : xx + tw] += tile * win
-        out = acc / total
+    limit = cfg.max_memory or budget.default_budget(device)
+    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit)
+    budget.apply(restorer, plan)
+    done = 0
+    with budget.memory_errors(f"{W}x{H} image in {tw}x{th} tiles, {plan.tile_batch} per batch", limit):
+        if len(origins) == 1:
+            out = run(x[None])[0]
+            done = 1
+            if progress:
+                progress(done, 1)
+        else:
+            win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
+            acc = torch.zeros(3, H, W, dtype=torch.float32)
+            total = blend_weights(H, W, cfg).float()
+            for group in _batches(origins, plan.tile_batch):
+                batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
+                res = run(batch)
+                for (y, xx), tile in zip(group, res):
+                    acc[:, y : y + th, xx : xx + tw] += tile * win
+                done += len(group)
+                if progress:
+                    progress(done, len(origins))
+            out = acc.div_(total)
     return out[:, :h, :w]
 
 
 def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None = None,
-                  cfg: TileConfig | None = None) -> np.ndarray:
+                  cfg: TileConfig | None = None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image; returns float32 ``HxWx3``
     clamped to [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)
-    out = restore_tiled(restorer, t, degradation, cfg).clamp_(0, 1)
+    out = restore_tiled(restorer, t, degradation, cfg, progress).clamp_(0, 1)
     return out.permute(1, 2, 0).numpy()
 
 
