@@ -206,16 +206,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``foundir-restore`` (they map onto :class:`TileConfig` fields)."""
     d = TileConfig()
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("output", help="output folder; results are <relative path>.png")
+    parser.add_argument("output", help="output folder; results are <relative path>/<stem>.png "
+                        "(<name>.png where inputs of one folder share a stem)")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt or .safetensors)")
     parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
     parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
-    parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
+    parser.add_argument("--tile-batch", type=int, default=d.tile_batch,
+                        help=f"at most this many tiles per forward pass (default {d.tile_batch}; fewer when the memory budget says so)")
+    add_memory_flag(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-specialists", action="store_true", help="generalist only (no G -> S refinement)")
     parser.add_argument("--degradation", default=None,
                         help="degradation type name of every input (default: the model decides)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory`` (shared with ``foundir-eval``)."""
+    parser.add_argument("--max-memory", type=budget.parse_size, default=None, metavar="SIZE",
+                        help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
+                             "tile batch and attention block are chosen to fit it")
 
 
 def default_device(name: str | None) -> str:
@@ -223,41 +236,79 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: TileConfig) -> int:
+    """Check every image of known ``(width, height)`` against the memory budget before any work;
+    returns the number of tiles of those images.
+
+    Raises:
+        budget.MemoryBudgetError: for the first size that cannot fit, naming it.
+    """
+    tiles = 0
+    limit = cfg.max_memory or budget.default_budget(cfg.device or "cpu")
+    for size in dict.fromkeys(s for s in sizes if s):
+        w, h = max(size[0], cfg.min_size), max(size[1], cfg.min_size)
+        th, tw, origins = tile_grid(h, w, cfg)
+        try:
+            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit)
+        except budget.MemoryBudgetError as e:
+            raise budget.MemoryBudgetError(f"{size[0]}x{size[1]} image: {e}") from None
+    for size in sizes:
+        if size:
+            tiles += len(tile_grid(max(size[1], cfg.min_size), max(size[0], cfg.min_size), cfg)[2])
+    return tiles
+
+
 def run(args: argparse.Namespace) -> int:
     """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
     from foundir_data import taxonomy
+    from foundir_model import outputs, progress
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
     device = default_device(args.device)
-    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch, device=device)
+    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch, device=device,
+                     max_memory=args.max_memory)
     label = taxonomy.get(args.degradation).index if args.degradation else None
-    src = Path(args.input)
+    src, out_root = Path(args.input), Path(args.output)
     files = images.list_images(src)
-    if not files:
+    # Every naming and folder check before the checkpoint is even loaded (outputs.py).
+    pairs, left_out = outputs.plan_outputs(files, src, out_root, args.overwrite)
+    if left_out:
+        print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
+              "not inputs; left out", file=sys.stderr)
+    if not pairs:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists)
-    out_root = Path(args.output)
+    if cfg.max_memory is None:
+        cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
+    sizes = [progress.header_size(f) for f, _ in pairs]
+    tiles = preflight(restorer, sizes, cfg)
+    bars = progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress)
     failed: list[str] = []
-    for f in files:
-        rel = f.relative_to(src) if src.is_dir() else Path(f.name)
-        try:
-            d = images.load(f)
-            out = restore_array(restorer, d.rgb, label, cfg)
-            dst = images.save_png(out_root / rel.with_suffix(".png"), out, d.alpha)
-        except images.ImageError as e:
-            failed.append(str(e))
-            print(f"skipped: {e}", file=sys.stderr)
-            continue
-        print(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    try:
+        for f, dst in pairs:
+            tick = bars.image(f.name)
+            try:
+                d = images.load(f)
+                out = restore_array(restorer, d.rgb, label, cfg, tick)
+                images.save_png(dst, out, d.alpha)
+            except images.ImageError as e:
+                failed.append(str(e))
+                bars.write(f"skipped: {e}", file=sys.stderr)
+                continue
+            finally:
+                bars.image_done()
+            bars.write(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    finally:
+        bars.close()
     if failed:
-        print(f"foundir-restore: {len(failed)} of {len(files)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        print(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 
 
 #: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
-USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
+USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)  # MemoryBudgetError, OutputError are ValueErrors
 
 
 def main(argv: list[str] | None = None) -> int:
