@@ -283,9 +283,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
     sizes = [progress.header_size(f) for f, _ in pairs]
     tiles = preflight(restorer, sizes, cfg)
-    bars = progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress)
     failed: list[str] = []
-    try:
+    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
         for f, dst in pairs:
             tick = bars.image(f.name)
             try:
@@ -296,11 +295,7 @@ def run(args: argparse.Namespace) -> int:
                 failed.append(str(e))
                 bars.write(f"skipped: {e}", file=sys.stderr)
                 continue
-            finally:
-                bars.image_done()
             bars.write(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
-    finally:
-        bars.close()
     if failed:
         print(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1

@@ -48,6 +48,16 @@ def check_output_folder(src: Path, out_root: Path, overwrite: bool = False) -> N
                           "among the inputs; choose another output folder or pass --overwrite")
 
 
+def check_sources(sources: list[str | None], out_root: str | None, overwrite: bool = False) -> None:
+    """:func:`check_output_folder` for each local folder among ``sources`` (URLs and None skipped);
+    ``foundir-eval`` checks its ``--out`` against the test set and ``--pred`` with it."""
+    if not out_root:
+        return
+    for src in sources:
+        if src and "://" not in src and Path(src).is_dir():
+            check_output_folder(Path(src), Path(out_root), overwrite)
+
+
 def drop_earlier_outputs(files: list[Path], out_root: Path) -> tuple[list[Path], list[Path]]:
     """``(inputs, left_out)``: files under ``out_root`` (earlier results when the output folder
     lies inside the input folder) are not inputs."""
@@ -106,5 +116,5 @@ def plan_outputs(files: list[Path], src: Path, out_root: Path, overwrite: bool =
     return list(zip(files, outs)), skipped
 
 
-__all__ = ["OutputError", "OUTPUT_SUFFIX", "check_output_folder", "drop_earlier_outputs", "output_paths",
+__all__ = ["OutputError", "OUTPUT_SUFFIX", "check_output_folder", "check_sources", "drop_earlier_outputs", "output_paths",
            "plan_outputs", "input_folder"]

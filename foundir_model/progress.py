@@ -37,7 +37,8 @@ class Bars:
     def __init__(self, images: int, tiles: int | None = None, enabled: bool = True):
         self.enabled = enabled
         self.per_image = tiles is None
-        self._base = 0
+        self._base = self._last = 0
+        self._open = False
         if not enabled:
             return
         from tqdm import tqdm
@@ -47,10 +48,19 @@ class Bars:
         self.tiles = tqdm(total=tiles or 0, unit="tile", desc="tiles", position=1, leave=not self.per_image,
                           file=sys.stderr, dynamic_ncols=True)
 
+    def __enter__(self) -> "Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def image(self, name: str) -> Callable[[int, int], None]:
-        """Start an image; returns the ``progress(done, total)`` callback of its tiles."""
+        """Start an image (the previous one counts as finished); returns the
+        ``progress(done, total)`` callback of its tiles."""
         if not self.enabled:
             return lambda done, total: None
+        self._finish()
+        self._open = True
         self.images.set_postfix_str(name, refresh=False)
         if self.per_image:
             self.tiles.reset(total=0)
@@ -65,9 +75,9 @@ class Bars:
         self._last = 0
         return tick
 
-    def image_done(self) -> None:
-        """Count the current image as finished."""
-        if self.enabled:
+    def _finish(self) -> None:
+        if self._open:
+            self._open = False
             self._base += self._last
             self.images.update(1)
 
@@ -79,7 +89,9 @@ class Bars:
             print(line, file=file or sys.stdout)
 
     def close(self) -> None:
+        """Count the last image and close both bars."""
         if self.enabled:
+            self._finish()
             self.tiles.close()
             self.images.close()
 
