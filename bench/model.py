@@ -14,6 +14,13 @@ for a GPU run (bf16 autocast for training, like ``foundir-train --amp auto``), w
 ``--crop 256 --batch 8 --infer-size 1024`` for realistic numbers.
 
 Run: ``python bench/model.py`` or ``python bench/model.py --device cuda --crop 256 --batch 16``.
+
+``python bench/model.py --restore`` measures ``foundir-restore`` instead (issue 10): peak RSS
+and CPU seconds per megapixel of restoring a 2560x1600 camera-like frame (a mosaic of
+scikit-image's bundled photos at their native resolution, with Poisson-Gaussian sensor noise
+as the LQ), ours (memory budget, bounded attention blocks, tile batches) beside the release's
+way (one tile at a time, the whole attention matrix at once), each run in a fresh process
+(bench/restore_runs.py).
 """
 
 from __future__ import annotations
@@ -135,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: per-core numbers; OpenMP spin-waiting on a busy "
                          "shared machine inflates multi-thread timings)")
+    ap.add_argument("--restore", action="store_true", help="measure foundir-restore (issue 10) instead of training")
+    ap.add_argument("--runs", default=None, help="with --restore: comma-separated PRESET:TILE/STRIDE:WAY[:STEPS] "
+                    "(WAY ours|release; TILE 'frame' = one tile of the whole frame); default: the documented set")
     a = ap.parse_args(argv)
+    if a.restore:
+        from restore_runs import main as restore_main  # bench/ is on sys.path when run as a script
+
+        return restore_main(a.runs, a.threads)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     amp = device.type == "cuda"
