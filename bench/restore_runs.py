@@ -29,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-#: The documented set (bench/README.md): tiny at both tile sizes both ways, tiny as one tile of
-#: the whole frame, and the default network on one tile (it needs minutes per tile on a CPU).
-DEFAULT_RUNS = ("tiny:1024/512:ours,tiny:1024/512:release,tiny:512/256:ours,tiny:512/256:release,"
-                "tiny:frame:ours,default:1024/512:ours:1,default:512/256:ours:1,default:512/256:release:1")
+#: The documented set (bench/README.md), most telling first (partial output is usable on a busy
+#: machine): one tile of tiny (the growth beside the whole frame's shows the image's share), tiny
+#: on the whole frame at 1024/512 and as one tile, the default network on one tile for one sampler
+#: step (minutes per tile on a CPU), then the release's way and 512/256 tiles.
+DEFAULT_RUNS = ("tiny:1024/512:ours:1,tiny:1024/512:ours,tiny:frame:ours,default:1024/512:ours:1,"
+                "default:512/256:ours:1,default:512/256:release:1,tiny:1024/512:release,"
+                "tiny:512/256:ours,tiny:512/256:release")
 
 
 def camera_frame(width: int = 2560, height: int = 1600) -> np.ndarray:

@@ -199,7 +199,8 @@ def plan(restorer: Any, tile_h: int, tile_w: int, tiles: int, image_pixels: int,
     block = max(block, score_block_bytes(cfg.attn_heads, tokens, 1))  # at least one query row
     if need(1, block) > budget:
         whole = need(1, block)
-        hint = f"lower --tile (e.g. --tile {max(64, (min(tile_h, tile_w) // 2) // 64 * 64)})" if min(tile_h, tile_w) > 64 else "use a smaller network"
+        side = min(tile_h, tile_w)
+        hint = f"lower --tile (e.g. --tile {max(64, side // 2 // 64 * 64)})" if side > 64 else "use a smaller network"
         raise MemoryBudgetError(
             f"one {tile_w}x{tile_h} tile needs about {format_size(whole)} with this network "
             f"({format_size(per_tile)} for the tile, {format_size(fixed)} for the weights and image buffers), "

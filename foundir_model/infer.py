@@ -213,7 +213,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
     parser.add_argument("--tile-batch", type=int, default=d.tile_batch,
-                        help=f"at most this many tiles per forward pass (default {d.tile_batch}; fewer when the memory budget says so)")
+                        help=f"at most this many tiles per forward pass (default {d.tile_batch}; "
+                             "fewer when the memory budget says so)")
     add_memory_flag(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-specialists", action="store_true", help="generalist only (no G -> S refinement)")

@@ -98,7 +98,8 @@ def output_paths(files: list[Path], src: Path, out_root: Path) -> list[Path]:
     return outs
 
 
-def plan_outputs(files: list[Path], src: Path, out_root: Path, overwrite: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
+def plan_outputs(files: list[Path], src: Path, out_root: Path,
+                 overwrite: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """All checks of the module, in order: ``([(input, output), ...], left_out)``.
 
     Raises:

@@ -218,7 +218,7 @@ def test_estimate_is_above_the_measured_peak():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     for line in res.stdout.splitlines():
-        preset, grown, estimate = line.split()
+        _preset, grown, estimate = line.split()
         assert 0 < float(grown) <= float(estimate), line
 
 
