@@ -38,6 +38,14 @@ DEFAULT_RUNS = ("tiny:1024/512:ours:1,tiny:1024/512:ours,tiny:frame:ours,default
                 "tiny:512/256:ours,tiny:512/256:release")
 
 
+def _former_tiny():
+    from foundir_model.config import UNetConfig
+
+    # The tiny preset before issue 10 (3 levels: full attention at 1/4 resolution), the one
+    # that asked for 137 GB on a 1365x1074 photo; "former-tiny" in --runs.
+    return UNetConfig(dim=16, dim_mults=(1, 2, 4), blocks_per_level=1, attn_heads=2, attn_dim_head=8)
+
+
 def camera_frame(width: int = 2560, height: int = 1600) -> np.ndarray:
     """A ``height x width`` RGB mosaic of skimage's colour photos at native resolution."""
     from skimage import data
@@ -80,13 +88,16 @@ def child(spec: dict) -> dict:
     import torch
 
     from foundir_model import budget, unet
+
+    FORMER_TINY = _former_tiny()  # noqa: N806 - a constant of this run
     from foundir_model.config import unet_preset
     from foundir_model.diffusion import ResidualDiffusion
     from foundir_model.infer import TileConfig, restore_array, tile_grid
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    model = ResidualDiffusion(unet.UNet(unet_preset(spec["preset"]))).eval()
+    cfg = FORMER_TINY if spec["preset"] == "former-tiny" else unet_preset(spec["preset"])
+    model = ResidualDiffusion(unet.UNet(cfg)).eval()
     lq = np.load(spec["frame"]).astype(np.float32) / 255.0
     if spec["crop"]:  # one tile only (the default network takes minutes per tile on a CPU)
         lq = lq[: spec["crop"], : spec["crop"]]

@@ -34,7 +34,8 @@ import torch
 from foundir_data import taxonomy
 from foundir_data.retry import ShardError
 from foundir_model import budget, images, metrics
-from foundir_model.infer import BLENDS, Restorer, TileConfig, add_memory_flag, default_device, preflight, restore_array
+from foundir_model.infer import (BLENDS, Restorer, TileConfig, add_memory_flag, default_device, default_tile_batch,
+                                 preflight, restore_array)
 from foundir_model.outputs import check_sources
 from foundir_model.paper import Report
 from foundir_model.progress import Bars
@@ -354,7 +355,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)
     parser.add_argument("--blend", choices=BLENDS, default=t.blend)
-    parser.add_argument("--tile-batch", type=int, default=t.tile_batch, help="at most this many tiles per forward pass")
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help=f"at most this many tiles per forward pass (default {t.tile_batch} on a GPU, 1 on a CPU)")
     add_memory_flag(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="allow an --out that equals or contains the input folder")
@@ -363,8 +365,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
-    tile = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch,
-                      device=default_device(args.device), max_memory=args.max_memory)
+    device = default_device(args.device)
+    tile = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
+                      tile_batch=default_tile_batch(args.tile_batch, device), device=device, max_memory=args.max_memory)
     fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__ and k != "tile"}
     cfg = EvalConfig(**fields, tile=tile)
     check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)

@@ -212,8 +212,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
     parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
-    parser.add_argument("--tile-batch", type=int, default=d.tile_batch,
-                        help=f"at most this many tiles per forward pass (default {d.tile_batch}; "
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help=f"at most this many tiles per forward pass (default {d.tile_batch} on a GPU, 1 on a CPU; "
                              "fewer when the memory budget says so)")
     add_memory_flag(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -230,6 +230,14 @@ def add_memory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", type=budget.parse_size, default=None, metavar="SIZE",
                         help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
                              "tile batch and attention block are chosen to fit it")
+
+
+def default_tile_batch(requested: int | None, device: str) -> int:
+    """``requested``, else :attr:`TileConfig.tile_batch` on a GPU and 1 on a CPU: batching tiles
+    buys no speed on a CPU and multiplies the memory (``bench/README.md``, restore)."""
+    if requested is not None:
+        return requested
+    return TileConfig.tile_batch if torch.device(device).type != "cpu" else 1
 
 
 def default_device(name: str | None) -> str:
@@ -266,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
     device = default_device(args.device)
-    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch, device=device,
+    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
+                     tile_batch=default_tile_batch(args.tile_batch, device), device=device,
                      max_memory=args.max_memory)
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)

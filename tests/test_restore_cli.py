@@ -177,6 +177,13 @@ def test_budget_lowers_the_tile_batch_and_keeps_results(tiny_checkpoint):
     assert max(calls) == one.tile_batch and sum(calls) == 9
 
 
+def test_tile_batch_defaults_to_one_on_a_cpu():
+    from foundir_model.infer import default_tile_batch
+
+    assert default_tile_batch(None, "cpu") == 1 and default_tile_batch(None, "cuda") == TileConfig().tile_batch
+    assert default_tile_batch(3, "cpu") == 3
+
+
 def test_parse_size():
     assert budget.parse_size("4G") == 4 * 2**30 == budget.parse_size("4GiB") == budget.parse_size("4gb")
     assert budget.parse_size("512M") == 2**29 and budget.parse_size("1.5K") == 1536 and budget.parse_size("100") == 100
