@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch CPU threads (default 1: per-core numbers; OpenMP spin-waiting on a busy "
                          "shared machine inflates multi-thread timings)")
     ap.add_argument("--restore", action="store_true", help="measure foundir-restore (issue 10) instead of training")
-    ap.add_argument("--runs", default=None, help="with --restore: comma-separated PRESET:TILE/STRIDE:WAY[:STEPS] "
+    ap.add_argument("--runs", default=None, help="with --restore: comma-separated PRESET:TILE/STRIDE:WAY[:STEPS[:TILE_BATCH]] "
                     "(WAY ours|release; TILE 'frame' = one tile of the whole frame); default: the documented set")
     a = ap.parse_args(argv)
     if a.restore:

@@ -92,7 +92,7 @@ def child(spec: dict) -> dict:
     FORMER_TINY = _former_tiny()  # noqa: N806 - a constant of this run
     from foundir_model.config import unet_preset
     from foundir_model.diffusion import ResidualDiffusion
-    from foundir_model.infer import TileConfig, restore_array, tile_grid
+    from foundir_model.infer import TileConfig, default_tile_batch, restore_array, tile_grid
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def child(spec: dict) -> dict:
 
     if spec["way"] == "ours":
         restorer.model, restorer.pool = model, None  # the budget reads the network from here
-        cfg = TileConfig(tile=spec["tile"], stride=spec["stride"])
+        cfg = TileConfig(tile=spec["tile"], stride=spec["stride"], tile_batch=default_tile_batch(spec.get("batch"), "cpu"))
     else:
         def whole(q, k, v, block_bytes=0):  # the release: one softmax over the whole matrix
             return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
@@ -135,12 +135,13 @@ def _parse(run: str, threads: int, frame: str) -> dict:
     parts = run.split(":")
     preset, tiling, way = parts[:3]
     steps = int(parts[3]) if len(parts) > 3 else 4
+    batch = int(parts[4]) if len(parts) > 4 else None  # tile batch (default: foundir-restore's on a CPU, 1)
     if tiling == "frame":
         tile, stride, crop = 2560, 2560, 0
     else:
         tile, stride = map(int, tiling.split("/"))
         crop = tile if steps < 4 or preset == "default" else 0
-    return {"preset": preset, "tile": tile, "stride": stride, "way": way, "steps": steps, "crop": crop,
+    return {"preset": preset, "tile": tile, "stride": stride, "way": way, "steps": steps, "crop": crop, "batch": batch,
             "threads": threads, "frame": frame, "name": run}
 
 
