@@ -225,9 +225,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _size(text: str) -> int:
+    try:
+        return budget.parse_size(text)
+    except ValueError as e:  # argparse shows this message instead of "invalid parse_size value"
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_memory_flag(parser: argparse.ArgumentParser) -> None:
     """``--max-memory`` (shared with ``foundir-eval``)."""
-    parser.add_argument("--max-memory", type=budget.parse_size, default=None, metavar="SIZE",
+    parser.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                         help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
                              "tile batch and attention block are chosen to fit it")
 
