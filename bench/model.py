@@ -16,6 +16,13 @@ for a GPU run (bf16 autocast for training, like ``foundir-train --amp auto``), w
 Run: ``python bench/model.py`` or ``python bench/model.py --device cuda --crop 256 --batch 16``.
 ``python bench/model.py --release-networks 256`` instead times the release's three networks
 (generalist, weather Restormer, low-light WaveMamba) side by side, s/MP each.
+
+``python bench/model.py --restore`` measures ``foundir-restore`` instead (issue 10): peak RSS
+and CPU seconds per megapixel of restoring a 2560x1600 camera-like frame (a mosaic of
+scikit-image's bundled photos at their native resolution, with Poisson-Gaussian sensor noise
+as the LQ), ours (memory budget, bounded attention blocks, tile batches) beside the release's
+way (one tile at a time, the whole attention matrix at once), each run in a fresh process
+(bench/restore_runs.py).
 """
 
 from __future__ import annotations
@@ -140,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--release-networks", type=int, default=0, metavar="SIZE",
                     help="instead: s/MP of the release's generalist, weather Restormer and low-light "
                          "WaveMamba side by side on one SIZE x SIZE image")
+    ap.add_argument("--restore", action="store_true", help="measure foundir-restore (issue 10) instead of training")
+    ap.add_argument("--runs", default=None, help="with --restore: comma-separated PRESET:TILE/STRIDE:WAY[:STEPS[:TILE_BATCH]] "
+                    "(WAY ours|release; TILE 'frame' = one tile of the whole frame); default: the documented set")
     a = ap.parse_args(argv)
+    if a.restore:
+        from restore_runs import main as restore_main  # bench/ is on sys.path when run as a script
+
+        return restore_main(a.runs, a.threads)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     if a.release_networks:

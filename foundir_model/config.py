@@ -29,6 +29,8 @@ class UNetConfig:
         attn_heads: Heads of the linear (per level) and full (middle) attention.
         attn_dim_head: Width of one attention head.
         pad_multiple: Inputs are reflect-padded to a multiple of this and cropped back.
+        linear_attention: Linear attention at every level (the release); False keeps only
+            the full attention in the middle (the fast inference presets).
     """
 
     channels: int = 3
@@ -39,14 +41,20 @@ class UNetConfig:
     attn_heads: int = 4
     attn_dim_head: int = 32
     pad_multiple: int = 16
+    linear_attention: bool = True
 
 
-#: Named network presets. ``default`` is the release's network (~36.26M parameters);
-#: ``tiny`` trains on a CPU in seconds (tests, smoke runs).
+#: Named network presets. ``default`` is the release's network (36,261,187 parameters).
+#: ``tiny`` and ``small`` are made for CPUs (tests, smoke runs, quick restores): five levels,
+#: so the one full attention works at 1/16 resolution (4,096 tokens on a 1024 tile instead of
+#: 65,536 at the 1/4 of a 3-level net), and no linear attention at the upper levels, which
+#: cost more than the convolutions there (docs/inference.md has the measurements).
 UNET_PRESETS: dict[str, UNetConfig] = {
     "default": UNetConfig(),
-    "tiny": UNetConfig(dim=16, dim_mults=(1, 2, 4), blocks_per_level=1, attn_heads=2, attn_dim_head=8),
-    "small": UNetConfig(dim=32, dim_mults=(1, 2, 4), attn_heads=4, attn_dim_head=16),
+    "tiny": UNetConfig(dim=8, dim_mults=(1, 2, 4, 8, 8), blocks_per_level=1, attn_heads=2, attn_dim_head=8,
+                       linear_attention=False),
+    "small": UNetConfig(dim=16, dim_mults=(1, 2, 4, 8, 8), blocks_per_level=1, attn_heads=2, attn_dim_head=16,
+                        linear_attention=False),
 }
 
 

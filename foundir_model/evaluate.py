@@ -20,6 +20,7 @@ report and make the exit status 1; they are never silently dropped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,9 +33,12 @@ import numpy as np
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.retry import ShardError
-from foundir_model import eval_page, images, metrics
-from foundir_model.infer import BLENDS, Restorer, TileConfig, default_device, restore_array
+from foundir_model import budget, eval_page, images, metrics
+from foundir_model.infer import (BLENDS, Restorer, TileConfig, add_memory_flag, default_device, default_tile_batch,
+                                 preflight, restore_array)
+from foundir_model.outputs import check_sources
 from foundir_model.paper import Report
+from foundir_model.progress import Bars
 
 __all__ = ["EvalConfig", "Item", "Report", "evaluate", "folder_items", "packed_items", "main"]
 
@@ -246,13 +250,17 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         from foundir_model.checkpoint import load_restorer
 
         restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
+    tile = cfg.tile
+    if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
+        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))
+    if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
+        preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = Report(method=cfg.method, convention=conv.describe(), location=cfg.location)
     out = Path(cfg.out) if cfg.out else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
-    bar = _progress(len(items), progress)
-    with _Scorer(conv, cfg.workers) as scorer:
+    with _Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress) as bars:
         for i, it in enumerate(items):
-            bar(it.rel)
+            tick = bars.image(it.rel)
             gt = images.decode_rgb8(it.read_gt(), it.gt_name)
             if preds is not None:
                 p = find_prediction(preds, it.rel)
@@ -267,7 +275,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
                 label = taxonomy.get(it.degradation).index if known and not cfg.blind else None
                 # Every image starts from the same seed (the release's draw, docs/training.md), so its
                 # result does not depend on which other images are evaluated or their order.
-                pred = images.to_uint8(restore_array(restorer, lq.rgb, label, cfg.tile, seed=cfg.seed))
+                pred = images.to_uint8(restore_array(restorer, lq.rgb, label, tile, seed=cfg.seed, progress=tick))
                 lq01 = lq.rgb
             if pred.shape != gt.shape:
                 report.problems.append(f"{it.rel}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
@@ -331,15 +339,6 @@ class _Scorer:
         return self.done
 
 
-def _progress(total: int, enabled: bool) -> Callable[[str], None]:
-    if not enabled:
-        return lambda rel: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="img", file=sys.stderr)
-    return lambda rel: (bar.set_postfix_str(rel, refresh=False), bar.update(1))
-
-
 # ---------------------------------------------------------------- CLI
 def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``foundir-eval`` (they map onto :class:`EvalConfig` and :class:`TileConfig`)."""
@@ -372,17 +371,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=t.tile)
     parser.add_argument("--stride", type=int, default=t.stride)
     parser.add_argument("--blend", choices=BLENDS, default=t.blend)
-    parser.add_argument("--tile-batch", type=int, default=t.tile_batch)
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help=f"at most this many tiles per forward pass (default {t.tile_batch} on a GPU, 1 on a CPU)")
+    add_memory_flag(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available)")
+    parser.add_argument("--overwrite", action="store_true", help="allow an --out that equals or contains the input folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
-    tile = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch,
-                      device=default_device(args.device))
+    device = default_device(args.device)
+    tile = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
+                      tile_batch=default_tile_batch(args.tile_batch, device), device=device, max_memory=args.max_memory)
     fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__ and k != "tile"}
     cfg = EvalConfig(**fields, tile=tile)
+    check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
     rep = evaluate(cfg, progress=args.progress)
     print(rep.to_markdown())
     if rep.missing or rep.problems:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from foundir_data.command import run_module
-from foundir_model import experts, images
+from foundir_model import budget, experts, images
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -50,6 +50,9 @@ class TileConfig:
         min_size: Images with a side under this are edge-padded up to it and cropped back
             (reflect padding inside the network needs a few pixels; 16 is its padding multiple).
         device: Where tiles are sent; None = leave them on the CPU.
+        max_memory: Memory budget in bytes from which the tile batch (at most ``tile_batch``)
+            and the attention block are chosen (:mod:`foundir_model.budget`); None = a safe
+            share of the free memory of ``device``.
     """
 
     tile: int = 1024
@@ -58,6 +61,7 @@ class TileConfig:
     tile_batch: int = 4
     min_size: int = 16
     device: str | None = None
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -71,6 +75,8 @@ class TileConfig:
             raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
 
 
 def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
@@ -133,8 +139,9 @@ def _batches(items: list, n: int) -> Iterator[list]:
 
 @torch.no_grad()
 def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
-                  cfg: TileConfig | None = None, seed: int | None = None) -> torch.Tensor:
-    """Restore one image of any size by tiles.
+                  cfg: TileConfig | None = None, seed: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Restore one image of any size by tiles, within the memory budget ``cfg.max_memory``.
 
     Args:
         restorer: ``f(lq[B,3,h,w], degradation LongTensor[B] | None) -> [B,3,h,w]``.
@@ -146,9 +153,14 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
             for an untiled image), on the CPU; passed to the restorer as ``noise=`` when it takes
             that argument (:class:`foundir_model.restorer.Restorer` does). None: the restorer's
             own default.
+        progress: Called as ``progress(tiles_done, tiles_total)`` after each batch of tiles.
 
     Returns:
         ``[3, H, W]`` float32 CPU tensor (not clamped: the restorer decides its range).
+
+    Raises:
+        budget.MemoryBudgetError: when one tile does not fit the budget (before any work), or
+            an allocation fails during the work.
     """
     cfg = cfg or TileConfig()
     x = lq[0] if lq.dim() == 4 else lq
@@ -179,28 +191,40 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         return out.detach().to("cpu", torch.float32)
 
     th, tw, origins = tile_grid(H, W, cfg)
-    if len(origins) == 1:
-        out = run(x[None])[0]
-    else:
-        win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
-        acc = torch.zeros(3, H, W, dtype=torch.float32)
-        total = blend_weights(H, W, cfg).float()
-        for group in _batches(origins, cfg.tile_batch):
-            batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
-            res = run(batch)
-            for (y, xx), tile in zip(group, res):
-                acc[:, y : y + th, xx : xx + tw] += tile * win
-        out = acc / total
+    limit = cfg.max_memory or budget.default_budget(device)
+    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit)
+    budget.apply(restorer, plan)
+    done = 0
+    with budget.memory_errors(f"{W}x{H} image in {tw}x{th} tiles, {plan.tile_batch} per batch", limit):
+        if len(origins) == 1:
+            out = run(x[None])[0]
+            done = 1
+            if progress:
+                progress(done, 1)
+        else:
+            win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
+            acc = torch.zeros(3, H, W, dtype=torch.float32)
+            total = blend_weights(H, W, cfg).float()
+            for group in _batches(origins, plan.tile_batch):
+                batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
+                res = run(batch)
+                for (y, xx), tile in zip(group, res):
+                    acc[:, y : y + th, xx : xx + tw] += tile * win
+                done += len(group)
+                if progress:
+                    progress(done, len(origins))
+            out = acc.div_(total)
     return out[:, :h, :w]
 
 
 def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None = None,
-                  cfg: TileConfig | None = None, seed: int | None = None) -> np.ndarray:
+                  cfg: TileConfig | None = None, seed: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image, then the restorer's
     whole-image stage when it has one (``finish``: the release's specialists); returns float32
     ``HxWx3`` clamped to [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)
-    out = restore_tiled(restorer, t, degradation, cfg, seed) if getattr(restorer, "tiles", True) else t
+    out = restore_tiled(restorer, t, degradation, cfg, seed, progress) if getattr(restorer, "tiles", True) else t
     finish = getattr(restorer, "finish", None)
     if finish is not None:
         out = finish(t, out, degradation)
@@ -213,13 +237,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``foundir-restore`` (they map onto :class:`TileConfig` fields)."""
     d = TileConfig()
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("output", help="output folder; results are <relative path>.png")
+    parser.add_argument("output", help="output folder; results are <relative path>/<stem>.png "
+                        "(<name>.png where inputs of one folder share a stem)")
     parser.add_argument("--checkpoint", required=True,
                         help="model checkpoint (.pt or .safetensors), or the release's model-2000.pt itself")
     parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
     parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
-    parser.add_argument("--tile-batch", type=int, default=d.tile_batch, help="tiles per forward pass")
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help=f"at most this many tiles per forward pass (default {d.tile_batch} on a GPU, 1 on a CPU; "
+                             "fewer when the memory budget says so)")
+    add_memory_flag(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-specialists", action="store_true",
                         help="generalist only: no G -> S refinement (weather Restormer, low-light WaveMamba, "
@@ -236,6 +264,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
                              "tile in order, as the release (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _size(text: str) -> int:
+    try:
+        return budget.parse_size(text)
+    except ValueError as e:  # argparse shows this message instead of "invalid parse_size value"
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory`` (shared with ``foundir-eval``)."""
+    parser.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                        help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
+                             "tile batch and attention block are chosen to fit it")
+
+
+def default_tile_batch(requested: int | None, device: str) -> int:
+    """``requested``, else :attr:`TileConfig.tile_batch` on a GPU and 1 on a CPU: batching tiles
+    buys no speed on a CPU and multiplies the memory (``bench/README.md``, restore)."""
+    if requested is not None:
+        return requested
+    return TileConfig.tile_batch if torch.device(device).type != "cpu" else 1
 
 
 def default_device(name: str | None) -> str:
@@ -243,41 +296,75 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: TileConfig) -> int:
+    """Check every image of known ``(width, height)`` against the memory budget before any work;
+    returns the number of tiles of those images.
+
+    Raises:
+        budget.MemoryBudgetError: for the first size that cannot fit, naming it.
+    """
+    tiles = 0
+    limit = cfg.max_memory or budget.default_budget(cfg.device or "cpu")
+    for size in dict.fromkeys(s for s in sizes if s):
+        w, h = max(size[0], cfg.min_size), max(size[1], cfg.min_size)
+        th, tw, origins = tile_grid(h, w, cfg)
+        try:
+            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit)
+        except budget.MemoryBudgetError as e:
+            raise budget.MemoryBudgetError(f"{size[0]}x{size[1]} image: {e}") from None
+    for size in sizes:
+        if size:
+            tiles += len(tile_grid(max(size[1], cfg.min_size), max(size[0], cfg.min_size), cfg)[2])
+    return tiles
+
+
 def run(args: argparse.Namespace) -> int:
     """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
     from foundir_data import taxonomy
+    from foundir_model import outputs, progress
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
     device = default_device(args.device)
-    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend, tile_batch=args.tile_batch, device=device)
+    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
+                     tile_batch=default_tile_batch(args.tile_batch, device), device=device,
+                     max_memory=args.max_memory)
     label = taxonomy.get(args.degradation).index if args.degradation else None
-    src = Path(args.input)
+    src, out_root = Path(args.input), Path(args.output)
     files = images.list_images(src)
-    if not files:
+    # Every naming and folder check before the checkpoint is even loaded (outputs.py).
+    pairs, left_out = outputs.plan_outputs(files, src, out_root, args.overwrite)
+    if left_out:
+        print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
+              "not inputs; left out", file=sys.stderr)
+    if not pairs:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
-    out_root = Path(args.output)
+    if cfg.max_memory is None:
+        cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
+    sizes = [progress.header_size(f) for f, _ in pairs]
+    tiles = preflight(restorer, sizes, cfg)
     failed: list[str] = []
-    for f in files:
-        rel = f.relative_to(src) if src.is_dir() else Path(f.name)
-        try:
-            d = images.load(f)
-            out = restore_array(restorer, d.rgb, label, cfg, seed=args.seed)
-            dst = images.save_png(out_root / rel.with_suffix(".png"), out, d.alpha)
-        except images.ImageError as e:
-            failed.append(str(e))
-            print(f"skipped: {e}", file=sys.stderr)
-            continue
-        print(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
+        for f, dst in pairs:
+            tick = bars.image(f.name)
+            try:
+                d = images.load(f)
+                out = restore_array(restorer, d.rgb, label, cfg, seed=args.seed, progress=tick)
+                images.save_png(dst, out, d.alpha)
+            except images.ImageError as e:
+                failed.append(str(e))
+                bars.write(f"skipped: {e}", file=sys.stderr)
+                continue
+            bars.write(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
     if failed:
-        print(f"foundir-restore: {len(failed)} of {len(files)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        print(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 
 
 #: Errors that are the user's input, not a bug: one line and exit status 2 (``shard_tools.cli``).
-USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)
+USER_ERRORS = (ValueError, FileNotFoundError, images.ImageError)  # MemoryBudgetError, OutputError are ValueErrors
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundir_model.attention import DEFAULT_BLOCK_BYTES, attention
 from foundir_model.config import UNetConfig
 
 
@@ -120,7 +121,13 @@ class LinearAttention(nn.Module):
 
 
 class Attention(nn.Module):
-    """Full softmax attention over all pixels (used at the lowest resolution only)."""
+    """Full softmax attention over all pixels (used at the lowest resolution only).
+
+    The scores are computed in query blocks of at most ``block_bytes``
+    (:func:`foundir_model.attention.attention`, ``docs/inference.md``): same result as the
+    whole ``(h*w)^2`` matrix, bounded memory. Inference sets ``block_bytes`` from the memory
+    budget (:func:`foundir_model.budget.set_attention_block`).
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -128,11 +135,12 @@ class Attention(nn.Module):
         hidden = heads * dim_head
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Conv2d(hidden, dim, 1)
+        self.block_bytes = DEFAULT_BLOCK_BYTES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, d)
+        out = attention(q, k, v, self.block_bytes)  # (b, heads, n, d)
         return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
@@ -162,6 +170,14 @@ class PreNormResidual(nn.Module):
 def _downsample(dim: int, dim_out: int) -> nn.Module:
     # A strided 4x4 convolution, as in the release (its parameter count gives the 36.26M).
     return nn.Conv2d(dim, dim_out, 4, 2, 1)
+
+
+def _level_attention(cfg: UNetConfig, dim: int) -> nn.Module:
+    # The release has linear attention at every level; the inference presets drop it
+    # (UNetConfig.linear_attention, docs/inference.md): it costs more than the convolutions.
+    if not cfg.linear_attention:
+        return nn.Identity()
+    return PreNormResidual(dim, LinearAttention(dim, cfg.attn_heads, cfg.attn_dim_head))
 
 
 def _upsample(dim: int, dim_out: int) -> nn.Module:
@@ -196,7 +212,7 @@ class UNet(nn.Module):
             # One flat list per level, as released: [block_1 .. block_n, attention, downsample].
             self.downs.append(nn.ModuleList([
                 *(ResnetBlock(d_in, d_in, time_dim, g) for _ in range(n)),
-                PreNormResidual(d_in, LinearAttention(d_in, heads, dh)),
+                _level_attention(cfg, d_in),
                 nn.Conv2d(d_in, d_out, 3, padding=1) if last else _downsample(d_in, d_out),
             ]))
         mid = dims[-1]
@@ -208,7 +224,7 @@ class UNet(nn.Module):
             last = i == len(in_out) - 1
             self.ups.append(nn.ModuleList([
                 *(ResnetBlock(d_out + d_in, d_out, time_dim, g) for _ in range(n)),
-                PreNormResidual(d_out, LinearAttention(d_out, heads, dh)),
+                _level_attention(cfg, d_out),
                 nn.Conv2d(d_out, d_in, 3, padding=1) if last else _upsample(d_out, d_in),
             ]))
         self.final_res_block = ResnetBlock(dim * 2, dim, time_dim, g)

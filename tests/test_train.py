@@ -16,7 +16,7 @@ from _model_helpers import OneThread, pack_train_sample  # noqa: E402
 
 from foundir_data.stream import FoundIRStream  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model.config import TrainConfig  # noqa: E402
+from foundir_model.config import TrainConfig, unet_preset  # noqa: E402
 from foundir_model.train import LAST, WEIGHTS, lr_at, main, train  # noqa: E402
 
 
@@ -122,7 +122,7 @@ def test_checkpoint_contents_export_and_restorer(packed_train, tmp_path):
     assert logged[-1]["val_psnr"] == res.val
     raw = torch.load(out / LAST, weights_only=True)  # plain containers only
     assert raw["format"] == ckpt.FORMAT and raw["step"] == 2
-    assert raw["train"]["preset"] == "tiny" and raw["unet"]["dim_mults"] == [1, 2, 4]
+    assert raw["train"]["preset"] == "tiny" and raw["unet"]["dim_mults"] == list(unet_preset("tiny").dim_mults)
     assert raw["data"]["step"] == 4  # grad_accum 2: two batches per optimiser step
     assert set(raw["optimizer"]) == {"state", "param_groups"}
     model = ckpt.load_generalist(out / WEIGHTS)

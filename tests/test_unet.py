@@ -43,7 +43,20 @@ def test_default_matches_release_parameter_count():
 
 
 def test_tiny_preset_is_small():
-    assert count_parameters(UNet(unet_preset("tiny"))) < 500_000
+    assert count_parameters(UNet(unet_preset("tiny"))) < 1_000_000
+
+
+def test_inference_presets_keep_only_the_middle_attention():
+    from foundir_model.unet import Attention, LinearAttention
+
+    for name in ("tiny", "small"):
+        net = UNet(unet_preset(name))
+        kinds = [type(m) for m in net.modules()]
+        assert kinds.count(Attention) == 1 and LinearAttention not in kinds
+        # five levels: the middle attention sees 1/16 of the tile's side
+        assert len(net.cfg.dim_mults) == 5
+    full = UNet(UNET_PRESETS["default"])
+    assert sum(isinstance(m, LinearAttention) for m in full.modules()) == 8  # release: every level, both paths
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (37, 50), (8, 70)])
