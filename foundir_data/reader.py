@@ -143,8 +143,13 @@ class PairReader:
         self.close()
 
     # ------------------------------------------------------------ reading
+    def _member(self, key: str, member: str) -> str:
+        """``<key>.<tar member name>`` of ``"lq"``/``"gt"`` in this folder's format version."""
+        lq, gt, _ = fmt.members(self.store.manifest().format_version)
+        return f"{key}.{lq if member == 'lq' else gt}"
+
     def _where(self, shard: str, key: str, member: str, off: int) -> str:
-        return f"{self.store.url(shard)}: member {key}.{member}.img at byte {off}"
+        return f"{self.store.url(shard)}: member {self._member(key, member)} at byte {off}"
 
     def _fd(self, shard: str) -> tuple[int, int]:
         """(descriptor, real size) of a local copy of ``shard``."""
@@ -227,7 +232,7 @@ class PairReader:
                 return memoryview(data)
             found = again
         raise ChecksumError(self.store.url(shard), (
-            f"member {key}.{member}.img at byte {off}: sha256 mismatch: expected {want.hex()}, found "
+            f"member {self._member(key, member)} at byte {off}: sha256 mismatch: expected {want.hex()}, found "
             f"{found.hex()}; the shard is damaged or does not match its index: run `shard_tools verify`, "
             "re-pack or re-upload"))
 

@@ -64,7 +64,7 @@ def test_stream_pread_refuses_or_skips_a_damaged_member(packed_copy):
     _flip(packed_copy, rec)
     with pytest.raises(ChecksumError) as e:
         _keys(_stream(str(packed_copy), read="pread"))
-    assert rec["shard"] in str(e.value) and f"{rec['key']}.lq.img" in str(e.value) and rec["lq_sha256"] in str(e.value)
+    assert rec["shard"] in str(e.value) and f"{rec['key']}.{fmt.LQ_MEMBER}" in str(e.value) and rec["lq_sha256"] in str(e.value)
     st = _stream(str(packed_copy), read="pread", store_kwargs={"on_error": "skip"})
     got = _keys(st)
     assert rec["key"] not in got and sorted(got) == sorted(k for k in good if k != rec["key"])
@@ -109,7 +109,7 @@ def test_stream_range_corruption_twice_raises_or_skips(hub, tmp_path):
 def test_stream_cache_mode_checks_members(hub, packed_copy, tmp_path):
     rec = _one_shard_row(packed_copy)
     _flip(packed_copy, rec, "gt", fix_manifest=True)  # the whole-shard check passes
-    with pytest.raises(ChecksumError, match=f"{rec['key']}.gt.img"):
+    with pytest.raises(ChecksumError, match=f"{rec['key']}.{fmt.GT_MEMBER}"):
         list(_hub_stream("cache", tmp_path))
     st = _hub_stream("cache", tmp_path, on_error="skip")
     assert rec["key"] not in _keys(st) and [k for k, _ in st.skipped] == [rec["key"]]
