@@ -31,7 +31,7 @@ from foundir_data.retry import ShardError
 from foundir_model import budget, eval_page, images, metrics
 from foundir_model.eval_items import (Item, Scorer, find_prediction, folder_items, index_predictions, is_packed,
                                       load_items, packed_items, pred_rel)
-from foundir_model.infer import (BLENDS, Restorer, TileConfig, add_memory_flag, default_device, default_tile_batch,
+from foundir_model.infer import (BLENDS, Restorer, RestoreTiling, add_memory_flag, default_device, default_tile_batch,
                                  preflight, restore_array)
 from foundir_model.outputs import check_sources
 from foundir_model.paper import Report
@@ -89,7 +89,7 @@ class EvalConfig:
     split: str = "test"
     workers: int = 0
     page_size: int = eval_page.DEFAULT_SIZE
-    tile: TileConfig = field(default_factory=TileConfig)
+    tile: RestoreTiling = field(default_factory=RestoreTiling)
 
     def convention(self) -> metrics.Convention:
         if self.basicsr:
@@ -171,8 +171,8 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
 
 # ---------------------------------------------------------------- CLI
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``foundir-eval`` (they map onto :class:`EvalConfig` and :class:`TileConfig`)."""
-    d, t = EvalConfig(location=""), TileConfig()
+    """Flags of ``foundir-eval`` (they map onto :class:`EvalConfig` and :class:`RestoreTiling`)."""
+    d, t = EvalConfig(location=""), RestoreTiling()
     parser.add_argument("location", help="packed dataset (folder or URL) or test-layout folder NNName/{GT,LQ}")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint",
@@ -212,7 +212,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
     device = default_device(args.device)
-    tile = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
+    tile = RestoreTiling(tile=args.tile, stride=args.stride, blend=args.blend,
                       tile_batch=default_tile_batch(args.tile_batch, device), device=device, max_memory=args.max_memory)
     fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__ and k != "tile"}
     cfg = EvalConfig(**fields, tile=tile)

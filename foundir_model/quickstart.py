@@ -234,15 +234,15 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
 
     with _step(res, 7, "evaluate: per-degradation PSNR/SSIM on the test split (paper convention)"):
         from foundir_model.evaluate import EvalConfig, evaluate
-        from foundir_model.infer import TileConfig
+        from foundir_model.infer import RestoreTiling
 
         ecfg = EvalConfig(location=str(packed), checkpoint=res.checkpoint, out=str(eval_dir),
                           save_images=True, specialists=False, method="quickstart (tiny)",
-                          seed=cfg.seed, tile=TileConfig(device="cpu"))
+                          seed=cfg.seed, tile=RestoreTiling(device="cpu"))
         report = evaluate(ecfg, progress=cfg.progress)
         # The LQ input scored the same way: the row a restorer has to beat.
         lq = evaluate(EvalConfig(location=str(packed), method="LQ input", seed=cfg.seed,
-                                 tile=TileConfig(device="cpu")), restorer=identity)
+                                 tile=RestoreTiling(device="cpu")), restorer=identity)
         report.baselines.append(lq)
         report.write(eval_dir)
         res.report, res.table = str(eval_dir / "report.json"), report.to_markdown()
