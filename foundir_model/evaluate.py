@@ -34,11 +34,11 @@ from foundir_model.eval_items import (Item, Scorer, find_prediction, folder_item
 from foundir_model.infer import (BLENDS, Restorer, RestoreTiling, add_memory_flag, default_device, default_tile_batch,
                                  preflight, restore_array)
 from foundir_model.outputs import check_sources
-from foundir_model.paper import Report
+from foundir_model.paper import EvalReport
 from foundir_model.progress import Bars
 
 # The test-set items live in eval_items.py; re-exported here, where callers have always found them.
-__all__ = ["EvalConfig", "Item", "Report", "evaluate", "find_prediction", "folder_items", "index_predictions",
+__all__ = ["EvalConfig", "EvalReport", "Item", "evaluate", "find_prediction", "folder_items", "index_predictions",
            "is_packed", "load_items", "main", "packed_items", "pred_rel"]
 
 
@@ -100,11 +100,11 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool = False) -> Report:
+def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool = False) -> EvalReport:
     """Score ``restorer`` (or ``cfg.checkpoint``, or ``cfg.pred``) on ``cfg.location``.
 
     Returns:
-        The :class:`Report` (also written under ``cfg.out`` / ``cfg.json`` when set).
+        The :class:`EvalReport` (also written under ``cfg.out`` / ``cfg.json`` when set).
     """
     conv = cfg.convention()
     if sum(x is not None for x in (restorer, cfg.checkpoint, cfg.pred)) != 1:
@@ -122,7 +122,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
-    report = Report(method=cfg.method, convention=conv.describe(), location=cfg.location)
+    report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)
     out = Path(cfg.out) if cfg.out else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
     with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress) as bars:
