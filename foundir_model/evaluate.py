@@ -31,8 +31,8 @@ from foundir_data.retry import ShardError
 from foundir_model import budget, eval_page, images, metrics
 from foundir_model.eval_items import (Item, Scorer, find_prediction, folder_items, index_predictions, is_packed,
                                       load_items, packed_items, pred_rel)
-from foundir_model.infer import (BLENDS, Restorer, RestoreTiling, add_memory_flag, default_device, default_tile_batch,
-                                 preflight, restore_array)
+from foundir_model.flags import config_from_flags
+from foundir_model.infer import BLENDS, Restorer, RestoreTiling, add_memory_flag, preflight, restore_array, tiling_from_args
 from foundir_model.outputs import check_sources
 from foundir_model.paper import EvalReport
 from foundir_model.progress import Bars
@@ -211,11 +211,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
-    device = default_device(args.device)
-    tile = RestoreTiling(tile=args.tile, stride=args.stride, blend=args.blend,
-                      tile_batch=default_tile_batch(args.tile_batch, device), device=device, max_memory=args.max_memory)
-    fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__ and k != "tile"}
-    cfg = EvalConfig(**fields, tile=tile)
+    cfg = config_from_flags(EvalConfig, args, tile=tiling_from_args(args))  # --tile is RestoreTiling's
     check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
     rep = evaluate(cfg, progress=args.progress)
     print(rep.to_markdown())

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from foundir_data.command import run_module
 from foundir_model import budget, experts, images
+from foundir_model.flags import config_from_flags
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -296,6 +297,14 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
+    """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
+    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
+    the device resolved and the tile batch defaulted for it."""
+    device = default_device(args.device)
+    return config_from_flags(RestoreTiling, args, device=device, tile_batch=default_tile_batch(args.tile_batch, device))
+
+
 def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: RestoreTiling) -> int:
     """Check every image of known ``(width, height)`` against the memory budget before any work;
     returns the number of tiles of those images.
@@ -324,10 +333,8 @@ def run(args: argparse.Namespace) -> int:
     from foundir_model import outputs, progress
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
-    device = default_device(args.device)
-    cfg = RestoreTiling(tile=args.tile, stride=args.stride, blend=args.blend,
-                     tile_batch=default_tile_batch(args.tile_batch, device), device=device,
-                     max_memory=args.max_memory)
+    cfg = tiling_from_args(args)
+    device = cfg.device
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)
     files = images.list_images(src)
