@@ -92,7 +92,7 @@ def child(spec: dict) -> dict:
     FORMER_TINY = _former_tiny()  # noqa: N806 - a constant of this run
     from foundir_model.config import unet_preset
     from foundir_model.diffusion import ResidualDiffusion
-    from foundir_model.infer import TileConfig, default_tile_batch, restore_array, tile_grid
+    from foundir_model.infer import RestoreTiling, default_tile_batch, restore_array, tile_grid
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -109,13 +109,14 @@ def child(spec: dict) -> dict:
 
     if spec["way"] == "ours":
         restorer.model, restorer.pool = model, None  # the budget reads the network from here
-        cfg = TileConfig(tile=spec["tile"], stride=spec["stride"], tile_batch=default_tile_batch(spec.get("batch"), "cpu"))
+        cfg = RestoreTiling(tile=spec["tile"], stride=spec["stride"],
+                            tile_batch=default_tile_batch(spec.get("batch"), "cpu"))
     else:
         def whole(q, k, v, block_bytes=0):  # the release: one softmax over the whole matrix
             return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
 
         unet.attention = whole
-        cfg = TileConfig(tile=spec["tile"], stride=spec["stride"], tile_batch=1, max_memory=2**50)
+        cfg = RestoreTiling(tile=spec["tile"], stride=spec["stride"], tile_batch=1, max_memory=2**50)
     th, tw, origins = tile_grid(h, w, cfg)
     with torch.no_grad():  # warm-up on a small input: allocator pools and oneDNN kernels
         restorer(torch.rand(1, 3, 64, 64))

@@ -49,6 +49,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from foundir_data.errors import FoundIRError
+
 # pyspng and zstandard are dependencies, simplejpeg and qoi the `fast` extra (setup.cfg); any of
 # them may be missing (a minimal install, an unsupported platform): Pillow then decodes.
 try:
@@ -81,7 +83,7 @@ _PPM_HEAD = re.compile(rb"P6\s+(\d{1,6})\s+(\d{1,6})\s+255\s")
 _JPEG_FAST = {"YCbCr", "RGB", "Gray"}
 
 
-class DecodeError(ValueError):
+class DecodeError(FoundIRError, ValueError):
     """Bytes that are not an image we decode; the message names the image."""
 
 

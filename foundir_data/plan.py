@@ -53,8 +53,8 @@ def _group_shuffle(rng: np.random.Generator, group: np.ndarray) -> np.ndarray:
     return perm[np.argsort(g, kind="stable")]
 
 
-class EpochPlan:
-    """The global batch order of one epoch of a curriculum over an index.
+class CurriculumPlan:
+    """The global batch order of a whole curriculum (every phase, to ``run_steps``) over an index.
 
     Args:
         degradation_id: Taxonomy index of each row (int array).
@@ -103,7 +103,7 @@ class EpochPlan:
 
     @classmethod
     def from_index(cls, index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int,
-                   **kw) -> "EpochPlan":
+                   **kw) -> "CurriculumPlan":
         """Plan over an index table (needs ``degradation_id``, ``shard``, ``sample_index``)."""
         for c in ("degradation_id", "shard", "sample_index"):
             if c not in index.column_names:
@@ -287,12 +287,17 @@ def shard_codes(shards: "pa.Array | pa.ChunkedArray | Sequence[str]") -> np.ndar
     return rank[enc.indices.to_numpy(zero_copy_only=False)]
 
 
+#: The former name, kept only while ``stream.py`` (being edited in another change) still imports
+#: it; drop it once that import says ``CurriculumPlan``.
+EpochPlan = CurriculumPlan
+
+
 def plan_batches(index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int, *,
                  rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
                  start: int = 0, **kw) -> Iterator[tuple[int, np.ndarray]]:
-    """Shortcut: ``EpochPlan.from_index(index, schedule, batch_size, **kw).batches(...)``.
+    """Shortcut: ``CurriculumPlan.from_index(index, schedule, batch_size, **kw).batches(...)``.
 
     Yields ``(step, row positions in index)`` for this rank's slice of this worker's steps.
     """
-    plan = EpochPlan.from_index(index, schedule, batch_size, **kw)
+    plan = CurriculumPlan.from_index(index, schedule, batch_size, **kw)
     return plan.batches(rank, world_size, worker, num_workers, start)

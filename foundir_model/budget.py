@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import torch
 
+from foundir_data.errors import FoundIRError
 from foundir_model.attention import query_rows, score_block_bytes
 from foundir_model.config import SpecialistConfig, UNetConfig
 
@@ -38,7 +39,7 @@ MAX_BLOCK_BYTES = 256 * 2**20
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(FoundIRError, ValueError):
     """The work cannot fit the memory budget; the message says what to lower."""
 
 

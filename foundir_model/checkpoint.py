@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from foundir_data.errors import FoundIRError
 from foundir_model import experts, release
 from foundir_model.config import DiffusionConfig, UNetConfig, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion
@@ -45,7 +46,7 @@ VERSION = 2
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FoundIRError, ValueError):
     """A checkpoint that is missing, corrupted, of another format, or of another config."""
 
 

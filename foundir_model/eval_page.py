@@ -23,7 +23,7 @@ import numpy as np
 
 from foundir_data import taxonomy
 from foundir_model import metrics
-from foundir_model.paper import Report
+from foundir_model.paper import EvalReport
 from foundir_data import html_report as hr
 
 PAGE_DIR = "page"
@@ -58,7 +58,7 @@ class EvalPage:
         hr.save_view(pred, base / hr.slug(self.method) / f"{rel}.png", self.max_side)
         self.lq_psnr[rel] = _psnr(lq, gt, self.conv)
 
-    def finish(self, report: Report) -> Path:
+    def finish(self, report: EvalReport) -> Path:
         """Record this method's scores and (re)write ``index.html`` over every method in the folder."""
         d = self.root / PAGE_DIR / "methods"
         d.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def render(root: str | os.PathLike) -> Path:
     methods = _methods(root)
     if not methods:
         raise ValueError(f"{root}: no evaluated methods under {PAGE_DIR}/methods")
-    reports = [Report(method=m["method"], convention=m["convention"], location=m["location"],
+    reports = [EvalReport(method=m["method"], convention=m["convention"], location=m["location"],
                       per_image=m["per_image"], missing=m["missing"], problems=m["problems"]) for m in methods]
     lq: dict[str, float] = {}
     for m in methods:
@@ -103,7 +103,7 @@ def render(root: str | os.PathLike) -> Path:
     return hr.write_page(root / INDEX, f"FoundIR evaluation: {reports[0].location}", body)
 
 
-def _summary(reports: list[Report], lq: dict[str, float], deg_of: dict[str, str]) -> str:
+def _summary(reports: list[EvalReport], lq: dict[str, float], deg_of: dict[str, str]) -> str:
     convs = {r.convention for r in reports}
     lines = [f"<p>Metrics: {hr.esc(' | '.join(sorted(convs)))}"
              + (" <b>(the methods were scored with different conventions)</b>" if len(convs) > 1 else "") + "</p>"]
@@ -114,9 +114,9 @@ def _summary(reports: list[Report], lq: dict[str, float], deg_of: dict[str, str]
     return "\n".join(lines)
 
 
-def _table1(reports: list[Report], lq: dict[str, float], deg_of: dict[str, str]) -> str:
+def _table1(reports: list[EvalReport], lq: dict[str, float], deg_of: dict[str, str]) -> str:
     """Table 1 as in report.md (paper row, each method), with the LQ input's PSNR row added."""
-    main = Report(method=reports[0].method, per_image=reports[0].per_image, baselines=reports[1:])
+    main = EvalReport(method=reports[0].method, per_image=reports[0].per_image, baselines=reports[1:])
     rows = main.table_rows()
     header, body = rows[0], rows[1:]
     cols = main._columns()
@@ -134,7 +134,7 @@ def _table1(reports: list[Report], lq: dict[str, float], deg_of: dict[str, str])
             + hr.table(header, body, table_id="table1", sortable=False))
 
 
-def _per_image(reports: list[Report], methods: list[dict], lq: dict[str, float], deg_of: dict[str, str],
+def _per_image(reports: list[EvalReport], methods: list[dict], lq: dict[str, float], deg_of: dict[str, str],
                rels: list[str]) -> str:
     scores = [{r["rel"]: r for r in rep.per_image} for rep in reports]
     headers = ["image", "degradation", "LQ PSNR"]
@@ -158,7 +158,7 @@ def _num(v: float | None, digits: int) -> tuple[str, float | None]:
     return ("inf" if np.isinf(v) else f"{v:.{digits}f}", float(v))
 
 
-def _card(rel: str, deg: str, reports: list[Report], methods: list[dict], lq: dict[str, float]) -> str:
+def _card(rel: str, deg: str, reports: list[EvalReport], methods: list[dict], lq: dict[str, float]) -> str:
     views = [("LQ", f"{PAGE_DIR}/LQ/{rel}.png", f"{lq[rel]:.2f} dB" if rel in lq else "")]
     for rep, m in zip(reports, methods):
         r = next((x for x in rep.per_image if x["rel"] == rel), None)

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from foundir_data.decode import DecodeError, decode_image
+from foundir_data.errors import FoundIRError
 
 #: File name endings treated as images when a folder is given (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -42,7 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 # frames are ~4 MP, so the default limit stays.
 
 
-class ImageError(ValueError):
+class ImageError(FoundIRError, ValueError):
     """An image that cannot be read or converted; the message names the file."""
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from foundir_data.command import run_module
 from foundir_model import budget, experts, images
+from foundir_model.flags import config_from_flags
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -39,7 +40,7 @@ BLENDS = ("average", "window")
 
 
 @dataclass
-class TileConfig:
+class RestoreTiling:
     """How an image is cut into tiles (defaults: the release, docs/release.md, "Generalist model").
 
     Attributes:
@@ -102,14 +103,14 @@ def _window_1d(n: int, blend: str) -> torch.Tensor:
     return torch.sin(math.pi * (i + 0.5) / n) ** 2
 
 
-def tile_grid(height: int, width: int, cfg: TileConfig) -> tuple[int, int, list[tuple[int, int]]]:
+def tile_grid(height: int, width: int, cfg: RestoreTiling) -> tuple[int, int, list[tuple[int, int]]]:
     """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image."""
     th, ys = tile_starts(height, cfg.tile, cfg.stride)
     tw, xs = tile_starts(width, cfg.tile, cfg.stride)
     return th, tw, [(y, x) for y in ys for x in xs]
 
 
-def blend_weights(height: int, width: int, cfg: TileConfig) -> torch.Tensor:
+def blend_weights(height: int, width: int, cfg: RestoreTiling) -> torch.Tensor:
     """Total blend weight per pixel (``HxW``, float64): the denominator of the tile blend.
 
     Every pixel is covered (weight > 0); dividing each tile's weight by this map gives
@@ -139,7 +140,7 @@ def _batches(items: list, n: int) -> Iterator[list]:
 
 @torch.no_grad()
 def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
-                  cfg: TileConfig | None = None, seed: int | None = None,
+                  cfg: RestoreTiling | None = None, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Restore one image of any size by tiles, within the memory budget ``cfg.max_memory``.
 
@@ -162,7 +163,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         budget.MemoryBudgetError: when one tile does not fit the budget (before any work), or
             an allocation fails during the work.
     """
-    cfg = cfg or TileConfig()
+    cfg = cfg or RestoreTiling()
     x = lq[0] if lq.dim() == 4 else lq
     if x.dim() != 3 or x.shape[0] != 3 or (lq.dim() == 4 and lq.shape[0] != 1):
         raise ValueError(f"expected a [3,H,W] or [1,3,H,W] image tensor, got shape {tuple(lq.shape)}")
@@ -218,7 +219,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
 
 
 def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None = None,
-                  cfg: TileConfig | None = None, seed: int | None = None,
+                  cfg: RestoreTiling | None = None, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`restore_tiled` on an ``HxWx3`` [0, 1] numpy image, then the restorer's
     whole-image stage when it has one (``finish``: the release's specialists); returns float32
@@ -234,8 +235,8 @@ def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None
 
 # ---------------------------------------------------------------- CLI
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``foundir-restore`` (they map onto :class:`TileConfig` fields)."""
-    d = TileConfig()
+    """Flags of ``foundir-restore`` (they map onto :class:`RestoreTiling` fields)."""
+    d = RestoreTiling()
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
     parser.add_argument("output", help="output folder; results are <relative path>/<stem>.png "
                         "(<name>.png where inputs of one folder share a stem)")
@@ -284,11 +285,11 @@ def add_memory_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
-    """``requested``, else :attr:`TileConfig.tile_batch` on a GPU and 1 on a CPU: batching tiles
+    """``requested``, else :attr:`RestoreTiling.tile_batch` on a GPU and 1 on a CPU: batching tiles
     buys no speed on a CPU and multiplies the memory (``bench/README.md``, restore)."""
     if requested is not None:
         return requested
-    return TileConfig.tile_batch if torch.device(device).type != "cpu" else 1
+    return RestoreTiling.tile_batch if torch.device(device).type != "cpu" else 1
 
 
 def default_device(name: str | None) -> str:
@@ -296,7 +297,15 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: TileConfig) -> int:
+def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
+    """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
+    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
+    the device resolved and the tile batch defaulted for it."""
+    device = default_device(args.device)
+    return config_from_flags(RestoreTiling, args, device=device, tile_batch=default_tile_batch(args.tile_batch, device))
+
+
+def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: RestoreTiling) -> int:
     """Check every image of known ``(width, height)`` against the memory budget before any work;
     returns the number of tiles of those images.
 
@@ -324,10 +333,8 @@ def run(args: argparse.Namespace) -> int:
     from foundir_model import outputs, progress
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
-    device = default_device(args.device)
-    cfg = TileConfig(tile=args.tile, stride=args.stride, blend=args.blend,
-                     tile_batch=default_tile_batch(args.tile_batch, device), device=device,
-                     max_memory=args.max_memory)
+    cfg = tiling_from_args(args)
+    device = cfg.device
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)
     files = images.list_images(src)

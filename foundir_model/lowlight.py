@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
+from foundir_data.errors import FoundIRError
 from foundir_model.config import from_dict, to_dict
 from foundir_model.wavemamba import WaveMamba, WaveMambaConfig
 
@@ -38,7 +39,7 @@ TEST_IDS = ((701, 800), (1101, 1250), (1301, 1500))
 SIGNATURE = "down_group1.l_blk.0.self_attention.A_logs"
 
 
-class LowlightFileError(ValueError):
+class LowlightFileError(FoundIRError, ValueError):
     """A file that is not the release's low-light WaveMamba weights."""
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from foundir_data.errors import OutputFolderError
+
 OUTPUT_SUFFIX = ".png"
 
 
-class OutputError(ValueError):
+class OutputError(OutputFolderError):
     """The planned outputs would lose results or touch inputs; the message says which."""
 
 

@@ -154,7 +154,7 @@ def _json_num(v: float | None) -> float | str | None:
 
 
 @dataclass
-class Report:
+class EvalReport:
     """Scores of one method on the test pairs, per type and averaged as in Table 1.
 
     Attributes:
@@ -176,7 +176,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     paper: PaperRow = field(default_factory=lambda: FOUNDIR)
-    baselines: list["Report"] = field(default_factory=list)
+    baselines: list["EvalReport"] = field(default_factory=list)
 
     def add(self, rel: str, degradation: str, psnr: float, ssim: float) -> None:
         """Record one scored pair."""

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from foundir_model.flags import flag_values
+
 if TYPE_CHECKING:
     import torch
 
@@ -234,15 +236,15 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
 
     with _step(res, 7, "evaluate: per-degradation PSNR/SSIM on the test split (paper convention)"):
         from foundir_model.evaluate import EvalConfig, evaluate
-        from foundir_model.infer import TileConfig
+        from foundir_model.infer import RestoreTiling
 
         ecfg = EvalConfig(location=str(packed), checkpoint=res.checkpoint, out=str(eval_dir),
                           save_images=True, specialists=False, method="quickstart (tiny)",
-                          seed=cfg.seed, tile=TileConfig(device="cpu"))
+                          seed=cfg.seed, tile=RestoreTiling(device="cpu"))
         report = evaluate(ecfg, progress=cfg.progress)
         # The LQ input scored the same way: the row a restorer has to beat.
         lq = evaluate(EvalConfig(location=str(packed), method="LQ input", seed=cfg.seed,
-                                 tile=TileConfig(device="cpu")), restorer=identity)
+                                 tile=RestoreTiling(device="cpu")), restorer=identity)
         report.baselines.append(lq)
         report.write(eval_dir)
         res.report, res.table = str(eval_dir / "report.json"), report.to_markdown()
@@ -349,17 +351,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads (default {d.threads})")
     parser.add_argument("--small", action="store_true", help=f"reduced CI size (also: {SMALL_ENV}=1)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> QuickstartConfig:
-    """Map flags onto :class:`QuickstartConfig` (``--small``/env first, explicit flags win)."""
+    """Map flags onto :class:`QuickstartConfig` (``--small``/env first, explicit flags win).
+
+    The size flags default to None: their default depends on ``--small`` (``flags.py``)."""
     small = args.small or os.environ.get(SMALL_ENV, "") not in ("", "0")
-    given = {k: getattr(args, k) for k in ("per_type", "test_per_type", "size", "steps", "batch_size", "crop")
-             if getattr(args, k) is not None}
-    common = dict(out=args.out, seed=args.seed, threads=args.threads, progress=not args.no_progress, lr=args.lr,
-                  ema_decay=args.ema_decay, **given)
-    return QuickstartConfig.small(**common) if small else QuickstartConfig(**common)
+    given = flag_values(QuickstartConfig, args, given_only=True)
+    return QuickstartConfig.small(**given) if small else QuickstartConfig(**given)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from foundir_data.errors import FoundIRError
 from foundir_model import experts
 from foundir_model.config import RELEASE_DIFFUSION, DiffusionConfig, UNetConfig, to_dict
 from foundir_model.diffusion import make_schedule
@@ -35,7 +36,7 @@ SPECIALIST_PREFIX = "restoration_network."
 WEIGHTS = ("ema", "online")
 
 
-class ReleaseError(ValueError):
+class ReleaseError(FoundIRError, ValueError):
     """A file that is not one of the release's model files, or not one we can use."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Any
 
 from foundir_model.config import TRAIN_RECIPES, TrainConfig, train_recipe
+from foundir_model.flags import flag_values
 
 
 def _field_type(tp: Any) -> tuple[Any, bool]:
@@ -59,5 +60,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     Raises:
         ValueError: for an unknown recipe name, naming the valid ones.
     """
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return train_recipe(getattr(args, "recipe", None), **given)
+    return train_recipe(getattr(args, "recipe", None), **flag_values(TrainConfig, args))

@@ -13,7 +13,7 @@ import yaml
 from foundir_data import counts as C
 from foundir_data import schedules as S
 from foundir_data import taxonomy
-from foundir_data.plan import EpochPlan
+from foundir_data.plan import CurriculumPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -88,7 +88,7 @@ def test_plan_serves_exactly_the_run_and_resumes_inside_the_continued_phase():
     rng = np.random.default_rng(0)
     deg = np.repeat(np.arange(20), 6)
     shard = rng.integers(0, 10, len(deg))
-    plan = EpochPlan(deg, shard, None, "incremental", 8, seed=2, steps=3, run_steps=40, shuffle_block=2)
+    plan = CurriculumPlan(deg, shard, None, "incremental", 8, seed=2, steps=3, run_steps=40, shuffle_block=2)
     assert plan.total_steps == 40 and plan.curriculum.phases[-1].steps == 37
     full = list(plan.batches())
     assert [s for s, _ in full] == list(range(40))
@@ -98,7 +98,7 @@ def test_plan_serves_exactly_the_run_and_resumes_inside_the_continued_phase():
     # Stage 2 cycles through each type's rows as seeded permutations: every pair is served.
     served = np.concatenate([rows for _, rows in full])
     assert set(served) == set(range(len(deg)))
-    again = EpochPlan(deg, shard, None, "incremental", 8, seed=2, steps=3, run_steps=40, shuffle_block=2)
+    again = CurriculumPlan(deg, shard, None, "incremental", 8, seed=2, steps=3, run_steps=40, shuffle_block=2)
     resumed = list(again.batches(rank=1, world_size=2, start=23))
     for (s, rows), (s2, rows2) in zip(full[23:], resumed):
         assert s == s2 and np.array_equal(rows[4:], rows2)

@@ -17,7 +17,7 @@ from foundir_data import taxonomy
 from foundir_data.sample import make_sample
 from foundir_model import evaluate as ev
 from foundir_model import images, metrics, paper
-from foundir_model.infer import TileConfig
+from foundir_model.infer import RestoreTiling
 from shard_tools.cli import main as shard_tools_main
 
 TYPES = ("Blur", "Noise_JPEG", "Lowlight", "Haze")
@@ -146,7 +146,7 @@ def test_restorer_run_tiled_with_images_and_panels(data, tmp_path):
 
     cfg = ev.EvalConfig(location=str(data["packed"]), out=str(tmp_path / "o"), save_images=True, panels=True,
                         types=["Blur", "Haze"], limit=1, method="identity",
-                        tile=TileConfig(tile=32, stride=16, tile_batch=64))
+                        tile=RestoreTiling(tile=32, stride=16, tile_batch=64))
     rep = ev.evaluate(cfg, restorer=identity)
     # The identity restores LQ exactly (8-bit round trip), so scores are LQ's own.
     want = _direct(data, "lq")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from foundir_data.sample import load_photos
 from foundir_model import images
-from foundir_model.infer import TileConfig, blend_weights, restore_array, restore_tiled, tile_grid, tile_starts
+from foundir_model.infer import RestoreTiling, blend_weights, restore_array, restore_tiled, tile_grid, tile_starts
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,13 +60,13 @@ def test_tile_starts_as_released():
     # One side under the tile (the release breaks): the tile clamps to the side.
     assert tile_starts(700, 1024, 512) == (700, [0])
     with pytest.raises(ValueError):
-        TileConfig(tile=64, stride=65)
+        RestoreTiling(tile=64, stride=65)
 
 
 @pytest.mark.parametrize("blend", ["average", "window"])
 @pytest.mark.parametrize("shape", [(160, 160), (57, 131), (100, 33)])
 def test_weights_cover_every_pixel_and_normalise(shape, blend):
-    cfg = TileConfig(tile=48, stride=20, blend=blend, min_size=1)
+    cfg = RestoreTiling(tile=48, stride=20, blend=blend, min_size=1)
     total = blend_weights(*shape, cfg)
     assert total.min() > 0
     # Restoring an all-ones image with the identity gives exactly ones: weights sum to one.
@@ -78,7 +78,7 @@ def test_weights_cover_every_pixel_and_normalise(shape, blend):
 @pytest.mark.parametrize("blend", ["average", "window"])
 def test_per_pixel_restorer_tiled_equals_untiled(photo, blend):
     full = per_pixel(photo[None])[0]
-    cfg = TileConfig(tile=64, stride=24, blend=blend, tile_batch=3)
+    cfg = RestoreTiling(tile=64, stride=24, blend=blend, tile_batch=3)
     out = restore_tiled(per_pixel, photo, cfg=cfg)
     assert torch.allclose(out, full, atol=1e-6)
 
@@ -88,7 +88,7 @@ def test_conv_restorer_equal_away_from_interior_tile_edges(photo):
     net = ReflectConv()
     full = net(x[None])[0]
     net.calls.clear()
-    cfg = TileConfig(tile=64, stride=40, tile_batch=4)
+    cfg = RestoreTiling(tile=64, stride=40, tile_batch=4)
     out = restore_tiled(net, x, cfg=cfg)
     h, w = x.shape[1:]
     th, tw, origins = tile_grid(h, w, cfg)
@@ -117,7 +117,7 @@ def test_conv_restorer_equal_away_from_interior_tile_edges(photo):
 
 def test_single_tile_is_one_untiled_call(photo):
     net = ReflectConv()
-    out = restore_tiled(net, photo, cfg=TileConfig(tile=1024, stride=512, blend="window"))
+    out = restore_tiled(net, photo, cfg=RestoreTiling(tile=1024, stride=512, blend="window"))
     assert net.calls == [(1, 3, 160, 160)]
     assert torch.equal(out, net(photo[None])[0])
 
@@ -126,16 +126,17 @@ def test_one_side_under_tile_size(photo):
     # 160 x 40 with tile 64: the release would compute negative origins along the short side.
     x = photo[:, :, :40]
     net = ReflectConv()
-    out = restore_tiled(net, x, cfg=TileConfig(tile=64, stride=32))
+    out = restore_tiled(net, x, cfg=RestoreTiling(tile=64, stride=32))
     assert out.shape == x.shape
     assert {c[2:] for c in net.calls} == {(64, 40)}
-    assert torch.allclose(restore_tiled(per_pixel, x, cfg=TileConfig(tile=64, stride=32)), per_pixel(x[None])[0], atol=1e-6)
+    assert torch.allclose(restore_tiled(per_pixel, x, cfg=RestoreTiling(tile=64, stride=32)), per_pixel(x[None])[0],
+                          atol=1e-6)
 
 
 def test_tiny_image_padded_and_cropped():
     x = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(1))
     net = ReflectConv()  # reflect padding of 2 would fail on a 1-pixel side; 16 is always safe
-    out = restore_tiled(net, x, cfg=TileConfig(min_size=16))
+    out = restore_tiled(net, x, cfg=RestoreTiling(min_size=16))
     assert out.shape == (3, 5, 7) and net.calls == [(1, 3, 16, 16)]
     assert torch.allclose(restore_tiled(per_pixel, x), per_pixel(x[None])[0], atol=1e-6)
 
@@ -147,7 +148,7 @@ def test_degradation_label_reaches_restorer(photo):
         seen.append(None if deg is None else deg.tolist())
         return x
 
-    restore_tiled(f, photo, degradation=7, cfg=TileConfig(tile=96, stride=64, tile_batch=2))
+    restore_tiled(f, photo, degradation=7, cfg=RestoreTiling(tile=96, stride=64, tile_batch=2))
     assert seen == [[7, 7], [7, 7]]
     restore_tiled(f, photo)
     assert seen[-1] is None
@@ -160,7 +161,7 @@ def test_restorer_shape_mismatch_is_clear(photo):
 
 def test_restore_array_clamps_and_roundtrips(photo):
     arr = photo.permute(1, 2, 0).numpy()
-    out = restore_array(lambda x, d: x * 2, arr, cfg=TileConfig(tile=64, stride=48))
+    out = restore_array(lambda x, d: x * 2, arr, cfg=RestoreTiling(tile=64, stride=48))
     assert out.dtype == np.float32 and out.shape == arr.shape and out.max() == 1.0
     assert np.allclose(out, np.clip(arr * 2, 0, 1), atol=1e-6)
 
@@ -255,7 +256,7 @@ def test_restore_tiled_real_unet_single_tile_matches_direct(tiny_checkpoint, pho
     torch.manual_seed(3)
     direct = f(x[None])[0]
     torch.manual_seed(3)
-    tiled = restore_tiled(f, x, cfg=TileConfig(tile=64, stride=32))
+    tiled = restore_tiled(f, x, cfg=RestoreTiling(tile=64, stride=32))
     assert torch.equal(tiled, direct)
 
 

@@ -10,7 +10,7 @@ from foundir_data import taxonomy
 from foundir_model.card import render_model_card, write_model_card
 from foundir_model.config import TrainConfig
 from foundir_model.evaluate import EvalConfig, evaluate
-from foundir_model.infer import TileConfig
+from foundir_model.infer import RestoreTiling
 from foundir_model.train import train
 
 
@@ -33,7 +33,7 @@ def _train_and_evaluate(packed, tmp_path_factory):
                       log_every=1, resume=False)
     ckpt = train(cfg).checkpoint
     report = evaluate(EvalConfig(location=str(packed), checkpoint=ckpt, types=["Blur", "Lowlight_Haze"], limit=1,
-                                 specialists=False, json=str(out / "report.json"), tile=TileConfig(device="cpu")))
+                                 specialists=False, json=str(out / "report.json"), tile=RestoreTiling(device="cpu")))
     return ckpt, out / "report.json", report
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from foundir_data import taxonomy
-from foundir_data.plan import EpochPlan, partition_columns, plan_batches, shard_codes
+from foundir_data.plan import CurriculumPlan, partition_columns, plan_batches, shard_codes
 
 
 def synthetic(n_rows: int, seed: int, per_shard: int = 7, types: int = 20):
@@ -26,7 +26,7 @@ def synthetic(n_rows: int, seed: int, per_shard: int = 7, types: int = 20):
     return deg[perm], shard[perm], within[perm]
 
 
-def serve(plan: EpochPlan, world: int, workers: int, start: int = 0):
+def serve(plan: CurriculumPlan, world: int, workers: int, start: int = 0):
     """What every (rank, worker) yields: {rank: [(step, rows), ...] in DataLoader order}."""
     out = {}
     for r in range(world):
@@ -46,7 +46,7 @@ def test_mix_epoch_is_disjoint_complete_and_equal_over_world_sizes_and_workers(s
     batch = 24
     ref = None
     for world, workers in ((1, 1), (2, 3), (3, 2), (4, 1), (8, 5), (24, 2)):
-        plan = EpochPlan(deg, shard, within, "mix", batch, seed=seed, chunk_slots=96)
+        plan = CurriculumPlan(deg, shard, within, "mix", batch, seed=seed, chunk_slots=96)
         served = serve(plan, world, workers)
         lens = {len(v) for v in served.values()}
         assert lens == {plan.total_steps}  # equal batch counts on every rank
@@ -66,7 +66,7 @@ def test_mix_epoch_is_disjoint_complete_and_equal_over_world_sizes_and_workers(s
 @pytest.mark.parametrize("schedule", ["incremental", "combine", "sequence", "incremental-reversed"])
 def test_batches_follow_the_schedule_counts(schedule):
     deg, shard, within = synthetic(600, 11)
-    plan = EpochPlan(deg, shard, within, schedule, 12, seed=2, steps=9, chunk_slots=60)
+    plan = CurriculumPlan(deg, shard, within, schedule, 12, seed=2, steps=9, chunk_slots=60)
     counts = plan.counts.counts()
     for s in range(plan.total_steps):
         rows = plan.global_batch(s)
@@ -76,7 +76,7 @@ def test_batches_follow_the_schedule_counts(schedule):
 
 def test_streams_cycle_through_permutations_and_stay_shard_local():
     deg, shard, within = synthetic(800, 3, per_shard=5)
-    plan = EpochPlan(deg, shard, within, "mix", 8, seed=1, shuffle_block=2)
+    plan = CurriculumPlan(deg, shard, within, "mix", 8, seed=1, shuffle_block=2)
     for j, t in enumerate(plan.type_ids):
         n = int((deg == t).sum())
         rows = plan.stream_rows(j, 0, 3 * n + 4)
@@ -85,7 +85,7 @@ def test_streams_cycle_through_permutations_and_stay_shard_local():
         assert not np.array_equal(rows[:n], rows[n:2 * n])
         # Mosaic-style blocks: a shard's rows stay inside its block of 2 shards x 5 rows.
         assert max_shard_spread(shard, plan.stream_epoch(j, 0)) < 10
-    uniform = EpochPlan(deg, shard, within, "mix", 8, seed=1, shuffle_block=0)
+    uniform = CurriculumPlan(deg, shard, within, "mix", 8, seed=1, shuffle_block=0)
     assert max_shard_spread(shard, uniform.stream_epoch(0, 0)) >= 10
 
 
@@ -99,10 +99,10 @@ def max_shard_spread(shard: np.ndarray, order: np.ndarray) -> int:
 @pytest.mark.parametrize("seed", range(3))
 def test_resume_at_any_step_with_any_world_size(seed):
     deg, shard, within = synthetic(500, seed)
-    plan = EpochPlan(deg, shard, within, "incremental", 16, seed=seed, chunk_slots=64)
+    plan = CurriculumPlan(deg, shard, within, "incremental", 16, seed=seed, chunk_slots=64)
     full = serve(plan, 2, 3)
     for start in (0, 1, 5, plan.total_steps // 2, plan.total_steps - 1):
-        resumed = EpochPlan(deg, shard, within, "incremental", 16, seed=seed, chunk_slots=64)
+        resumed = CurriculumPlan(deg, shard, within, "incremental", 16, seed=seed, chunk_slots=64)
         for world, workers in ((2, 3), (4, 2), (1, 1)):
             got = serve(resumed, world, workers, start)
             assert [s for s, _ in got[0]] == list(range(start, plan.total_steps))
@@ -113,10 +113,10 @@ def test_resume_at_any_step_with_any_world_size(seed):
 
 def test_epochs_and_seeds_change_the_order():
     deg, shard, within = synthetic(300, 0)
-    a = EpochPlan(deg, shard, within, "mix", 10, seed=0).global_batch(0)
-    b = EpochPlan(deg, shard, within, "mix", 10, seed=0, epoch=1).global_batch(0)
-    c = EpochPlan(deg, shard, within, "mix", 10, seed=1).global_batch(0)
-    d = EpochPlan(deg, shard, within, "mix", 10, seed=0).global_batch(0)
+    a = CurriculumPlan(deg, shard, within, "mix", 10, seed=0).global_batch(0)
+    b = CurriculumPlan(deg, shard, within, "mix", 10, seed=0, epoch=1).global_batch(0)
+    c = CurriculumPlan(deg, shard, within, "mix", 10, seed=1).global_batch(0)
+    d = CurriculumPlan(deg, shard, within, "mix", 10, seed=0).global_batch(0)
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
     np.testing.assert_array_equal(a, d)
 
@@ -130,7 +130,7 @@ def test_planner_at_scale_on_a_smaller_synthetic_index():
     order = np.argsort(deg, kind="stable")
     shard = np.empty(n, np.int64)
     shard[order] = np.arange(n) // 200  # 200 rows per shard, shards of one type mostly
-    plan = EpochPlan(deg, shard, None, "incremental", 256, seed=0)
+    plan = CurriculumPlan(deg, shard, None, "incremental", 256, seed=0)
     total = 0
     seen = np.zeros(n, np.int64)
     for r in range(8):
@@ -151,11 +151,11 @@ def test_errors():
     with pytest.raises(ValueError, match="rank 3 outside"):
         partition_columns(12, 3, 3)
     with pytest.raises(ValueError, match="degradation_id outside"):
-        EpochPlan(np.array([0, 25]), np.array([0, 0]), None, "mix", 2)
+        CurriculumPlan(np.array([0, 25]), np.array([0, 0]), None, "mix", 2)
     with pytest.raises(ValueError, match="no samples"):
-        EpochPlan(np.array([], np.int64), np.array([], np.int64), None, "mix", 2)
+        CurriculumPlan(np.array([], np.int64), np.array([], np.int64), None, "mix", 2)
     with pytest.raises(ValueError, match="worker 2 outside"):
-        list(EpochPlan(deg, shard, within, "mix", 2).batches(0, 1, 2, 2))
+        list(CurriculumPlan(deg, shard, within, "mix", 2).batches(0, 1, 2, 2))
 
 
 def test_shard_codes_sort_like_paths():
@@ -169,18 +169,18 @@ def test_plan_batches_from_an_index_table():
                       "shard": pa.array([f"s{c:03d}.tar" for c in shard]),
                       "sample_index": pa.array(within, pa.int32())})
     got = list(plan_batches(table, "mix", 8, rank=1, world_size=2, seed=3))
-    ref = EpochPlan(deg, shard, within, "mix", 8, seed=3)
+    ref = CurriculumPlan(deg, shard, within, "mix", 8, seed=3)
     assert [s for s, _ in got] == list(range(ref.total_steps))
     for s, rows in got:
         np.testing.assert_array_equal(rows, ref.global_batch(s)[4:])
     with pytest.raises(ValueError, match="sample_index"):
-        EpochPlan.from_index(table.drop(["sample_index"]), "mix", 8)
+        CurriculumPlan.from_index(table.drop(["sample_index"]), "mix", 8)
 
 
 @pytest.mark.parametrize("world,nodes", [(4, 2), (24, 3), (8, 8)])
 def test_node_affinity_keeps_the_global_batches_and_localises_shards(world, nodes):
     deg, shard, within = synthetic(2000, 7, per_shard=10)
-    plan = EpochPlan(deg, shard, within, "mix", 48, seed=1)
+    plan = CurriculumPlan(deg, shard, within, "mix", 48, seed=1)
     per_node = world // nodes
     touched = {0: set(), 1: set()}
     for affinity in (1, nodes):

@@ -96,7 +96,7 @@ def test_restore_cli_seed_123_matches_release(which, converted, golden, tmp_path
 def test_seed_draws_the_releases_start_noise(golden):
     # Untiled: exactly torch.manual_seed(S); torch.randn(1, 3, H, W). Tiled: one draw per tile in
     # row-major order, whatever the tile batch.
-    from foundir_model.infer import TileConfig
+    from foundir_model.infer import RestoreTiling
 
     seen: list[torch.Tensor] = []
 
@@ -109,7 +109,7 @@ def test_seed_draws_the_releases_start_noise(golden):
     lq = torch.rand(3, 40, 56)
     for batch in (1, 4):
         seen.clear()
-        restore_tiled(rec, lq, cfg=TileConfig(tile=32, stride=16, tile_batch=batch, min_size=1), seed=5)
+        restore_tiled(rec, lq, cfg=RestoreTiling(tile=32, stride=16, tile_batch=batch, min_size=1), seed=5)
         torch.manual_seed(5)
         want = [torch.randn(1, 3, 32, 32) for _ in range(2 * 3)]  # origins y 0, 8; x 0, 16, 24
         assert torch.equal(torch.cat(seen), torch.cat(want)), batch

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import budget, outputs  # noqa: E402
-from foundir_model.infer import TileConfig, main, restore_tiled  # noqa: E402
+from foundir_model.infer import RestoreTiling, main, restore_tiled  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -141,7 +141,7 @@ def test_small_image_is_not_padded_to_a_whole_tile(tmp_path):
         return x
 
     x = torch.rand(3, 60, 100)
-    out = restore_tiled(identity, x, cfg=TileConfig(tile=1024, stride=512))
+    out = restore_tiled(identity, x, cfg=RestoreTiling(tile=1024, stride=512))
     assert seen == [(1, 3, 60, 100)] and torch.equal(out, x)
 
 
@@ -173,14 +173,14 @@ def test_budget_lowers_the_tile_batch_and_keeps_results(tiny_checkpoint):
         return f(lq, deg)
 
     counting.model, counting.pool = f.model, f.pool
-    restore_tiled(counting, x, cfg=TileConfig(tile=32, stride=16, tile_batch=4, max_memory=one.need))
+    restore_tiled(counting, x, cfg=RestoreTiling(tile=32, stride=16, tile_batch=4, max_memory=one.need))
     assert max(calls) == one.tile_batch and sum(calls) == 9
 
 
 def test_tile_batch_defaults_to_one_on_a_cpu():
     from foundir_model.infer import default_tile_batch
 
-    assert default_tile_batch(None, "cpu") == 1 and default_tile_batch(None, "cuda") == TileConfig().tile_batch
+    assert default_tile_batch(None, "cpu") == 1 and default_tile_batch(None, "cuda") == RestoreTiling().tile_batch
     assert default_tile_batch(3, "cpu") == 3
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from foundir_data import rng, taxonomy
-from foundir_data.plan import EpochPlan
+from foundir_data.plan import CurriculumPlan
 from foundir_data.schedules import SCHEDULES, nested_subset
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "rng_golden.json").read_text())
@@ -40,7 +40,7 @@ def test_golden_covers_the_schedules_it_predates():
 @pytest.mark.parametrize("shuffle_block", [0, 2])
 def test_known_seed_gives_the_same_plan_as_before(name, shuffle_block):
     want = GOLDEN[f"{name}/block{shuffle_block}"]
-    plan = EpochPlan(*_synthetic(), name, 12, seed=123, epoch=1, steps=40, shuffle_block=shuffle_block, chunk_slots=96)
+    plan = CurriculumPlan(*_synthetic(), name, 12, seed=123, epoch=1, steps=40, shuffle_block=shuffle_block, chunk_slots=96)
     assert plan.global_batch(0).tolist() == want["first_batch"]
     h = hashlib.sha256()
     for s in range(want["steps"]):
