@@ -88,3 +88,19 @@ def moto_s3(monkeypatch, _moto_server) -> MotoS3:
     except ImportError:
         pass
     return _moto_server
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained checkpoint of the tiny preset (seeded), for inference tests."""
+    import torch
+
+    from foundir_model import checkpoint as ck
+    from foundir_model.config import UNET_PRESETS, DiffusionConfig
+
+    torch.manual_seed(0)
+    unet, diff = UNET_PRESETS["tiny"], DiffusionConfig()
+    model = ck.build_generalist(unet, diff)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    ck.save(path, {**ck.model_state(unet, diff), "step": 0, "model": model.net.state_dict()})
+    return path

@@ -207,19 +207,6 @@ def test_bad_images_name_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------- CLI with a real (tiny) checkpoint
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    ck = pytest.importorskip("foundir_model.checkpoint")
-    from foundir_model.config import UNET_PRESETS, DiffusionConfig
-
-    torch.manual_seed(0)
-    unet, diff = UNET_PRESETS["tiny"], DiffusionConfig()
-    model = ck.build_generalist(unet, diff)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    ck.save(path, {**ck.model_state(unet, diff), "step": 0, "model": model.net.state_dict()})
-    return path
-
-
 def test_restore_cli_folder_with_modes(tiny_checkpoint, tmp_path):
     from foundir_model.infer import main
 

@@ -28,18 +28,6 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from foundir_model import checkpoint as ck
-    from foundir_model.config import UNET_PRESETS, DiffusionConfig
-
-    torch.manual_seed(0)
-    unet, diff = UNET_PRESETS["tiny"], DiffusionConfig()
-    model = ck.build_generalist(unet, diff)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    ck.save(path, {**ck.model_state(unet, diff), "step": 0, "model": model.net.state_dict()})
-    return path
-
 
 def _photo(size=40, i=0) -> np.ndarray:
     return load_photos(size)[i]
