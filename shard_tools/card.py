@@ -109,6 +109,14 @@ def config_selectors(present: set[tuple[str, str]]) -> list[tuple[str, list[str]
     return out
 
 
+def _example_class(degs: set[str]) -> str:
+    """``isolated`` when the data has an isolated type, else ``coupled``, else ``all``."""
+    for cls, names in (("isolated", taxonomy.ISOLATED), ("coupled", taxonomy.COUPLED)):
+        if degs & set(names):
+            return cls
+    return "all"
+
+
 def front_matter(manifest: fmt.Manifest, *, pretty_name: str = "FoundIR",
                  license: str = "other", license_name: str | None = "foundir",
                  license_link: str | None = "https://www.foundir.net") -> dict[str, Any]:
@@ -244,6 +252,8 @@ def card_fields(manifest: fmt.Manifest, index: pa.Table, name: str) -> dict[str,
         "example_config": example.degradation if example else "all",
         "example_split": example.split if example else "train",
         "example_crop": str(example_crop),
+        # A class config the data has (the card must not show a config that does not exist).
+        "example_class": _example_class({x.degradation for x in shards}),
         "example_shard": example.path if example else fmt.shard_relpath(fmt.LAYOUT_FULL, "train", "Blur", 0),
     }
 

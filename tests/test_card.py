@@ -197,3 +197,14 @@ def test_card_loading_snippets_run(packed, tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=root.parent, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["OK PIL PIL"] * 3 + ["batch 8 8"]  # batch_size 8 on one rank
+
+
+def test_card_examples_name_configs_the_data_has():
+    from shard_tools.card import _example_class, config_selectors
+
+    for degs, want in (({"Blur", "Haze_Rain"} & set(), "all"), ({"Rain_Haze"}, "coupled"),
+                       ({"Blur", "Rain_Haze"}, "isolated")):
+        got = _example_class(set(degs))
+        assert got == want
+        if want != "all":  # the example's config is one the card declares
+            assert want in {name for name, _ in config_selectors({("train", d) for d in degs})}
