@@ -32,10 +32,11 @@ from torch import nn
 #: Default bound on one block of scores (bytes) when no memory budget was set.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
-#: Upper bound on one pixel chunk of the linear attention (bytes of its largest tensor). A
-#: chunk of 32 MiB is ~32k pixels of the default network's k and v, enough for full-speed
-#: matrix products; larger chunks only cost memory (bench/README.md, "Restore").
-LINEAR_MAX_BLOCK_BYTES = 32 * 2**20
+#: Upper bound on one pixel chunk of the linear attention (bytes of its largest tensor): 8k
+#: pixels of the default network's k and v. Chunks that stay in cache are faster than the whole
+#: computation (one 1024 tile's level-0 attention, one core: ~6 CPU-s with 2-16 MiB chunks,
+#: 7.8 with 32 MiB, 11.5 whole; bench/README.md, "Restore").
+LINEAR_MAX_BLOCK_BYTES = 8 * 2**20
 
 
 def query_rows(batch_heads: int, keys: int, itemsize: int, block_bytes: int) -> int:
