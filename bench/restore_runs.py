@@ -7,8 +7,9 @@ estimate. Two ways:
 * ``ours``: ``restore_array`` as ``foundir-restore`` runs it: the memory budget (default share
   of the free RAM) picks the tile batch (up to 4) and the middle attention's score block.
 * ``release``: the release's inference (REFERENCE: tiles one at a time, ``attn = softmax(q k^T)``
-  over the whole ``(h*w)^2`` matrix, then ``attn @ v``): tile batch 1 and the attention
-  module's blocks replaced by that plain computation.
+  over the whole ``(h*w)^2`` matrix, then ``attn @ v``): tile batch 1, the attention
+  module's blocks replaced by that plain computation, and the linear attention computed whole
+  (not in pixel chunks).
 
 The frame: a 2560x1600 mosaic of scikit-image's bundled colour photos at native resolution
 (no upscaling), rows cut to the photos' heights, and Poisson-Gaussian sensor noise
@@ -116,6 +117,8 @@ def child(spec: dict) -> dict:
             return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
 
         unet.attention = whole
+        unet.LINEAR_MAX_BLOCK_BYTES = 2**62  # and every linear attention computed whole, not in pixel chunks
+        budget.set_attention_block(model, 2**62)
         cfg = RestoreTiling(tile=spec["tile"], stride=spec["stride"], tile_batch=1, max_memory=2**50)
     th, tw, origins = tile_grid(h, w, cfg)
     with torch.no_grad():  # warm-up on a small input: allocator pools and oneDNN kernels

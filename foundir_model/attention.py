@@ -11,15 +11,32 @@ result as the whole computation (the same sums per row, to fp32 rounding) while 
 On CPU a chunk is computed with an in-place softmax (one block of scores, no extra copies);
 with gradients, on GPUs and for half precision each chunk goes through PyTorch's
 ``scaled_dot_product_attention``, which picks its memory-efficient kernels where they apply.
+
+:func:`linear_attention` does the same for the release's linear attention at every UNet level
+(``docs/inference.md``): computed whole at full resolution it holds q, k, v and their softmaxes
+for every pixel (~3 GB per 1024 tile of the default network). Only k's softmax runs over the
+pixels; everything else is per pixel. So one pass over pixel chunks accumulates the ``k v^T``
+context with an online softmax (a running per-(head, dim) maximum, rescaling what was summed
+when it grows), and a second pass computes q and the output chunk by chunk into one
+preallocated output.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 #: Default bound on one block of scores (bytes) when no memory budget was set.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+#: Upper bound on one pixel chunk of the linear attention (bytes of its largest tensor): 8k
+#: pixels of the default network's k and v. Chunks that stay in cache are faster than the whole
+#: computation (one 1024 tile's level-0 attention, one core: ~6 CPU-s with 2-16 MiB chunks,
+#: 7.8 with 32 MiB, 11.5 whole; bench/README.md, "Restore").
+LINEAR_MAX_BLOCK_BYTES = 8 * 2**20
 
 
 def query_rows(batch_heads: int, keys: int, itemsize: int, block_bytes: int) -> int:
@@ -88,4 +105,84 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_bytes: in
     return out
 
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "attention", "query_rows", "score_block_bytes"]
+def linear_chunk_pixels(batch: int, channels: int, hidden: int, itemsize: int, block_bytes: int) -> int:
+    """Pixels per chunk of :func:`linear_attention` so that its largest tensor (k and v:
+    ``2 * hidden`` channels, or the input chunk's ``channels``) stays within ``block_bytes``
+    (at least one pixel)."""
+    per_pixel = max(1, batch * max(2 * hidden, channels) * itemsize)
+    return max(1, block_bytes // per_pixel)
+
+
+def linear_attention(x: torch.Tensor, to_qkv: nn.Conv2d, to_out: nn.Module, heads: int, scale: float,
+                     block_bytes: int, norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     residual: bool = False) -> torch.Tensor:
+    """The release's linear attention over ``x`` ``[B, C, H, W]``, a chunk of pixels at a time.
+
+    Computes ``to_out(context^T q)`` with ``q = softmax_dim(q) * scale``, ``k = softmax_pixels(k)``,
+    ``v = v / (H * W)`` and ``context = k v^T`` per head (``foundir_model.unet.LinearAttention``),
+    equal to the whole computation to fp32 rounding. For inference (no autograd graph).
+
+    Args:
+        x: The input feature map.
+        to_qkv: The bias-free 1x1 convolution giving ``3 * heads * dim_head`` channels.
+        to_out: The per-pixel output layers (1x1 convolution and channel LayerNorm).
+        heads: Number of heads.
+        scale: The factor on q after its softmax.
+        block_bytes: Bound on the largest tensor of one chunk (:func:`linear_chunk_pixels`).
+        norm: A per-pixel layer applied to ``x`` first (the PreNorm's LayerNorm), if any.
+        residual: Return ``x + attention(norm(x))`` (the PreNorm residual wrapper), fused
+            per chunk so no full-size normalised copy or sum exists.
+
+    Returns:
+        ``[B, C_out, H, W]`` (``C_out = C`` when ``residual``).
+    """
+    b, c, h, w = x.shape
+    n = h * w
+    hidden = to_qkv.weight.shape[0] // 3
+    rows = linear_chunk_pixels(b, c, hidden, x.element_size(), block_bytes)
+    flat = x.reshape(b, c, n)
+
+    def project(i: int, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        # [B, C, r, 1] chunk -> (its q, k or v channels as [B, parts, heads, dim_head, r], the chunk)
+        xc = flat[:, :, i : i + rows].unsqueeze(-1)
+        xn = norm(xc) if norm is not None else xc
+        t = F.conv2d(xn, to_qkv.weight[part])
+        return t.reshape(b, -1, heads, hidden // heads, xc.shape[2]), xc
+
+    # Pass 1: context = sum_n exp(k - m) v^T / sum_n exp(k - m), m the running maximum over pixels.
+    m = s = ctx = None
+    for i in range(0, n, rows):
+        kv, _ = project(i, slice(hidden, 3 * hidden))
+        k, v = kv.unbind(1)  # [B, heads, dim_head, r]
+        v = v / n  # as the release: keeps the context's scale independent of image size
+        cm = k.amax(dim=-1, keepdim=True)
+        new_m = cm if m is None else torch.maximum(m, cm)
+        e = (k - new_m).exp_()
+        part_s = e.sum(dim=-1, keepdim=True)
+        part_ctx = torch.einsum("bhdn,bhen->bhde", e, v)
+        if m is None:
+            s, ctx = part_s, part_ctx
+        else:
+            f = (m - new_m).exp_()
+            s = s * f + part_s
+            ctx = ctx * f + part_ctx
+        m = new_m
+    ctx = ctx / s
+
+    # Pass 2: per pixel, q's softmax over the head's dims and the output layers.
+    out = None
+    for i in range(0, n, rows):
+        q, xc = project(i, slice(0, hidden))
+        q = q[:, 0].softmax(dim=-2).mul_(scale)
+        o = torch.einsum("bhde,bhdn->bhen", ctx, q).reshape(b, hidden, q.shape[-1], 1)
+        y = to_out(o)
+        if residual:
+            y = xc + y
+        if out is None:
+            out = x.new_empty(b, y.shape[1], h, w)
+        out.view(b, y.shape[1], n)[:, :, i : i + rows] = y.squeeze(-1)
+    return out
+
+
+__all__ = ["DEFAULT_BLOCK_BYTES", "LINEAR_MAX_BLOCK_BYTES", "attention", "linear_attention", "linear_chunk_pixels",
+           "query_rows", "score_block_bytes"]

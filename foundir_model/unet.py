@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foundir_model.attention import DEFAULT_BLOCK_BYTES, attention
+from foundir_model.attention import DEFAULT_BLOCK_BYTES, LINEAR_MAX_BLOCK_BYTES, attention, linear_attention
 from foundir_model.config import UNetConfig
 
 
@@ -100,7 +100,14 @@ class LayerNorm(nn.Module):
 
 
 class LinearAttention(nn.Module):
-    """Linear attention (softmax over keys' positions), cost linear in pixels."""
+    """Linear attention (softmax over keys' positions), cost linear in pixels.
+
+    Without autograd, when its q/k/v would exceed ``block_bytes`` (capped at
+    :data:`~foundir_model.attention.LINEAR_MAX_BLOCK_BYTES`), it is computed a chunk of pixels
+    at a time (:func:`foundir_model.attention.linear_attention`): the same result to fp32
+    rounding, bounded memory. Inference sets ``block_bytes`` from the memory budget
+    (:func:`foundir_model.budget.set_attention_block`); training keeps the whole computation.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -108,8 +115,28 @@ class LinearAttention(nn.Module):
         hidden = heads * dim_head
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Sequential(nn.Conv2d(hidden, dim, 1), LayerNorm(dim))
+        self.block_bytes = DEFAULT_BLOCK_BYTES
+
+    def chunk_bytes(self, x: torch.Tensor) -> int | None:
+        """The chunk bound for ``x``, or None when the whole computation is used (autograd, or
+        its q/k/v fit the bound)."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.to_qkv.weight.requires_grad):
+            return None
+        bound = min(int(self.block_bytes), LINEAR_MAX_BLOCK_BYTES)
+        b, _, h, w = x.shape
+        whole = b * self.to_qkv.out_channels * h * w * x.element_size()
+        return bound if whole > bound else None
+
+    def chunked(self, x: torch.Tensor, block_bytes: int, norm: nn.Module | None = None,
+                residual: bool = False) -> torch.Tensor:
+        """:func:`foundir_model.attention.linear_attention` with this module's layers."""
+        return linear_attention(x, self.to_qkv, self.to_out, self.heads, self.scale, block_bytes,
+                                norm=norm, residual=residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.chunk_bytes(x)
+        if block is not None:
+            return self.chunked(x, block)
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
         q = q.softmax(dim=-2) * self.scale
@@ -164,6 +191,11 @@ class PreNormResidual(nn.Module):
         self.fn = PreNorm(dim, fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = self.fn.fn
+        if isinstance(inner, LinearAttention):
+            block = inner.chunk_bytes(x)
+            if block is not None:  # norm and residual are per pixel: fused into the chunks
+                return inner.chunked(x, block, norm=self.fn.norm, residual=True)
         return x + self.fn(x)
 
 

@@ -138,3 +138,26 @@ def test_release_function_on_golden_weights():
     with torch.no_grad():
         out = net(g["x_t"], 2 * g["lq"] - 1, g["t"])
     assert (out - g["unet_out"]).abs().max() < 1e-5
+
+
+def test_release_golden_output_through_chunked_linear_attention():
+    # The release's own network output (tests/fixtures/release-golden) is reproduced when every
+    # linear attention runs in pixel chunks, as inference does on large tiles (docs/inference.md).
+    from safetensors.torch import load_file
+
+    from foundir_model import checkpoint as ckpt
+    from foundir_model import release
+    from foundir_model.budget import set_attention_block
+    from foundir_model.unet import LinearAttention
+
+    golden_dir = Path(__file__).parent / "fixtures" / "release-golden"
+    golden = load_file(str(golden_dir / "release-golden-dim8.safetensors"))
+    where = golden_dir / "release-model-dim8.pt"
+    net = ckpt.load_generalist(release.generalist_state(release.read(where), str(where))).net
+    args = (golden["x_t"], 2 * golden["lq"] - 1, golden["t"])
+    set_attention_block(net, 2048)  # 16 hidden channels: a few pixels per chunk at every level
+    smallest = torch.zeros(1, 64, 7, 9)  # the lowest level's map of the padded 56x72 input
+    with torch.no_grad():
+        assert all(m.chunk_bytes(smallest) == 2048 for m in net.modules() if isinstance(m, LinearAttention))
+        out = net(*args)
+    assert (out - golden["unet_out"]).abs().max() < 1e-5
