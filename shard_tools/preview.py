@@ -26,6 +26,7 @@ from foundir_data import taxonomy
 from foundir_data.access import get_pair
 from foundir_data.decode import decode_pair
 from foundir_data.store import Store
+from shard_tools.preview_html import META, write_html
 
 #: Sheet geometry in pixels: left label column, header height, gap between cells.
 LABEL_W, HEADER_H, GAP = 190, 28, 4
