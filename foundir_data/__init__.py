@@ -12,11 +12,11 @@ __all__ = ["load_dataset", "webdataset_urls", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_dataset":
-        from foundir_data.load import load_dataset
+        from foundir_data.load import load_dataset  # start-up: `import foundir_data` stays light (see above)
 
         return load_dataset
     if name == "webdataset_urls":
-        from foundir_data.urls import webdataset_urls
+        from foundir_data.urls import webdataset_urls  # start-up: as load_dataset
 
         return webdataset_urls
     raise AttributeError(f"module 'foundir_data' has no attribute {name!r}")

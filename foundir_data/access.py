@@ -20,6 +20,7 @@ import weakref
 from typing import Any
 
 import pyarrow as pa
+from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
@@ -89,8 +90,6 @@ def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
 
 def _decode(data: bytes, where: str):
     """An RGB PIL image through the one decoder (``decode.py``: every tile codec, fast paths)."""
-    from PIL import Image
-
     try:
         return Image.fromarray(decode_image(data, where))
     except DecodeError as e:

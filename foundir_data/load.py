@@ -78,7 +78,7 @@ def config_types(name: str) -> list[str]:
 
 def features():
     """The declared ``datasets.Features`` of a foundir example."""
-    from datasets import ClassLabel, Features, Image, Value
+    from datasets import ClassLabel, Features, Image, Value  # start-up: see load_dataset
 
     cols: dict[str, Any] = {
         "key": Value("string"),
@@ -203,6 +203,7 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
         ValueError: unknown config, split or layout (listing the valid ones).
         NoManifestError: the location is not a packed foundir folder.
     """
+    # start-up: ~1.3 s; webdataset_urls (urls.py) imports this module for config_types only
     import datasets
 
     types = config_types(name)

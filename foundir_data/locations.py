@@ -125,7 +125,7 @@ def resolve(location: str | os.PathLike, *, token: str | None = None,
     if location.startswith("hf://"):
         repo, revision, subdir = parse_hf_location(location)
         if token is None:
-            from huggingface_hub import get_token
+            from huggingface_hub import get_token  # start-up: ~0.15 s only hf:// pays (every read imports this module)
 
             token = get_token()
         if token:
@@ -151,7 +151,7 @@ def resolve(location: str | os.PathLike, *, token: str | None = None,
         if client_kwargs:
             opts["client_kwargs"] = client_kwargs
         protocol, location = "s3", "s3://" + location.split("://", 1)[1]
-    import fsspec
+    import fsspec  # start-up: ~0.1 s that local folders (every command's common case) never need
 
     try:
         fsspec.get_filesystem_class(protocol)

@@ -14,6 +14,7 @@ Layouts:
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from dataclasses import dataclass
@@ -56,8 +57,8 @@ def photo_dir() -> Path:
     Raises:
         ImportError: scikit-image is not installed; the message names the extra to install.
     """
-    try:  # optional: only the demo sample needs it (~200 MB with its dependencies)
-        import skimage
+    try:
+        import skimage  # optional dependency (the demo extra, ~200 MB): only the demo sample needs it
     except ImportError:
         raise ImportError(f"the FoundIR-shaped demo sample is made from photos bundled with scikit-image, "
                           f"which is not installed: pip install 'foundir[{DEMO_EXTRA}]' "
@@ -223,8 +224,6 @@ def make_sample(root: str | os.PathLike, per_type: int = 2, size: int = 256, lay
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(description="Write a small FoundIR-shaped sample from bundled photos.")
     ap.add_argument("root")
     ap.add_argument("--per-type", type=int, default=2)

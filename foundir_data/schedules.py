@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
 
 from foundir_data import taxonomy
 from foundir_data.rng import NESTED_SUBSET, generator
@@ -179,8 +182,6 @@ class Curriculum:
     @classmethod
     def from_yaml(cls, path: str) -> "Curriculum":
         """:meth:`from_dict` of a YAML file; errors name ``path``."""
-        import yaml
-
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(yaml.safe_load(f), where=path)
 
@@ -335,9 +336,6 @@ def nested_subset(keys_or_n: "int | Sequence[str] | Any", fraction: float, seed:
     if isinstance(keys_or_n, (int, np.integer)):
         n, order = int(keys_or_n), None
     else:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         arr = keys_or_n if isinstance(keys_or_n, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys_or_n), pa.string())
         n = len(arr)
         order = np.asarray(pc.sort_indices(arr))  # position of each row in key order

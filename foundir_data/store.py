@@ -380,6 +380,7 @@ class Store:
 
 
 def _http_fs(opts: dict) -> Any:
+    # start-up: ~0.35 s (aiohttp, fsspec) that only remote locations pay, not every local read
     import aiohttp
     import fsspec
 
@@ -390,7 +391,7 @@ def _http_fs(opts: dict) -> Any:
 
 
 def _filesystem(protocol: str, opts: dict) -> Any:
-    import fsspec
+    import fsspec  # start-up: as in _http_fs
 
     return fsspec.filesystem(protocol, **opts)
 

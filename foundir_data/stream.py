@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.distributed as dist
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
@@ -37,6 +38,7 @@ from foundir_data.reader import READ_MODES, PairReader, resolve_read
 from foundir_data.retry import ChecksumError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
+from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
@@ -47,8 +49,6 @@ log = logging.getLogger(__name__)
 
 
 def _dist_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -102,8 +102,6 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                  store_kwargs: dict | None = None, nodes: int | None = None,
                  upscale_small: bool = False) -> None:
         super().__init__()
-        from foundir_data.store import Store
-
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if read not in READ_MODES:

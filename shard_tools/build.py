@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools.probe import BadImage, check_pair, probe_image
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_part
 from foundir_data.errors import FoundIRError
 
@@ -159,8 +160,6 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
         (lq bytes, gt bytes, lq info, gt info, reject reason or None, lq sha256, gt sha256);
         the hashes are None for a rejected pair.
     """
-    from shard_tools.probe import BadImage, check_pair, probe_image
-
     lq = gt = b""
     try:
         lq, gt = _read(lq_path), _read(gt_path)

@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from foundir_data import format as fmt
 from shard_tools.records import (
     GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, join_path, normalise, outside_reason, parse_deg,
@@ -80,9 +83,6 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         is_parquet = f.read(4) == b"PAR1"
     if is_parquet:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
             pf = pq.ParquetFile(path)
             _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})

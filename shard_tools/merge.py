@@ -21,6 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
@@ -55,9 +58,6 @@ def merge(root: str | Path) -> fmt.Manifest:
 
 def merge_locked(root: str | Path) -> fmt.Manifest:
     """:func:`merge` for a caller that already holds the folder (a single-job pack)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     root = Path(root)
     plan_path = root / PLAN_FILE
     if not plan_path.exists():

@@ -41,9 +41,11 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
+from shard_tools.merge import merge_locked
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
 from shard_tools.summary import format_rejects, plural, read_rejects
+from shard_tools.tiles import pack_tiles
 from shard_tools.writer import read_part_meta, write_atomic
 
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
@@ -271,14 +273,10 @@ def _pack_locked(cfg: PackConfig, root: Path) -> int:
     n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(
         built[s.path] if s.path in built else _part_rejects(root, s) for s in mine)
     if cfg.num_jobs == 1:
-        from shard_tools.merge import merge_locked
-
         manifest = merge_locked(root)
         print(f"packed {plural(manifest.num_samples, 'pair')} into {plural(len(manifest.shards), 'shard')} "
               f"under {root}; {manifest.num_rejected:,} rejected", file=sys.stderr)
         if cfg.tile:
-            from shard_tools.tiles import pack_tiles
-
             s = pack_tiles(str(root), cfg.tile, cfg.tile_stride, workers=cfg.workers, progress=cfg.progress)
             print(f"tiled: {plural(s['tiles'], 'tile')} in {plural(s['shards'], 'shard')}", file=sys.stderr)
     else:

@@ -25,10 +25,10 @@ DPI = 100
 
 
 def _matplotlib():
-    try:
+    try:  # optional dependency (the plot extra): only `stats --plot` needs matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError:  # matplotlib is an optional dependency (test extra)
+    except ImportError:
         raise RuntimeError(
             "the distribution chart needs matplotlib; install it with `pip install matplotlib`"
         ) from None
@@ -83,9 +83,8 @@ def plot_counts(counts: Mapping[str, int], out_png: str | os.PathLike, title: st
     total = sum(values)
     ax.set_title(title or f"FoundIR degradation types: {total:,} pairs "
                  f"({iso:,} isolated, {total - iso:,} coupled)")
-    # Legend handles: one proxy bar per class.
+    # Legend handles: one proxy bar per class. matplotlib: optional dependency (see _matplotlib)
     from matplotlib.patches import Patch
-
     from matplotlib.ticker import MaxNLocator
 
     ax.legend(handles=[Patch(color=c, label=k) for k, c in CLASS_COLOURS.items()], loc="upper right", ncol=2)

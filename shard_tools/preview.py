@@ -23,7 +23,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.access import get_pair
 from foundir_data.decode import decode_pair
+from foundir_data.store import Store
+from shard_tools.preview_html import META, write_html
 
 #: Sheet geometry in pixels: left label column, header height, gap between cells.
 LABEL_W, HEADER_H, GAP = 190, 28, 4
@@ -152,9 +155,6 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
         ValueError: bad sizes, or no pair matches the split/types.
         foundir_data.store.NoManifestError: the location is not a packed folder.
     """
-    from foundir_data.access import get_pair
-    from foundir_data.store import Store
-
     if cfg.per_type < 1 or cfg.tile < 16:
         raise ValueError(f"--per-type must be >= 1 and --tile >= 16 (got {cfg.per_type}, {cfg.tile})")
     store = store or Store.open(cfg.location)
@@ -187,9 +187,6 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
 
 def preview_page(cfg: PreviewConfig, out_dir: str, store=None) -> Path:
     """Write the page of the pairs ``cfg`` selects to ``out_dir/index.html`` (``preview_html.py``)."""
-    from foundir_data.store import Store
-    from shard_tools.preview_html import META, write_html
-
     if cfg.per_type < 1:
         raise ValueError(f"--per-type must be >= 1 (got {cfg.per_type})")
     store = store or Store.open(cfg.location)

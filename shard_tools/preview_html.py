@@ -15,6 +15,8 @@ from typing import Any
 
 from foundir_data import taxonomy
 from foundir_data import html_report as hr
+from foundir_data.access import get_pair
+from foundir_data.decode import decode_pair
 
 #: Index columns shown on hover and in the table.
 META = ("key", "split", "degradation", "cls", "lq_source", "gt_source", "lq_width", "lq_height",
@@ -28,9 +30,6 @@ def write_html(store: Any, index: dict[str, list], picked: dict[str, list[int]],
 
     ``index`` must hold the columns ``layout`` and :data:`META`.
     """
-    from foundir_data.access import get_pair
-    from foundir_data.decode import decode_pair
-
     out = Path(out_dir)
     rows = [i for idx in picked.values() for i in idx]
 

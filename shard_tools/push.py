@@ -36,6 +36,7 @@ import posixpath
 import sys
 from pathlib import Path
 
+import fsspec
 from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
@@ -114,8 +115,6 @@ def _fs_upload(fs, it: PushItem, rpath: str, atomic_rename: bool, bar: tqdm) -> 
 
 
 def _push_fs(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushReport:
-    import fsspec
-
     opts: dict = dict(cfg.storage_options)
     if cfg.dest.startswith(("s3://", "s3a://")) and "endpoint_url" not in opts:
         endpoint = s3_endpoint()  # the readers' rule (foundir_data.locations)

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import quote
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session
 
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
@@ -29,10 +34,6 @@ def _join(prefix: str, rel: str) -> str:
 
 def _hub_get(api, repo: str, rev: str, path: str) -> bytes | None:
     """GET one file through its resolve URL (file GETs, not API calls; docs/release.md, "Library facts")."""
-    from urllib.parse import quote
-
-    from huggingface_hub.utils import build_hf_headers, get_session
-
     url = f"{api.endpoint}/datasets/{repo}/resolve/{quote(rev, safe='')}/{quote(path)}"
     r = get_session().get(url, headers=build_hf_headers(token=api.token), follow_redirects=True)
     if r.status_code == 404:
@@ -44,8 +45,6 @@ def _hub_get(api, repo: str, rev: str, path: str) -> bytes | None:
 
 def _hub_remote_ids(api, repo: str, rev: str, paths: list[str]) -> dict[str, tuple[int, str | None, str]]:
     """``path -> (size, lfs sha256 or None, git blob id)`` from the Hub's paths-info API."""
-    from huggingface_hub.hf_api import RepoFile
-
     out = {}
     for i in range(0, len(paths), 100):  # batched: one API call per 100 paths
         for f in api.get_paths_info(repo, paths[i:i + 100], repo_type="dataset", revision=rev):
@@ -72,8 +71,6 @@ def hub_commits(items: list[PushItem], batch_files: int, delete_manifest: bool,
     batches of ``batch_files``; then one final commit with the index, rejects, card and the
     manifest, so the dataset appears (or changes) atomically. ``prefix`` is the repo subdir.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     final_rels = {fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
     body = [it for it in items if it.upload and it.rel not in final_rels]
     tail = [it for it in items if it.upload and it.rel in final_rels]
@@ -96,8 +93,6 @@ def push_to_hub(cfg: PushConfig, raw: bytes, items: list[PushItem]) -> PushRepor
 
     ``items`` comes from :func:`shard_tools.push_items.load_local` (manifest last).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     try:
         repo, rev, prefix = parse_hf_location(cfg.dest)
     except ValueError as e:

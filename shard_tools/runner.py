@@ -10,15 +10,21 @@ handle) and die with the parent on Linux (no orphans writing into the folder a r
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - loaded before workers fork (_warm_imports)
+from PIL import Image
+from tqdm import tqdm
 
 from shard_tools.build import PlannedShard, ShardResult, build_shard
 
@@ -51,8 +57,6 @@ def build_shards(root: Path, todo: list[PlannedShard], cfg: BuildSettings, *, to
     Returns:
         The number of rejected pairs of each shard built (by shard path).
     """
-    from tqdm import tqdm
-
     _warm_imports()
     bar = tqdm(total=total, initial=initial, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
                desc=f"pack job {cfg.job_index}/{cfg.num_jobs}", mininterval=1.0)
@@ -112,8 +116,6 @@ def _build_in_threads(todo: list[PlannedShard], args: tuple, on_pair: Callable[[
     part) leave the other core idle; a second shard in flight fills those gaps (reads,
     writes, sha256 and crc32 release the GIL). Each shard's bytes do not depend on it.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     stop, lock = threading.Event(), threading.Lock()
 
     def progress(n: int) -> None:
@@ -181,12 +183,6 @@ def _warm_imports() -> None:
     """Import what building a shard needs once, before forking workers: pyarrow imports
     pandas on its first array and Pillow loads its plugins on first open (about a second
     here), which each forked worker would otherwise pay again."""
-    import pyarrow as pa
-    import pyarrow.parquet  # noqa: F401
-    from PIL import Image
-
-    import shard_tools.probe  # noqa: F401
-
     pa.array([0])
     Image.init()
 
@@ -196,8 +192,6 @@ def _die_with_parent(parent_pid: int) -> None:
     (a ``kill -9`` of the pack must not leave orphans writing into the folder the rerun
     uses). Elsewhere a no-op."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1 (linux/prctl.h)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect

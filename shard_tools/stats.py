@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.locations import check_rel
+from shard_tools import plot
 
 
 def counts_by(t: pa.Table, *cols: str) -> dict[tuple, int]:
@@ -172,8 +173,6 @@ def run(args: argparse.Namespace) -> int:
     st = summarize(index, manifest, layout=args.layout)
     print(json.dumps(st, indent=1) if args.json else format_stats(st))
     if args.plot:
-        from shard_tools import plot  # matplotlib only when asked for
-
         rows = index.filter(pc.equal(index["layout"], args.layout))
         out = plot.plot_distribution(rows, args.plot, split=args.split)
         print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)

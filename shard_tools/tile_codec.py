@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import zstandard
+from PIL import Image
 
 from foundir_data import format as fmt
 
@@ -32,8 +34,6 @@ class CodecError(RuntimeError):
 
 def encode_png(tile: np.ndarray, level: int = 1) -> bytes:
     """Lossless PNG bytes of a uint8 HxWx3 array (deterministic for a given Pillow/zlib build)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(tile)).save(buf, "PNG", compress_level=level)
     return buf.getvalue()
@@ -42,7 +42,7 @@ def encode_png(tile: np.ndarray, level: int = 1) -> bytes:
 def encode_qoi(tile: np.ndarray) -> bytes:
     """QOI bytes of a uint8 HxWx3 array."""
     try:
-        import qoi
+        import qoi  # optional dependency (the fast extra)
     except ImportError:
         raise CodecError("--codec qoi needs the `qoi` package (pip install qoi)") from None
     return bytes(qoi.encode(np.ascontiguousarray(tile)))
@@ -50,10 +50,6 @@ def encode_qoi(tile: np.ndarray) -> bytes:
 
 def encode_ppm_zst(tile: np.ndarray, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
     """A zstd frame (with its content size) of the binary PPM ``P6\\n<w> <h>\\n255\\n`` + pixels."""
-    try:
-        import zstandard
-    except ImportError:
-        raise CodecError("--codec zstd needs the `zstandard` package (pip install zstandard)") from None
     h, w = tile.shape[:2]
     head = f"P6\n{w} {h}\n255\n".encode()
     c = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from foundir_data import format as fmt
 from foundir_data.errors import FoundIRError
 from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL
@@ -113,8 +115,6 @@ def plan_tiles(index, cfg: TileConfig):
         ``(shards, table)``: the planned :class:`TileShard` list and the full-frame rows they
         index into (a pyarrow Table).
     """
-    import pyarrow.compute as pc
-
     mask = pc.equal(index["layout"], fmt.LAYOUT_FULL)
     if cfg.split is not None:
         mask = pc.and_(mask, pc.equal(index["split"], cfg.split))

@@ -30,7 +30,13 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
 from foundir_data import format as fmt
+from foundir_data.command import run_module
 from foundir_data.decode import DecodeError, decode_image
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
@@ -49,6 +55,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     plan_tiles,
     windows,
 )
+from shard_tools.card import write_card
 from shard_tools.merge import merge
 from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
@@ -149,8 +156,6 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     base = Path(root)
     if "://" in root or not (base / fmt.INDEX_FILE).exists():
         raise TileError(f"{root}: no {fmt.INDEX_FILE} here; tile a local folder written by `shard_tools pack`")
-    import pyarrow.parquet as pq
-
     mpath = base / fmt.MANIFEST_FILE
     if mpath.exists():  # tile shards are written in the current version only
         fmt.check_writable(fmt.Manifest.from_json(mpath.read_text(), str(mpath)), str(mpath))
@@ -158,8 +163,6 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     shards, table = plan_tiles(index, cfg)
     if not shards:
-        import pyarrow.compute as pc
-
         have = sorted(pc.unique(index["split"]).to_pylist())
         raise TileError(f"{root}: no full-frame pairs of split {split!r} to tile (the index has splits {have}); "
                         f"pass --split {have[0] if have else 'all'} or --split all")
@@ -186,9 +189,6 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
 def _build(root: str, todo: list[TileShard], table, cfg: TileConfig) -> None:
     """Build ``todo`` with ``cfg.workers`` processes; a shard's source rows become dicts only
     when it is submitted (at most two shards per worker in flight: flat memory)."""
-    import pyarrow as pa
-    from tqdm import tqdm
-
     def sources(s: TileShard) -> list[dict]:
         return table.take(pa.array(s.rows, pa.int64())).to_pylist()
 
@@ -227,9 +227,6 @@ def merge_tiles(root: str) -> fmt.Manifest:
     Runs ``shard_tools.merge`` first when the pack's parts are there (it rewrites index and
     manifest from the full-frame parts), then :func:`with_tiles`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     base = Path(root)
     if (base / PACK_PLAN_FILE).exists():
         merge(root)
@@ -239,8 +236,6 @@ def merge_tiles(root: str) -> fmt.Manifest:
     sink = pa.BufferOutputStream()
     pq.write_table(index, sink)
     write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
-    from shard_tools.card import write_card
-
     write_card(str(base), manifest, index)
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
@@ -282,8 +277,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shard_tools.tiles ROOT ...`` (the same as ``shard_tools tile``)."""
-    from foundir_data.command import run_module
-
     return run_module(sys.modules[__name__], argv, "shard_tools tile", "cut training tiles")
 
 

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.errors import UsageError
 from foundir_data.locations import check_rel
+from foundir_data.store import Store
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
 from shard_tools.summary import plural
 
@@ -87,8 +88,6 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     root = str(root)
     store = None
     if _is_remote(root):
-        from foundir_data.store import Store
-
         # Few retries: verify wants the answer (a short or missing file is a finding, not a
         # network fault to wait out); pass retries= to change it.
         store = Store.open(root, verify=False, **{"retries": 2, **store_kw})

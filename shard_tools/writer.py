@@ -28,6 +28,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from foundir_data import format as fmt
 
 #: Fixed header fields (2000-01-01T00:00:00Z; any constant works, this one is not 0 so
@@ -265,9 +268,6 @@ def write_part(path: str | os.PathLike, rows: list[dict], info: fmt.ShardInfo, r
         sync_dir: Passed to :func:`write_atomic`.
         fsync: Passed to :func:`write_atomic`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     meta = {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode(),
             VERSION_META_KEY: str(fmt.FORMAT_VERSION).encode()}
     if rejects is not None:
@@ -285,8 +285,6 @@ def read_part_meta(path: str | os.PathLike, schema=None) -> tuple[fmt.ShardInfo,
         schema: The part's already-read Arrow schema.
     """
     if schema is None:
-        import pyarrow.parquet as pq
-
         schema = pq.read_schema(path)
     meta = schema.metadata or {}
     if SHARD_META_KEY not in meta:
