@@ -287,10 +287,6 @@ def shard_codes(shards: "pa.Array | pa.ChunkedArray | Sequence[str]") -> np.ndar
     return rank[enc.indices.to_numpy(zero_copy_only=False)]
 
 
-#: The former name, kept only while ``stream.py`` (being edited in another change) still imports
-#: it; drop it once that import says ``CurriculumPlan``.
-EpochPlan = CurriculumPlan
-
 
 def plan_batches(index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int, *,
                  rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,

@@ -19,7 +19,7 @@ name                    value    key and purpose
 ``STEP_LABELS``         4        ``[seed, epoch, 4, phase, group, chunk]``: which step gets which
                                  type in shuffle/single groups
 ``STREAM_ORDER``        5        ``[seed, epoch, 5, type id, stream group]``: shard-block shuffle
-                                 of a type's stream-epochs (``plan.EpochPlan``)
+                                 of a type's stream-epochs (``plan.CurriculumPlan``)
 ``BATCH_SHUFFLE``       6        ``[seed, epoch, 6, chunk]``: order of the rows inside each global
                                  batch (so ranks do not get type-sorted slices)
 ``CROPS``               7        ``[seed, epoch, 7, step, slot]``: crop windows and flips of one

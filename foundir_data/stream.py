@@ -2,7 +2,7 @@
 
 ``FoundIRStream`` is an ``IterableDataset`` that yields whole per-rank batches (use it with
 ``DataLoader(stream, batch_size=None, num_workers=K)``). The global order comes from
-``plan.EpochPlan`` (seeded, independent of world size and workers); each row is read through
+``plan.CurriculumPlan`` (seeded, independent of world size and workers); each row is read through
 the index's byte offsets through the one pair reader (``reader.PairReader``: one pread on
 a local or cached shard, or one range request, then a check against the index's sha256:
 a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
@@ -33,7 +33,7 @@ import torch.distributed as dist
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
-from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, shard_codes
+from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
 from foundir_data.retry import ChecksumError
 from foundir_data.rng import CROPS, generator
@@ -86,7 +86,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             ...}``) or ``"range"`` (one range request per pair).
         store_kwargs: Passed to ``Store.open`` when a location is given.
         nodes: Deal each global batch so the ranks of one node read the same shards
-            (``plan.EpochPlan.batches``); the global batches do not change. Default: with
+            (``plan.CurriculumPlan.batches``); the global batches do not change. Default: with
             ``read="cache"``, ``WORLD_SIZE / LOCAL_WORLD_SIZE`` (torchrun), else 1.
         upscale_small: Resize pairs smaller than ``crop`` up (bicubic) as the reference
             does; default False: such a pair raises ValueError naming it.
@@ -177,7 +177,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._sha = _digests(sel, self.store.location)  # (n, 2, 32) uint8: 64 bytes per pair
 
     def _build_plan(self) -> None:
-        self.plan = EpochPlan(self._deg, self._shard, self._within, self.schedule,
+        self.plan = CurriculumPlan(self._deg, self._shard, self._within, self.schedule,
                               self.batch_size // self.crops_per_pair, seed=self.seed, epoch=self.epoch,
                               steps=self.steps_per_phase, run_steps=self.run_steps,
                               shuffle_block=self.shuffle_block)

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from foundir_data.loader import StreamLoader
+from foundir_data.stream import FoundIRStream
 from foundir_model.config import TrainConfig
 
 
@@ -34,8 +35,6 @@ def type_selector(config: str | list[str]) -> list[str]:
 
 def make_stream(cfg: TrainConfig, rank: int, world: int):
     """The training stream of ``cfg`` for this rank."""
-    from foundir_data.stream import FoundIRStream
-
     if not cfg.data:
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
     n, run = stream_steps(cfg)

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from foundir_data import taxonomy
+from foundir_model import checkpoint as ckpt
+from foundir_model.checkpoint import read_any
+from foundir_model.config import TrainConfig, from_dict
 
 #: What each named schedule does (foundir_data.schedules; paper section 4.2, Table 3(a)).
 SCHEDULE_TEXT = {
@@ -50,7 +53,6 @@ def _template() -> str:
 def _read_state(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(checkpoint, Mapping):
         return dict(checkpoint)
-    from foundir_model.checkpoint import read_any
 
     return read_any(checkpoint)
 
@@ -111,7 +113,10 @@ def schedule_table(schedule: Mapping[str, Any] | None) -> str:
 def front_matter(state: Mapping[str, Any], report: Mapping[str, Any] | None, model_name: str,
                  dataset_id: str | None, license: str) -> str:
     """The card's YAML, written by huggingface_hub's ModelCardData (model-index included)."""
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import (  # start-up time: huggingface_hub's card classes (~0.4 s) only when a card is written
+        EvalResult,
+        ModelCardData,
+    )
 
     results = []
     avg = (report or {}).get("average", {})
@@ -149,8 +154,6 @@ def render_model_card(checkpoint: str | os.PathLike | Mapping[str, Any], *,
     """
     state = _read_state(checkpoint)
     report = _read_report(eval_report)
-    from foundir_model import checkpoint as ckpt
-    from foundir_model.config import TrainConfig, from_dict
 
     unet, diff = ckpt.configs(state, str(checkpoint_name or "checkpoint"))
     train_d = {k: v for k, v in (state.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__}

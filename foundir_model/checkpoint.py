@@ -31,11 +31,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from foundir_data.errors import FoundIRError
 from foundir_model import experts, release
+from foundir_model import specialists as sp
 from foundir_model.config import DiffusionConfig, UNetConfig, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion
+from foundir_model.restorer import Restorer as _Restorer
 from foundir_model.unet import UNet
 
 FORMAT = "foundir-checkpoint"
@@ -147,8 +151,6 @@ def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.P
 
     Specialist weights inside the checkpoint (``state["specialists"]``) are exported too.
     """
-    from safetensors.torch import save_file
-
     state = ckpt if isinstance(ckpt, dict) else load(ckpt)
     tensors: dict[str, torch.Tensor] = {}
     meta = {"format": FORMAT, "version": str(VERSION), "step": str(state.get("step", 0))}
@@ -158,8 +160,6 @@ def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.P
         meta["unet"], meta["diffusion"] = json.dumps(state["unet"]), json.dumps(state["diffusion"])
     spec = state.get("specialists")
     if spec:
-        from foundir_model import specialists as sp
-
         t, m = sp.flatten(spec)
         tensors.update(t)
         meta["specialists"] = json.dumps(m)
@@ -177,8 +177,6 @@ def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.P
 def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """Read an export of :func:`export_safetensors` into the checkpoint layout
     (``unet``, ``diffusion``, ``ema``, ``specialists``)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -197,8 +195,6 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
         state["ema"] = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     if "specialists" in meta:
-        from foundir_model import specialists as sp
-
         state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
     if experts.KEY in meta:
         state[experts.KEY] = experts.unflatten(tensors, meta[experts.KEY])
@@ -255,14 +251,10 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
             in the same ``--out-dir``), else none.
         only: Run just this release specialist on the inputs (``--only-specialist``).
     """
-    from foundir_model.restorer import Restorer as _Restorer
-
     state = read_any(path)
     model = load_generalist(state, device) if "unet" in state and only is None else None
     pool, nets = None, {}
     if specialists or only is not None:
-        from foundir_model import specialists as sp
-
         spec_state = state.get("specialists")
         beside = Path(path).with_name(sp.SPECIALISTS_FILE)
         if specialists_path is None and not spec_state and beside.is_file() and beside != Path(path):

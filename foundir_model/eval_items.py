@@ -18,7 +18,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.access import read_member
+from foundir_data.store import Store
 from foundir_model import images, metrics
 
 __all__ = ["Item", "Scorer", "find_prediction", "folder_items", "index_predictions", "is_packed", "load_items",
@@ -48,17 +51,11 @@ def pred_rel(lq_path: str) -> str:
 # ---------------------------------------------------------------- sources
 def is_packed(location: str) -> bool:
     """A URL, or a local folder holding ``manifest.json``."""
-    from foundir_data import format as fmt
-
     return "://" in location or (Path(location) / fmt.MANIFEST_FILE).is_file()
 
 
 def packed_items(location: str, split: str = "test") -> list[Item]:
     """Full-frame pairs of ``split`` in a packed dataset, read by index byte offsets."""
-    from foundir_data import format as fmt
-    from foundir_data.access import read_member
-    from foundir_data.store import Store
-
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "lq_source", "gt_source", "shard",
             "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256"]

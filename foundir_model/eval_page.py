@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from foundir_data import html_report as hr
 from foundir_data import taxonomy
 from foundir_model import metrics
 from foundir_model.paper import EvalReport
-from foundir_data import html_report as hr
 
 PAGE_DIR = "page"
 INDEX = "index.html"

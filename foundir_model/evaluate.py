@@ -29,10 +29,28 @@ from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.retry import ShardError
 from foundir_model import budget, eval_page, images, metrics
-from foundir_model.eval_items import (Item, Scorer, find_prediction, folder_items, index_predictions, is_packed,
-                                      load_items, packed_items, pred_rel)
+from foundir_model.checkpoint import load_restorer
+from foundir_model.eval_items import (
+    Item,
+    Scorer,
+    find_prediction,
+    folder_items,
+    index_predictions,
+    is_packed,
+    load_items,
+    packed_items,
+    pred_rel,
+)
 from foundir_model.flags import config_from_flags
-from foundir_model.infer import BLENDS, Restorer, RestoreTiling, add_memory_flag, preflight, restore_array, tiling_from_args
+from foundir_model.infer import (
+    BLENDS,
+    Restorer,
+    RestoreTiling,
+    add_memory_flag,
+    preflight,
+    restore_array,
+    tiling_from_args,
+)
 from foundir_model.outputs import check_sources
 from foundir_model.paper import EvalReport
 from foundir_model.progress import Bars
@@ -114,8 +132,6 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
     items = load_items(cfg.location, cfg.types, cfg.limit, cfg.split)
     preds = index_predictions(cfg.pred) if cfg.pred else None
     if cfg.checkpoint:
-        from foundir_model.checkpoint import load_restorer
-
         restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from foundir_data import taxonomy
 from foundir_data.command import run_module
-from foundir_model import budget, experts, images
+from foundir_model import budget, experts, images, outputs, progress
 from foundir_model.flags import config_from_flags
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -329,8 +330,6 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
 
 def run(args: argparse.Namespace) -> int:
     """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
-    from foundir_data import taxonomy
-    from foundir_model import outputs, progress
     from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
 
     cfg = tiling_from_args(args)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image
+from tqdm import tqdm
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -41,7 +42,6 @@ class Bars:
         self._open = False
         if not enabled:
             return
-        from tqdm import tqdm
 
         self._tqdm = tqdm
         self.images = tqdm(total=images, unit="img", desc="images", position=0, file=sys.stderr, dynamic_ncols=True)

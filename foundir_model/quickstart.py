@@ -28,17 +28,35 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from foundir_data import format as fmt
+from foundir_data import taxonomy
+from foundir_data.decode import decode_pair
+from foundir_data.load import load_dataset
+from foundir_data.sample import load_photos, make_sample
+from foundir_data.stream import FoundIRStream
+from foundir_model.card import write_model_card
+from foundir_model.config import TrainConfig
+from foundir_model.evaluate import EvalConfig, evaluate, packed_items
 from foundir_model.flags import flag_values
-
-if TYPE_CHECKING:
-    import torch
+from foundir_model.infer import RestoreTiling
+from foundir_model.train import train
+from shard_tools.pack import PackConfig, pack
+from shard_tools.plot import plot_distribution
+from shard_tools.preview import render_sheet
+from shard_tools.verify import verify
 
 #: Environment variable that selects the reduced CI size (same as ``--small``).
 SMALL_ENV = "FOUNDIR_QUICKSTART_SMALL"
@@ -113,8 +131,6 @@ def _step(res: QuickstartResult, i: int, title: str) -> Iterator[None]:
 def make_source(root: Path, cfg: QuickstartConfig) -> Path:
     """Write the train (list layout) and test (test layout) samples under ``root`` and a CSV
     manifest naming both; returns the manifest path."""
-    from foundir_data.sample import make_sample
-
     train = make_sample(root, per_type=cfg.per_type, size=cfg.size, layout="list", seed=cfg.seed)
     test = make_sample(root, per_type=cfg.test_per_type, size=cfg.size, layout="test", seed=cfg.seed + 1)
     manifest = root / "pairs.csv"
@@ -128,9 +144,6 @@ def make_source(root: Path, cfg: QuickstartConfig) -> Path:
 
 def stream_summary(packed: str, cfg: QuickstartConfig, n: int) -> list[dict]:
     """The first ``n`` batches of the incremental schedule: step, phase and type mix."""
-    from foundir_data import taxonomy
-    from foundir_data.stream import FoundIRStream
-
     stream = FoundIRStream(packed, split="train", schedule="incremental", steps_per_phase=max(1, cfg.steps // 3),
                            batch_size=cfg.batch_size, crop=cfg.crop, seed=cfg.seed)
     phases = stream.curriculum.phases
@@ -152,8 +165,6 @@ def stream_summary(packed: str, cfg: QuickstartConfig, n: int) -> list[dict]:
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     """Run every step; returns where the artefacts are. Raises on the first failing step."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     try:
@@ -163,14 +174,11 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
 
 
 def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
-    from foundir_data import taxonomy
     root = Path(cfg.out).resolve()
     res = QuickstartResult(root=str(root))
     src, packed, run_dir, eval_dir = root / "source", root / "packed", root / "run", root / "eval"
     for p in (src, packed, run_dir, eval_dir):
         if p.exists():
-            import shutil
-
             shutil.rmtree(p)  # a rerun starts clean (the folder is the quickstart's own)
 
     with _step(res, 1, f"sample: {cfg.per_type} train + {cfg.test_per_type} test pairs per type "
@@ -179,12 +187,9 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         print(f"      wrote {src} (train: release list layout, test: NNName/{{GT,LQ}}) and {manifest.name}")
 
     with _step(res, 2, "pack: shard_tools pack -> WebDataset shards + Parquet index + manifest + card"):
-        from shard_tools.pack import PackConfig, pack
-
         rc = pack(PackConfig(source=str(manifest), out=str(packed), progress=cfg.progress))
         if rc != 0:
             raise RuntimeError(f"packing {manifest} failed (exit status {rc}); see {packed / 'rejects.jsonl'}")
-        from foundir_data import format as fmt
 
         m = fmt.Manifest.from_json((packed / fmt.MANIFEST_FILE).read_text())
         res.packed = str(packed)
@@ -193,8 +198,6 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
               ", ".join(f"{s} {n}" for s, n in res.pairs.items()))
 
     with _step(res, 3, "verify: re-read every shard against manifest and index"):
-        from shard_tools.verify import verify
-
         rep = verify(packed)
         if not rep.ok:
             raise RuntimeError(f"verify found problems in {packed}: " + "; ".join(map(str, rep.problems[:5])))
@@ -202,8 +205,6 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         print(f"      {packed}: OK")
 
     with _step(res, 4, "load: foundir_data.load_dataset('foundir', split='test')"):
-        from foundir_data.load import load_dataset
-
         ds = load_dataset("foundir", split="test", location=str(packed))
         ex = ds[0]
         res.loaded = len(ds)
@@ -221,9 +222,6 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                   f"{', '.join(sorted(set(b['types'])))}")
 
     with _step(res, 6, f"train: tiny generalist, {cfg.steps} steps, batch {cfg.batch_size} of {cfg.crop}px crops"):
-        from foundir_model.config import TrainConfig
-        from foundir_model.train import train
-
         tcfg = TrainConfig(data=str(packed), preset="tiny", schedule="incremental",
                            steps_per_phase=max(1, cfg.steps // 3), steps=cfg.steps, batch_size=cfg.batch_size,
                            crop=cfg.crop, lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
@@ -235,9 +233,6 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         print(f"      loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}; checkpoint {res.checkpoint}")
 
     with _step(res, 7, "evaluate: per-degradation PSNR/SSIM on the test split (paper convention)"):
-        from foundir_model.evaluate import EvalConfig, evaluate
-        from foundir_model.infer import RestoreTiling
-
         ecfg = EvalConfig(location=str(packed), checkpoint=res.checkpoint, out=str(eval_dir),
                           save_images=True, specialists=False, method="quickstart (tiny)",
                           seed=cfg.seed, tile=RestoreTiling(device="cpu"))
@@ -261,7 +256,6 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         res.distribution = _distribution(packed, root / "distribution.png")
         if res.distribution:
             print(f"      {res.distribution}")
-        from foundir_model.card import write_model_card
 
         res.model_card = str(write_model_card(res.checkpoint, run_dir / "README.md", eval_report=res.report))
         print(f"      {res.model_card}")
@@ -277,13 +271,6 @@ def identity(lq: torch.Tensor, degradation: torch.Tensor | None) -> torch.Tensor
 def results_sheet(packed: Path, eval_dir: Path, out: Path, report=None, tile: int = 96) -> Path:
     """One row per evaluated type: the first test pair's LQ, our output and GT, each tile
     captioned with its PSNR against the GT (from ``report`` and its ``LQ input`` baseline)."""
-    import numpy as np
-    from PIL import Image
-
-    from foundir_data import taxonomy
-    from foundir_data.decode import decode_pair
-    from foundir_model.evaluate import packed_items
-    from shard_tools.preview import render_sheet
 
     ours = {r["rel"]: r["psnr"] for r in report.per_image} if report is not None else {}
     lqs = {r["rel"]: r["psnr"] for b in (report.baselines if report is not None else []) for r in b.per_image
@@ -320,18 +307,12 @@ def _distribution(packed: Path, out: Path) -> str:
     except ImportError:
         print("      (distribution chart skipped: pip install matplotlib)")
         return ""
-    import pyarrow.parquet as pq
-
-    from foundir_data import format as fmt
-    from shard_tools.plot import plot_distribution
 
     return str(plot_distribution(pq.read_table(packed / fmt.INDEX_FILE, columns=["degradation", "split"]),
                                  out, split="train"))
 
 
 def _short_side(size: int) -> int:
-    from foundir_data.sample import load_photos
-
     return min(min(p.shape[:2]) for p in load_photos(size))
 
 

@@ -194,7 +194,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     if use_kernel:
         if not _mamba_ssm_available(u):
             raise RuntimeError("selective scan backend 'mamba_ssm' needs the mamba_ssm package and CUDA tensors")
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.selective_scan_interface import (
+            selective_scan_fn,  # optional dependency (mamba_ssm, CUDA only)
+        )
 
         return selective_scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias,
                                  delta_softplus=delta_softplus).float()

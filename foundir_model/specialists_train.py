@@ -18,7 +18,12 @@ from foundir_model import checkpoint as ckpt
 from foundir_model.batches import Batches, device_for, make_stream
 from foundir_model.config import TrainConfig, to_dict
 from foundir_model.specialists import (
-    CLASSIFIER, SPECIALISTS_FILE, DegradationClassifier, RefineNet, SpecialistPool, get_expert,
+    CLASSIFIER,
+    SPECIALISTS_FILE,
+    DegradationClassifier,
+    RefineNet,
+    SpecialistPool,
+    get_expert,
 )
 
 

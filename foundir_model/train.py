@@ -30,9 +30,9 @@ import torch.distributed as dist
 
 from foundir_data.command import run_module
 from foundir_model import checkpoint as ckpt
+from foundir_model.batches import Batches, device_for, make_stream, stream_steps, type_selector  # noqa: F401 (stream_steps: API)
 from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
-from foundir_model.batches import Batches, device_for, make_stream, stream_steps, type_selector  # noqa: F401 (stream_steps: API)
 from foundir_model.ema import EMASchedule, ema_update
 from foundir_model.train_flags import config_from_args, configure  # noqa: F401 (the CLI's flags)
 from foundir_model.unet import UNet

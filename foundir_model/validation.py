@@ -12,9 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
+from foundir_data import taxonomy
+from foundir_data.decode import decode_pair
+from foundir_data.reader import PairReader
+from foundir_data.store import Store
 from foundir_model.diffusion import ResidualDiffusion
+from foundir_model.metrics import psnr
 
 
 @dataclass
@@ -43,12 +49,6 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
     Returns:
         The pairs; empty (with a note on stderr) when the split has no selected pairs.
     """
-    import pyarrow.compute as pc
-
-    from foundir_data import taxonomy
-    from foundir_data.decode import decode_pair
-    from foundir_data.reader import PairReader
-    from foundir_data.store import Store
 
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size",
@@ -89,8 +89,6 @@ def validate(model: ResidualDiffusion, pairs: list[ValPair], device: torch.devic
     Returns:
         Mean PSNR per degradation name, plus ``"all"``: the mean over degradations.
     """
-    from foundir_model.metrics import psnr
-
     was = model.training
     model.eval()
     per: dict[str, list[float]] = {}

@@ -134,9 +134,8 @@ def test_model_uses_shard_tools_only_in_the_quickstart():
 
 
 # Packages whose function-level imports must say why (docs/ARCHITECTURE.md, "The layers in
-# one picture"). foundir_model is not checked yet: its modules were being edited in parallel
-# when the rule came in (issue 13).
-COMMENTED_IMPORT_PACKAGES = ("foundir_data", "shard_tools")
+# one picture"): all three.
+COMMENTED_IMPORT_PACKAGES = ("foundir_data", "shard_tools", "foundir_model")
 
 
 def _uncommented_local_imports(path: Path, root: Path = ROOT) -> list[str]:
