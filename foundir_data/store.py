@@ -5,12 +5,11 @@ Every location goes through fsspec, with one code path (``locations.py`` maps lo
 to a filesystem and a root URL; Hub files are read from
 ``{HF_ENDPOINT}/datasets/{repo}/resolve/{revision}/{path}``).
 
-The Hub is read with plain file GETs only: the manifest names every file, so nothing is
-ever listed and no API call is made (the Hub's API limit is far below its file-resolve
-limit, docs/release.md, "Library facts"). ``HF_ENDPOINT`` is read when a store is opened, not
-when ``huggingface_hub`` is imported. The token (argument, else
-``huggingface_hub.get_token()``) is sent as ``Authorization: Bearer`` and never appears in
-URLs, logs or error messages.
+The Hub is read with plain file GETs only: the manifest names every file, so nothing is ever
+listed and no API call is made (the Hub's API limit is far below its file-resolve limit,
+docs/release.md, "Library facts"). ``HF_ENDPOINT`` is read when a store is opened. The token
+(argument, else ``huggingface_hub.get_token()``) is sent as ``Authorization: Bearer`` and never
+appears in URLs, logs or error messages.
 
 Transient faults (HTTP 429 honouring ``Retry-After``, 5xx, connection resets, truncated
 bodies) are retried with exponential backoff and deterministic jitter; a shard stream that
@@ -24,6 +23,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tarfile
 from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.cache import DiskCache, default_cache_dir
-from foundir_data.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
 from foundir_data.errors import FoundIRError
+from foundir_data.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
 from foundir_data.retry import (
     ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
     http_status,
@@ -270,11 +270,15 @@ class Store:
         dest = self._cache.path_for(url, info.sha256 if info else None)
         if (info or url in self._fetched) and self._cache.hit(dest, info.bytes if info else None):
             return str(dest)
+        def download(out: BinaryIO) -> None:
+            with self.open_shard(rel, verify=True) as src:
+                shutil.copyfileobj(src, out, STREAM_BUFFER)
+
         try:
-            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+            self._cache.fill(dest, download)
         except ChecksumError as e:  # corrupted in transit? Once more; a second mismatch raises
             log.warning("%s: %s; downloading it once more", url, e.reason)
-            self._cache.fill(dest, lambda out: _copy(self.open_shard(rel, verify=True), out))
+            self._cache.fill(dest, download)
         self._fetched.add(url)
         return str(dest)
 
@@ -394,9 +398,3 @@ def _filesystem(protocol: str, opts: dict) -> Any:
     import fsspec  # start-up: as in _http_fs
 
     return fsspec.filesystem(protocol, **opts)
-
-
-def _copy(src: BinaryIO, out: BinaryIO) -> None:
-    with src:
-        while chunk := src.read(STREAM_BUFFER):
-            out.write(chunk)
