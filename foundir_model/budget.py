@@ -11,6 +11,7 @@ any work starts. ``docs/inference.md`` shows the estimate beside measured peaks.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -248,5 +249,19 @@ def memory_errors(where: str, budget: int) -> Iterator[None]:
                                 "lower --max-memory, --tile or --tile-batch") from None
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:  # argparse shows this message instead of "invalid parse_size value"
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory`` (shared with ``foundir-eval``)."""
+    parser.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
+                        help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
+                             "tile batch and attention block are chosen to fit it")
+
+
 __all__ = ["MemoryBudgetError", "Plan", "parse_size", "format_size", "free_memory", "default_budget",
-           "unet_bytes_per_pixel", "plan", "apply", "set_attention_block", "memory_errors", "is_out_of_memory"]
+           "unet_bytes_per_pixel", "plan", "apply", "set_attention_block", "memory_errors", "is_out_of_memory", "add_memory_flag"]

@@ -46,7 +46,6 @@ from foundir_model.infer import (
     BLENDS,
     Restorer,
     RestoreTiling,
-    add_memory_flag,
     preflight,
     restore_array,
     tiling_from_args,
@@ -214,12 +213,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "release")
     parser.add_argument("--page-size", type=int, default=d.page_size, help="image side on OUT/index.html (0: no page)")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
-    parser.add_argument("--tile", type=int, default=t.tile)
-    parser.add_argument("--stride", type=int, default=t.stride)
+    parser.add_argument("--tile", type=int, default=None, help=f"tile side (default {t.tile}, the release's)")
+    parser.add_argument("--stride", type=int, default=None, help=f"tile stride (default {t.stride}, the release's)")
     parser.add_argument("--blend", choices=BLENDS, default=t.blend)
     parser.add_argument("--tile-batch", type=int, default=None,
                         help=f"at most this many tiles per forward pass (default {t.tile_batch} on a GPU, 1 on a CPU)")
-    add_memory_flag(parser)
+    budget.add_memory_flag(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="allow an --out that equals or contains the input folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")

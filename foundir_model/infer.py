@@ -17,6 +17,7 @@ whole-image specialists).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import sys
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_model import budget, experts, images, outputs, progress
-from foundir_model.flags import config_from_flags
+from foundir_model.flags import flag_values
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -243,13 +244,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(<name>.png where inputs of one folder share a stem)")
     parser.add_argument("--checkpoint", required=True,
                         help="model checkpoint (.pt or .safetensors), or the release's model-2000.pt itself")
-    parser.add_argument("--tile", type=int, default=d.tile, help=f"tile side (default {d.tile})")
-    parser.add_argument("--stride", type=int, default=d.stride, help=f"tile stride (default {d.stride})")
+    parser.add_argument("--tile", type=int, default=None,
+                        help=f"tile side (default {d.tile}, the release's; {CPU_PRESET_TILING[0]} for the CPU presets)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help=f"tile stride (default {d.stride}, the release's; {CPU_PRESET_TILING[1]} for the CPU presets)")
     parser.add_argument("--blend", choices=BLENDS, default=d.blend, help="overlap blending (default: average, as released)")
     parser.add_argument("--tile-batch", type=int, default=None,
                         help=f"at most this many tiles per forward pass (default {d.tile_batch} on a GPU, 1 on a CPU; "
                              "fewer when the memory budget says so)")
-    add_memory_flag(parser)
+    budget.add_memory_flag(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-specialists", action="store_true",
                         help="generalist only: no G -> S refinement (weather Restormer, low-light WaveMamba, "
@@ -271,20 +274,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _size(text: str) -> int:
-    try:
-        return budget.parse_size(text)
-    except ValueError as e:  # argparse shows this message instead of "invalid parse_size value"
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_memory_flag(parser: argparse.ArgumentParser) -> None:
-    """``--max-memory`` (shared with ``foundir-eval``)."""
-    parser.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
-                        help="memory budget, e.g. 4G (default: half the free RAM, or 80%% of the free GPU memory); "
-                             "tile batch and attention block are chosen to fit it")
-
-
 def default_tile_batch(requested: int | None, device: str) -> int:
     """``requested``, else :attr:`RestoreTiling.tile_batch` on a GPU and 1 on a CPU: batching tiles
     buys no speed on a CPU and multiplies the memory (``bench/README.md``, restore)."""
@@ -301,9 +290,29 @@ def default_device(name: str | None) -> str:
 def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
     """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
     (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
-    the device resolved and the tile batch defaulted for it."""
+    the device resolved and the tile batch defaulted for it; flags left unset (None) keep the
+    config's defaults."""
     device = default_device(args.device)
-    return config_from_flags(RestoreTiling, args, device=device, tile_batch=default_tile_batch(args.tile_batch, device))
+    given = flag_values(RestoreTiling, args, given_only=True)
+    return RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
+
+
+#: ``(tile, stride)`` of ``foundir-restore`` for the CPU presets (no linear attention: ``tiny``,
+#: ``small``) when ``--tile``/``--stride`` are not given. The release's 1024/512 computes every
+#: pixel about three times; 512 tiles overlapping by 64 px keep blended seams at about 1.2x
+#: the work (41 against 160 CPU-s for a 2560x1600 photo with ``tiny``, bench/README.md
+#: "Restore"). The release's network keeps the release's tiling (``--seed`` reproduces it).
+CPU_PRESET_TILING = (512, 448)
+
+
+def auto_tiling(cfg: RestoreTiling, restorer: Restorer, args: argparse.Namespace) -> RestoreTiling:
+    """``cfg`` with :data:`CPU_PRESET_TILING` when neither ``--tile`` nor ``--stride`` was given
+    and the generalist is a CPU preset (a network without linear attention)."""
+    net = getattr(getattr(restorer, "model", None), "net", None)
+    cpu_preset = net is not None and not getattr(net.cfg, "linear_attention", True)
+    if cpu_preset and args.tile is None and args.stride is None:
+        return dataclasses.replace(cfg, tile=CPU_PRESET_TILING[0], stride=CPU_PRESET_TILING[1])
+    return cfg
 
 
 def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: RestoreTiling) -> int:
@@ -346,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
+    cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
     sizes = [progress.header_size(f) for f, _ in pairs]

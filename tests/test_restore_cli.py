@@ -257,3 +257,26 @@ def test_eval_budget_and_out_folder_are_one_line_errors(tiny_checkpoint, test_la
     after = _digest(test_layout)
     assert {k: after[k] for k in before} == before  # inputs untouched; results under restored/
     assert "restored/01Blur/0000.png" in after
+
+
+def test_cpu_presets_restore_with_smaller_tiles_unless_told(tiny_checkpoint):
+    """CPU presets (no linear attention) get 512/448 tiles by default; the release's network
+    keeps the release's 1024/512; explicit --tile/--stride always win."""
+    import argparse
+
+    from foundir_model.checkpoint import load_restorer
+    from foundir_model.config import UNET_PRESETS
+    from foundir_model.infer import CPU_PRESET_TILING, RestoreTiling, auto_tiling
+
+    tiny = load_restorer(tiny_checkpoint)
+    assert not tiny.model.net.cfg.linear_attention
+    unset, given = argparse.Namespace(tile=None, stride=None), argparse.Namespace(tile=1024, stride=None)
+    got = auto_tiling(RestoreTiling(), tiny, unset)
+    assert (got.tile, got.stride) == CPU_PRESET_TILING
+    assert (auto_tiling(RestoreTiling(), tiny, given).tile, RestoreTiling().tile) == (1024, 1024)
+    release_like = type("R", (), {})()
+    release_like.model = type("M", (), {})()
+    release_like.model.net = type("N", (), {"cfg": UNET_PRESETS["default"]})()
+    assert UNET_PRESETS["default"].linear_attention
+    kept = auto_tiling(RestoreTiling(), release_like, unset)
+    assert (kept.tile, kept.stride) == (RestoreTiling().tile, RestoreTiling().stride)
