@@ -111,11 +111,10 @@ def config_selectors(present: set[tuple[str, str]]) -> list[tuple[str, list[str]
 
 
 def _example_class(degs: set[str]) -> str:
-    """``isolated`` when the data has an isolated type, else ``coupled``, else ``all``."""
-    for cls, names in (("isolated", taxonomy.ISOLATED), ("coupled", taxonomy.COUPLED)):
-        if degs & set(names):
-            return cls
-    return "all"
+    """``isolated`` when the data has an isolated type, else ``coupled``, else ``all``: the first
+    class config :func:`config_selectors` declares for these types."""
+    declared = {name for name, _ in config_selectors({("", d) for d in degs})}
+    return next((c for c in ("isolated", "coupled") if c in declared), "all")
 
 
 def front_matter(manifest: fmt.Manifest, *, pretty_name: str = "FoundIR",
