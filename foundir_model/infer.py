@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_model import budget, experts, images, outputs, progress
+from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -339,8 +340,6 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
 
 def run(args: argparse.Namespace) -> int:
     """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
-    from foundir_model.checkpoint import load_restorer  # lazy: heavy, and owned by the model
-
     cfg = tiling_from_args(args)
     device = cfg.device
     label = taxonomy.get(args.degradation).index if args.degradation else None
