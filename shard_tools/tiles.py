@@ -56,6 +56,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     windows,
 )
 from shard_tools.card import write_card
+from shard_tools.index_write import write_index
 from shard_tools.merge import merge
 from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
@@ -233,9 +234,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
     manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     index, manifest = with_tiles(base, index, manifest)
-    sink = pa.BufferOutputStream()
-    pq.write_table(index, sink)
-    write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
+    write_index(base, index, manifest)  # the index, its per-shard parts and the key lookup
     write_card(str(base), manifest, index)
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
