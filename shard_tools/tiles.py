@@ -41,6 +41,7 @@ from foundir_data.decode import DecodeError, decode_image
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
 from shard_tools.pack_guard import PLAN_FILE as PACK_PLAN_FILE
+from shard_tools.tile_plan import source_rows
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_CODEC,
     DEFAULT_PNG_LEVEL,
@@ -191,7 +192,7 @@ def _build(root: str, todo: list[TileShard], table, cfg: TileConfig) -> None:
     """Build ``todo`` with ``cfg.workers`` processes; a shard's source rows become dicts only
     when it is submitted (at most two shards per worker in flight: flat memory)."""
     def sources(s: TileShard) -> list[dict]:
-        return table.take(pa.array(s.rows, pa.int64())).to_pylist()
+        return source_rows(table, s).to_pylist()
 
     bar = tqdm(total=sum(s.count for s in todo), unit="tile", disable=not cfg.progress, desc="tile",
                dynamic_ncols=True, mininterval=1.0)
