@@ -93,7 +93,7 @@ _RANK = """
 import json, resource, sys, time
 t0 = time.process_time()
 from foundir_data.stream import FoundIRStream
-s = FoundIRStream(sys.argv[1], layout="tile", split="train", schedule="mix", batch_size=64, crop=16,
+s = FoundIRStream(sys.argv[1], layout=sys.argv[4], split="train", schedule="mix", batch_size=64, crop=16,
                   rank=int(sys.argv[2]), world_size=8, seed=0)
 t1 = time.process_time()
 n = 0
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {STEPS}")
     ap.add_argument("--shard-count", type=int, default=2000, help="pairs per shard (default 2000)")
     ap.add_argument("--batches", type=int, default=2, help="batches each rank reads")
+    ap.add_argument("--stream-layout", choices=("tile", "full"), default="tile", help="layout the ranks stream")
     ap.add_argument("--clean", action="store_true", help="delete --work at the end")
     a = ap.parse_args(argv)
     work = Path(a.work)
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if "stream" in steps:
         ranks = []
         for r in range(8):
-            t = timed([py, "-c", _RANK, str(out), str(r), str(a.batches)], work / f"rank{r}.txt")
+            t = timed([py, "-c", _RANK, str(out), str(r), str(a.batches), a.stream_layout], work / f"rank{r}.txt")
             lines = (work / f"rank{r}.txt").read_text().splitlines()
             ranks.append({**t, **json.loads([ln for ln in lines if ln.startswith("{")][-1])})
-        record("stream 8 ranks", {"wall_s": max(x["wall_s"] for x in ranks), "cpu_s": max(x["cpu_s"] for x in ranks),
+        record(f"stream 8 ranks ({a.stream_layout})", {"wall_s": max(x["wall_s"] for x in ranks), "cpu_s": max(x["cpu_s"] for x in ranks),
                                   "peak_rss_mb": max(x["peak_rss_mb"] for x in ranks),
                                   "startup_cpu_s": max(x["startup_cpu_s"] for x in ranks), "ranks": ranks})
     if a.clean:
