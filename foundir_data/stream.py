@@ -6,10 +6,15 @@
 the index's byte offsets through the one pair reader (``reader.PairReader``: one pread on
 a local or cached shard, or one range request, then a check against the index's sha256:
 a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
-of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
-bounded by one batch of decoded pairs per worker plus the index columns (numpy, ~60 bytes
-per row); there is no shuffle buffer: the plan shuffles shards within blocks of
-``shuffle_block`` shards, the bounded, seekable equivalent.
+of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``).
+
+Start-up reads the manifest only: the plan comes from its shard list (type and count of each
+shard, ``CurriculumPlan.from_shards``), and a shard's index rows (offsets, hashes) are read
+from its index part when the shard is first read (``index_parts.ShardRows``, format version 3;
+older folders: the whole index, once) and kept for the last :data:`KEEP_SHARDS` shards. So
+memory is one batch of decoded pairs per worker, a few shards' index rows and the plan's
+per-type stream orders, not the index; there is no shuffle buffer: the plan shuffles shards
+within blocks of ``shuffle_block`` shards, the bounded, seekable equivalent.
 
 Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
 dataset object in the training process does not see the workers' progress: iterate through

@@ -184,3 +184,16 @@ def test_types_come_from_the_manifest_and_are_checked(folder):
     st = FoundIRStream(str(folder), split="test", schedule="mix", batch_size=4, crop=16)
     names = [taxonomy.TYPES[i].name for i in np.unique(st._code_deg)]
     assert names == ["Blur", "Haze", "Rain"] and st.num_pairs == 21
+
+
+def test_verify_reports_a_damaged_part_and_passes_a_clean_folder(folder, tmp_path):
+    from shard_tools.verify import verify
+
+    assert verify(folder).ok
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    sh = json.loads((bad / fmt.MANIFEST_FILE).read_text())["shards"][1]["path"]
+    part = bad / fmt.index_part(sh)
+    part.write_bytes(part.read_bytes()[:-9] + b"012345678")
+    found = [(p.path, p.what) for p in verify(bad).problems]
+    assert len(found) == 1 and found[0][0] == fmt.index_part(sh) and "sha256" in found[0][1]
