@@ -10,7 +10,8 @@ stays small. Its manifest says format version 2, so the code of ``main`` (before
 
 * ``startup``: ``FoundIRStream(...)`` for rank 0 of 64, then the index rows (offsets, hashes)
   of its first batch: what a rank does before its first read. CPU s (``process_time``),
-  RSS growth (``ru_maxrss`` after minus before; imports excluded), index bytes read;
+  RSS growth (peak RSS ``VmHWM`` after minus RSS before, the peak reset after the imports
+  through ``/proc/self/clear_refs``), index bytes read;
 * ``lookup``: ``get_record(store, key)`` (``get_pair`` minus the image range read, which is
   one range request either way) on S3: moto's server on loopback, its request recorder
   counting requests (GET and HEAD, after the manifest) and bytes; CPU s and RSS growth of
@@ -44,8 +45,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parents[1]
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset_peak() -> float:
+    """Reset this process's RSS high-water mark to its current RSS (Linux ``clear_refs`` 5),
+    so a growth measured after imports is not hidden by their transient peak; returns MB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) / 1024
 
 
 def write_skeleton(root: Path, rows: int, per_shard: int) -> dict:
@@ -138,7 +148,7 @@ def child_startup(root: str) -> dict:
     import torch  # noqa: F401
     from foundir_data.stream import FoundIRStream
 
-    rss0, c0, io0 = _rss_mb(), time.process_time(), _rchar()
+    rss0, c0, io0 = _reset_peak(), time.process_time(), _rchar()
     st = FoundIRStream(root, schedule="incremental", batch_size=512, rank=0, world_size=64, crop=256)
     step, rows = next(st.plan.batches(0, 64))
     if hasattr(st, "_shard_rows"):  # after: the first batch's index rows come from the parts
@@ -146,7 +156,7 @@ def child_startup(root: str) -> dict:
             st._shard_rows(int(c))
     else:  # before: already in memory
         _ = st._off[rows], st._sha[rows]
-    out = {"cpu_s": time.process_time() - c0, "rss_growth_mb": _rss_mb() - rss0, "rchar": _rchar() - io0,
+    out = {"cpu_s": time.process_time() - c0, "rss_growth_mb": _status_mb("VmHWM") - rss0, "rchar": _rchar() - io0,
            "pairs": st.num_pairs}
     parts = getattr(st, "_parts", None)
     if parts is not None:
@@ -167,10 +177,10 @@ def child_lookup(url: str, key: str) -> dict:
     from foundir_data.store import Store
 
     Store.open(url).manifest()  # warm the s3fs client and imports, not the lookup
-    rss0, c0 = _rss_mb(), time.process_time()
+    rss0, c0 = _reset_peak(), time.process_time()
     rec = access.get_record(url, key)
     assert rec["key"] == key
-    return {"cpu_s": time.process_time() - c0, "rss_growth_mb": _rss_mb() - rss0}
+    return {"cpu_s": time.process_time() - c0, "rss_growth_mb": _status_mb("VmHWM") - rss0}
 
 
 def run_child(code: Path, *args: str, env: dict | None = None) -> dict:
@@ -251,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before-max", type=int, default=15_000_000, help="largest size measured with --before")
     ap.add_argument("--work", required=True, help="scratch folder (one skeleton at a time; deleted)")
     ap.add_argument("--out", help="append the results as JSON lines here")
+    ap.add_argument("--keep", action="store_true", help="keep the skeletons")
     a = ap.parse_args(argv)
     work = Path(a.work)
     for n in a.rows:
@@ -277,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.out:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(res) + "\n")
-        shutil.rmtree(root, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
