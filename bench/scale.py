@@ -18,6 +18,9 @@ stays small. Its manifest says format version 2, so the code of ``main`` (before
   the child. Only the files a lookup may read are uploaded (after: the key list, the key file
   and the part; before: the whole index).
 
+``--folder PATH`` measures instead ``load_dataset(PATH, streaming=True)`` to its first example
+on a real packed folder (``bench/release_run.py`` makes one), after and before.
+
 Time is CPU seconds of the child, not wall (the machine is shared: bench/README.md,
 "Machine and method"). Run::
 
@@ -183,6 +186,31 @@ def child_lookup(url: str, key: str) -> dict:
     return {"cpu_s": time.process_time() - c0, "rss_growth_mb": _status_mb("VmHWM") - rss0}
 
 
+def child_first(folder: str) -> dict:
+    """``load_dataset(folder, streaming=True)`` to its first example."""
+    import datasets  # noqa: F401 - imports are not the cost measured
+    from foundir_data.load import load_dataset
+
+    rss0, c0 = _reset_peak(), time.process_time()
+    ex = next(iter(load_dataset(folder, split="train", streaming=True)))
+    assert ex["key"]
+    return {"cpu_s": time.process_time() - c0, "rss_growth_mb": _status_mb("VmHWM") - rss0}
+
+
+def folder_view_v2(folder: Path, view: Path) -> Path:
+    """The packed ``folder`` as a version-2 folder (symlinks, manifest saying version 2), for
+    the code before, which reads versions 1 and 2 (version 3 has the same members)."""
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    for p in folder.iterdir():
+        if p.name != "manifest.json":
+            (view / p.name).symlink_to(p.resolve())
+    m = json.loads((folder / "manifest.json").read_text())
+    m["format_version"] = 2
+    (view / "manifest.json").write_text(json.dumps(m))
+    return view
+
+
 def run_child(code: Path, *args: str, env: dict | None = None) -> dict:
     e = {**os.environ, **(env or {}), "PYTHONPATH": str(code)}
     p = subprocess.run([sys.executable, __file__, "--child", *args], env=e, capture_output=True, text=True)
@@ -251,7 +279,8 @@ def s3_lookup(code: Path, root: Path, key_index: int, old: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         what = sys.argv[2]
-        res = child_startup(sys.argv[3]) if what == "startup" else child_lookup(sys.argv[3], sys.argv[4])
+        res = (child_startup(sys.argv[3]) if what == "startup" else child_first(sys.argv[3]) if what == "first"
+               else child_lookup(sys.argv[3], sys.argv[4]))
         print(json.dumps(res))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,8 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", required=True, help="scratch folder (one skeleton at a time; deleted)")
     ap.add_argument("--out", help="append the results as JSON lines here")
     ap.add_argument("--keep", action="store_true", help="keep the skeletons")
+    ap.add_argument("--folder", help="instead: load_dataset(streaming=True) to its first example on this real "
+                                     "packed folder, after (and before, through a version-2 view)")
     a = ap.parse_args(argv)
     work = Path(a.work)
+    if a.folder:
+        n = json.loads((Path(a.folder) / "manifest.json").read_text())["num_samples"]
+        for name, code, where in [("after", HERE, Path(a.folder))] + (
+                [("before", Path(a.before), folder_view_v2(Path(a.folder), work / "view-v2"))] if a.before else []):
+            r = run_child(code, "first", str(where))
+            print(f"{n:,} index rows, {name:<6} load_dataset(streaming=True) to the first example: "
+                  f"{r.get('cpu_s', float('nan')):.2f} CPU-s, {r.get('rss_growth_mb', float('nan')):.0f} MB {r.get('error', '')}",
+                  flush=True)
+            if a.out:
+                with open(a.out, "a") as f:
+                    f.write(json.dumps({"rows": n, "code": name, "first_example": r}) + "\n")
+        return 0
     for n in a.rows:
         root = work / f"skeleton-{n}"
         shutil.rmtree(root, ignore_errors=True)
