@@ -127,8 +127,9 @@ def sample_members(sample: dict[str, Any]) -> tuple[str, str, str]:
 
 def check_writable(manifest: "Manifest", where: str) -> None:
     """Raise :class:`FormatError` unless new shards may be added to the folder of ``manifest``
-    (written in the current :data:`FORMAT_VERSION`: one folder never mixes member names)."""
-    if manifest.format_version != FORMAT_VERSION:
+    (its members are the current :data:`MEMBERS`, as in versions 2 and 3: one folder never
+    mixes member names)."""
+    if members(manifest.format_version) != MEMBERS:
         raise FormatError(
             f"{where}: this folder is format version {manifest.format_version} (members "
             f"{', '.join(members(manifest.format_version))}); this foundir writes version "
