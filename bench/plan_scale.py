@@ -161,7 +161,7 @@ def measure(root: Path, a: argparse.Namespace) -> int:
     from foundir_data.plan import node_affinity_order
 
     node_of_col = np.arange(batch) // (batch // a.nodes)
-    sh = plan._shard[glob]
+    sh = plan.locate(glob)[0]
     spread = {}
     for name, order in (("dealt by rank", None), ("node affinity", node_affinity_order(sh, a.nodes))):
         s2 = sh if order is None else np.take_along_axis(sh, order, axis=1)

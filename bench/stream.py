@@ -148,10 +148,11 @@ def _spans(st, rows: list[int]) -> list[tuple[str, list[tuple[int, int]]]]:
     from foundir_data.reader import MAX_GAP
 
     out = []
-    for r in rows:
-        lo, ls, go, gs = (int(v) for v in st._off[r])
+    codes, within = st.plan.locate(np.asarray(rows, np.int64))
+    for c, i in zip(codes.tolist(), within.tolist()):
+        lo, ls, go, gs = (int(v) for v in st._shard_rows(c)[1][i])  # the shard's index rows
         joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
-        out.append((st._shard_names[int(st._shard[r])], [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]))
+        out.append((st._shard_names[c], [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]))
     return out
 
 

@@ -2,7 +2,8 @@
 
 For evaluation, previews and debugging: reading a pair costs one range request (the LQ and
 GT members are consecutive in their shard, so one request covers both) and never downloads
-the shard. Member bytes are checked against the sha256 recorded in the index by the one
+the shard; finding its row reads the key lookup and the shard's index part (format version
+3: ``index_parts.locate``), not the whole index. Member bytes are checked against the sha256 recorded in the index by the one
 pair reader (``reader.py``) before they are decoded.
 
 Example::
@@ -24,11 +25,13 @@ from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
+from foundir_data.index_parts import ShardRows, has_parts, locate
 from foundir_data.reader import MAX_GAP, PairReader  # noqa: F401 - MAX_GAP: part of this API
 from foundir_data.store import ChecksumError, Store  # noqa: F401 - ChecksumError: what get_pair raises
 
 _lock = threading.Lock()
 _indexes: "weakref.WeakKeyDictionary[Store, tuple[pa.Table, dict[str, int]]]" = weakref.WeakKeyDictionary()
+_shard_rows: "weakref.WeakKeyDictionary[Store, ShardRows]" = weakref.WeakKeyDictionary()
 _stores: dict[tuple, Store] = {}
 
 
@@ -45,7 +48,8 @@ def _store(location_or_store: str | Store, token: str | None) -> Store:
 
 
 def _index(store: Store) -> tuple[pa.Table, dict[str, int]]:
-    """The store's index and a key -> row map, read once per store."""
+    """An older folder's whole index and a key -> row map, read once per store (folders with
+    per-shard parts never get here: :func:`get_record` reads two small files instead)."""
     with _lock:
         cached = _indexes.get(store)
     if cached is None:
@@ -57,13 +61,36 @@ def _index(store: Store) -> tuple[pa.Table, dict[str, int]]:
     return cached
 
 
+def _parts(store: Store) -> ShardRows:
+    with _lock:
+        rows = _shard_rows.get(store)
+        if rows is None:
+            rows = _shard_rows[store] = ShardRows(store, keep=4)
+        return rows
+
+
 def get_record(location_or_store: str | Store, key: str, *, token: str | None = None) -> dict[str, Any]:
     """The index row of ``key`` as a dict (no image bytes read).
+
+    In a folder with per-shard index parts (format version 3) this reads the key lookup's
+    list, one key file and the shard's part (checked against the manifest), whatever the
+    dataset's size (``index_parts.locate``); older folders read the whole index once per store.
 
     Raises:
         KeyError: no sample ``key`` in the index.
     """
     store = _store(location_or_store, token)
+    if has_parts(store.manifest()):
+        found = locate(store, key)
+        if found is None:
+            raise KeyError(f"no sample {key!r} in the index of {store.location}")
+        shard, i = found
+        part = _parts(store).rows(shard)
+        row = part.slice(i, 1).to_pylist()[0] if 0 <= i < part.num_rows else None
+        if row is None or row["key"] != key:
+            raise fmt.FormatError(f"{store.url(fmt.KEYS_FILE)}: the key lookup places {key!r} at sample {i} "
+                                  f"of {shard}, which holds {row and row['key']!r}; run `shard_tools upgrade`")
+        return row
     table, rows = _index(store)
     i = rows.get(key)
     if i is None:

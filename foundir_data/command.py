@@ -29,6 +29,7 @@ from foundir_data.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FoundIREr
 DATA_COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("shard_tools.pack", "pack paired LQ/GT images into tar shards + Parquet index"),
     "merge": ("shard_tools.merge", "merge the index parts of a multi-job pack"),
+    "upgrade": ("shard_tools.index_write", "add per-shard index parts to an older packed folder"),
     "verify": ("shard_tools.verify", "re-read every shard against manifest and index"),
     "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
     "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),

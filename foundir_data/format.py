@@ -47,9 +47,12 @@ from foundir_data.errors import FoundIRError
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
 #: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
-FORMAT_VERSION = 2
+#: Version 3: version 2's members; the index is also written per shard (:func:`index_part`,
+#: sha256 in the manifest) with a key lookup (:data:`KEYS_DIR`), so a reader reads the index
+#: rows of the shards it reads only (docs/format.md, "Version 3").
+FORMAT_VERSION = 3
 #: Versions this reader understands.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 #: Bump when new folders may hold something an older reader of the same FORMAT_VERSION
 #: cannot decode but reports clearly (it never misreads it). Minor 1: tile codecs other
 #: than PNG (:data:`TILE_CODECS`).
@@ -58,6 +61,13 @@ FORMAT_MINOR = 1
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index/pairs.parquet"
 INDEX_PARTS_DIR = "index/parts"
+#: Version 3: one index part per shard (:func:`index_part`) and the key lookup: rows
+#: ``(key, shard, sample_index)`` sorted by key in files of :data:`KEYS_ROWS` rows, listed with
+#: their first keys in :data:`KEYS_FILE`.
+INDEX_SHARDS_DIR = "index/by-shard"
+KEYS_DIR = "index/keys"
+KEYS_FILE = f"{KEYS_DIR}/ranges.json"
+KEYS_ROWS = 16384
 REJECTS_FILE = "rejects.jsonl"
 CARD_FILE = "README.md"
 SHARDS_DIR = "shards"
@@ -69,7 +79,7 @@ GT_MEMBER = f"gt.{IMAGE_EXT}"
 JSON_MEMBER = "json"
 MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
 #: Member names (LQ, GT, JSON) of every readable format version.
-MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS}
+MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS, 3: MEMBERS}
 
 #: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
 #: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
@@ -117,8 +127,9 @@ def sample_members(sample: dict[str, Any]) -> tuple[str, str, str]:
 
 def check_writable(manifest: "Manifest", where: str) -> None:
     """Raise :class:`FormatError` unless new shards may be added to the folder of ``manifest``
-    (written in the current :data:`FORMAT_VERSION`: one folder never mixes member names)."""
-    if manifest.format_version != FORMAT_VERSION:
+    (its members are the current :data:`MEMBERS`, as in versions 2 and 3: one folder never
+    mixes member names)."""
+    if members(manifest.format_version) != MEMBERS:
         raise FormatError(
             f"{where}: this folder is format version {manifest.format_version} (members "
             f"{', '.join(members(manifest.format_version))}); this foundir writes version "
@@ -162,6 +173,12 @@ def shard_relpath(layout: str, split: str, degradation: str, seq: int) -> str:
     if layout not in LAYOUTS:
         raise FormatError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     return f"{SHARDS_DIR}/{layout}/{split}/{degradation}/{split}-{degradation}-{seq:06d}.tar"
+
+
+def index_part(shard_rel: str) -> str:
+    """Path of a shard's index part (version 3): ``index/by-shard/<layout>/<split>/<deg>/<name>.parquet``."""
+    stem = shard_rel[len(SHARDS_DIR) + 1:] if shard_rel.startswith(SHARDS_DIR + "/") else shard_rel
+    return f"{INDEX_SHARDS_DIR}/{stem.rsplit('.', 1)[0]}.parquet"
 
 
 def shard_glob(layout: str = LAYOUT_FULL, split: str = "*", degradation: str = "*") -> str:
@@ -260,7 +277,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "split": (str,), "degradation": (str,), "layout": (str,), "count": (int,),
     "bytes": (int,), "sha256": (str,), "format": (str,), "format_version": (int,), "name": (str,),
     "index": (str,), "num_samples": (int,), "num_rejected": (int,), "tile": (dict, type(None)),
-    "created_by": (str,), "extra": (dict,),
+    "created_by": (str,), "extra": (dict,), "index_bytes": (int, type(None)),
+    "index_sha256": (str, type(None)), "keys": (str, type(None)),
 }
 
 
@@ -292,6 +310,9 @@ class ShardInfo:
     count: int
     bytes: int
     sha256: str
+    #: Version 3: size and sha256 of the shard's index part (:func:`index_part`).
+    index_bytes: int | None = None
+    index_sha256: str | None = None
 
 
 @dataclass
@@ -313,6 +334,7 @@ class Manifest:
     tile: dict[str, Any] | None = None  # {"size": S, "stride": T, "codec": C} when a tile layout exists
     created_by: str = "foundir"
     extra: dict[str, Any] = field(default_factory=dict)
+    keys: str | None = None  # version 3: the key lookup (KEYS_FILE)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

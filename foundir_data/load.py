@@ -23,12 +23,11 @@ import logging
 import os
 from typing import Any, Iterator
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
+from foundir_data.index_parts import ShardRows
 from foundir_data.reader import PairReader, digest
 from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
@@ -119,11 +118,12 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _member_rows(store: Store, shards: list[str]) -> dict[str, dict[str, Any]]:
-    """key -> index row (offsets and sha256) of the samples of ``shards``."""
-    t = store.index(columns=list(_CHECK_COLUMNS))
-    t = t.filter(pc.is_in(t["shard"], value_set=pa.array(shards, pa.string())))
-    return {r["key"]: r for r in t.to_pylist()}
+def shard_rows(parts: ShardRows, shard: str) -> dict[str, dict[str, Any]]:
+    """key -> index row (offsets and sha256) of the samples of one shard: its index part
+    (``index_parts.ShardRows``), so a worker holds one shard's rows at a time."""
+    t = parts.rows(shard)
+    parts.drop(shard)
+    return {r["key"]: r for r in t.select(list(_CHECK_COLUMNS)).to_pylist()}
 
 
 def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -159,15 +159,16 @@ def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> 
 def generate_examples(shards: list[str], location: str, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The ``from_generator`` generator: examples of ``shards`` (relative paths) in order.
 
-    Opens its own store (it runs in DataLoader workers); reads the manifest and the index
-    rows of its shards once, so shard sizes and checksums are verified and every image
+    Opens its own store (it runs in DataLoader workers); reads the manifest, then each
+    shard's index rows just before the shard (``index_parts``: one part per shard, never
+    the whole index of a folder that has parts), so shard sizes and checksums are verified and every image
     member is checked against the index before it is yielded (:func:`checked_samples`).
     """
     store = Store.open(location, **options)
     store.manifest()
-    rows = _member_rows(store, shards)
+    parts = ShardRows(store, columns=list(_CHECK_COLUMNS), keep=1)
     for rel in shards:
-        for sample in checked_samples(store, rel, rows):
+        for sample in checked_samples(store, rel, shard_rows(parts, rel)):
             yield example_from_sample(sample)
 
 

@@ -74,10 +74,11 @@ class CurriculumPlan:
         chunk_slots: See ``counts.BatchCounts`` (tests only).
     """
 
-    def __init__(self, degradation_id: np.ndarray, shard: np.ndarray, within: np.ndarray | None,
+    def __init__(self, degradation_id: np.ndarray, shard: np.ndarray | None, within: np.ndarray | None,
                  schedule: "str | Curriculum | Mapping", batch_size: int, *, seed: int = 0,
                  epoch: int = 0, steps: int | None = None, run_steps: int | None = None,
-                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, chunk_slots: int = CHUNK_SLOTS) -> None:
+                 shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, chunk_slots: int = CHUNK_SLOTS,
+                 shard_count: np.ndarray | None = None) -> None:
         deg = np.asarray(degradation_id, np.int64)
         if len(deg) and (deg.min() < 0 or deg.max() >= len(taxonomy.TYPES)):
             raise ValueError(f"degradation_id outside 0..{len(taxonomy.TYPES) - 1} in the index")
@@ -85,21 +86,75 @@ class CurriculumPlan:
             raise ValueError(f"shuffle_block must be >= 0, got {shuffle_block}")
         self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), int(epoch)
         self.shuffle_block = int(shuffle_block)
-        self.num_rows = len(deg)
-        sizes = np.bincount(deg, minlength=len(taxonomy.TYPES))
+        cnt = None if shard_count is None else np.asarray(shard_count, np.int64)
+        sizes = np.bincount(deg, weights=cnt, minlength=len(taxonomy.TYPES)).astype(np.int64)
+        self.num_rows = int(sizes.sum())
         self.type_ids = np.flatnonzero(sizes)  # taxonomy indices of the present types
         self.types = [taxonomy.TYPES[i].name for i in self.type_ids]
         counts = {taxonomy.TYPES[i].name: int(sizes[i]) for i in self.type_ids}
         self.curriculum = resolve(schedule, counts, self.batch_size, steps, run_steps)
         self.counts = BatchCounts(self.curriculum, self.types, self.batch_size, self.seed, self.epoch, chunk_slots)
+        self._streams: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._n = [int(sizes[i]) for i in self.type_ids]
+        if cnt is not None:
+            self._virtual(deg, cnt)
+            return
         # Rows of each type sorted by (shard, position): the unshuffled stream.
         shard = np.asarray(shard, np.int64)
         within = np.zeros(len(deg), np.int64) if within is None else np.asarray(within, np.int64)
         order = np.lexsort((within, shard, deg))
         bounds = np.concatenate([[0], np.cumsum(sizes[self.type_ids])])
-        self._rows = [order[bounds[j]: bounds[j + 1]] for j in range(len(self.type_ids))]
-        self._shard = shard
-        self._streams: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._rows: list[np.ndarray | None] = [order[bounds[j]: bounds[j + 1]] for j in range(len(self.type_ids))]
+        self._runs = [_run_sizes(shard[r]) for r in self._rows]  # a shard's rows are contiguous
+        self._shard, self._within = shard, within
+
+    def _virtual(self, deg: np.ndarray, cnt: np.ndarray) -> None:
+        """Shard-level state of :meth:`from_shards`: rows numbered by (type, shard, position)."""
+        keep = np.flatnonzero(cnt > 0)  # an empty shard has no rows (the index gives it no code)
+        code = np.full(len(cnt), -1, np.int64)
+        code[keep] = np.arange(len(keep))
+        order = keep[np.lexsort((code[keep], deg[keep]))]
+        self._vstart = np.concatenate([[0], np.cumsum(cnt[order])])
+        self._vcode = code[order]
+        d = deg[order]
+        first = np.searchsorted(d, self.type_ids)
+        last = np.searchsorted(d, self.type_ids, side="right")
+        self._runs = [cnt[order][a:b] for a, b in zip(first, last)]
+        self._base = [int(self._vstart[a]) for a in first]
+        self._rows = [None] * len(self.type_ids)
+        self._shard = self._within = None
+
+    @classmethod
+    def from_shards(cls, shard_deg: Sequence[int], shard_count: Sequence[int],
+                    schedule: "str | Curriculum | Mapping", batch_size: int, **kw) -> "CurriculumPlan":
+        """Plan from shard-level facts only (the manifest's shard list): O(shards) memory.
+
+        Args:
+            shard_deg: Taxonomy index of each shard's degradation type, shards in the order of
+                their sorted paths (``shard_codes`` order).
+            shard_count: Samples in each shard (positions ``0 .. count-1``).
+            schedule, batch_size, **kw: As for the constructor.
+
+        Rows are *virtual*: numbered by (type, shard, position), so a type's rows are one
+        range; :meth:`locate` turns rows into (shard code, position). Every batch holds the
+        same (shard, position) pairs as the plan over the full index of the same shards: the
+        permutations depend on the per-shard counts only (``tests/test_plan_shards.py``).
+        """
+        return cls(np.asarray(shard_deg, np.int64), None, None, schedule, batch_size,
+                   shard_count=np.asarray(shard_count, np.int64), **kw)
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard code, position in the shard) of each of ``rows``."""
+        rows = np.asarray(rows, np.int64)
+        if self._shard is not None:
+            return self._shard[rows], self._within[rows]
+        k = np.searchsorted(self._vstart, rows, side="right") - 1
+        return self._vcode[k], rows - self._vstart[k]
+
+    def _map(self, j: int, perm: np.ndarray) -> np.ndarray:
+        """Rows at stream positions ``perm`` of present type ``j``."""
+        rows = self._rows[j]
+        return perm + self._base[j] if rows is None else rows[perm]
 
     @classmethod
     def from_index(cls, index: pa.Table, schedule: "str | Curriculum | Mapping", batch_size: int,
@@ -119,7 +174,7 @@ class CurriculumPlan:
     def _group_size(self, j: int) -> int:
         # Small streams draw many stream-epochs from one generator (vectorised), so a type
         # with a handful of rows does not cost one generator per served sample.
-        return max(1, STREAM_GROUP_SLOTS // len(self._rows[j]))
+        return max(1, STREAM_GROUP_SLOTS // self._n[j])
 
     def _stream_group(self, j: int, g: int) -> np.ndarray:
         """Row orders of stream-epochs ``g*G .. g*G+G-1`` of present type ``j``: (G, n)."""
@@ -128,13 +183,10 @@ class CurriculumPlan:
         if hit is not None:
             self._streams.move_to_end(key)
             return hit
-        rows = self._rows[j]
-        n, G = len(rows), self._group_size(j)
+        n, G = self._n[j], self._group_size(j)
         rng = generator(self.seed, self.epoch, STREAM_ORDER, self.type_ids[j], g)
-        sh = self._shard[rows]
-        starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])  # rows are grouped by shard
-        nsh = len(starts)
-        sizes = np.diff(np.r_[starts, n])
+        sizes = self._runs[j]  # rows per shard, in shard order
+        nsh = len(sizes)
         if G == 1:
             if self.shuffle_block == 0:
                 perm = rng.permutation(n)
@@ -142,16 +194,16 @@ class CurriculumPlan:
                 block = np.empty(nsh, np.int64)
                 block[rng.permutation(nsh)] = np.arange(nsh) // self.shuffle_block
                 perm = _group_shuffle(rng, np.repeat(block, sizes))
-            out = rows[perm][None, :]
+            out = self._map(j, perm)[None, :]
         else:
             if self.shuffle_block == 0:
                 row_block = np.zeros((G, n))
             else:  # per epoch: a shard permutation, blocks of shuffle_block shards
                 pos = np.argsort(np.argsort(rng.random((G, nsh)), axis=1), axis=1)
                 row_block = np.repeat(pos // self.shuffle_block, sizes, axis=1).astype(np.float64)
-            out = rows[np.argsort(row_block + rng.random((G, n)), axis=1)]
+            out = self._map(j, np.argsort(row_block + rng.random((G, n)), axis=1))
         self._streams[key] = out
-        while len(self._streams) > 2 * len(self._rows) + 2:
+        while len(self._streams) > 2 * len(self._n) + 2:
             self._streams.popitem(last=False)
         return out
 
@@ -163,7 +215,7 @@ class CurriculumPlan:
 
     def stream_rows(self, j: int, start: int, stop: int) -> np.ndarray:
         """Rows at positions ``[start, stop)`` of the endless stream of present type ``j``."""
-        n, G = len(self._rows[j]), self._group_size(j)
+        n, G = self._n[j], self._group_size(j)
         e0, off0 = divmod(start, n)
         if stop - start <= n - off0:  # within one stream-epoch: a slice
             return self._stream_group(j, e0 // G)[e0 % G, off0: off0 + stop - start]
@@ -238,7 +290,7 @@ class CurriculumPlan:
             s0, b = self.chunk_batches(ci)
             slots = np.broadcast_to(np.arange(self.batch_size), b.shape)
             if nodes > 1:
-                slots = node_affinity_order(self._shard[b], nodes)
+                slots = node_affinity_order(self.locate(b)[0], nodes)
                 b = np.take_along_axis(b, slots, axis=1)
             s1 = s0 + len(b)
             while s < s1:
@@ -253,6 +305,14 @@ class CurriculumPlan:
     def steps_for(self, worker: int = 0, num_workers: int = 1, start: int = 0) -> int:
         """Number of batches a worker yields from ``start`` (the same on every rank)."""
         return len(range(start + worker, self.total_steps, num_workers))
+
+
+def _run_sizes(sh: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of equal values in ``sh`` (rows per shard, in order)."""
+    if not len(sh):
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+    return np.diff(np.r_[starts, len(sh)])
 
 
 def node_affinity_order(shards: np.ndarray, nodes: int) -> np.ndarray:

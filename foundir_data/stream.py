@@ -6,10 +6,15 @@
 the index's byte offsets through the one pair reader (``reader.PairReader``: one pread on
 a local or cached shard, or one range request, then a check against the index's sha256:
 a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
-of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
-bounded by one batch of decoded pairs per worker plus the index columns (numpy, ~60 bytes
-per row); there is no shuffle buffer: the plan shuffles shards within blocks of
-``shuffle_block`` shards, the bounded, seekable equivalent.
+of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``).
+
+Start-up reads the manifest only: the plan comes from its shard list (type and count of each
+shard, ``CurriculumPlan.from_shards``), and a shard's index rows (offsets, hashes) are read
+from its index part when the shard is first read (``index_parts.ShardRows``, format version 3;
+older folders: the whole index, once) and kept for the last :data:`KEEP_SHARDS` shards. So
+memory is one batch of decoded pairs per worker, a few shards' index rows and the plan's
+per-type stream orders, not the index; there is no shuffle buffer: the plan shuffles shards
+within blocks of ``shuffle_block`` shards, the bounded, seekable equivalent.
 
 Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
 dataset object in the training process does not see the workers' progress: iterate through
@@ -22,6 +27,7 @@ from __future__ import annotations
 import binascii
 import logging
 import os
+from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -33,6 +39,7 @@ import torch.distributed as dist
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
+from foundir_data.index_parts import ShardRows
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
 from foundir_data.retry import ChecksumError
@@ -44,6 +51,9 @@ from foundir_data.transforms import check_augment, random_crops
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
             "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
 DTYPES = ("uint8", "float32")
+#: Shards whose index rows a stream keeps decoded (a rank reads few shards at a time: the
+#: plan shuffles within blocks of ``shuffle_block`` shards).
+KEEP_SHARDS = 16
 __all__ = ["FoundIRStream", "READ_MODES", "resolve_read"]
 log = logging.getLogger(__name__)
 
@@ -144,43 +154,82 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------ index and plan
     def _load_index(self) -> None:
-        cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
-        t = self.store.index(columns=cols)
-        types = taxonomy.select(self.config)
-        ids = pa.array([ty.index for ty in types], pa.int16())
-        mask = pc.and_(pc.and_(pc.equal(t["split"], self.split), pc.equal(t["layout"], self.layout)),
-                       pc.is_in(t["degradation_id"], value_set=ids))
-        sel = t if pc.all(mask).as_py() else t.filter(mask)  # no copy when every row matches
-        if sel.num_rows == 0:
-            have = sorted({(s.split, s.layout) for s in self.store.manifest().shards})
+        """The plan's inputs from the manifest's shard list (split, layout, type, count): a
+        shard's index rows are read when the shard is first read (``index_parts.ShardRows``).
+        Only a subset (``subset_fraction < 1``) reads index columns of every row: its key
+        columns (Arrow), because the subset is defined over keys (docs/sampler.md)."""
+        names = {ty.name for ty in taxonomy.select(self.config)}
+        shards = sorted((sh for sh in self.store.manifest().shards if sh.split == self.split
+                         and sh.layout == self.layout and sh.degradation in names and sh.count > 0),
+                        key=lambda sh: sh.path)
+        if not shards:
+            have = sorted({(sh.split, sh.layout) for sh in self.store.manifest().shards})
             raise ValueError(f"{self.store.location}: no pairs for split={self.split!r}, layout={self.layout!r}, "
                              f"config={self.config!r}; the dataset has (split, layout): {have}")
+        self._shard_names = [sh.path for sh in shards]
+        self._code_deg = np.array([taxonomy.get(sh.degradation).index for sh in shards], np.int64)
+        self._shard_count = np.array([sh.count for sh in shards], np.int64)
+        self._subset: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if self.subset_fraction < 1:
-            # Tiles of one source frame stay together: subsets are of pairs, not tiles.
-            keys = sel["key"] if self.layout == fmt.LAYOUT_FULL else pc.coalesce(sel["source_key"], sel["key"])
-            if self.layout != fmt.LAYOUT_FULL:
-                src = pa.table({"k": keys, "d": sel["degradation_id"]}).group_by("k").aggregate([("d", "min")])
-                keep = nested_subset(src["k"], self.subset_fraction, self.subset_seed,
-                                     strata=src["d_min"].to_numpy())
-                sel = sel.filter(pc.is_in(keys, value_set=src["k"].take(pa.array(keep))))
-            else:
-                keep = nested_subset(keys, self.subset_fraction, self.subset_seed,
-                                     strata=sel["degradation_id"].to_numpy())
-                sel = sel.take(pa.array(keep))
-        self._keys = sel["key"].combine_chunks()
-        self._deg = sel["degradation_id"].to_numpy().astype(np.int16)
-        self._shard_names = pc.unique(sel["shard"]).to_pylist()
-        self._shard_names.sort()
-        self._shard = shard_codes(sel["shard"]).astype(np.int32)
-        self._within = sel["sample_index"].to_numpy().astype(np.int32)
-        self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1)
-        self._sha = _digests(sel, self.store.location)  # (n, 2, 32) uint8: 64 bytes per pair
+            self._subset = self._subset_rows()
+        cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
+        self._parts = ShardRows(self.store, columns=cols, keep=2)
+        self._open: OrderedDict[int, tuple[pa.Array, np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _subset_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(degradation id, shard code, position) of the rows of a nested subset (Figure 6)."""
+        cols = ["key", "shard", "sample_index", "degradation_id"]
+        t = self.store.index(columns=cols + (["source_key"] if self.layout != fmt.LAYOUT_FULL else []))
+        sel = t.filter(pc.is_in(t["shard"], value_set=pa.array(self._shard_names, pa.string())))
+        # Tiles of one source frame stay together: subsets are of pairs, not tiles.
+        keys = sel["key"] if self.layout == fmt.LAYOUT_FULL else pc.coalesce(sel["source_key"], sel["key"])
+        if self.layout != fmt.LAYOUT_FULL:
+            src = pa.table({"k": keys, "d": sel["degradation_id"]}).group_by("k").aggregate([("d", "min")])
+            keep = nested_subset(src["k"], self.subset_fraction, self.subset_seed, strata=src["d_min"].to_numpy())
+            sel = sel.filter(pc.is_in(keys, value_set=src["k"].take(pa.array(keep))))
+        else:
+            keep = nested_subset(keys, self.subset_fraction, self.subset_seed, strata=sel["degradation_id"].to_numpy())
+            sel = sel.take(pa.array(keep))
+        # Codes among the shards the subset keeps, as a plan over the subset's index rows has.
+        self._shard_names = sorted(pc.unique(sel["shard"]).to_pylist())
+        code = shard_codes(sel["shard"])
+        deg = sel["degradation_id"].to_numpy().astype(np.int64)
+        self._code_deg = np.zeros(len(self._shard_names), np.int64)
+        self._code_deg[code] = deg
+        return deg, code, sel["sample_index"].to_numpy().astype(np.int64)
 
     def _build_plan(self) -> None:
-        self.plan = CurriculumPlan(self._deg, self._shard, self._within, self.schedule,
-                              self.batch_size // self.crops_per_pair, seed=self.seed, epoch=self.epoch,
-                              steps=self.steps_per_phase, run_steps=self.run_steps,
-                              shuffle_block=self.shuffle_block)
+        kw = dict(seed=self.seed, epoch=self.epoch, steps=self.steps_per_phase, run_steps=self.run_steps,
+                  shuffle_block=self.shuffle_block)
+        pairs = self.batch_size // self.crops_per_pair
+        if self._subset is None:
+            self.plan = CurriculumPlan.from_shards(self._code_deg, self._shard_count, self.schedule, pairs, **kw)
+        else:
+            self.plan = CurriculumPlan(*self._subset, self.schedule, pairs, **kw)
+
+    def _shard_rows(self, code: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """(keys, offsets (n, 4), sha256 (n, 2, 32)) of shard ``code``, read and checked on first
+        use (``index_parts.ShardRows``) and kept for the :data:`KEEP_SHARDS` last shards."""
+        hit = self._open.get(code)
+        if hit is not None:
+            self._open.move_to_end(code)
+            return hit
+        name = self._shard_names[code]
+        t = self._parts.rows(name)
+        hit = (t["key"].combine_chunks(),
+               np.stack([t[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1),
+               _digests(t, self.store.url(name)))
+        self._parts.drop(name)  # kept here, in its compact form
+        self._open[code] = hit
+        while len(self._open) > KEEP_SHARDS:
+            self._open.popitem(last=False)
+        return hit
+
+    def keys(self) -> list[str]:
+        """Every key of this stream's selection, in row order (reads every shard's index rows:
+        for checks and tools, not start-up)."""
+        codes, within = self.plan.locate(np.arange(self.plan.num_rows))
+        return [self._shard_rows(int(c))[0][int(w)].as_py() for c, w in zip(codes, within)]
 
     @property
     def curriculum(self) -> Curriculum:
@@ -193,7 +242,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
     @property
     def num_pairs(self) -> int:
-        return len(self._deg)
+        return self.plan.num_rows
 
     def __len__(self) -> int:
         return max(0, self.plan.total_steps - self._start)
@@ -251,10 +300,12 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         Raises:
             ChecksumError: the bytes differ from the index (after one more read if remote).
         """
-        lo, ls, go, gs = (int(v) for v in self._off[row])
-        sha = self._sha[row]
-        return self._reader.read_offsets(self._shard_names[int(self._shard[row])], self._keys[row].as_py(),
-                                         lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(), reuse=reuse)
+        codes, within = self.plan.locate(np.array([row]))
+        code, i = int(codes[0]), int(within[0])
+        keys, off, sha = self._shard_rows(code)
+        lo, ls, go, gs = (int(v) for v in off[i])
+        return self._reader.read_offsets(self._shard_names[code], keys[i].as_py(), lo, ls, go, gs,
+                                         sha[i, 0].tobytes(), sha[i, 1].tobytes(), reuse=reuse)
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
@@ -263,7 +314,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         lq = np.empty((n, 3, c, c), np.uint8)
         gt = np.empty_like(lq)
         win = np.empty((n, 3), np.int64)
-        keys = self._keys.take(pa.array(rows)).to_pylist()
+        codes, within = self.plan.locate(rows)
+        keys = [self._shard_rows(int(c))[0][int(w)].as_py() for c, w in zip(codes, within)]
         kept: list[int] = []
         for i, row in enumerate(rows):
             try:
@@ -289,7 +341,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             lq_t, gt_t = lq_t.float().div_(255), gt_t.float().div_(255)
         rows_kept = rows[kept] if len(kept) < len(rows) else rows
         return {"lq": lq_t, "gt": gt_t,
-                "degradation": torch.from_numpy(np.repeat(self._deg[rows_kept].astype(np.int64), k)),
+                "degradation": torch.from_numpy(np.repeat(self._code_deg[self.plan.locate(rows_kept)[0]], k)),
                 "key": [keys[i] for i in kept for _ in range(k)], "step": int(step),
                 "window": torch.from_numpy(win[:m])}
 

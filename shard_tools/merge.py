@@ -6,7 +6,8 @@ ingest-level rejects (``index/parts/_ingest.rejects.jsonl``). Merge reads the pl
 planned shard is done, and writes, each atomically:
 
 * ``index/pairs.parquet`` (``format.INDEX_FILE``): all rows in plan order (split,
-  degradation in release order, shard sequence, position in the shard);
+  degradation in release order, shard sequence, position in the shard), with one part per
+  shard and the key lookup beside it (``shard_tools.index_write``, format version 3);
 * ``rejects.jsonl``: every rejected input item with its reason;
 * ``manifest.json``: every non-empty shard, ``num_samples``, ``num_rejected``;
 * ``README.md``: the dataset card (``shard_tools.card``).
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
+from shard_tools.index_write import write_index
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
 from shard_tools.tile_index import with_tiles
@@ -89,9 +91,7 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
     # Keep a tile layout built earlier (`shard_tools tile` / `pack --tile`): a resumed pack or
     # a re-merge must not drop its rows and shards from the index and manifest.
     index, manifest = with_tiles(root, index, manifest)
-    sink = pa.BufferOutputStream()
-    pq.write_table(index, sink)
-    write_atomic(root / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
+    write_index(root, index, manifest)  # the index, its per-shard parts and the key lookup
     write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     write_card(str(root), manifest, index)
     # The manifest last: a folder with a manifest is complete (docs/format.md).

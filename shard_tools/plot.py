@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from foundir_data import taxonomy
 
@@ -50,15 +51,15 @@ def type_counts(index_table: pa.Table, split: str | None = None) -> dict[str, in
     missing = [c for c in need if c not in index_table.column_names]
     if missing:
         raise ValueError(f"index table has no column(s) {missing}; pass index/pairs.parquet")
-    degs = index_table.column("degradation").to_pylist()
+    degs = index_table.column("degradation")
     if split is not None:
-        splits = index_table.column("split").to_pylist()
-        degs = [d for d, s in zip(degs, splits) if s == split]
+        degs = degs.filter(pc.equal(index_table.column("split"), split))
     counts = {name: 0 for name in taxonomy.NAMES}
-    for d in degs:
+    vc = pc.value_counts(degs)  # one Python value per type, not per row
+    for d, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
         if d not in counts:
             raise ValueError(f"index row with unknown degradation {d!r}; valid: {', '.join(taxonomy.NAMES)}")
-        counts[d] += 1
+        counts[d] = n
     return counts
 
 

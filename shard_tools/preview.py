@@ -4,7 +4,8 @@
 One labelled row per degradation type (release order), ``--per-type`` pairs per row, each
 pair drawn as two ``--tile``-pixel squares (aspect kept, letterboxed). Works on a local
 folder or any location ``foundir_data.store.Store`` opens (``s3://``, ``https://``,
-``hf://``): the index is read once and every pair is fetched with one range request at its
+``hf://``): the index columns it needs are read once (Arrow; Python values only for the
+chosen rows) and every pair is fetched with one range request at its
 byte offsets (``foundir_data.access.get_pair``), so no shard is downloaded whole.
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont
 
 from foundir_data import format as fmt
@@ -128,24 +131,43 @@ def _caption(draw: ImageDraw.ImageDraw, x: int, y: int, tile: int, text: str, fo
     draw.text((x + tile // 2, y + tile - 8), text, fill=TEXT, font=font, anchor="mm")
 
 
-def choose(index: dict[str, list], per_type: int, split: str | None, types: Sequence[str],
+def choose(index: "pa.Table | dict[str, list]", per_type: int, split: str | None, types: Sequence[str],
            seed: int) -> dict[str, list[int]]:
-    """Row numbers of the pairs to show, per degradation name (release order, full frames)."""
-    wanted = [t.name for t in taxonomy.select(list(types))]
-    by_type: dict[str, list[int]] = {}
-    for i, (deg, sp, lay) in enumerate(zip(index["degradation"], index["split"], index["layout"])):
-        if deg in wanted and (split is None or sp == split) and lay == fmt.LAYOUT_FULL:
-            by_type.setdefault(deg, []).append(i)
+    """Row numbers of the pairs to show, per degradation name (release order, full frames):
+    the first ``per_type`` by key, or with ``seed`` a seeded draw (from (seed, type) only)
+    among the type's rows in key order. Arrow throughout: one Python value per chosen row."""
+    t = index if isinstance(index, pa.Table) else pa.table({k: index[k] for k in ("key", "split", "degradation", "layout")})
+    wanted = [ty.name for ty in taxonomy.select(list(types))]
+    keep = pc.and_(pc.equal(t["layout"], fmt.LAYOUT_FULL), pc.is_in(t["degradation"], value_set=pa.array(wanted)))
+    if split is not None:
+        keep = pc.and_(keep, pc.equal(t["split"], split))
+    rows = pc.indices_nonzero(keep.combine_chunks() if isinstance(keep, pa.ChunkedArray) else keep)
+    cand = t.select(["key", "degradation"]).take(rows)
     out = {}
     for name in wanted:
-        rows = sorted(by_type.get(name, []), key=lambda i: index["key"][i])
-        if seed and len(rows) > per_type:
-            # Seeded draw, derived from (seed, type) only, so rows do not depend on each other.
+        sel = pc.indices_nonzero(pc.equal(cand["degradation"], name).combine_chunks())
+        if not len(sel):
+            continue
+        by_key = sel.take(pc.sort_indices(cand["key"].take(sel)))  # the type's rows in key order
+        pos = np.arange(min(per_type, len(by_key)))
+        if seed and len(by_key) > per_type:
             rng = np.random.default_rng([seed, taxonomy.get(name).index])
-            rows = sorted(rng.choice(rows, per_type, replace=False).tolist(), key=lambda i: index["key"][i])
-        if rows:
-            out[name] = rows[:per_type]
+            pos = np.sort(rng.choice(len(by_key), per_type, replace=False))
+        out[name] = rows.take(by_key.take(pa.array(pos))).to_pylist()
     return out
+
+
+def _picked_rows(table: pa.Table, picked: dict[str, list[int]]) -> tuple[dict[str, list], dict[str, list[int]], dict[str, int]]:
+    """The chosen rows as a small column dict (positions renumbered), and rows per type."""
+    order = [i for idx in picked.values() for i in idx]
+    small = table.take(pa.array(order, pa.int64())).to_pydict()
+    renum, n = {}, 0
+    for name, idx in picked.items():
+        renum[name] = list(range(n, n + len(idx)))
+        n += len(idx)
+    vc = pc.value_counts(table["degradation"])
+    counts = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+    return small, renum, counts
 
 
 def preview(cfg: PreviewConfig, store=None) -> Path:
@@ -158,11 +180,12 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
     if cfg.per_type < 1 or cfg.tile < 16:
         raise ValueError(f"--per-type must be >= 1 and --tile >= 16 (got {cfg.per_type}, {cfg.tile})")
     store = store or Store.open(cfg.location)
-    index = store.index(columns=list(_COLUMNS)).to_pydict()
-    picked = choose(index, cfg.per_type, cfg.split, cfg.types, cfg.seed)
+    table = store.index(columns=list(_COLUMNS))
+    picked = choose(table, cfg.per_type, cfg.split, cfg.types, cfg.seed)
     if not picked:
         raise ValueError(f"{cfg.location}: no full-frame pairs for split={cfg.split or 'any'} "
                          f"types={','.join(cfg.types)}")
+    index, picked, counts = _picked_rows(table, picked)
 
     def fetch(i: int) -> tuple[np.ndarray, np.ndarray]:
         # One range request per pair (LQ and GT are adjacent), checked against the index's sha256.
@@ -172,9 +195,6 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
     order = [i for rows in picked.values() for i in rows]
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         pairs = dict(zip(order, pool.map(fetch, order)))
-    counts: dict[str, int] = {}
-    for deg in index["degradation"]:
-        counts[deg] = counts.get(deg, 0) + 1
     rows = []
     for name, idx in picked.items():
         t = taxonomy.get(name)
@@ -190,12 +210,13 @@ def preview_page(cfg: PreviewConfig, out_dir: str, store=None) -> Path:
     if cfg.per_type < 1:
         raise ValueError(f"--per-type must be >= 1 (got {cfg.per_type})")
     store = store or Store.open(cfg.location)
-    index = store.index(columns=list(dict.fromkeys(("layout", *META)))).to_pydict()
-    picked = choose(index, cfg.per_type, cfg.split, cfg.types, cfg.seed)
+    table = store.index(columns=list(dict.fromkeys(("layout", *META))))
+    picked = choose(table, cfg.per_type, cfg.split, cfg.types, cfg.seed)
     if not picked:
         raise ValueError(f"{cfg.location}: no full-frame pairs for split={cfg.split or 'any'} "
                          f"types={','.join(cfg.types)}")
-    return write_html(store, index, picked, out_dir, cfg.per_type, threads=FETCH_THREADS)
+    index, picked, counts = _picked_rows(table, picked)
+    return write_html(store, index, picked, out_dir, cfg.per_type, threads=FETCH_THREADS, counts=counts)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

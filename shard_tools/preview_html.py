@@ -24,11 +24,12 @@ META = ("key", "split", "degradation", "cls", "lq_source", "gt_source", "lq_widt
 
 
 def write_html(store: Any, index: dict[str, list], picked: dict[str, list[int]], out_dir: str | Path,
-               per_type: int, max_side: int = 512, threads: int = 8) -> Path:
+               per_type: int, max_side: int = 512, threads: int = 8, counts: dict[str, int] | None = None) -> Path:
     """Write ``out_dir/index.html`` for the pairs ``picked`` (row numbers of ``index`` per type,
     from ``preview.choose``) of the packed folder ``store``.
 
-    ``index`` must hold the columns ``layout`` and :data:`META`.
+    ``index`` must hold the columns ``layout`` and :data:`META`; ``counts`` (rows per type of
+    the whole index) defaults to counting ``index["degradation"]``.
     """
     out = Path(out_dir)
     rows = [i for idx in picked.values() for i in idx]
@@ -42,9 +43,10 @@ def write_html(store: Any, index: dict[str, list], picked: dict[str, list[int]],
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(fetch, rows))
-    counts: dict[str, int] = {}
-    for deg in index["degradation"]:
-        counts[deg] = counts.get(deg, 0) + 1
+    if counts is None:
+        counts = {}
+        for deg in index["degradation"]:
+            counts[deg] = counts.get(deg, 0) + 1
     headers = ["key", "degradation", "class", "split", "size", "LQ bytes", "GT bytes", "formats", "camera"]
     table_rows, attrs = [], []
     for i in rows:

@@ -71,7 +71,7 @@ def hub_commits(items: list[PushItem], batch_files: int, delete_manifest: bool,
     batches of ``batch_files``; then one final commit with the index, rejects, card and the
     manifest, so the dataset appears (or changes) atomically. ``prefix`` is the repo subdir.
     """
-    final_rels = {fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
+    final_rels = {fmt.INDEX_FILE, fmt.KEYS_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
     body = [it for it in items if it.upload and it.rel not in final_rels]
     tail = [it for it in items if it.upload and it.rel in final_rels]
     commits: list[tuple[str, list]] = []

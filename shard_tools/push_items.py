@@ -6,6 +6,7 @@ folder (manifest last), checksums, the skip-if-same rules and the folder-size li
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import sys
@@ -120,6 +121,22 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[PushI
             raise PushError(f"{p}: {p.stat().st_size} bytes but the manifest says {s.bytes}; "
                             f"run `shard_tools verify {root}`")
         items.append(PushItem(s.path, p, s.bytes, s.sha256))
+        if s.index_sha256:  # format version 3: the shard's index part (checked by readers)
+            part = fmt.index_part(s.path)
+            if not (root / part).is_file():
+                raise PushError(f"{root / part}: listed in {mpath} but missing; run `shard_tools upgrade {root}`")
+            items.append(PushItem(part, root / part, s.index_bytes, s.index_sha256))
+    if manifest.keys:  # the key lookup: its list and every file the list names
+        try:
+            files = json.loads((root / manifest.keys).read_text())["files"]
+        except (OSError, ValueError, KeyError) as e:
+            raise PushError(f"{root / manifest.keys}: unreadable key lookup ({type(e).__name__}); "
+                            f"run `shard_tools upgrade {root}`") from None
+        for rel in [f["path"] for f in files] + [manifest.keys]:
+            p = root / rel
+            if not p.is_file():
+                raise PushError(f"{p}: missing from the packed folder; run `shard_tools upgrade {root}`")
+            items.append(PushItem(rel, p, p.stat().st_size, None))
     for rel in (manifest.index or fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE):
         p = root / rel
         if p.is_file():

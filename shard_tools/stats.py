@@ -23,6 +23,11 @@ from foundir_data import taxonomy
 from foundir_data.locations import check_rel
 from shard_tools import plot
 
+#: The index columns the statistics use: ``load`` reads only these (no keys, paths or
+#: hashes: a few bytes per row in Arrow, never a Python object per row).
+COLUMNS = ("split", "layout", "degradation", "cls", "lq_size", "gt_size", "lq_width", "lq_height",
+           "lq_format", "gt_format", "camera_model")
+
 
 def counts_by(t: pa.Table, *cols: str) -> dict[tuple, int]:
     """Row counts of ``t`` per distinct value tuple of ``cols``."""
@@ -61,7 +66,9 @@ def summarize(index: pa.Table, manifest: fmt.Manifest | None = None, layout: str
         "classes": {cls: {split: n}}}``; each split holds pairs, image bytes, shards, shard
         bytes, resolution and format counts.
     """
-    index = fmt.check_index_schema(index, fmt.INDEX_FILE)
+    missing = [c for c in COLUMNS if c not in index.column_names]
+    if missing:
+        raise fmt.FormatError(f"{fmt.INDEX_FILE}: index is missing columns {missing}")
     rows = index.filter(pc.equal(index["layout"], layout))
     per_split = counts_by(rows, "split")
     splits = [s for s in fmt.SPLITS if (s,) in per_split] + sorted({k[0] for k in per_split} - set(fmt.SPLITS))
@@ -139,8 +146,9 @@ def format_stats(st: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def load(root: str | Path) -> tuple[pa.Table, fmt.Manifest | None]:
-    """Read the index (required) and the manifest (optional) of a packed folder.
+def load(root: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, fmt.Manifest | None]:
+    """Read the index (required; only ``columns``, default all) and the manifest (optional)
+    of a packed folder.
 
     Raises:
         FileNotFoundError / fmt.FormatError: naming the file.
@@ -152,9 +160,13 @@ def load(root: str | Path) -> tuple[pa.Table, fmt.Manifest | None]:
     if not ipath.is_file():
         raise FileNotFoundError(f"{ipath}: no index; is {root} a packed folder (run shard_tools pack/merge)?")
     try:
-        table = pq.read_table(ipath)
+        if columns is not None:
+            fmt.check_index_schema(pq.read_schema(ipath).empty_table(), str(ipath))
+        table = pq.read_table(ipath, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise fmt.FormatError(f"{ipath}: unreadable index ({type(e).__name__}: {e})") from None
+    if columns is not None:
+        return table.cast(pa.schema([fmt.INDEX_SCHEMA.field(c) for c in columns])), manifest
     return fmt.check_index_schema(table, str(ipath)), manifest
 
 
@@ -169,7 +181,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    index, manifest = load(args.root)  # errors: one line from the runner (foundir_data.command)
+    index, manifest = load(args.root, list(COLUMNS))  # errors: one line from the runner (foundir_data.command)
     st = summarize(index, manifest, layout=args.layout)
     print(json.dumps(st, indent=1) if args.json else format_stats(st))
     if args.plot:

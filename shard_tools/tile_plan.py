@@ -13,11 +13,15 @@ planned shards is ``shard_tools.tiles``.
 from __future__ import annotations
 
 import functools
+from array import array
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import format as fmt
@@ -73,7 +77,8 @@ class TileShard:
     path: str
     split: str
     degradation: str
-    rows: list[int] = field(default_factory=list)  # positions in the planned full-frame table
+    # Positions in the planned full-frame table: a packed int64 array, not a Python int per row.
+    rows: array = field(default_factory=lambda: array("q"))
     count: int = 0  # tiles
 
     @property
@@ -108,8 +113,8 @@ def plan_tiles(index, cfg: TileConfig):
     Pairs keep the index order (the full shards' order); a shard rolls over at
     ``cfg.shard_count`` tiles or at an estimate of ``cfg.shard_bytes`` (the source bytes
     scaled by the tiles' area over the frame's: known before anything is encoded, so the plan
-    is the same on every run). Only a few columns become Python lists: no per-row dicts, so a
-    million-row index plans in seconds.
+    is the same on every run). Rows become Python values one batch at a time and each shard
+    keeps its rows as a packed int64 array, so memory does not grow with Python objects per row.
 
     Returns:
         ``(shards, table)``: the planned :class:`TileShard` list and the full-frame rows they
@@ -119,20 +124,18 @@ def plan_tiles(index, cfg: TileConfig):
     if cfg.split is not None:
         mask = pc.and_(mask, pc.equal(index["split"], cfg.split))
     table = index.filter(mask)
-    col = {c: table[c].to_pylist() for c in ("key", "split", "degradation", "lq_width", "lq_height",
-                                              "gt_width", "gt_height", "lq_size", "gt_size")}
     shards: list[TileShard] = []
     cur: dict[tuple[str, str], TileShard] = {}
     est: dict[tuple[str, str], float] = {}
     seq: dict[tuple[str, str], int] = {}
-    for i, (key, lw, lh, gw, gh) in enumerate(zip(col["key"], col["lq_width"], col["lq_height"],
-                                                   col["gt_width"], col["gt_height"])):
+    cols = ["key", "split", "degradation", "lq_width", "lq_height", "gt_width", "gt_height", "lq_size", "gt_size"]
+    for i, (key, sp, deg, lw, lh, gw, gh, ls, gs) in enumerate(_rows(table.select(cols))):
         if (lw, lh) != (gw, gh) or not lw or not lh:
             raise TileError(f"index row {key}: LQ {lw}x{lh} and GT {gw}x{gh} differ or are empty; "
                             f"cannot cut aligned tiles")
         ntiles, area = _tile_stats(lh, lw, cfg.size, cfg.step)
-        nbytes = (col["lq_size"][i] + col["gt_size"][i]) * area + ntiles * 3 * 512
-        g = (col["split"][i], col["degradation"][i])
+        nbytes = (ls + gs) * area + ntiles * 3 * 512
+        g = (sp, deg)
         s = cur.get(g)
         if s is None or (s.count and (s.count + ntiles > cfg.shard_count or est[g] + nbytes > cfg.shard_bytes)):
             seq[g] = seq.get(g, -1) + 1
@@ -145,6 +148,18 @@ def plan_tiles(index, cfg: TileConfig):
     return shards, table
 
 
+def _rows(table, batch_rows: int = 65536) -> Iterator[tuple]:
+    """The rows of ``table`` as tuples, one batch of Python values at a time (memory stays
+    one batch whatever the index's size)."""
+    for b in table.to_batches(max_chunksize=batch_rows):
+        yield from zip(*(c.to_pylist() for c in b.columns))
+
+
+def source_rows(table, s: TileShard):
+    """The full-frame rows ``s`` tiles (an Arrow table)."""
+    return table.take(pa.array(np.frombuffer(s.rows, np.int64) if len(s.rows) else np.zeros(0, np.int64)))
+
+
 @functools.lru_cache(maxsize=4096)
 def _tile_stats(height: int, width: int, size: int, stride: int) -> tuple[int, float]:
     """(number of tiles, tiles' total area / frame area); cached: frames share a few sizes."""
@@ -154,10 +169,9 @@ def _tile_stats(height: int, width: int, size: int, stride: int) -> tuple[int, f
 
 def plan_json(shards: list[TileShard], table, cfg: TileConfig) -> str:
     """The plan file's text: arguments, a fingerprint of every shard's source keys, the shards."""
-    keys = table["key"].to_pylist()
     h = hashlib.sha256()
-    for s in shards:
-        h.update(s.path.encode() + b"\0" + "\0".join(keys[i] for i in s.rows).encode() + b"\0\0")
+    for s in shards:  # one shard's keys at a time
+        h.update(s.path.encode() + b"\0" + "\0".join(source_rows(table, s)["key"].to_pylist()).encode() + b"\0\0")
     return json.dumps({
         "size": cfg.size, "stride": cfg.step, "png_level": cfg.png_level, "split": cfg.split,
         "codec": cfg.codec, "zstd_level": cfg.zstd_level,

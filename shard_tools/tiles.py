@@ -41,6 +41,7 @@ from foundir_data.decode import DecodeError, decode_image
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
 from shard_tools.pack_guard import PLAN_FILE as PACK_PLAN_FILE
+from shard_tools.tile_plan import source_rows
 from shard_tools.tile_plan import (  # re-exported: callers import these from shard_tools.tiles
     DEFAULT_CODEC,
     DEFAULT_PNG_LEVEL,
@@ -56,6 +57,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     windows,
 )
 from shard_tools.card import write_card
+from shard_tools.index_write import write_index
 from shard_tools.merge import merge
 from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
@@ -190,7 +192,7 @@ def _build(root: str, todo: list[TileShard], table, cfg: TileConfig) -> None:
     """Build ``todo`` with ``cfg.workers`` processes; a shard's source rows become dicts only
     when it is submitted (at most two shards per worker in flight: flat memory)."""
     def sources(s: TileShard) -> list[dict]:
-        return table.take(pa.array(s.rows, pa.int64())).to_pylist()
+        return source_rows(table, s).to_pylist()
 
     bar = tqdm(total=sum(s.count for s in todo), unit="tile", disable=not cfg.progress, desc="tile",
                dynamic_ncols=True, mininterval=1.0)
@@ -233,9 +235,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
     manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
     index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
     index, manifest = with_tiles(base, index, manifest)
-    sink = pa.BufferOutputStream()
-    pq.write_table(index, sink)
-    write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
+    write_index(base, index, manifest)  # the index, its per-shard parts and the key lookup
     write_card(str(base), manifest, index)
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest

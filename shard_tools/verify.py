@@ -9,7 +9,9 @@ Checks, each reported with the shard path, sample key, member, expected and foun
   consecutive and in that order (WebDataset only groups consecutive members,
   docs/release.md, "Library facts"); the sample count matches the manifest;
 * index: one row per sample, unique keys, right shard/position, each member's data offset,
-  size and sha256 as recorded, the JSON record equal to the index row's record;
+  size and sha256 as recorded, the JSON record equal to the index row's record; a folder
+  with per-shard index parts is checked part by part, its key lookup and whole index
+  streamed (``shard_tools.index_check``: memory does not grow with the folder);
 * images: decodable by content (cheap container checks, or every pixel with
   ``--full-decode``) with the format and size the index records.
 
@@ -38,6 +40,10 @@ from foundir_data import format as fmt
 from foundir_data.errors import UsageError
 from foundir_data.locations import check_rel
 from foundir_data.store import Store
+from foundir_data.index_parts import has_parts
+from foundir_data.index_parts import ShardRows
+from shard_tools.index_check import (count_problems, duplicate_keys, group_rows, layout_problems, part_problems,
+                                     shard_counts, shard_groups)
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
 from shard_tools.summary import plural
 
@@ -55,19 +61,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _group_rows(index: pa.Table) -> dict[str, pa.Table]:
-    """The index rows of each shard, in sample order (one sort, then zero-copy slices)."""
-    t = index.sort_by([("shard", "ascending"), ("sample_index", "ascending")])
-    shards = t.column("shard").to_pylist()
-    out: dict[str, pa.Table] = {}
-    start = 0
-    for i in range(1, len(shards) + 1):
-        if i == len(shards) or shards[i] != shards[start]:
-            out[shards[start]] = t.slice(start, i - start)
-            start = i
-    return out
 
 
 def _is_remote(root: str) -> bool:
@@ -94,8 +87,8 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     loaded = _load(root, store)
     if isinstance(loaded, Problem):
         return Report([loaded])
-    manifest, index = loaded
-    if manifest.format_version != fmt.FORMAT_VERSION:  # member names differ (format.members)
+    manifest, _ = loaded
+    if fmt.members(manifest.format_version) != fmt.MEMBERS:  # member names differ (format.members)
         return Report([Problem(fmt.MANIFEST_FILE, f"format version {manifest.format_version} folder: this verify "
                                f"checks version {fmt.FORMAT_VERSION} shards; repack into a new folder to verify")])
 
@@ -115,28 +108,47 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     total = sum(s.count for s in manifest.shards)
     if manifest.num_samples != total:
         problems.append(Problem(fmt.MANIFEST_FILE, "num_samples differs from the sum of shard counts", expected=total, found=manifest.num_samples))
-    if index.num_rows != total:
-        problems.append(Problem(manifest.index, "index row count differs from the manifest's shard counts", expected=total, found=index.num_rows))
-    keys = index.column("key").to_pylist()
-    if len(set(keys)) != len(keys):
-        seen: set[str] = set()
-        for k in keys:
-            if k in seen:
-                problems.append(Problem(manifest.index, "duplicate key in the index", key=k))
-            seen.add(k)
+    src = store or Store.open(root, verify=False)
+    try:
+        counts, together = shard_counts(src)  # streamed: the shard column, row group by row group
+    except Exception as e:  # FormatError, ArrowInvalid, OSError, HTTP/S3 errors after retries
+        return Report(problems + [Problem(manifest.index, f"unreadable ({type(e).__name__}: {e})")])
+    problems += count_problems(manifest, counts)
+    if has_parts(manifest):
+        problems += layout_problems(manifest, src)  # the key lookup: sorted, unique, complete
+    else:  # an older folder: its keys in one Arrow column, checked by one sort
+        problems += [Problem(manifest.index, "duplicate key in the index", key=k)
+                     for k in duplicate_keys(src.index(columns=["key"])["key"])]
     if store is None:
         problems += _stray_files(root, set(listed))
     if not _has_card(root, store):
         problems.append(Problem(fmt.CARD_FILE, "dataset card is missing (run shard_tools merge)"))
 
-    groups = _group_rows(index)
-    for rel in sorted(set(groups) - set(listed)):
-        problems.append(Problem(manifest.index, f"{groups[rel].num_rows} index row(s) name a shard not in the manifest", found=rel))
-    shards = [s for s in dict((s.path, s) for s in manifest.shards).values() if s.path not in unsafe]
-    # Rows travel as Arrow slices and become dicts inside verify_shard: one shard's rows at a time.
-    jobs = ((root, s, groups.get(s.path, index.slice(0, 0)), full_decode, store) for s in shards)
+    shards = {s.path: s for s in manifest.shards if s.path not in unsafe}
+    parts = ShardRows(src, keep=1) if has_parts(manifest) else None
+    if together:  # one shard's rows at a time, in the index's order (shard_tools.index_check)
+        groups: Iterator[tuple[str, pa.Table]] = shard_groups(src)
+    else:
+        groups = iter(group_rows(src.index()).items())
+
+    def jobs() -> Iterator[tuple]:
+        # Rows travel as Arrow slices and become dicts inside verify_shard: one shard's rows at a time.
+        left = dict(shards)
+        for rel, rows in groups:
+            s = left.pop(rel, None)
+            if s is not None:
+                yield s, rows
+        for s in left.values():  # listed shards without index rows
+            yield s, fmt.empty_index()
+
+    def checked() -> Iterator[tuple]:
+        for s, rows in jobs():
+            if parts is not None:
+                problems.extend(part_problems(parts, s, rows))
+            yield root, s, rows, full_decode, store
+
     samples = 0
-    for probs, n in _run_jobs(jobs, workers):
+    for probs, n in _run_jobs(checked(), workers):
         problems += probs
         samples += n
     return Report(problems, shards=len(shards), samples=samples)
@@ -157,8 +169,9 @@ def _run_jobs(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[list[Proble
             yield pending.popleft().result()
 
 
-def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
-    """Manifest and index (through the store when remote), or the Problem that stops verify."""
+def _load(root: str, store: Any) -> tuple[fmt.Manifest, None] | Problem:
+    """The manifest, once the index it names is there (read later, streamed), or the Problem
+    that stops verify."""
     where = fmt.MANIFEST_FILE
     try:
         if store is not None:
@@ -170,9 +183,10 @@ def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
         check_rel(manifest.index)  # the readers' path rule, before anything is opened
         where = manifest.index
         if store is not None:
-            return manifest, store.index()
+            return manifest, None  # streamed later (shard_tools.index_check)
         ipath = Path(root) / manifest.index
-        return manifest, fmt.check_index_schema(pq.read_table(ipath), str(ipath))
+        fmt.check_index_schema(pq.read_schema(ipath).empty_table(), str(ipath))
+        return manifest, None
     except FileNotFoundError:
         if where == fmt.MANIFEST_FILE and store is None and (Path(root) / fmt.INDEX_PARTS_DIR).is_dir():
             # pack writes index parts first and the manifest last (docs/packing.md).

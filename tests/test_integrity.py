@@ -20,6 +20,7 @@ from foundir_data.load import load_dataset
 from foundir_data.retry import ChecksumError, ShardError
 from foundir_data.store import Store
 from foundir_data.stream import FoundIRStream
+from shard_tools.index_write import upgrade
 
 REPO = "foundir/Integrity"
 TOKEN = "hf_IntegrityTokenNeverShown42"
@@ -232,5 +233,6 @@ def test_stream_refuses_an_index_without_valid_hashes(packed_copy, bad):
     col[3] = bad
     t = t.set_column(t.schema.get_field_index("gt_sha256"), "gt_sha256", pa.array(col, pa.string()))
     pq.write_table(t, packed_copy / fmt.INDEX_FILE)
+    upgrade(packed_copy)  # the per-shard parts (what the stream reads) now carry the bad hash
     with pytest.raises(fmt.FormatError, match="gt_sha256"):
-        _stream(str(packed_copy))
+        _keys(_stream(str(packed_copy)))

@@ -301,15 +301,19 @@ def test_hub_push_commits_manifest_last_and_reads_back(packed, hub, capsys):
     assert TOKEN not in out.out + out.err
     local = files_of(packed)
     n_shards = len(fmt.Manifest.from_json(local[fmt.MANIFEST_FILE]).shards)
-    # Shards in batches of 8, then one final commit: index, rejects, card, manifest last.
+    # Shards, their index parts and the key files (format version 3) in batches of 8, then one
+    # final commit: index, key list, rejects, card, manifest last.
+    n_body = 2 * n_shards + len(json.loads(local[fmt.KEYS_FILE])["files"])
     sizes = [len(ops) for _, ops in hub.commits]
-    assert sizes[:-1] == [min(8, n_shards - i) for i in range(0, n_shards, 8)]
+    assert sizes[:-1] == [min(8, n_body - i) for i in range(0, n_body, 8)]
     final = [p for _, p in hub.commits[-1][1]]
-    assert final[-1] == fmt.MANIFEST_FILE and set(final) == {fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
+    assert final[-1] == fmt.MANIFEST_FILE and set(final) == {fmt.INDEX_FILE, fmt.KEYS_FILE, fmt.REJECTS_FILE,
+                                                             fmt.CARD_FILE, fmt.MANIFEST_FILE}
     # Shards and the index travelled as LFS objects named by their sha256, like on the Hub.
     kinds = {p: k for _, ops in hub.commits for k, p in ops}
-    assert {p for p, k in kinds.items() if k == "lfsFile"} == {s.path for s in fmt.Manifest.from_json(
-        local[fmt.MANIFEST_FILE]).shards} | {fmt.INDEX_FILE}
+    shards = fmt.Manifest.from_json(local[fmt.MANIFEST_FILE]).shards
+    assert {p for p, k in kinds.items() if k == "lfsFile"} == {s.path for s in shards} | {
+        fmt.index_part(s.path) for s in shards} | {f["path"] for f in json.loads(local[fmt.KEYS_FILE])["files"]} | {fmt.INDEX_FILE}
     folder = hub.folder("foundir-test/sample")
     assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == local
     # Every API call carried the token.
@@ -353,7 +357,7 @@ def test_hub_commit_plan_with_subdir(packed):
 
     commits = hub_commits(items, batch_files=100, delete_manifest=False, prefix="v2")
     assert [op.path_in_repo for op in commits[-1][1]][-1] == "v2/manifest.json"
-    assert all(op.path_in_repo.startswith("v2/shards/") for op in commits[0][1])
+    assert all(op.path_in_repo.startswith(("v2/shards/", "v2/index/by-shard/", "v2/index/keys/")) for op in commits[0][1])
 
 
 def test_hub_push_resumes_after_a_failed_commit(packed, hub, capsys):

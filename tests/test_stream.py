@@ -146,7 +146,7 @@ def test_nested_subset_fraction(packed):
     for f, n in ((0.25, 20), (0.5, 20), (1.0, 40)):
         s = FoundIRStream(packed / "packed", schedule="mix", batch_size=2, crop=16, subset_fraction=f,
                           world_size=1, rank=0)
-        keys[f] = set(s._keys.to_pylist())
+        keys[f] = set(s.keys())
         assert s.num_pairs == n
         assert {k.split("-")[0] for k in keys[f]} == set(taxonomy.NAMES)
         assert sorted(k for b in s for k in b["key"]) == sorted(keys[f])
@@ -244,7 +244,7 @@ def test_tile_layout_with_the_same_schedules_and_pair_level_subsets(packed, tmp_
     # A subset keeps or drops all tiles of a source pair together.
     half = FoundIRStream(copy, layout="tile", schedule="mix", batch_size=4, crop=32, subset_fraction=0.5,
                          world_size=1, rank=0)
-    kept = set(half._keys.to_pylist())
+    kept = set(half.keys())
     sources = {source_of[k] for k in kept}
     assert kept == {k for k, src in source_of.items() if src in sources}
     assert 0 < len(sources) < len(set(source_of.values()))

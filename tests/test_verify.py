@@ -116,7 +116,11 @@ def test_edited_manifest_count(copy):
         (m["shards"][0]["path"], "sample count differs from the manifest", n, n - 1),
         (fmt.MANIFEST_FILE, "num_samples differs from the sum of shard counts", m["num_samples"] + 1, m["num_samples"]),
         (fmt.INDEX_FILE, "index row count differs from the manifest's shard counts", m["num_samples"] + 1, m["num_samples"]),
-    }
+        # Format version 3: the shard's index part and the key lookup disagree with the count too.
+        (fmt.KEYS_FILE, "key lookup row count differs from the manifest's shard counts", m["num_samples"] + 1, m["num_samples"]),
+    } | {(p.path, p.what, None, None) for p in r.problems if p.path == fmt.index_part(m["shards"][0]["path"])
+         and f"the manifest lists {n} samples" in p.what}
+    assert any(p.path.startswith(fmt.INDEX_SHARDS_DIR) for p in r.problems)
 
 
 def test_edited_json_record_and_index_value(copy):
