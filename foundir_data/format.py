@@ -47,9 +47,10 @@ from foundir_data.errors import FoundIRError
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
 #: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
-FORMAT_VERSION = 2
+#: Version 3: version 2's members; the index gains ``json_sha256`` (:data:`OPTIONAL_COLUMNS`).
+FORMAT_VERSION = 3
 #: Versions this reader understands.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 #: Bump when new folders may hold something an older reader of the same FORMAT_VERSION
 #: cannot decode but reports clearly (it never misreads it). Minor 1: tile codecs other
 #: than PNG (:data:`TILE_CODECS`).
@@ -69,7 +70,7 @@ GT_MEMBER = f"gt.{IMAGE_EXT}"
 JSON_MEMBER = "json"
 MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
 #: Member names (LQ, GT, JSON) of every readable format version.
-MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS}
+MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS, 3: MEMBERS}
 
 #: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
 #: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
@@ -210,9 +211,14 @@ INDEX_SCHEMA = pa.schema(
         ("tile_y", pa.int32()),
         ("tile_w", pa.int32()),
         ("tile_h", pa.int32()),
+        # Version 3: sha256 (hex) of the ``<key>.json`` member, checked by every reader
+        # before a record is handed on (docs/format.md, "Integrity").
+        ("json_sha256", pa.string()),
     ]
 )
 INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
+#: Columns added after version 2: absent (read as null) in older folders' indexes.
+OPTIONAL_COLUMNS = ("json_sha256",)
 
 #: Fields of the per-sample JSON record (a subset of the index row: what a streaming
 #: reader needs without the index).
@@ -247,11 +253,25 @@ def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 
 def check_index_schema(table: pa.Table, where: str) -> pa.Table:
     """Raise :class:`FormatError` naming ``where`` if ``table`` lacks index columns."""
+    return index_columns(table, INDEX_COLUMNS, where)
+
+
+def index_columns(table: pa.Table, columns: Iterable[str], where: str) -> pa.Table:
+    """``table``'s ``columns`` cast to :data:`INDEX_SCHEMA`'s types; an
+    :data:`OPTIONAL_COLUMNS` column an older folder lacks reads as null.
+
+    Raises:
+        FormatError: naming ``where``, if a required column is missing.
+    """
+    columns = list(columns)
     names = set(table.column_names)  # column_names builds a new list on every access
-    missing = [c for c in INDEX_COLUMNS if c not in names]
+    missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
     if missing:
         raise FormatError(f"{where}: index is missing columns {missing}")
-    return table.select(list(INDEX_COLUMNS)).cast(INDEX_SCHEMA)
+    for c in columns:
+        if c not in names:
+            table = table.append_column(INDEX_SCHEMA.field(c), pa.nulls(table.num_rows, INDEX_SCHEMA.field(c).type))
+    return table.select(columns).cast(pa.schema([INDEX_SCHEMA.field(c) for c in columns]))
 
 
 # ---------------------------------------------------------------- manifest

@@ -29,13 +29,16 @@ import pyarrow.compute as pc
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
+from foundir_data.integrity import check_record, check_shard_rows
 from foundir_data.reader import PairReader, digest
 from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
 
 log = logging.getLogger(__name__)
-#: Index columns the member check needs.
-_CHECK_COLUMNS = ("key", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256")
+#: Index columns the member checks need (every record field: version 1/2 records are
+#: compared field by field, ``integrity.check_record``).
+_CHECK_COLUMNS = tuple(dict.fromkeys(("shard", "sample_index", "lq_offset", "lq_size", "gt_offset", "gt_size",
+                                      "json_offset", "json_size", *fmt.RECORD_FIELDS, "json_sha256")))
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
 DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
@@ -119,39 +122,52 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _member_rows(store: Store, shards: list[str]) -> dict[str, dict[str, Any]]:
-    """key -> index row (offsets and sha256) of the samples of ``shards``."""
+def _shard_rows(store: Store, shards: list[str]) -> dict[str, pa.Table]:
+    """The index rows of each of ``shards`` (one sort, then zero-copy slices), each checked by
+    ``integrity.check_shard_rows`` (no key or position twice, the right shard)."""
     t = store.index(columns=list(_CHECK_COLUMNS))
-    t = t.filter(pc.is_in(t["shard"], value_set=pa.array(shards, pa.string())))
-    return {r["key"]: r for r in t.to_pylist()}
+    t = t.filter(pc.is_in(t["shard"], value_set=pa.array(shards, pa.string()))).sort_by("shard")
+    counts = pc.value_counts(t["shard"])  # in order of first occurrence: the sorted order
+    out, start = {}, 0
+    for name, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+        out[name] = check_shard_rows(t.slice(start, n), name, store.url(store.manifest().index))
+        start += n
+    return out
 
 
 def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The samples of shard ``rel`` whose image members match the index's sha256.
+    """The samples of shard ``rel`` whose members all match their index row (``rows``: key ->
+    row), each checked before it is yielded.
 
-    Each member is compared with its index row before the sample is yielded; a mismatch is
-    read once more by a range request at the row's offsets when the store is remote
-    (``reader.PairReader``), then raised or, under ``on_error="skip"``, logged, listed in
-    ``store.skipped`` and never yielded. A sample the index does not list is refused too.
+    The images against the index's sha256, the ``<key>.json`` record against ``json_sha256``
+    (or, in format version 1/2 folders, field by field against the row:
+    ``integrity.check_record``); a remote mismatch is read once more by a range request at the
+    row's offsets (``reader.PairReader``). A sample the index does not list, or a key that
+    comes twice, is refused too. A refused sample is raised or, under ``on_error="skip"``,
+    logged, listed in ``store.skipped`` and never yielded.
     """
     reader = PairReader(store, "range")
+    names = dict(zip(("lq", "gt", "json"), fmt.members(store.manifest().format_version)))
+    url, served = store.url(rel), set()
     for sample in store.iter_samples(rel):
         key = sample.get("__key__")
         try:
             row = rows.get(key)
-            if row is None:
-                raise ChecksumError(store.url(rel), f"sample {key!r} is not in the index; the shard does "
-                                                    "not match its index: re-pack or re-upload")
-            for m, member in (("lq", fmt.LQ_MEMBER), ("gt", fmt.GT_MEMBER)):
-                data = sample.get(member)
-                want = digest(row[f"{m}_sha256"], f"{store.url(rel)}: member {key}.{member}")
+            if row is None or key in served:
+                raise ChecksumError(url, f"sample {key!r} is {'in the shard twice' if row else 'not in the index'}; "
+                                         "the shard does not match its index: re-pack or re-upload")
+            for m in ("lq", "gt") + (("json",) if row.get("json_sha256") else ()):
+                data = sample.get(names[m])
+                want = digest(row[f"{m}_sha256"], f"{url}: member {key}.{names[m]}")
                 if data is None or hashlib.sha256(data).digest() != want:
-                    sample[member] = reader.read_member(row, m)  # second read, or ChecksumError
-        except ChecksumError as e:
+                    sample[names[m]] = reader.read_member(row, m)  # second read, or ChecksumError
+            check_record(sample.get(names["json"]), row, url)  # after a second read: field by field in v1/2
+            served.add(key)
+        except (ChecksumError, fmt.FormatError) as e:
             if store.on_error != "skip":
                 raise
-            log.warning("skipping sample %s of %s (on_error='skip'): %s", key, store.url(rel), e)
-            store.skipped.append((f"{store.url(rel)}#{key}", str(e)))
+            log.warning("skipping sample %s of %s (on_error='skip'): %s", key, url, e)
+            store.skipped.append((f"{url}#{key}", str(e)))
             continue
         yield sample
 
@@ -165,8 +181,10 @@ def generate_examples(shards: list[str], location: str, options: dict[str, Any])
     """
     store = Store.open(location, **options)
     store.manifest()
-    rows = _member_rows(store, shards)
+    by_shard = _shard_rows(store, shards)
     for rel in shards:
+        rows = by_shard.get(rel)
+        rows = {r["key"]: r for r in rows.to_pylist()} if rows is not None else {}  # one shard's rows at a time
         for sample in checked_samples(store, rel, rows):
             yield example_from_sample(sample)
 

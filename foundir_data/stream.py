@@ -35,14 +35,16 @@ from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
-from foundir_data.retry import ChecksumError
+from foundir_data.integrity import check_record, check_unique_keys
+from foundir_data.retry import ShardError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key",
+            "json_offset", "json_size", "json_sha256"]
 DTYPES = ("uint8", "float32")
 __all__ = ["FoundIRStream", "READ_MODES", "resolve_read"]
 log = logging.getLogger(__name__)
@@ -146,6 +148,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
     def _load_index(self) -> None:
         cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
         t = self.store.index(columns=cols)
+        check_unique_keys(t["key"], self.store.url(self.store.manifest().index))  # a key twice: served twice
         types = taxonomy.select(self.config)
         ids = pa.array([ty.index for ty in types], pa.int16())
         mask = pc.and_(pc.and_(pc.equal(t["split"], self.split), pc.equal(t["layout"], self.layout)),
@@ -173,8 +176,12 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._shard_names.sort()
         self._shard = shard_codes(sel["shard"]).astype(np.int32)
         self._within = sel["sample_index"].to_numpy().astype(np.int32)
-        self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1)
-        self._sha = _digests(sel, self.store.location)  # (n, 2, 32) uint8: 64 bytes per pair
+        self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size",
+                                                            "json_offset", "json_size")], 1)
+        # Version 3: the record member's sha256 too; versions 1/2: its fields are compared.
+        self._has_json_sha = sel["json_sha256"].null_count < sel.num_rows
+        cols = ("lq_sha256", "gt_sha256", "json_sha256") if self._has_json_sha else ("lq_sha256", "gt_sha256")
+        self._sha = _digests(sel, self.store.location, cols)  # (n, 3, 32) uint8: 96 bytes per pair
 
     def _build_plan(self) -> None:
         self.plan = CurriculumPlan(self._deg, self._shard, self._within, self.schedule,
@@ -251,10 +258,14 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         Raises:
             ChecksumError: the bytes differ from the index (after one more read if remote).
         """
-        lo, ls, go, gs = (int(v) for v in self._off[row])
-        sha = self._sha[row]
-        return self._reader.read_offsets(self._shard_names[int(self._shard[row])], self._keys[row].as_py(),
-                                         lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(), reuse=reuse)
+        lo, ls, go, gs, jo, jn = (int(v) for v in self._off[row])
+        sha, key, shard = self._sha[row], self._keys[row].as_py(), self._shard_names[int(self._shard[row])]
+        lq, gt, rec = self._reader.read_offsets(shard, key, lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(),
+                                                reuse=reuse, record=(jo, jn, sha[2].tobytes() if self._has_json_sha else None))
+        if not self._has_json_sha:  # version 1/2: the record must be this row's (docs/format.md, "Integrity")
+            check_record(rec, {"key": key, "degradation_id": int(self._deg[row]), "split": self.split,
+                               "layout": self.layout}, self.store.url(shard), fields=("degradation_id", "split", "layout"))
+        return lq, gt
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
@@ -268,7 +279,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         for i, row in enumerate(rows):
             try:
                 pair = self.read_pair(int(row), reuse=True)
-            except ChecksumError as e:
+            except (ShardError, fmt.FormatError) as e:  # ChecksumError, truncated shard, bad offsets
                 if self.store.on_error != "skip":
                     raise
                 # Skipped means never yielded: the pair leaves the batch (which gets smaller).
@@ -305,15 +316,16 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
 
 
-def _digests(sel: pa.Table, where: str) -> np.ndarray:
-    """The index's hex sha256 columns as an (n, 2, 32) uint8 array.
+def _digests(sel: pa.Table, where: str, cols: tuple[str, ...]) -> np.ndarray:
+    """The index's hex sha256 columns ``cols`` as an (n, 3, 32) uint8 array (zeros where
+    ``cols`` has fewer than 3).
 
     Decoded from the Arrow buffer directly (no Python string per row): at the release's
     million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
     """
     n = sel.num_rows
-    out = np.empty((n, 2, 32), np.uint8)
-    for j, col in enumerate(("lq_sha256", "gt_sha256")):
+    out = np.zeros((n, 3, 32), np.uint8)
+    for j, col in enumerate(cols):
         arr = sel[col].combine_chunks()
         if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != {"min": 64, "max": 64}):
             raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
