@@ -42,6 +42,15 @@ def _first_repeat(values: pa.ChunkedArray | pa.Array) -> Any:
     return dup["v"][0].as_py() if dup.num_rows else None
 
 
+def repeated_keys(keys: pa.ChunkedArray | pa.Array, limit: int = 1000) -> list[tuple[Any, int]]:
+    """Up to ``limit`` (value, count) of values that occur more than once (Arrow only)."""
+    if not len(keys) or pc.count_distinct(keys, mode="all").as_py() == len(keys):
+        return []
+    t = pa.table({"v": keys}).group_by("v").aggregate([("v", "count")])
+    dup = t.filter(pc.greater(t["v_count"], 1)).slice(0, limit)
+    return list(zip(dup["v"].to_pylist(), dup["v_count"].to_pylist()))
+
+
 def check_manifest_shards(manifest: fmt.Manifest, where: str) -> fmt.Manifest:
     """Raise :class:`FormatError` naming ``where`` if a shard is listed twice (its samples
     would be served twice per epoch)."""

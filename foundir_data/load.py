@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
+from foundir_data.errors import EXIT_IO, FoundIRError
 from foundir_data.integrity import check_record, check_shard_rows
 from foundir_data.reader import PairReader, digest
 from foundir_data.retry import ChecksumError
@@ -256,18 +257,37 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
             out[s] = datasets.IterableDataset.from_generator(
                 generate_examples, features=feats, gen_kwargs=kwargs, split=datasets.NamedSplit(s))
         else:
-            out[s] = datasets.Dataset.from_generator(
-                generate_examples, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir,
-                split=datasets.NamedSplit(s), num_proc=num_proc,
-                fingerprint=hashlib.sha256(f"{digest}|{s}".encode()).hexdigest()[:32])
+            try:
+                out[s] = datasets.Dataset.from_generator(
+                    generate_examples, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir,
+                    split=datasets.NamedSplit(s), num_proc=num_proc,
+                    fingerprint=hashlib.sha256(f"{digest}|{s}".encode()).hexdigest()[:32])
+            except datasets.exceptions.DatasetGenerationError as e:
+                cause = _foundir_cause(e)
+                if cause is None:
+                    raise
+                raise cause from None  # our error, with its type and message (not datasets' wrapper)
     if split is not None:
         return out[split]
     return datasets.IterableDatasetDict(out) if streaming else datasets.DatasetDict(out)
 
 
-class DefaultLocationError(ConnectionError):
+def _foundir_cause(exc: BaseException) -> FoundIRError | None:
+    """The first :class:`FoundIRError` in the cause/context chain of ``exc``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, FoundIRError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class DefaultLocationError(FoundIRError, ConnectionError):
     """``"foundir"`` resolved to :data:`DEFAULT_LOCATION`, which cannot be read (offline, or no
     access); the message says how to point it at your copy."""
+
+    exit_code = EXIT_IO
 
 
 def _manifest(store: Store, default: bool) -> fmt.Manifest:

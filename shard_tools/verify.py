@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.errors import UsageError
+from foundir_data.integrity import repeated_keys
 from foundir_data.locations import check_rel
 from foundir_data.store import Store
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
@@ -95,9 +96,9 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     if isinstance(loaded, Problem):
         return Report([loaded])
     manifest, index = loaded
-    if manifest.format_version != fmt.FORMAT_VERSION:  # member names differ (format.members)
+    if fmt.members(manifest.format_version) != fmt.MEMBERS:  # member names differ (format.members)
         return Report([Problem(fmt.MANIFEST_FILE, f"format version {manifest.format_version} folder: this verify "
-                               f"checks version {fmt.FORMAT_VERSION} shards; repack into a new folder to verify")])
+                               f"checks shards with members {', '.join(fmt.MEMBERS)}; repack into a new folder to verify")])
 
     problems: list[Problem] = []
     # The readers' path rule (locations.check_rel): a shard path that is absolute or climbs
@@ -117,13 +118,12 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
         problems.append(Problem(fmt.MANIFEST_FILE, "num_samples differs from the sum of shard counts", expected=total, found=manifest.num_samples))
     if index.num_rows != total:
         problems.append(Problem(manifest.index, "index row count differs from the manifest's shard counts", expected=total, found=index.num_rows))
-    keys = index.column("key").to_pylist()
-    if len(set(keys)) != len(keys):
-        seen: set[str] = set()
-        for k in keys:
-            if k in seen:
-                problems.append(Problem(manifest.index, "duplicate key in the index", key=k))
-            seen.add(k)
+    # Arrow group-by on the key column: no Python object per row (docs/format.md, "Integrity").
+    problems += [Problem(manifest.index, "duplicate key in the index", key=k, found=f"{n} rows")
+                 for k, n in repeated_keys(index["key"])]
+    if manifest.format_version >= 3 and index["json_sha256"].null_count:
+        problems.append(Problem(manifest.index, "index rows lack json_sha256 (every record must be checkable)",
+                                found=f"{index['json_sha256'].null_count} rows"))
     if store is None:
         problems += _stray_files(root, set(listed))
     if not _has_card(root, store):
