@@ -358,7 +358,7 @@ class Store:
                         if not dot:
                             continue
                         key = f"{d}/{stem}" if d else stem
-                        if cur is None or cur["__key__"] != key:
+                        if cur is None or cur["__key__"] != key or ext in cur:  # a repeated member: a new sample
                             if cur is not None:
                                 yield cur
                             cur = {"__key__": key, "__url__": url}
