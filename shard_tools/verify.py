@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.errors import UsageError
 from foundir_data.integrity import repeated_keys
+from foundir_data.limits import MAX_MANIFEST_BYTES, check_file_size, max_index_bytes
 from foundir_data.locations import check_rel
 from foundir_data.store import Store
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
@@ -165,13 +166,15 @@ def _load(root: str, store: Any) -> tuple[fmt.Manifest, pa.Table] | Problem:
             manifest = store.manifest()
         else:
             mpath = Path(root) / fmt.MANIFEST_FILE
-            manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+            manifest = fmt.Manifest.from_json(Path(check_file_size(str(mpath), MAX_MANIFEST_BYTES, "manifest"))
+                                              .read_bytes(), where=str(mpath))
         where = fmt.MANIFEST_FILE
         check_rel(manifest.index)  # the readers' path rule, before anything is opened
         where = manifest.index
         if store is not None:
             return manifest, store.index()
         ipath = Path(root) / manifest.index
+        check_file_size(str(ipath), max_index_bytes(manifest.num_samples), "index")
         return manifest, fmt.check_index_schema(pq.read_table(ipath), str(ipath))
     except FileNotFoundError:
         if where == fmt.MANIFEST_FILE and store is None and (Path(root) / fmt.INDEX_PARTS_DIR).is_dir():

@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute below
 import pyarrow.parquet as pq
 import pytest
 
@@ -224,3 +225,31 @@ def test_verify_full_decode_fails_members_named_with_a_path(packed_copy):
     report = verify(packed_copy, full_decode=True)
     assert any("directory part" in p.what and p.found == f"../../{row['key']}.{fmt.LQ_MEMBER}"
                for p in report.problems)
+
+
+# ---------------------------------------------------------------- the per-shard checks
+def _shard_table(root: Path) -> tuple[pa.Table, str]:
+    t = pq.read_table(root / fmt.INDEX_FILE)
+    rel = _victim(root)["shard"]
+    return t.filter(pa.compute.equal(t["shard"], rel)), rel
+
+
+ROW_DAMAGE = {  # what is wrong with one shard's rows -> the error's words
+    "a row naming another shard": (lambda t: t.set_column(t.schema.get_field_index("shard"), "shard",
+                                                          pa.array(["x.tar"] + t["shard"].to_pylist()[1:])),
+                                   "names shard 'x.tar'"),
+    "a key twice": (lambda t: pa.concat_tables([t, t.slice(0, 1)]), "more than once"),
+    "a position twice": (lambda t: t.set_column(t.schema.get_field_index("sample_index"), "sample_index",
+                                                pa.array([0] * t.num_rows, pa.int32())), "claim sample 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(ROW_DAMAGE))
+def test_check_shard_rows_refuses_rows_that_do_not_belong_together(packed_copy, case):
+    from foundir_data.integrity import check_shard_rows
+
+    table, rel = _shard_table(packed_copy)
+    assert check_shard_rows(table, rel, "idx") is table  # the packed rows pass
+    damage, words = ROW_DAMAGE[case]
+    with pytest.raises(fmt.FormatError, match=words):
+        check_shard_rows(damage(table), rel, "idx")
