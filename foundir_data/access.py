@@ -24,7 +24,7 @@ from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
-from foundir_data.integrity import check_record, check_unique_keys
+from foundir_data.integrity import check_unique_keys
 from foundir_data.reader import MAX_GAP, PairReader  # noqa: F401 - MAX_GAP: part of this API
 from foundir_data.store import ChecksumError, Store  # noqa: F401 - ChecksumError: what get_pair raises
 
@@ -85,14 +85,9 @@ def read_member(store: Store, rec: dict[str, Any], member: str) -> bytes:
 
 def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
     """LQ and GT bytes of an index row, in one range request when they are adjacent, each
-    checked against the index's sha256 (``reader.PairReader``); the ``<key>.json`` record
-    that follows them is read in the same request and checked against the row too
-    (``integrity.check_record``), so the bytes are this key's sample."""
-    lq, gt, record = PairReader(store, "range").read_offsets(
-        rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"], rec["gt_size"],
-        rec.get("lq_sha256"), rec.get("gt_sha256"), record=(rec.get("json_offset"), rec.get("json_size"),
-                                                            rec.get("json_sha256")))
-    check_record(record, rec, store.url(rec["shard"]))
+    checked against the index's sha256, and the ``<key>.json`` record that follows them
+    checked against the row too (``reader.PairReader.read_pair``)."""
+    lq, gt = PairReader(store, "range").read_pair(rec)
     return bytes(lq), bytes(gt)
 
 

@@ -256,6 +256,13 @@ def check_index_schema(table: pa.Table, where: str) -> pa.Table:
     return index_columns(table, INDEX_COLUMNS, where)
 
 
+def known_columns(columns: Iterable[str] | None) -> None:
+    """Raise ValueError naming any of ``columns`` that is not an index column."""
+    unknown = [c for c in columns or () if c not in INDEX_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(INDEX_COLUMNS)}")
+
+
 def index_columns(table: pa.Table, columns: Iterable[str], where: str) -> pa.Table:
     """``table``'s ``columns`` cast to :data:`INDEX_SCHEMA`'s types; an
     :data:`OPTIONAL_COLUMNS` column an older folder lacks reads as null.

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from typing import Any, Mapping
 
 from foundir_data import format as fmt
-from foundir_data.integrity import MAX_RECORD_BYTES
+from foundir_data.integrity import MAX_RECORD_BYTES, check_record
 from foundir_data.retry import ChecksumError
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,11 @@ class PairReader:
     def read_pair(self, rec: Mapping[str, Any], *, reuse: bool = False) -> tuple[memoryview, memoryview]:
         """The checked LQ and GT bytes of an index row, in one read when they are adjacent.
 
+        When the row has ``json_offset``/``json_size``, the ``<key>.json`` record that follows
+        GT is read in the same request and checked too (``json_sha256``, or field by field
+        against the row in version 1/2 folders: ``integrity.check_record``), so the bytes
+        are this key's sample.
+
         Args:
             rec: An index row (``shard``, ``key``, ``{lq,gt}_{offset,size,sha256}``).
             reuse: Read into one buffer kept by this reader (no allocation per pair); the
@@ -110,8 +115,15 @@ class PairReader:
             ChecksumError: a member still differs from the index (names shard, member, hashes).
             FormatError: offsets or sizes that do not fit in the shard, or no sha256.
         """
-        return self.read_offsets(rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"],
-                                 rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse)
+        record = None
+        if rec.get("json_offset") is not None and rec.get("json_size") is not None:
+            record = (rec["json_offset"], rec["json_size"], rec.get("json_sha256"))
+        views = self.read_offsets(rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"],
+                                  rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse,
+                                  record=record)
+        if record is not None and record[2] is None:  # no json_sha256 (v1/2): compare the fields
+            check_record(views[2], rec, self.store.url(rec["shard"]))
+        return views[0], views[1]
 
     def read_offsets(self, shard: str, key: str, lo: int, ls: int, go: int, gs: int,
                      lq_sha: str | bytes | None, gt_sha: str | bytes | None,

@@ -316,17 +316,13 @@ class Store:
         """
         rel = check_rel(self.manifest().index or fmt.INDEX_FILE)
         url = self.url(rel)
-        if columns is not None:
-            unknown = [c for c in columns if c not in fmt.INDEX_COLUMNS]
-            if unknown:
-                raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(fmt.INDEX_COLUMNS)}")
+        fmt.known_columns(columns)
         limit = max_index_bytes(self.manifest().num_samples)  # docs/format.md, "Integrity"
         try:
             if self.protocol == "file":
                 src: Any = check_file_size(url, limit, "index")
             else:
-                if self._index_bytes is None:
-                    self._index_bytes = self.read_capped(rel, limit, "index")
+                self._index_bytes = self._index_bytes or self.read_capped(rel, limit, "index")
                 src = pa.BufferReader(self._index_bytes)
             with pq.ParquetFile(src) as pf:  # version 1/2 indexes lack format.OPTIONAL_COLUMNS
                 table = pf.read(columns=columns and [c for c in columns if c in pf.schema_arrow.names])

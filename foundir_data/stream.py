@@ -7,8 +7,8 @@ the index's byte offsets through the one pair reader (``reader.PairReader``: one
 a local or cached shard, or one range request, then a check against the index's sha256:
 a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
 of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
-bounded by one batch of decoded pairs per worker plus the index columns (numpy, ~60 bytes
-per row); there is no shuffle buffer: the plan shuffles shards within blocks of
+bounded by one batch of decoded pairs per worker plus the index columns (numpy: member
+offsets and sha256 digests, ~180 bytes per row); there is no shuffle buffer: the plan shuffles shards within blocks of
 ``shuffle_block`` shards, the bounded, seekable equivalent.
 
 Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
