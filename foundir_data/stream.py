@@ -8,8 +8,8 @@ a local or cached shard, or one range request, then a check against the index's 
 a damaged pair is never decoded; with ``store_kwargs={"on_error": "skip"}`` it is left out
 of its batch and listed in ``stream.skipped``), decoded by content (``decode.py``) and cut into aligned crops (``transforms.py``). Memory is
 bounded by one batch of decoded pairs per worker plus the index columns (numpy: member
-offsets and sha256 digests, ~180 bytes per row); there is no shuffle buffer: the plan shuffles shards within blocks of
-``shuffle_block`` shards, the bounded, seekable equivalent.
+offsets and sha256 digests, ~180 bytes per row); there is no shuffle buffer: the plan
+shuffles shards within blocks of ``shuffle_block`` shards, the bounded, seekable equivalent.
 
 Resume: ``state_dict()`` holds (seed, epoch, next step, ...). With DataLoader workers the
 dataset object in the training process does not see the workers' progress: iterate through
@@ -33,9 +33,9 @@ import torch.distributed as dist
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
+from foundir_data.integrity import check_record, check_unique_keys
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
-from foundir_data.integrity import check_record, check_unique_keys
 from foundir_data.retry import ShardError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
