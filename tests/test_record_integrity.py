@@ -253,3 +253,17 @@ def test_check_shard_rows_refuses_rows_that_do_not_belong_together(packed_copy, 
     damage, words = ROW_DAMAGE[case]
     with pytest.raises(fmt.FormatError, match=words):
         check_shard_rows(damage(table), rel, "idx")
+
+
+def test_verify_fails_a_version3_index_without_record_hashes(packed_copy):
+    t = pq.read_table(packed_copy / fmt.INDEX_FILE)
+    i = t.schema.get_field_index("json_sha256")
+    pq.write_table(t.set_column(i, "json_sha256", pa.nulls(t.num_rows, pa.string())), packed_copy / fmt.INDEX_FILE)
+    report = verify(packed_copy)
+    assert any("lack json_sha256" in p.what for p in report.problems)
+    # Readers still check every record, field by field, as in a version 1/2 folder.
+    row = _victim(packed_copy)
+    _edit_record(packed_copy, row, RECORD_EDITS["Blur labelled Haze"])
+    _fix_manifest(packed_copy, row["shard"])
+    with pytest.raises(ChecksumError, match="record field 'degradation' is 'Haze', the index says 'Blur'"):
+        get_pair(str(packed_copy), row["key"])
