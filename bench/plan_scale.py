@@ -83,6 +83,10 @@ def write_skeleton(root: Path, rows: int, shards: int, distribution: str) -> Non
         # Distinct per row, as real hashes are (the stream keeps them as 32 bytes per member).
         "lq_sha256": pa.array(np.char.zfill(np.arange(rows).astype("U64"), 64).astype(object), pa.string()),
         "gt_sha256": pa.array(np.char.zfill(np.arange(rows, 2 * rows).astype("U64"), 64).astype(object), pa.string()),
+        # The record follows GT (format version 3: its sha256 in the index, issue 19).
+        "json_offset": pa.array(off + 8_001_024), "json_size": pa.array(np.full(rows, 600, np.int64)),
+        "json_sha256": pa.array(np.char.zfill(np.arange(2 * rows, 3 * rows).astype("U64"), 64).astype(object),
+                                pa.string()),
     }
     (root / "index").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(cols), root / fmt.INDEX_FILE)

@@ -14,10 +14,12 @@ One run builds a sample from the real CC0 photos bundled with scikit-image (``ma
         webdataset configs) + the same crop.
     Loaders run round-robin for ``--rounds`` rounds; the best round counts. Printed: ratios, and
     how many cores feed one GPU at 1,000 patch pairs/s.
-(c) the cost of the integrity check (issue 11): every pair's read checked against the index's
-    sha256 (``FoundIRStream.read_pair``, what training does) vs the same preads unchecked, and
-    both vs decoding the pair; interleaved per round, best of rounds, CPU time. Printed: the
-    check's cost as a fraction of the decode time.
+(c) the cost of the integrity check (issues 11, 19): every pair's read checked against the
+    index's sha256 (``FoundIRStream.read_pair``, what training does) vs the same preads
+    unchecked, the images-only check vs images + the ``<key>.json`` record (read in the same
+    pread, its sha256 in format v3, its fields in v1/2), all vs decoding the pair; interleaved
+    per round, best of rounds, CPU time. Printed: each check's cost as a fraction of the decode
+    (images) and of read + decode (record).
 
 Training tiles (``layout="tile"``, issue 5) are measured by ``bench/tiles.py``.
 
@@ -150,17 +152,19 @@ def _spans(st, rows: list[int]) -> list[tuple[str, list[tuple[int, int]]]]:
     out = []
     codes, within = st.plan.locate(np.asarray(rows, np.int64))
     for c, i in zip(codes.tolist(), within.tolist()):
-        lo, ls, go, gs = (int(v) for v in st._shard_rows(c)[1][i])  # the shard's index rows
+        lo, ls, go, gs = (int(v) for v in st._shard_rows(c)[1][i][:4])  # the shard's index rows
         joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
         out.append((st._shard_names[c], [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]))
     return out
 
 
-def integrity_cost(packed: Path, rounds: int) -> tuple[float, float, float, int]:
-    """(unchecked read, checked read, decode) CPU seconds per pair, and the pair count.
+def integrity_cost(packed: Path, rounds: int) -> tuple[list[float], int]:
+    """CPU seconds per pair of: [unchecked read, images checked, images + record checked
+    (format v3: the record's sha256), images + record compared field by field (v1/2 folders),
+    decode], and the pair count.
 
     The unchecked read is the reader's own pread path without the sha256 step
-    (``PairReader._read``), so the difference is the check alone.
+    (``PairReader._read``), so each difference is one check alone.
     """
     from foundir_data.decode import decode_pair
     from foundir_data.stream import FoundIRStream
@@ -169,22 +173,38 @@ def integrity_cost(packed: Path, rounds: int) -> tuple[float, float, float, int]
     rows = list(range(st.num_pairs))
     spans = _spans(st, rows)
     blobs = [tuple(bytes(m) for m in st.read_pair(r)) for r in rows]
-    best = [float("inf")] * 3
-    for _ in range(rounds):
-        t = time.process_time()
-        for shard, sp in spans:
-            st._reader._read(shard, sp, True, "")
-        best[0] = min(best[0], time.process_time() - t)
-        t = time.process_time()
-        for r in rows:
+
+    def where(r: int) -> tuple:  # the shard's index rows (keys, offsets, sha256, has_json_sha) and position
+        codes, within = st.plan.locate(np.array([r]))
+        return (*st._shard_rows(int(codes[0])), int(codes[0]), int(within[0]))
+
+    def images_only(r: int) -> None:  # the read before issue 19: LQ and GT, no record
+        keys, off, sha, _, c, i = where(r)
+        lo, ls, go, gs = (int(v) for v in off[i][:4])
+        st._reader.read_offsets(st._shard_names[c], keys[i].as_py(), lo, ls, go, gs,
+                                sha[i][0].tobytes(), sha[i][1].tobytes(), reuse=True)
+
+    rows_of = st._shard_rows
+
+    def fields(r: int) -> None:  # what a version 1/2 folder costs: parse and compare the record
+        st._shard_rows = lambda c: (*rows_of(c)[:3], False)
+        try:
             st.read_pair(r, reuse=True)
-        best[1] = min(best[1], time.process_time() - t)
-        t = time.process_time()
-        for r, (lq, gt) in zip(rows, blobs):
-            decode_pair(lq, gt, "bench")
-        best[2] = min(best[2], time.process_time() - t)
-    n = len(rows)
-    return best[0] / n, best[1] / n, best[2] / n, n
+        finally:
+            st._shard_rows = rows_of
+
+    steps = [lambda: [st._reader._read(shard, sp, True, "") for shard, sp in spans],
+             lambda: [images_only(r) for r in rows],
+             lambda: [st.read_pair(r, reuse=True) for r in rows],
+             lambda: [fields(r) for r in rows],
+             lambda: [decode_pair(lq, gt, "bench") for lq, gt in blobs]]
+    best = [float("inf")] * len(steps)
+    for _ in range(rounds):  # interleaved: the machine's load hits every step alike
+        for i, step in enumerate(steps):
+            t = time.process_time()
+            step()
+            best[i] = min(best[i], time.process_time() - t)
+    return [b / len(rows) for b in best], len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,13 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  cat of the same shard files              {cat:9.0f} pairs/s  {cat * nbytes / n / 1e9:5.2f} GB/s")
         print(f"  ratio unchecked / cat: {plain / cat:.2f}x (target >= 0.8x); checked / cat: {ours / cat:.2f}x")
 
-        plain, checked, decode, n = integrity_cost(packed, max(3, a.rounds))
+        (plain, checked, record, fields, decode), n = integrity_cost(packed, max(3, a.rounds))
         print(f"\n(c) integrity check: sha256 of every member vs the index ({n} pairs, CPU ms per pair, best of "
               f"{max(3, a.rounds)} rounds)")
-        print(f"  read, unchecked   {plain * 1e3:8.3f}")
-        print(f"  read, checked     {checked * 1e3:8.3f}   (check alone: {(checked - plain) * 1e3:.3f})")
-        print(f"  decode LQ+GT      {decode * 1e3:8.3f}")
-        print(f"  check / decode: {(checked - plain) / decode:.1%}; checked read / unchecked read: {checked / plain:.1f}x")
+        print(f"  read, unchecked                  {plain * 1e3:8.3f}")
+        print(f"  read, images checked             {checked * 1e3:8.3f}   (image check alone: {(checked - plain) * 1e3:.3f})")
+        print(f"  read, images + record (v3 sha)   {record * 1e3:8.3f}   (record check alone: {(record - checked) * 1e3:.3f})")
+        print(f"  read, images + record (v1/2)     {fields * 1e3:8.3f}   (record check alone: {(fields - checked) * 1e3:.3f})")
+        print(f"  decode LQ+GT                     {decode * 1e3:8.3f}")
+        print(f"  image check / decode: {(checked - plain) / decode:.1%}; checked read / unchecked read: {checked / plain:.1f}x")
+        print(f"  record check / (read + decode): v3 {(record - checked) / (record + decode):.2%}, "
+              f"v1/2 {(fields - checked) / (fields + decode):.2%} (target < 3%)")
 
         if a.no_loaders:
             return 0

@@ -26,6 +26,7 @@ from PIL import Image
 from foundir_data import format as fmt
 from foundir_data.decode import DecodeError, decode_image
 from foundir_data.index_parts import ShardRows, has_parts, locate
+from foundir_data.integrity import check_unique_keys
 from foundir_data.reader import MAX_GAP, PairReader  # noqa: F401 - MAX_GAP: part of this API
 from foundir_data.store import ChecksumError, Store  # noqa: F401 - ChecksumError: what get_pair raises
 
@@ -54,6 +55,7 @@ def _index(store: Store) -> tuple[pa.Table, dict[str, int]]:
         cached = _indexes.get(store)
     if cached is None:
         table = store.index()
+        check_unique_keys(table["key"], store.url(store.manifest().index))  # a key twice: which row is it?
         keys = table.column("key").to_pylist()
         cached = (table, {k: i for i, k in enumerate(keys)})
         with _lock:
@@ -110,7 +112,8 @@ def read_member(store: Store, rec: dict[str, Any], member: str) -> bytes:
 
 def read_pair_bytes(store: Store, rec: dict[str, Any]) -> tuple[bytes, bytes]:
     """LQ and GT bytes of an index row, in one range request when they are adjacent, each
-    checked against the index's sha256 (``reader.PairReader``)."""
+    checked against the index's sha256, and the ``<key>.json`` record that follows them
+    checked against the row too (``reader.PairReader.read_pair``)."""
     lq, gt = PairReader(store, "range").read_pair(rec)
     return bytes(lq), bytes(gt)
 

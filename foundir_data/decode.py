@@ -161,6 +161,14 @@ def _into(arr: np.ndarray, out: np.ndarray | None, name: str) -> np.ndarray:
     return out
 
 
+def pil_reason(e: BaseException) -> str:
+    """Why Pillow could not read bytes, without the file object it names
+    (``cannot identify image file <_io.BytesIO object at 0x...>``): callers name the file."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not a recognised image format (unrecognised content)"
+    return f"{type(e).__name__}: {e}"
+
+
 def _decode_pillow(data: bytes | memoryview, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -169,7 +177,7 @@ def _decode_pillow(data: bytes | memoryview, name: str) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DecodeError):
             raise
-        raise DecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise DecodeError(f"{name}: cannot decode image ({pil_reason(e)})") from None
 
 
 def _to_rgb(im: Image.Image, name: str) -> np.ndarray:

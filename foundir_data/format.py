@@ -49,7 +49,8 @@ FORMAT_NAME = "foundir-shards"
 #: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
 #: Version 3: version 2's members; the index is also written per shard (:func:`index_part`,
 #: sha256 in the manifest) with a key lookup (:data:`KEYS_DIR`), so a reader reads the index
-#: rows of the shards it reads only (docs/format.md, "Version 3").
+#: rows of the shards it reads only; the index gains ``json_sha256`` (:data:`OPTIONAL_COLUMNS`)
+#: (docs/format.md, "Version 3").
 FORMAT_VERSION = 3
 #: Versions this reader understands.
 READABLE_VERSIONS = (1, 2, 3)
@@ -227,9 +228,14 @@ INDEX_SCHEMA = pa.schema(
         ("tile_y", pa.int32()),
         ("tile_w", pa.int32()),
         ("tile_h", pa.int32()),
+        # Version 3: sha256 (hex) of the ``<key>.json`` member, checked by every reader
+        # before a record is handed on (docs/format.md, "Integrity").
+        ("json_sha256", pa.string()),
     ]
 )
 INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
+#: Columns added after version 2: absent (read as null) in older folders' indexes.
+OPTIONAL_COLUMNS = ("json_sha256",)
 
 #: Fields of the per-sample JSON record (a subset of the index row: what a streaming
 #: reader needs without the index).
@@ -264,11 +270,32 @@ def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 
 def check_index_schema(table: pa.Table, where: str) -> pa.Table:
     """Raise :class:`FormatError` naming ``where`` if ``table`` lacks index columns."""
+    return index_columns(table, INDEX_COLUMNS, where)
+
+
+def known_columns(columns: Iterable[str] | None) -> None:
+    """Raise ValueError naming any of ``columns`` that is not an index column."""
+    unknown = [c for c in columns or () if c not in INDEX_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(INDEX_COLUMNS)}")
+
+
+def index_columns(table: pa.Table, columns: Iterable[str], where: str) -> pa.Table:
+    """``table``'s ``columns`` cast to :data:`INDEX_SCHEMA`'s types; an
+    :data:`OPTIONAL_COLUMNS` column an older folder lacks reads as null.
+
+    Raises:
+        FormatError: naming ``where``, if a required column is missing.
+    """
+    columns = list(columns)
     names = set(table.column_names)  # column_names builds a new list on every access
-    missing = [c for c in INDEX_COLUMNS if c not in names]
+    missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
     if missing:
         raise FormatError(f"{where}: index is missing columns {missing}")
-    return table.select(list(INDEX_COLUMNS)).cast(INDEX_SCHEMA)
+    for c in columns:
+        if c not in names:
+            table = table.append_column(INDEX_SCHEMA.field(c), pa.nulls(table.num_rows, INDEX_SCHEMA.field(c).type))
+    return table.select(columns).cast(pa.schema([INDEX_SCHEMA.field(c) for c in columns]))
 
 
 # ---------------------------------------------------------------- manifest

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.integrity import check_unique_keys
 from foundir_data.retry import ChecksumError
 
 #: Parts a :class:`ShardRows` keeps (least recently used dropped first): a rank reads a few
@@ -117,10 +118,13 @@ class ShardRows:
                                                      f"{found}, the manifest says {info.index_bytes} bytes with "
                                                      f"{info.index_sha256}; re-download or re-upload the folder")
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=self.columns)
+            pf = pq.ParquetFile(pa.BufferReader(data))
+            have = set(pf.schema_arrow.names)
+            # An optional column (fmt.OPTIONAL_COLUMNS) a part lacks reads as null in _cast.
+            table = pf.read(columns=None if self.columns is None else [c for c in self.columns if c in have])
         except (pa.ArrowInvalid, OSError) as e:
             raise fmt.FormatError(f"{self.store.url(rel)}: unreadable index part ({e})") from None
-        return _cast(table, self.store.url(rel))
+        return _cast(table, self.store.url(rel), self.columns)
 
     def _from_whole(self, info: fmt.ShardInfo) -> pa.Table:
         """An older folder: the whole index, read once and sorted by shard, sliced."""
@@ -143,13 +147,14 @@ class ShardRows:
         return t.slice(a, b - a)
 
 
-def _cast(table: pa.Table, where: str) -> pa.Table:
-    extra = [c for c in table.column_names if c not in fmt.INDEX_COLUMNS]
-    if extra:  # written by a newer foundir: not ours to interpret
-        table = table.drop_columns(extra)
-    need = [c for c in fmt.INDEX_COLUMNS if c in table.column_names]
+def _cast(table: pa.Table, where: str, columns: list[str] | None = None) -> pa.Table:
+    """``table`` with the index's types: ``columns`` (None: the index columns it has), an
+    optional column it lacks as nulls; columns of a newer foundir dropped (not ours to read)."""
+    names = set(table.column_names)
+    need = [c for c in (columns if columns is not None else fmt.INDEX_COLUMNS)
+            if c in names or (columns is not None and c in fmt.OPTIONAL_COLUMNS)]
     try:
-        return table.select(need).cast(pa.schema([fmt.INDEX_SCHEMA.field(c) for c in need]))
+        return fmt.index_columns(table, need, where)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise fmt.FormatError(f"{where}: index part with wrong column types ({e})") from None
 
@@ -170,6 +175,8 @@ def check_rows(table: pa.Table, info: fmt.ShardInfo, where: str) -> None:
                               "order; re-pack or run `shard_tools upgrade`")
     if not pc.all(pc.equal(table["shard"], info.path)).as_py():
         raise fmt.FormatError(f"{where}: index part of {info.path} holds rows of another shard")
+    if "key" in table.column_names:
+        check_unique_keys(table["key"], f"{where} (shard {info.path})")
     if "degradation" in table.column_names and not pc.all(pc.equal(table["degradation"], info.degradation)).as_py():
         # Planning from the manifest counts every row of a shard as the shard's type.
         raise fmt.FormatError(f"{where}: index rows of shard {info.path} are not all of its type {info.degradation}")

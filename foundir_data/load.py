@@ -27,14 +27,18 @@ from typing import Any, Iterator
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
+from foundir_data.errors import EXIT_IO, FoundIRError
 from foundir_data.index_parts import ShardRows
+from foundir_data.integrity import check_record
 from foundir_data.reader import PairReader, digest
 from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
 
 log = logging.getLogger(__name__)
-#: Index columns the member check needs.
-_CHECK_COLUMNS = ("key", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256")
+#: Index columns the member checks need (every record field: version 1/2 records are
+#: compared field by field, ``integrity.check_record``).
+_CHECK_COLUMNS = tuple(dict.fromkeys(("shard", "sample_index", "lq_offset", "lq_size", "gt_offset", "gt_size",
+                                      "json_offset", "json_size", *fmt.RECORD_FIELDS, "json_sha256")))
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
 DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
@@ -120,38 +124,47 @@ def example_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 def shard_rows(parts: ShardRows, shard: str) -> dict[str, dict[str, Any]]:
     """key -> index row (offsets and sha256) of the samples of one shard: its index part
-    (``index_parts.ShardRows``), so a worker holds one shard's rows at a time."""
+    (``index_parts.ShardRows``, checked there: the shard's rows only, no key or position
+    twice), so a worker holds one shard's rows at a time."""
     t = parts.rows(shard)
     parts.drop(shard)
-    return {r["key"]: r for r in t.select(list(_CHECK_COLUMNS)).to_pylist()}
+    cols = [c for c in _CHECK_COLUMNS if c in t.column_names]  # json_sha256: version 3 only
+    return {r["key"]: r for r in t.select(cols).to_pylist()}
 
 
 def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The samples of shard ``rel`` whose image members match the index's sha256.
+    """The samples of shard ``rel`` whose members all match their index row (``rows``: key ->
+    row), each checked before it is yielded.
 
-    Each member is compared with its index row before the sample is yielded; a mismatch is
-    read once more by a range request at the row's offsets when the store is remote
-    (``reader.PairReader``), then raised or, under ``on_error="skip"``, logged, listed in
-    ``store.skipped`` and never yielded. A sample the index does not list is refused too.
+    The images against the index's sha256, the ``<key>.json`` record against ``json_sha256``
+    (or, in format version 1/2 folders, field by field against the row:
+    ``integrity.check_record``); a remote mismatch is read once more by a range request at the
+    row's offsets (``reader.PairReader``). A sample the index does not list, or a key that
+    comes twice, is refused too. A refused sample is raised or, under ``on_error="skip"``,
+    logged, listed in ``store.skipped`` and never yielded.
     """
     reader = PairReader(store, "range")
+    names = dict(zip(("lq", "gt", "json"), fmt.members(store.manifest().format_version)))
+    url, served = store.url(rel), set()
     for sample in store.iter_samples(rel):
         key = sample.get("__key__")
         try:
             row = rows.get(key)
-            if row is None:
-                raise ChecksumError(store.url(rel), f"sample {key!r} is not in the index; the shard does "
-                                                    "not match its index: re-pack or re-upload")
-            for m, member in (("lq", fmt.LQ_MEMBER), ("gt", fmt.GT_MEMBER)):
-                data = sample.get(member)
-                want = digest(row[f"{m}_sha256"], f"{store.url(rel)}: member {key}.{member}")
+            if row is None or key in served:
+                raise ChecksumError(url, f"sample {key!r} is {'in the shard twice' if row else 'not in the index'}; "
+                                         "the shard does not match its index: re-pack or re-upload")
+            for m in ("lq", "gt") + (("json",) if row.get("json_sha256") else ()):
+                data = sample.get(names[m])
+                want = digest(row[f"{m}_sha256"], f"{url}: member {key}.{names[m]}")
                 if data is None or hashlib.sha256(data).digest() != want:
-                    sample[member] = reader.read_member(row, m)  # second read, or ChecksumError
-        except ChecksumError as e:
+                    sample[names[m]] = reader.read_member(row, m)  # second read, or ChecksumError
+            check_record(sample.get(names["json"]), row, url)  # after a second read: field by field in v1/2
+            served.add(key)
+        except (ChecksumError, fmt.FormatError) as e:
             if store.on_error != "skip":
                 raise
-            log.warning("skipping sample %s of %s (on_error='skip'): %s", key, store.url(rel), e)
-            store.skipped.append((f"{store.url(rel)}#{key}", str(e)))
+            log.warning("skipping sample %s of %s (on_error='skip'): %s", key, url, e)
+            store.skipped.append((f"{url}#{key}", str(e)))
             continue
         yield sample
 
@@ -239,18 +252,37 @@ def load_dataset(path: str = "foundir", name: str = "all", split: str | None = N
             out[s] = datasets.IterableDataset.from_generator(
                 generate_examples, features=feats, gen_kwargs=kwargs, split=datasets.NamedSplit(s))
         else:
-            out[s] = datasets.Dataset.from_generator(
-                generate_examples, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir,
-                split=datasets.NamedSplit(s), num_proc=num_proc,
-                fingerprint=hashlib.sha256(f"{digest}|{s}".encode()).hexdigest()[:32])
+            try:
+                out[s] = datasets.Dataset.from_generator(
+                    generate_examples, features=feats, gen_kwargs=kwargs, cache_dir=cache_dir,
+                    split=datasets.NamedSplit(s), num_proc=num_proc,
+                    fingerprint=hashlib.sha256(f"{digest}|{s}".encode()).hexdigest()[:32])
+            except datasets.exceptions.DatasetGenerationError as e:
+                cause = _foundir_cause(e)
+                if cause is None:
+                    raise
+                raise cause from None  # our error, with its type and message (not datasets' wrapper)
     if split is not None:
         return out[split]
     return datasets.IterableDatasetDict(out) if streaming else datasets.DatasetDict(out)
 
 
-class DefaultLocationError(ConnectionError):
+def _foundir_cause(exc: BaseException) -> FoundIRError | None:
+    """The first :class:`FoundIRError` in the cause/context chain of ``exc``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, FoundIRError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class DefaultLocationError(FoundIRError, ConnectionError):
     """``"foundir"`` resolved to :data:`DEFAULT_LOCATION`, which cannot be read (offline, or no
     access); the message says how to point it at your copy."""
+
+    exit_code = EXIT_IO
 
 
 def _manifest(store: Store, default: bool) -> fmt.Manifest:

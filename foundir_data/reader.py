@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Any, Mapping
 
 from foundir_data import format as fmt
+from foundir_data.integrity import MAX_RECORD_BYTES, check_record
 from foundir_data.retry import ChecksumError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class PairReader:
 
     # ------------------------------------------------------------ public
     def read_member(self, rec: Mapping[str, Any], member: str) -> bytes:
-        """The checked bytes of one image member (``"lq"`` or ``"gt"``) of an index row."""
+        """The checked bytes of one member (``"lq"``, ``"gt"`` or ``"json"``) of an index row."""
         off, size = rec[f"{member}_offset"], rec[f"{member}_size"]
         if off is None or size is None or min(off, size) < 0:
             raise fmt.FormatError(f"{self.store.location}: index row of {rec['key']!r} has no {member} offsets")
@@ -100,6 +101,11 @@ class PairReader:
     def read_pair(self, rec: Mapping[str, Any], *, reuse: bool = False) -> tuple[memoryview, memoryview]:
         """The checked LQ and GT bytes of an index row, in one read when they are adjacent.
 
+        When the row has ``json_offset``/``json_size``, the ``<key>.json`` record that follows
+        GT is read in the same request and checked too (``json_sha256``, or field by field
+        against the row in version 1/2 folders: ``integrity.check_record``), so the bytes
+        are this key's sample.
+
         Args:
             rec: An index row (``shard``, ``key``, ``{lq,gt}_{offset,size,sha256}``).
             reuse: Read into one buffer kept by this reader (no allocation per pair); the
@@ -109,19 +115,38 @@ class PairReader:
             ChecksumError: a member still differs from the index (names shard, member, hashes).
             FormatError: offsets or sizes that do not fit in the shard, or no sha256.
         """
-        return self.read_offsets(rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"],
-                                 rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse)
+        record = None
+        if rec.get("json_offset") is not None and rec.get("json_size") is not None:
+            record = (rec["json_offset"], rec["json_size"], rec.get("json_sha256"))
+        views = self.read_offsets(rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"],
+                                  rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse,
+                                  record=record)
+        if record is not None and record[2] is None:  # no json_sha256 (v1/2): compare the fields
+            check_record(views[2], rec, self.store.url(rec["shard"]))
+        return views[0], views[1]
 
     def read_offsets(self, shard: str, key: str, lo: int, ls: int, go: int, gs: int,
                      lq_sha: str | bytes | None, gt_sha: str | bytes | None,
-                     *, reuse: bool = False) -> tuple[memoryview, memoryview]:
-        """:meth:`read_pair` from plain values (the stream keeps its index as arrays)."""
-        if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0:
-            raise fmt.FormatError(f"{self.store.location}: index row of {key!r} has no member offsets")
+                     *, reuse: bool = False, record: tuple[int, int, str | bytes | None] | None = None,
+                     ) -> tuple[memoryview, ...]:
+        """:meth:`read_pair` from plain values (the stream keeps its index as arrays).
+
+        Args:
+            record: ``(offset, size, sha256 or None)`` of the ``<key>.json`` member: read in
+                the same request when adjacent (it follows GT: one tar header between) and,
+                when a sha256 is given, checked like the images; returned as a third view
+                (a version 1/2 folder has no sha256: the caller compares the record).
+        """
+        if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0 or (record is not None and (
+                None in record[:2] or min(record[:2]) < 0 or record[1] > MAX_RECORD_BYTES)):
+            raise fmt.FormatError(f"{self.store.url(shard)}: index row of {key!r} has no valid member offsets")
         wants = [("lq", lo, ls, digest(lq_sha, self._where(shard, key, "lq", lo))),
                  ("gt", go, gs, digest(gt_sha, self._where(shard, key, "gt", go)))]
-        joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
-        spans = [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]
+        if record is not None:
+            jo, jn, jsha = record
+            wants.append(("json", jo, jn, None if jsha is None else digest(jsha, self._where(shard, key, "json", jo))))
+        joined = all(0 <= b[1] - (a[1] + a[2]) <= MAX_GAP for a, b in zip(wants, wants[1:]))
+        spans = [(lo, wants[-1][1] + wants[-1][2] - lo)] if joined else [(o, n) for _, o, n, _ in wants]
         mem = self._read(shard, spans, reuse, key)
         return self._checked(shard, key, wants, mem, lo if joined else None)
 
@@ -144,9 +169,9 @@ class PairReader:
 
     # ------------------------------------------------------------ reading
     def _member(self, key: str, member: str) -> str:
-        """``<key>.<tar member name>`` of ``"lq"``/``"gt"`` in this folder's format version."""
-        lq, gt, _ = fmt.members(self.store.manifest().format_version)
-        return f"{key}.{lq if member == 'lq' else gt}"
+        """``<key>.<tar member name>`` of ``"lq"``/``"gt"``/``"json"`` in this folder's format version."""
+        lq, gt, js = fmt.members(self.store.manifest().format_version)
+        return f"{key}.{ {'lq': lq, 'gt': gt}.get(member, js)}"
 
     def _where(self, shard: str, key: str, member: str, off: int) -> str:
         return f"{self.store.url(shard)}: member {self._member(key, member)} at byte {off}"
@@ -203,16 +228,17 @@ class PairReader:
                                   "end of the file); re-download or re-pack it")
         return mem
 
-    def _checked(self, shard: str, key: str, wants: list[tuple[str, int, int, bytes]], mem: memoryview,
+    def _checked(self, shard: str, key: str, wants: list[tuple[str, int, int, bytes | None]], mem: memoryview,
                  base: int | None) -> tuple[memoryview, ...]:
         """Slice members out of ``mem`` (at ``off - base`` when joined, else in order) and check
-        each; a remote mismatch is read once more by a fresh range request."""
+        each (a None sha256: left to the caller); a remote mismatch is read once more by a
+        fresh range request."""
         out, pos = [], 0
         for member, off, size, want in wants:
             start = off - base if base is not None else pos
             view = mem[start:start + size]
             pos += size
-            found = hashlib.sha256(view).digest()
+            found = hashlib.sha256(view).digest() if want is not None else None
             if found != want:
                 view = self._second_read(shard, key, member, off, size, want, found)
             out.append(view)

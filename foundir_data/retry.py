@@ -40,13 +40,15 @@ class ShardError(FoundIRError, OSError):
 
     exit_code = EXIT_IO
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
+    def __init__(self, url: str, reason: str | None = None) -> None:
+        # One argument is the whole message: torch's DataLoader rebuilds a worker's error as
+        # ``type(message)`` and turns it into a RuntimeError when that call fails.
+        super().__init__(url if reason is None else f"{url}: {reason}")
+        self.url = url if reason is not None else ""
+        self.reason = reason if reason is not None else url
 
     def __reduce__(self) -> tuple:  # picklable across DataLoader workers
-        return (type(self), (self.url, self.reason))
+        return (type(self), (self.url, self.reason) if self.url else (self.reason,))
 
 
 class ChecksumError(ShardError):

@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.cache import DiskCache, default_cache_dir
 from foundir_data.errors import FoundIRError
+from foundir_data.integrity import check_manifest_shards
+from foundir_data.limits import MAX_MANIFEST_BYTES, check_file_size, max_index_bytes, read_limited
 from foundir_data.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
 from foundir_data.retry import (
     ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
@@ -181,6 +183,12 @@ class Store:
                                      f"{info.bytes}); the file is corrupt or changed after packing")
         return data
 
+    def read_capped(self, rel: str, limit: int, what: str) -> bytes:
+        """A whole file of at most ``limit`` bytes; its claimed size is checked first (``limits.py``)."""
+        url = self.url(rel)
+        opener = (lambda: open(url, "rb")) if self.protocol == "file" else (lambda: self._open_at(url, 0, None))
+        return self._retry("reading", url, lambda: read_limited(opener, url, limit, what))
+
     def read_range(self, rel: str, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at ``offset`` (one range request remotely, a pread locally)."""
         if offset < 0 or size < 0:
@@ -288,14 +296,14 @@ class Store:
         if self._manifest is None:
             url = self.url(fmt.MANIFEST_FILE)
             try:
-                text = self.read_bytes(fmt.MANIFEST_FILE)
+                text = self.read_capped(fmt.MANIFEST_FILE, MAX_MANIFEST_BYTES, "manifest")
             except FileNotFoundError:
                 if self.is_local and not os.path.exists(self.location):
                     raise NoManifestError(f"{self.location}: no such folder (the path does not exist)") from None
                 raise NoManifestError(
                     f"no {fmt.MANIFEST_FILE} at {url}: is this a packed foundir folder? "
                     "pack one with `shard_tools pack SOURCE OUT`") from None
-            manifest = fmt.Manifest.from_json(text, where=url)
+            manifest = check_manifest_shards(fmt.Manifest.from_json(text, where=url), url)
             for s in manifest.shards:
                 check_rel(s.path)
             self._manifest, self._by_path = manifest, None
@@ -308,30 +316,22 @@ class Store:
         """
         rel = check_rel(self.manifest().index or fmt.INDEX_FILE)
         url = self.url(rel)
-        if columns is not None:
-            unknown = [c for c in columns if c not in fmt.INDEX_COLUMNS]
-            if unknown:
-                raise ValueError(f"unknown index columns {unknown}; valid: {', '.join(fmt.INDEX_COLUMNS)}")
+        fmt.known_columns(columns)
+        limit = max_index_bytes(self.manifest().num_samples)  # docs/format.md, "Integrity"
         try:
             if self.protocol == "file":
-                src: Any = url
+                src: Any = check_file_size(url, limit, "index")
             else:
-                if self._index_bytes is None:
-                    self._index_bytes = self.read_bytes(rel)
+                self._index_bytes = self._index_bytes or self.read_capped(rel, limit, "index")
                 src = pa.BufferReader(self._index_bytes)
-            table = pq.read_table(src, columns=columns)
+            with pq.ParquetFile(src) as pf:  # version 1/2 indexes lack format.OPTIONAL_COLUMNS
+                table = pf.read(columns=columns and [c for c in columns if c in pf.schema_arrow.names])
         except FileNotFoundError:
             raise FileNotFoundError(f"no index at {url}: the manifest names it but it is missing; "
                                     "repack or re-upload the folder") from None
         except (pa.ArrowInvalid, OSError) as e:
             raise fmt.FormatError(f"{url}: unreadable index ({e})") from None
-        if columns is None:
-            return fmt.check_index_schema(table, url)
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise fmt.FormatError(f"{url}: index is missing columns {missing}")
-        schema = pa.schema([fmt.INDEX_SCHEMA.field(c) for c in columns])
-        return table.select(columns).cast(schema)
+        return fmt.index_columns(table, fmt.INDEX_COLUMNS if columns is None else columns, url)
 
     def iter_samples(self, rel: str) -> Iterator[dict[str, Any]]:
         """Yield the samples of a shard as webdataset-style dicts.
@@ -354,7 +354,7 @@ class Store:
                         if not dot:
                             continue
                         key = f"{d}/{stem}" if d else stem
-                        if cur is None or cur["__key__"] != key:
+                        if cur is None or cur["__key__"] != key or ext in cur:  # a repeated member: a new sample
                             if cur is not None:
                                 yield cur
                             cur = {"__key__": key, "__url__": url}

@@ -40,16 +40,18 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
 from foundir_data.index_parts import ShardRows
+from foundir_data.integrity import check_record
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
-from foundir_data.retry import ChecksumError
+from foundir_data.retry import ShardError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key",
+            "json_offset", "json_size", "json_sha256"]
 DTYPES = ("uint8", "float32")
 #: Shards whose index rows a stream keeps decoded (a rank reads few shards at a time: the
 #: plan shuffles within blocks of ``shuffle_block`` shards).
@@ -174,7 +176,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             self._subset = self._subset_rows()
         cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
         self._parts = ShardRows(self.store, columns=cols, keep=2)
-        self._open: OrderedDict[int, tuple[pa.Array, np.ndarray, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[pa.Array, np.ndarray, np.ndarray, bool]] = OrderedDict()
 
     def _subset_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(degradation id, shard code, position) of the rows of a nested subset (Figure 6)."""
@@ -207,8 +209,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         else:
             self.plan = CurriculumPlan(*self._subset, self.schedule, pairs, **kw)
 
-    def _shard_rows(self, code: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-        """(keys, offsets (n, 4), sha256 (n, 2, 32)) of shard ``code``, read and checked on first
+    def _shard_rows(self, code: int) -> tuple[pa.Array, np.ndarray, np.ndarray, bool]:
+        """(keys, member offsets (n, 6), sha256 (n, 3, 32), whether the record has one) of shard ``code``, read and checked on first
         use (``index_parts.ShardRows``) and kept for the :data:`KEEP_SHARDS` last shards."""
         hit = self._open.get(code)
         if hit is not None:
@@ -216,9 +218,13 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             return hit
         name = self._shard_names[code]
         t = self._parts.rows(name)
+        # Version 3: the record member's sha256 too; versions 1/2: its fields are compared.
+        has_json_sha = "json_sha256" in t.column_names and t["json_sha256"].null_count < t.num_rows
+        cols = ("lq_sha256", "gt_sha256", "json_sha256") if has_json_sha else ("lq_sha256", "gt_sha256")
         hit = (t["key"].combine_chunks(),
-               np.stack([t[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1),
-               _digests(t, self.store.url(name)))
+               np.stack([t[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size",
+                                                    "json_offset", "json_size")], 1),
+               _digests(t, self.store.url(name), cols), has_json_sha)
         self._parts.drop(name)  # kept here, in its compact form
         self._open[code] = hit
         while len(self._open) > KEEP_SHARDS:
@@ -302,10 +308,15 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         """
         codes, within = self.plan.locate(np.array([row]))
         code, i = int(codes[0]), int(within[0])
-        keys, off, sha = self._shard_rows(code)
-        lo, ls, go, gs = (int(v) for v in off[i])
-        return self._reader.read_offsets(self._shard_names[code], keys[i].as_py(), lo, ls, go, gs,
-                                         sha[i, 0].tobytes(), sha[i, 1].tobytes(), reuse=reuse)
+        keys, off, sha, has_json_sha = self._shard_rows(code)
+        lo, ls, go, gs, jo, jn = (int(v) for v in off[i])
+        key, shard = keys[i].as_py(), self._shard_names[code]
+        lq, gt, rec = self._reader.read_offsets(shard, key, lo, ls, go, gs, sha[i, 0].tobytes(), sha[i, 1].tobytes(),
+                                                reuse=reuse, record=(jo, jn, sha[i, 2].tobytes() if has_json_sha else None))
+        if not has_json_sha:  # version 1/2: the record must be this row's (docs/format.md, "Integrity")
+            check_record(rec, {"key": key, "degradation_id": int(self._code_deg[code]), "split": self.split,
+                               "layout": self.layout}, self.store.url(shard), fields=("degradation_id", "split", "layout"))
+        return lq, gt
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
@@ -320,7 +331,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         for i, row in enumerate(rows):
             try:
                 pair = self.read_pair(int(row), reuse=True)
-            except ChecksumError as e:
+            except (ShardError, fmt.FormatError) as e:  # ChecksumError, truncated shard, bad offsets
                 if self.store.on_error != "skip":
                     raise
                 # Skipped means never yielded: the pair leaves the batch (which gets smaller).
@@ -357,15 +368,16 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
 
 
-def _digests(sel: pa.Table, where: str) -> np.ndarray:
-    """The index's hex sha256 columns as an (n, 2, 32) uint8 array.
+def _digests(sel: pa.Table, where: str, cols: tuple[str, ...]) -> np.ndarray:
+    """The index's hex sha256 columns ``cols`` as an (n, 3, 32) uint8 array (zeros where
+    ``cols`` has fewer than 3).
 
     Decoded from the Arrow buffer directly (no Python string per row): at the release's
     million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
     """
     n = sel.num_rows
-    out = np.empty((n, 2, 32), np.uint8)
-    for j, col in enumerate(("lq_sha256", "gt_sha256")):
+    out = np.zeros((n, 3, 32), np.uint8)
+    for j, col in enumerate(cols):
         arr = sel[col].combine_chunks()
         if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != {"min": 64, "max": 64}):
             raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "

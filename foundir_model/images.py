@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from foundir_data.decode import DecodeError, decode_image
+from foundir_data.decode import DecodeError, decode_image, pil_reason
 from foundir_data.errors import FoundIRError
 
 #: File name endings treated as images when a folder is given (case-insensitive).
@@ -121,7 +121,7 @@ def decode(data: bytes, where: str = "image") -> Decoded:
                 d.note = (d.note + "; " if d.note else "") + f"16-bit {d.mode} read as 8-bit by Pillow"
             return d
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{where}: not a readable image ({e})") from None
+        raise ImageError(f"{where}: not a readable image ({pil_reason(e)})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{where}: {e}") from None
 

@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools.probe import BadImage, check_pair, probe_image
+from shard_tools.records import read_regular
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_part
 from foundir_data.errors import FoundIRError
 
@@ -177,8 +178,7 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return read_regular(path)  # a FIFO or device put in place of an image is refused, never read
 
 
 def is_done(root: Path, shard: PlannedShard) -> bool:

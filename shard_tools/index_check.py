@@ -9,7 +9,7 @@
   (keys sorted and unique across the whole folder, as many as the manifest counts:
   :func:`layout_problems`). Memory: one shard's rows, one key file, one row group.
 * Older folders: the whole index (Arrow), grouped by shard with one sort (:func:`group_rows`)
-  and its keys checked for duplicates by one sort (:func:`duplicate_keys`).
+  and its keys checked for duplicates by one Arrow group-by (``integrity.repeated_keys``).
 """
 
 from __future__ import annotations
@@ -39,18 +39,6 @@ def group_rows(index: pa.Table) -> dict[str, pa.Table]:
     stops = np.concatenate([starts[1:], [len(shard)]])
     names = shard.take(pa.array(starts)).to_pylist()  # one string per shard
     return {n: t.slice(int(a), int(b - a)) for n, a, b in zip(names, starts, stops)}
-
-
-def duplicate_keys(keys: pa.Array | pa.ChunkedArray) -> list[str]:
-    """Keys that occur more than once (each listed once), by one Arrow sort."""
-    k = pc.sort_indices(keys)
-    srt = keys.take(k)
-    if isinstance(srt, pa.ChunkedArray):
-        srt = srt.combine_chunks()
-    if len(srt) < 2:
-        return []
-    dup = pc.equal(srt[1:], srt[:-1])
-    return sorted(set(srt[1:].filter(dup).to_pylist()))
 
 
 def shard_groups(store: Any) -> Iterator[tuple[str, pa.Table]]:

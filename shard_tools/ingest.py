@@ -31,8 +31,8 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools.ingest_manifest import iter_list, iter_manifest
 from shard_tools.records import (  # noqa: F401 - re-exported: the records are this module's API
-    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, inside, join_path, normalise, outside_reason,
-    parse_deg,
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, check_regular, inside, join_path, normalise,
+    outside_reason, parse_deg,
 )
 
 KINDS = ("auto", "list", "test", "folder", "manifest")
@@ -62,8 +62,9 @@ def detect_kind(source: str | os.PathLike) -> str:
             f"{p}: unknown folder layout; expected lq/ + gt/ (paired folder) or "
             f"NNName/LQ + NNName/GT (release test layout). Pass --kind to force one."
         )
-    if not p.is_file():
+    if not p.exists():
         raise IngestError(f"{p}: no such file or folder")
+    check_regular(p, "source")  # a FIFO would block the open below forever
     with open(p, "rb") as f:
         head = f.read(4096)
     if head.startswith(b"PAR1"):
@@ -137,12 +138,22 @@ def _excluded(p: str | Path) -> bool:
 
 
 def _subdirs(p: Path) -> list[Path]:
-    """Visible, real (not symlinked) sub-folders of ``p``, minus the excluded output."""
+    """Visible, real (not symlinked) sub-folders of ``p``, minus the excluded output (none
+    when ``p`` cannot be listed: :func:`_unreadable` says so as a reject)."""
     try:
         return sorted(c for c in p.iterdir() if c.is_dir() and not c.is_symlink()
                       and not c.name.startswith(".") and not _excluded(c))
     except OSError:
         return []
+
+
+def _unreadable(p: Path) -> str | None:
+    """Why the folder ``p`` cannot be listed (its pairs would be lost silently), or None."""
+    try:
+        with os.scandir(p):
+            return None
+    except OSError as e:
+        return f"{_UNREADABLE} {p} ({e.strerror}): the pairs in it are not read"
 
 
 def _skipped_children(p: Path, rel: str = "", *, used: tuple[Path, ...] | None = None,
@@ -176,7 +187,12 @@ def _files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     followed), symlinked files that resolve outside ``root``. The excluded output folder is
     left out silently (it is not input)."""
     out, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(e: OSError) -> None:  # os.walk skips a folder it cannot list: say so
+        rel = os.path.relpath(e.filename, root).replace(os.sep, "/")
+        skipped.append((rel, f"{_UNREADABLE} ({e.strerror}): the files in it are not read"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
 
         def r(name: str) -> str:
@@ -204,6 +220,14 @@ def _files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return sorted(out), sorted(skipped)
 
 
+_UNREADABLE = "unreadable folder"
+
+
+def _within(stem: str, folders: list[str]) -> str | None:
+    """The folder of ``folders`` (relative, ``.`` = the top) that holds ``stem``, or None."""
+    return next((d for d in folders if d == "." or stem.startswith(d.rstrip("/") + "/")), None)
+
+
 def _stem(rel: str) -> str:
     head, _, name = rel.rpartition("/")
     stem = name.rsplit(".", 1)[0] if "." in name else name
@@ -221,10 +245,12 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
     lq_pre = lq_dir.relative_to(base).as_posix()
     gt_pre = gt_dir.relative_to(base).as_posix()
     for rel, reason in lq_skip:
-        yield Reject(f"{lq_pre}/{rel}", None, split, None, reason, origin)
+        yield Reject(normalise(f"{lq_pre}/{rel}"), None, split, None, reason, origin)
     for rel, reason in gt_skip:
-        yield Reject(None, f"{gt_pre}/{rel}", split, None, reason, origin)
-    if not lq_files and not gt_files:
+        yield Reject(None, normalise(f"{gt_pre}/{rel}"), split, None, reason, origin)
+    # Folders that could not be listed: a file whose partner would be in one is not "missing".
+    lq_bad, gt_bad = ([r for r, why in skip if why.startswith(_UNREADABLE)] for skip in (lq_skip, gt_skip))
+    if not lq_files and not gt_files and not (lq_bad or gt_bad):
         yield Reject(lq_pre, gt_pre, split, None, f"empty folder: no files in {lq_dir} or {gt_dir}", origin)
         return
     gt_by_stem: dict[str, list[str]] = {}
@@ -242,8 +268,9 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
             continue
         lq_seen[stem] = rel
         if not gts:
-            yield Reject(lq_rel, None, split, deg,
-                         f"missing partner: no GT file {gt_pre}/{stem}.* for LQ {lq_rel}", origin)
+            bad = _within(stem, gt_bad)
+            yield Reject(lq_rel, None, split, deg, f"missing partner: no GT file {gt_pre}/{stem}.* for LQ {lq_rel}"
+                         + (f" (the folder {normalise(f'{gt_pre}/{bad}')} is unreadable)" if bad else ""), origin)
             continue
         # The first (sorted) GT of a stem pairs; any others are rejected as duplicates below.
         gt_rel = f"{gt_pre}/{gts[0]}"
@@ -258,8 +285,9 @@ def _pair_dirs(lq_dir: Path, gt_dir: Path, *, base: Path, split: str, origin: st
                 yield Reject(None, g_rel, split, None,
                              f"duplicate pair: GT {g_rel} has the same stem as {gt_pre}/{gts[0]}", origin)
             elif stem not in lq_seen:
-                yield Reject(None, g_rel, split, None,
-                             f"missing partner: no LQ file {lq_pre}/{stem}.* for GT {g_rel}", origin)
+                bad = _within(stem, lq_bad)
+                yield Reject(None, g_rel, split, None, f"missing partner: no LQ file {lq_pre}/{stem}.* for GT {g_rel}"
+                             + (f" (the folder {normalise(f'{lq_pre}/{bad}')} is unreadable)" if bad else ""), origin)
 
 
 # ---------------------------------------------------------------- layouts
@@ -273,6 +301,10 @@ def _iter_test(root: Path, *, split, forced, data_root, mapping) -> Iterator[Rec
     for rel, reason in _skipped_children(root, used=tuple(subs), where="files belong in NNName/LQ/ and NNName/GT/"):
         yield Reject(rel, None, split, None, reason, str(root))
     for sub in subs:
+        why = _unreadable(sub)
+        if why is not None:
+            yield Reject(sub.name, None, split, None, why, str(sub))
+            continue
         kids = _subdirs(sub)
         pair = tuple(k for k in (_find_child(kids, LQ_NAMES), _find_child(kids, GT_NAMES)) if k is not None)
         used = pair if len(pair) == 2 else tuple(kids)  # an incomplete folder is one reject below

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from shard_tools.records import (
-    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, join_path, normalise, outside_reason, parse_deg,
+    GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, check_regular, join_path, normalise, outside_reason,
+    parse_deg,
 )
 
 
@@ -55,6 +56,7 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
         raise IngestError(f"{path}: data root {root} is not a folder; list paths are relative to the "
                           f"release's Train folder, pass it with --data-root")
     seen: dict[tuple[str, str], str] = {}
+    check_regular(path, "list file")
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             origin = f"{path}:{lineno}"
@@ -80,6 +82,7 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    check_regular(path, "manifest")
     with open(path, "rb") as f:
         is_parquet = f.read(4) == b"PAR1"
     if is_parquet:

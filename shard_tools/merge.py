@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.integrity import repeated_keys
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.index_write import write_index
@@ -83,6 +84,10 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
             infos.append(info)
         rejects.extend(part_rejects)
     index = pa.concat_tables(tables) if tables else fmt.empty_index()
+    dup = repeated_keys(index["key"], 3)  # Arrow group-by: no Python object per row
+    if dup:
+        raise MergeError(f"{root}: key {dup[0][0]!r} is in {dup[0][1]} index parts' rows; the parts do not belong "
+                         f"to one pack (delete {root} and pack again)")
     if len(index) + len(rejects) != plan["num_input"]:
         raise MergeError(f"{root}: {len(index)} packed + {len(rejects)} rejected != {plan['num_input']} input "
                          f"pairs; the parts do not belong to one pack (delete {root} and pack again)")

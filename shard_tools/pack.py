@@ -42,6 +42,7 @@ from foundir_data import taxonomy
 from shard_tools import ingest
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
 from shard_tools.merge import merge_locked
+from shard_tools.records import not_regular
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
 from shard_tools.summary import format_rejects, plural, read_rejects
@@ -144,12 +145,18 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
         sizes = []
         for what, path in (("LQ", rec.lq_path), ("GT", rec.gt_path)):
             try:
-                sizes.append(os.stat(path).st_size)
+                st = os.stat(path)
             except OSError as e:
                 reason = "missing partner" if isinstance(e, FileNotFoundError) else "unreadable file"
                 reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
                                      f"{reason}: {what} file {path} ({e.strerror})", rec.origin))
                 break
+            kind = not_regular(st.st_mode)
+            if kind is not None:  # never opened: a FIFO would block the packer forever
+                reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+                                     f"not a regular file: {what} file {path} is {kind} (not read)", rec.origin))
+                break
+            sizes.append(st.st_size)
         else:
             seen[key] = rec.origin
             # Keep the shared path prefix once (ingest builds paths as prefix + relative path).

@@ -10,8 +10,10 @@ with its path and the reason, and never read.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -95,6 +97,45 @@ def outside_reason(root: Path, rel: str) -> str | None:
     if not inside(root, os.path.join(str(root), rel)):
         return f"path resolves outside the data root {root} through a symlink: {rel} (not read)"
     return None
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is not a regular file (never opened:
+    a FIFO blocks the reader forever, a device never ends), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file (checked on the open descriptor; opened
+    with ``O_NONBLOCK`` so a FIFO swapped in after a ``stat`` cannot block the read).
+
+    Raises:
+        OSError: unreadable, or not a regular file (``strerror`` says what it is).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        what = not_regular(os.fstat(fd).st_mode)
+        if what is not None:
+            raise OSError(errno.EINVAL, f"{what}, not a regular file: not read", path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: str | Path, what: str) -> None:
+    """Raise :class:`IngestError` naming ``path`` unless it is a regular file (a list or
+    manifest that is a FIFO would block ``open`` forever)."""
+    try:
+        kind = not_regular(os.stat(path).st_mode)
+    except OSError as e:
+        raise IngestError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    if kind is not None:
+        raise IngestError(f"{path}: the {what} is {kind}, not a regular file; not read")
 
 
 def parse_deg(token: str, mapping: Mapping[str, str]) -> tuple[str | None, str | None]:

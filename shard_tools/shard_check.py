@@ -112,6 +112,9 @@ def _samples(tf: tarfile.TarFile, rel: str, problems: list[Problem],
         if not ti.isreg():
             problems.append(Problem(rel, "tar member is not a regular file", member=name))
             continue
+        if "/" in name or "\\" in name:  # members are flat: `<key>.<ext>`, never a path (docs/format.md)
+            problems.append(Problem(rel, "tar member name has a directory part (a reader would extract or key "
+                                         "it elsewhere)", member=name, expected=f"{k}.{suffix}", found=name))
         if k != key:
             if key is not None:
                 yield key, members
@@ -254,6 +257,8 @@ def _check_sample(rel: str, key: str, members: dict[str, Member], position: int,
         if data is None:  # too large to check further (reported by _samples)
             continue
         if member == fmt.JSON_MEMBER:
+            if row.get("json_sha256") is not None and row["json_sha256"] != sha:  # format version 3
+                bad("member sha256 differs from the index", member, row["json_sha256"], sha)
             _check_record(data, row, bad)
             continue
         if row.get(f"{p}_sha256") != sha:

@@ -22,13 +22,14 @@ import zstandard
 from PIL import Image
 
 from foundir_data import format as fmt
+from foundir_data.errors import FoundIRError
 
 #: zstd level of ``--codec zstd`` (bench/README.md "Tile codec": level 3 is within a few % of
 #: the bytes of levels up to 9 and decodes at the same speed).
 DEFAULT_ZSTD_LEVEL = 3
 
 
-class CodecError(RuntimeError):
+class CodecError(FoundIRError, RuntimeError):
     """A tile codec that is unknown or whose package is not installed."""
 
 

@@ -14,8 +14,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.integrity import check_unique_keys
 from shard_tools.tile_plan import TILE_PLAN_FILE, TileError, TileShard
 from shard_tools.writer import read_part_meta
+
+
+def read_index(path: Path) -> pa.Table:
+    """A local index (or index part), schema-checked, with unique keys (a repeated row would be
+    tiled and counted twice).
+
+    Raises:
+        TileError: naming ``path``, for a file that is not a Parquet index.
+        FormatError: a missing column or a repeated key.
+    """
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TileError(f"{path}: not a readable Parquet index ({' '.join(str(e).split())[:200]}); "
+                        "re-run `shard_tools merge` or re-pack the folder") from None
+    table = fmt.check_index_schema(table, str(path)).replace_schema_metadata(None)
+    check_unique_keys(table["key"], str(path))
+    return table
 
 
 def part_info(path: Path) -> fmt.ShardInfo | None:
@@ -43,9 +62,10 @@ def with_tiles(root: str | Path, index, manifest: fmt.Manifest):
         info = part_info(part)
         if info is None:
             raise TileError(f"{root}: tile shard {s['path']} is not finished; rerun `shard_tools tile`")
-        tables.append(fmt.check_index_schema(pq.read_table(part), str(part)).replace_schema_metadata(None))
+        tables.append(read_index(part))
         infos.append(info)
     index = pa.concat_tables(tables)
+    check_unique_keys(index["key"], f"{root}/{fmt.INDEX_FILE}")
     manifest.shards = [s for s in manifest.shards if s.layout != fmt.LAYOUT_TILE] + infos
     manifest.tile = {"size": plan["size"], "stride": plan["stride"], "codec": plan.get("codec", "png")}
     manifest.format_minor = fmt.FORMAT_MINOR  # the tile codec is recorded (format.FORMAT_MINOR)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from foundir_data import format as fmt
 from foundir_data.command import run_module
 from foundir_data.decode import DecodeError, decode_image
+from foundir_data.integrity import check_manifest_shards
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
 from shard_tools.pack_guard import PLAN_FILE as PACK_PLAN_FILE
@@ -60,7 +61,7 @@ from shard_tools.card import write_card
 from shard_tools.index_write import write_index
 from shard_tools.merge import merge
 from shard_tools.summary import plural
-from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
+from shard_tools.tile_index import part_info, read_index, with_tiles  # with_tiles: re-exported
 from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png
 from shard_tools.writer import TarShardWriter, add_sample, write_atomic, write_part
 
@@ -160,9 +161,10 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         raise TileError(f"{root}: no {fmt.INDEX_FILE} here; tile a local folder written by `shard_tools pack`")
     mpath = base / fmt.MANIFEST_FILE
     if mpath.exists():  # tile shards are written in the current version only
-        fmt.check_writable(fmt.Manifest.from_json(mpath.read_text(), str(mpath)), str(mpath))
+        fmt.check_writable(check_manifest_shards(fmt.Manifest.from_json(mpath.read_text(), str(mpath)), str(mpath)),
+                           str(mpath))
     t0 = time.monotonic()
-    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
+    index = read_index(base / fmt.INDEX_FILE)
     shards, table = plan_tiles(index, cfg)
     if not shards:
         have = sorted(pc.unique(index["split"]).to_pylist())
@@ -233,7 +235,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
     if (base / PACK_PLAN_FILE).exists():
         merge(root)
     manifest = fmt.Manifest.from_json((base / fmt.MANIFEST_FILE).read_text(), str(base / fmt.MANIFEST_FILE))
-    index = fmt.check_index_schema(pq.read_table(base / fmt.INDEX_FILE), str(base / fmt.INDEX_FILE))
+    index = read_index(base / fmt.INDEX_FILE)
     index, manifest = with_tiles(base, index, manifest)
     write_index(base, index, manifest)  # the index, its per-shard parts and the key lookup
     write_card(str(base), manifest, index)

@@ -38,11 +38,13 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.errors import UsageError
+from foundir_data.integrity import repeated_keys
+from foundir_data.limits import MAX_MANIFEST_BYTES, check_file_size, max_index_bytes
 from foundir_data.locations import check_rel
 from foundir_data.store import Store
 from foundir_data.index_parts import has_parts
 from foundir_data.index_parts import ShardRows
-from shard_tools.index_check import (count_problems, duplicate_keys, group_rows, layout_problems, part_problems,
+from shard_tools.index_check import (count_problems, group_rows, layout_problems, part_problems,
                                      shard_counts, shard_groups)
 from shard_tools.shard_check import Problem, verify_shard  # re-exported: part of verify's API
 from shard_tools.summary import plural
@@ -90,7 +92,7 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     manifest, _ = loaded
     if fmt.members(manifest.format_version) != fmt.MEMBERS:  # member names differ (format.members)
         return Report([Problem(fmt.MANIFEST_FILE, f"format version {manifest.format_version} folder: this verify "
-                               f"checks version {fmt.FORMAT_VERSION} shards; repack into a new folder to verify")])
+                               f"checks shards with members {', '.join(fmt.MEMBERS)}; repack into a new folder to verify")])
 
     problems: list[Problem] = []
     # The readers' path rule (locations.check_rel): a shard path that is absolute or climbs
@@ -116,9 +118,9 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
     problems += count_problems(manifest, counts)
     if has_parts(manifest):
         problems += layout_problems(manifest, src)  # the key lookup: sorted, unique, complete
-    else:  # an older folder: its keys in one Arrow column, checked by one sort
-        problems += [Problem(manifest.index, "duplicate key in the index", key=k)
-                     for k in duplicate_keys(src.index(columns=["key"])["key"])]
+    else:  # an older folder: its keys in one Arrow column (group-by: no Python object per row)
+        problems += [Problem(manifest.index, "duplicate key in the index", key=k, found=f"{n} rows")
+                     for k, n in repeated_keys(src.index(columns=["key"])["key"])]
     if store is None:
         problems += _stray_files(root, set(listed))
     if not _has_card(root, store):
@@ -145,6 +147,9 @@ def verify(root: str | os.PathLike, full_decode: bool = False, workers: int = 1,
         for s, rows in jobs():
             if parts is not None:
                 problems.extend(part_problems(parts, s, rows))
+            if manifest.format_version >= 3 and "json_sha256" in rows.column_names and rows["json_sha256"].null_count:
+                problems.append(Problem(manifest.index, "index rows lack json_sha256 (every record must be checkable)",
+                                        found=f"{rows['json_sha256'].null_count} rows of {s.path}"))
             yield root, s, rows, full_decode, store
 
     samples = 0
@@ -178,13 +183,15 @@ def _load(root: str, store: Any) -> tuple[fmt.Manifest, None] | Problem:
             manifest = store.manifest()
         else:
             mpath = Path(root) / fmt.MANIFEST_FILE
-            manifest = fmt.Manifest.from_json(mpath.read_bytes(), where=str(mpath))
+            manifest = fmt.Manifest.from_json(Path(check_file_size(str(mpath), MAX_MANIFEST_BYTES, "manifest"))
+                                              .read_bytes(), where=str(mpath))
         where = fmt.MANIFEST_FILE
         check_rel(manifest.index)  # the readers' path rule, before anything is opened
         where = manifest.index
         if store is not None:
             return manifest, None  # streamed later (shard_tools.index_check)
         ipath = Path(root) / manifest.index
+        check_file_size(str(ipath), max_index_bytes(manifest.num_samples), "index")
         fmt.check_index_schema(pq.read_schema(ipath).empty_table(), str(ipath))
         return manifest, None
     except FileNotFoundError:

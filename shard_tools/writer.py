@@ -249,9 +249,12 @@ def add_sample(w: TarShardWriter, row: dict, lq: bytes, gt: bytes) -> dict:
     key = row["key"]
     m_lq = w.add(f"{key}.{fmt.LQ_MEMBER}", lq)
     m_gt = w.add(f"{key}.{fmt.GT_MEMBER}", gt)
-    m_js = w.add(f"{key}.{fmt.JSON_MEMBER}", fmt.encode_record(fmt.record_from_row(row)))
+    record = fmt.encode_record(fmt.record_from_row(row))
+    m_js = w.add(f"{key}.{fmt.JSON_MEMBER}", record)
+    # json_sha256: readers check the record against it before handing it on (docs/format.md, "Integrity").
     row.update(lq_offset=m_lq.offset, lq_size=m_lq.size, gt_offset=m_gt.offset,
-               gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size)
+               gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size,
+               json_sha256=hashlib.sha256(record).hexdigest())
     return row
 
 
