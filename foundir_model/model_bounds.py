@@ -122,8 +122,8 @@ def check_weights(weights: Any, where: str, error: type[Exception] = ModelFileEr
     return dict(weights)
 
 
-class _TooMany(Exception):
-    pass
+class _TooMany(FoundIRError):
+    """A meta build past its tensor bound (internal: :func:`check_fits` turns it into one line)."""
 
 
 def meta_build(build: Callable[[], nn.Module], max_tensors: int) -> nn.Module:
