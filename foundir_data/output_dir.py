@@ -11,7 +11,7 @@ results into a folder (``foundir-restore OUT``, ``foundir-eval --out``, ``shard_
 Any other non-empty folder is refused with a one-line :class:`OutputFolderError` listing what
 is there, unless the user passes ``--overwrite`` (``--force`` for pack): then the folder is
 adopted (the marker is written) and later runs need no flag. A rerun into our own folder is
-allowed; the command says in one line which files it replaces (:meth:`OutputDir.replace_note`).
+allowed; the command says in one line which files it replaces (:meth:`OutputDir.claim`).
 
 Checking writes nothing (:func:`check_output_dir`); :meth:`OutputDir.claim` creates the folder
 and its marker just before the first result is written, so a run that fails earlier (a bad
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -106,8 +107,17 @@ class OutputDir:
         whose = "an earlier run" if self.state == "ours" else "files already there (--overwrite)"
         return f"{prog}: replacing {len(found)} file{'s' if len(found) != 1 else ''} of {whose} in {self.path}: {shown}"
 
-    def claim(self) -> "OutputDir":
-        """Create the folder and write (or extend) its marker; idempotent. Returns self."""
+    def claim(self, replacing: Iterable[str | os.PathLike] = (), prog: str = "foundir") -> "OutputDir":
+        """Create the folder and write (or extend) its marker; idempotent. Returns self.
+
+        Args:
+            replacing: The files the run is about to write: those that exist are named on
+                stderr in one line (:meth:`replace_note`) before anything is written.
+            prog: The command named in that line.
+        """
+        note = self.replace_note(replacing, prog)
+        if note:
+            print(note, file=sys.stderr)
         self.path.mkdir(parents=True, exist_ok=True)
         kinds = marker_kinds(self.path)
         if self.kind not in kinds:
@@ -139,10 +149,10 @@ def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False
                             f"files there. Choose a new or empty folder, or pass {flag} to write into it anyway")
 
 
-def claim_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False,
-                     flag: str = "--overwrite") -> OutputDir:
-    """:func:`check_output_dir`, then :meth:`OutputDir.claim`."""
-    return check_output_dir(path, kind, overwrite, flag).claim()
+def claim_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False, flag: str = "--overwrite",
+                     replacing: Iterable[str | os.PathLike] = (), prog: str = "foundir") -> OutputDir:
+    """:func:`check_output_dir`, then :meth:`OutputDir.claim` (``replacing``, ``prog``: see there)."""
+    return check_output_dir(path, kind, overwrite, flag).claim(replacing, prog)
 
 
 __all__ = ["MARKER", "OutputDir", "check_output_dir", "claim_output_dir", "is_ours", "marker_kinds", "contents",

@@ -148,10 +148,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)
-    out = folder.claim().path if folder is not None else None
-    note = folder.replace_note(REPORT_FILES, "foundir-eval") if folder is not None else None
-    if note:
-        print(note, file=sys.stderr)
+    out = folder.claim(REPORT_FILES, "foundir-eval").path if folder is not None else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
     with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress) as bars:
         for i, it in enumerate(items):

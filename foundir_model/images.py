@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from foundir_data.decode import DecodeError, decode_image
 from foundir_data.errors import FoundIRError
+from foundir_data.output_dir import MARKER
 
 #: File name endings treated as images when a folder is given (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -210,6 +211,8 @@ def list_inputs(root: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, s
                 left.append((Path(folder, d), "link to a folder (not followed)"))
         for n in names:
             p = Path(folder, n)
+            if n == MARKER:  # an output folder's marker (foundir_data/output_dir.py) is ours, not an input
+                continue
             if not p.exists():
                 left.append((p, "broken link"))
             elif not p.is_file():

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module
-from foundir_data.output_dir import MARKER, check_output_dir
+from foundir_data.output_dir import check_output_dir
 from foundir_model import budget, experts, images, outputs, progress
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
@@ -353,9 +353,8 @@ def run(args: argparse.Namespace) -> int:
     if left_out:
         print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
               "not inputs; left out", file=sys.stderr)
-    for path, why in not_images:  # every file a folder run leaves out, with its reason
-        if path.name != MARKER and not outputs.is_under(path, out_root):  # our own marker and earlier results
-            print(f"foundir-restore: left out {path}: {why}", file=sys.stderr)
+    for path, why in (e for e in not_images if not outputs.is_under(e[0], out_root)):  # earlier results are ours
+        print(f"foundir-restore: left out {path}: {why}", file=sys.stderr)  # every file left out, with the reason
     if not pairs:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
@@ -366,10 +365,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
     sizes = [progress.header_size(f) for f, _ in pairs]
     tiles = preflight(restorer, sizes, cfg)
-    note = folder.replace_note([dst for _, dst in pairs], "foundir-restore")
-    if note:
-        print(note, file=sys.stderr)
-    folder.claim()
+    folder.claim([dst for _, dst in pairs], "foundir-restore")  # says which earlier results it replaces
     failed: list[str] = []
     with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
         for f, dst in pairs:

@@ -201,10 +201,8 @@ def preview_page(cfg: PreviewConfig, out_dir: str, store=None, overwrite: bool =
     if not picked:
         raise ValueError(f"{cfg.location}: no full-frame pairs for split={cfg.split or 'any'} "
                          f"types={','.join(cfg.types)}")
-    note = out.replace_note(["index.html", "page/"], "shard_tools preview")
-    if note:
-        print(note, file=sys.stderr)
-    return write_html(store, index, picked, out.claim().path, cfg.per_type, threads=FETCH_THREADS)
+    out.claim(["index.html", "page/"], "shard_tools preview")  # says what a rerun replaces
+    return write_html(store, index, picked, out.path, cfg.per_type, threads=FETCH_THREADS)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
