@@ -291,7 +291,8 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
         if spec_state and only is None:
             pool = sp.SpecialistPool.from_state(spec_state, str(specialists_path or path)).to(device).eval()
         nets.update(state.get(experts.KEY) or {})
+    built = experts.build(nets, device, str(path))  # its errors name the file already
     try:
-        return _Restorer(model, pool, experts.build(nets, device, str(path)), device, steps, only)
+        return _Restorer(model, pool, built, device, steps, only)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -50,8 +50,8 @@ def read_limit(max_bytes: int | None = None) -> int:
 
 
 def _check_size(path: Path, limit: int, error: type[Exception]) -> int:
-    if not path.is_file():
-        raise error(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or device is never opened
+        raise error(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
     size = path.stat().st_size
     if size == 0:
         raise error(f"{path}: empty file (0 bytes); not a model file (an interrupted download or copy?)")
@@ -75,8 +75,9 @@ def check_torch_file(path: str | os.PathLike, limit: int | None = None,
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise error(f"{path}: cannot read: not a torch.save archive ({one_line(e)[:120]}); the file is corrupted or "
-                    "truncated, or not a model file (files of torch before 1.6 must be re-saved with a newer torch)") from None
+        raise error(f"{path}: cannot read: not a torch.save archive ({one_line(e)[:120]}); the file is corrupted "
+                    "or truncated, or not a model file (files of torch before 1.6 must be re-saved with a newer "
+                    "torch)") from None
     for i in infos:
         if i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size:
             raise error(f"{path}: member {i.filename!r} is compressed; torch.save never compresses, so this is "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import resource
 import struct
 import sys
@@ -24,6 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -32,7 +34,7 @@ from _model_helpers import OneThread  # noqa: E402
 from foundir_data.errors import FoundIRError  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model import experts, release  # noqa: E402
+from foundir_model import experts, lowlight, release  # noqa: E402
 from foundir_model import specialists as sp  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
 from foundir_model.infer import main as restore_cli  # noqa: E402
@@ -120,6 +122,13 @@ def test_damaged_checkpoint_files(case, make, expect, tiny_checkpoint, photo, tm
     assert not out.exists()  # every check ran before the output folder was created
 
 
+def test_a_fifo_named_like_a_checkpoint_is_never_opened(photo, tmp_path, capsys):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)  # opening it would block forever
+    assert _restore(photo, fifo, tmp_path / "out") == 2
+    _refused(capsys, str(fifo), "not a regular file")
+
+
 def test_a_file_larger_than_the_memory_to_read_it_is_refused_before_loading(tiny_checkpoint):
     size = tiny_checkpoint.stat().st_size
     with pytest.raises(ckpt.CheckpointError, match=r"more than the .* of memory available"):
@@ -187,8 +196,6 @@ def test_the_network_is_checked_against_max_memory_before_it_is_built(tiny_check
 
 def _export(state: dict, path: Path, meta_change: dict) -> Path:
     ckpt.export_safetensors(state, path)
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(path), metadata={**meta, **meta_change})
@@ -273,7 +280,5 @@ def test_empty_release_files(tmp_path, capsys):
     empty.write_bytes(b"")
     assert foundir(["convert-release", str(GEN), str(tmp_path / "o.pt"), "--weather", str(empty)]) == 2
     _refused(capsys, str(empty), "empty file (0 bytes)")
-    from foundir_model import lowlight
-
     with pytest.raises(lowlight.LowlightFileError, match="empty file"):
         lowlight.load_release(empty)

@@ -8,7 +8,10 @@ for every entry exactly once: restored, failed (with the reason, exit status 1) 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -81,19 +84,45 @@ def test_every_entry_of_a_folder_run_is_accounted_for(tiny_checkpoint, tmp_path,
     assert not (out / "elsewhere").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
-def test_an_unreadable_folder_is_listed(tmp_path):
-    src = tmp_path / "in"
-    (src / "locked").mkdir(parents=True)
-    _img(0).save(src / "locked" / "a.png")
-    _img(1).save(src / "b.png")
-    (src / "locked").chmod(0)
+def _list_as_nobody(src: Path) -> tuple[list, list]:
+    """``images.list_inputs(src)`` in a forked child without root's right to read any folder."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, list, report, leave without running the parent's cleanup
+        try:
+            os.close(r)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            found, left = images.list_inputs(src)
+            os.write(w, json.dumps([[str(f) for f in found], [[str(p), why] for p, why in left]]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    found, left = json.loads(data)
+    return [Path(f) for f in found], [(Path(p), why) for p, why in left]
+
+
+def test_an_unreadable_folder_is_listed():
+    root = Path(tempfile.mkdtemp(prefix="foundir-unreadable-"))  # under /tmp, reachable by nobody
     try:
-        found, left = images.list_inputs(src)
+        root.chmod(0o755)
+        src = root / "in"
+        (src / "locked").mkdir(parents=True)
+        src.chmod(0o755)
+        _img(0).save(src / "locked" / "a.png")
+        _img(1).save(src / "b.png")
+        (src / "b.png").chmod(0o644)
+        (src / "locked").chmod(0)
+        found, left = _list_as_nobody(src)
+        assert found == [src / "b.png"]
+        assert left == [(src / "locked", "folder cannot be read (Permission denied)")]
     finally:
-        (src / "locked").chmod(0o755)
-    assert found == [src / "b.png"]
-    assert left == [(src / "locked", "folder cannot be read (Permission denied)")]
+        (root / "in" / "locked").chmod(0o755)
+        shutil.rmtree(root)
 
 
 def test_decode_refuses_every_multi_frame_file(tmp_path):
