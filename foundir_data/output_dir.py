@@ -50,9 +50,10 @@ def marker_kinds(path: str | os.PathLike) -> list[str]:
     return [k for k in kinds if isinstance(k, str)] if isinstance(kinds, list) else []
 
 
-def contents(path: str | os.PathLike, ignore: Iterable[str] = ()) -> list[str]:
-    """The sorted entry names of folder ``path`` without the marker and ``ignore``."""
-    skip = {MARKER, *ignore}
+def contents(path: str | os.PathLike, ignore: Iterable[str] = (), kind: str | None = None) -> list[str]:
+    """The sorted entry names of folder ``path`` without ``ignore``, and without the marker
+    when it names ``kind`` (another command's marker is content: that folder is not empty)."""
+    skip = set(ignore) | ({MARKER} if kind is not None and kind in marker_kinds(path) else set())
     return sorted(n for n in os.listdir(path) if n not in skip)
 
 
@@ -63,7 +64,7 @@ def is_ours(path: str | os.PathLike, kind: str, signs: Iterable[str] = (), ignor
     p = Path(path)
     if not p.exists():
         return True
-    return (not contents(p, ignore) or kind in marker_kinds(p)
+    return (not contents(p, ignore, kind) or kind in marker_kinds(p)
             or any((p / s).exists() for s in signs))
 
 
@@ -137,7 +138,7 @@ def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputFolderError(f"{p}: exists and is not a folder; choose a new output folder")
-    if not p.exists() or not contents(p):
+    if not p.exists() or not contents(p, kind=kind):
         return OutputDir(p, kind, "new")
     if kind in marker_kinds(p):
         return OutputDir(p, kind, "ours")

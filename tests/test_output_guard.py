@@ -154,6 +154,14 @@ def test_pack_refuses_another_commands_folder(sample_source, layout, tiny_checkp
     assert shard_main(["pack", str(sample_source), str(out)]) == 2
     err = capsys.readouterr().err
     assert "not a foundir pack" in err and "--force" in err and _digest(out) == before
+    # An empty folder another command marked is that command's, not an empty folder.
+    for f in out.iterdir():
+        if f.name != MARKER:
+            f.unlink()
+    assert shard_main(["pack", str(sample_source), str(out)]) == 2
+    assert "not a foundir pack" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a foundir restore output folder, not eval's"):
+        check_output_dir(out, "eval")
 
 
 # ---------------------------------------------------------------- the API i21's resumable runs build on
