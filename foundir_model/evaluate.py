@@ -141,7 +141,8 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
     items = load_items(cfg.location, cfg.types, cfg.limit, cfg.split)
     preds = index_predictions(cfg.pred) if cfg.pred else None
     if cfg.checkpoint:
-        restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
+        restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists,
+                                 max_memory=cfg.tile.max_memory)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
         tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))

@@ -109,7 +109,9 @@ def build(nets: dict[str, Any], device: str | torch.device = "cpu", where: str =
     """Modules (eval mode, on ``device``) of a checkpoint's ``specialist_nets``."""
     out: dict[str, nn.Module] = {}
     for name, e in nets.items():
-        kind = get(name)
+        if name not in SPECIALISTS:
+            raise ModelFileError(f"{where}: unknown specialist {name!r}; this foundir runs {', '.join(SPECIALISTS)}")
+        kind = SPECIALISTS[name]
         if not isinstance(e, dict) or e.get("arch") != kind.arch:
             found = e.get("arch") if isinstance(e, dict) else type(e).__name__
             raise ModelFileError(f"{where}: specialist {name!r} is a {found!r}, expected {kind.arch!r}")

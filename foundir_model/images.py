@@ -198,7 +198,7 @@ def list_inputs(root: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, s
     if r.is_file():
         return [r], []
     if not r.is_dir():
-        raise ImageError(f"{r}: no such file or folder")
+        raise ImageError(f"{r}: {'not a regular file or folder' if r.exists() else 'no such file or folder'}")
     found: list[Path] = []
     left: list[tuple[Path, str]] = []
 
