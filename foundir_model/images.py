@@ -130,7 +130,9 @@ def decode(data: bytes, where: str = "image") -> Decoded:
                 # Pillow reads 48/64-bit PNGs as 8-bit (high byte); say so rather than hide it.
                 d.note = (d.note + "; " if d.note else "") + f"16-bit {d.mode} read as 8-bit by Pillow"
             return d
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+    except UnidentifiedImageError:  # its message names the BytesIO object, not the file
+        raise ImageError(f"{where}: not a readable image (no image format Pillow knows)") from None
+    except (OSError, SyntaxError, EOFError) as e:
         raise ImageError(f"{where}: not a readable image ({e})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{where}: {e}") from None

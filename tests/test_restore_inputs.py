@@ -46,6 +46,8 @@ ENTRIES: list[tuple[str, Callable[[Path], None], str, str]] = [
     ("anim.png", lambda p: _frames(p, "PNG", 2), "failed", "holds 2 frames (an animated or multi-page PNG image)"),
     ("pages.tif", lambda p: _frames(p, "TIFF", 2), "failed", "holds 2 frames (an animated or multi-page TIFF image)"),
     ("broken.jpg", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0 not really"), "failed", "not a readable image"),
+    ("garbage.png", lambda p: p.write_bytes(b"garbage"), "failed",
+     "not a readable image (no image format Pillow knows)"),
     ("notes.txt", lambda p: p.write_text("x"), "left out", "not an image file name (.txt;"),
     ("README", lambda p: p.write_text("x"), "left out", "not an image file name (no extension;"),
     (".DS_Store", lambda p: p.write_bytes(b"\0"), "left out", "not an image file name"),
@@ -80,7 +82,7 @@ def test_every_entry_of_a_folder_run_is_accounted_for(tiny_checkpoint, tmp_path,
         else:
             assert sum(ln == f"foundir-restore: left out {path}: {ln.split(': ', 2)[-1]}" and says in ln
                        for ln in lines) == 1, (name, lines)
-    assert "foundir-restore: 4 of 7 files failed:" in cap.err
+    assert "foundir-restore: 5 of 8 files failed:" in cap.err and "BytesIO" not in cap.err
     assert not (out / "elsewhere").exists()
 
 
@@ -133,3 +135,14 @@ def test_decode_refuses_every_multi_frame_file(tmp_path):
             images.load(p)
     _img(0).save(tmp_path / "one.gif")
     assert images.load(tmp_path / "one.gif").rgb.shape == (*PHOTOS[0].shape[:2], 3)
+
+
+def test_unreadable_bytes_are_named_not_the_bytesio():
+    from foundir_data.decode import DecodeError, decode_image  # the data side's decoder, same rule
+
+    for call, err in ((lambda: images.decode(b"garbage", "k.png"), images.ImageError),
+                      (lambda: images.decode_rgb8(b"garbage", "k.png"), images.ImageError),
+                      (lambda: decode_image(b"garbage", "k.png"), DecodeError)):
+        with pytest.raises(err) as e:
+            call()
+        assert str(e.value).startswith("k.png: ") and "BytesIO" not in str(e.value) and "0x" not in str(e.value)
