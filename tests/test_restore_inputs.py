@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
+from foundir_data.decode import DecodeError, decode_image  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import images  # noqa: E402
 from foundir_model.infer import main as restore_main  # noqa: E402
@@ -138,8 +139,6 @@ def test_decode_refuses_every_multi_frame_file(tmp_path):
 
 
 def test_unreadable_bytes_are_named_not_the_bytesio():
-    from foundir_data.decode import DecodeError, decode_image  # the data side's decoder, same rule
-
     for call, err in ((lambda: images.decode(b"garbage", "k.png"), images.ImageError),
                       (lambda: images.decode_rgb8(b"garbage", "k.png"), images.ImageError),
                       (lambda: decode_image(b"garbage", "k.png"), DecodeError)):
