@@ -83,11 +83,13 @@ class OutputDir:
         kind: What writes it (``restore``, ``eval``, ``preview``).
         state: ``new`` (missing or empty), ``ours`` (an earlier run of ``kind`` wrote it) or
             ``adopted`` (not ours; the user passed the overwrite flag).
+        flag: That flag, named in :meth:`replace_note`.
     """
 
     path: Path
     kind: str
     state: str
+    flag: str = "--overwrite"
 
     def will_replace(self, name: str | os.PathLike) -> bool:
         """Whether writing ``name`` (relative to the folder, or a path inside it) replaces a file."""
@@ -105,7 +107,7 @@ class OutputDir:
         if not found:
             return None
         shown = ", ".join(found[:_SHOWN]) + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
-        whose = "an earlier run" if self.state == "ours" else "files already there (--overwrite)"
+        whose = "an earlier run" if self.state == "ours" else f"files already there ({self.flag})"
         return f"{prog}: replacing {len(found)} file{'s' if len(found) != 1 else ''} of {whose} in {self.path}: {shown}"
 
     def claim(self, replacing: Iterable[str | os.PathLike] = (), prog: str = "foundir") -> "OutputDir":
@@ -139,11 +141,11 @@ def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False
     if p.exists() and not p.is_dir():
         raise OutputFolderError(f"{p}: exists and is not a folder; choose a new output folder")
     if not p.exists() or not contents(p, kind=kind):
-        return OutputDir(p, kind, "new")
+        return OutputDir(p, kind, "new", flag)
     if kind in marker_kinds(p):
-        return OutputDir(p, kind, "ours")
+        return OutputDir(p, kind, "ours", flag)
     if overwrite:
-        return OutputDir(p, kind, "adopted")
+        return OutputDir(p, kind, "adopted", flag)
     other = marker_kinds(p)
     what = f"a foundir {'/'.join(other)} output folder, not {kind}'s" if other else f"not a foundir {kind} output folder"
     raise OutputFolderError(f"{p}: not empty and {what} (it holds {describe(p)}); {kind} would replace same-named "
