@@ -14,7 +14,8 @@ It also times ``foundir convert-release`` on a release-shaped ``model-2000.pt`` 
 Rates are per CPU-second of this process (``time.process_time``, torch pinned to one thread),
 so other load on a shared machine does not inflate them (bench/README.md, "Machine and method").
 
-Run: ``python bench/release.py --release-repo /path/to/FoundIR [--size 256] [--repeat 3]``.
+Run: ``python bench/release.py --release-repo /path/to/FoundIR [--size 256] [--repeat 3]``;
+``--checks`` times only what bounding a model file's sizes costs (``model_bounds.py``).
 """
 
 from __future__ import annotations
@@ -108,14 +109,38 @@ def bench_convert(repeat: int) -> None:
           f"(writes .pt + .safetensors); torch.load alone {ml:.2f} s; ratio {mc / ml:.1f}")
 
 
+def bench_checks(repeat: int) -> None:
+    """What bounding a model file's sizes costs (foundir_model/model_bounds.py): the zip check
+    against ``torch.load`` of the file, the stored config against the weights on the meta device
+    against building the real network."""
+    from foundir_model import model_bounds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model-2000.pt"
+        release_shaped_file(src)
+        mb = src.stat().st_size / 1e6
+        t_load = statistics.median(cpu_time(lambda: torch.load(src, weights_only=True), repeat))
+        t_zip = statistics.median(cpu_time(lambda: model_bounds.check_torch_file(src), repeat))
+    sd = UNet(UNetConfig()).state_dict()
+    t_meta = statistics.median(cpu_time(lambda: model_bounds.check_fits(lambda: UNet(UNetConfig()), sd, "x"), repeat))
+    t_build = statistics.median(cpu_time(lambda: UNet(UNetConfig()), repeat))
+    print(f"bounding a {mb:.0f} MB model-2000.pt: zip check {t_zip * 1e3:.1f} ms vs torch.load {t_load * 1e3:.0f} ms "
+          f"(ratio {t_zip / t_load:.3f}); config against weights on the meta device {t_meta * 1e3:.0f} ms vs "
+          f"building the UNet {t_build * 1e3:.0f} ms (ratio {t_meta / t_build:.2f}); CPU time")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--release-repo", type=Path, default=None, help="a checkout of House-Leo/FoundIR")
     ap.add_argument("--size", type=int, default=256, help="tile side for the Restormer (the release: 512)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-convert", action="store_true")
+    ap.add_argument("--checks", action="store_true", help="only time bounding a model file's sizes (issue 19)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.checks:
+        bench_checks(a.repeat)
+        return 0
     bench_restormer(a.release_repo, a.size, a.repeat)
     if not a.skip_convert:
         bench_convert(a.repeat)

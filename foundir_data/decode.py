@@ -174,7 +174,9 @@ def _decode_pillow(data: bytes | memoryview, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return _to_rgb(im, name)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:  # its message names the BytesIO object, not the member
+        raise DecodeError(f"{name}: cannot decode image (no image format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DecodeError):
             raise
         raise DecodeError(f"{name}: cannot decode image ({pil_reason(e)})") from None

@@ -17,6 +17,10 @@ Layout (``FORMAT`` / ``VERSION``)::
 ``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``,
 ``lowlight.pth``) through :mod:`foundir_model.release`.
 
+Every size a file claims is bounded before it is allocated (:mod:`foundir_model.model_bounds`):
+the file before ``torch.load``, the stored configs against the stored weights' shapes (on the
+``meta`` device) and the network against the memory budget before the network is built.
+
 The safetensors export holds the EMA weights (``net.*``), optional specialist weights
 (``specialists.<name>.*``, ``classifier.*``, ``specialist_nets.<name>.*``) and the configs as
 JSON strings in its metadata.
@@ -34,10 +38,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from foundir_data.errors import FoundIRError
-from foundir_model import experts, release
+from foundir_data.errors import FoundIRError, one_line
+from foundir_model import budget, experts, model_bounds, release
 from foundir_model import specialists as sp
-from foundir_model.config import DiffusionConfig, UNetConfig, diff_fields, from_dict, to_dict
+from foundir_model.config import DiffusionConfig, UNetConfig, check_diffusion, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion
 from foundir_model.restorer import Restorer as _Restorer
 from foundir_model.unet import UNet
@@ -80,23 +84,15 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Read a checkpoint written by :func:`save` with ``weights_only=True``.
 
     Raises:
-        CheckpointError: missing file, truncated/corrupted file, or not a foundir checkpoint.
+        CheckpointError: missing, empty, truncated/corrupted file, sizes past the file or the
+            free memory, or not a foundir checkpoint.
     """
-    return _validate(_read(path, map_location), path)
+    return _validate(_read(path, map_location=map_location), path)
 
 
-def _read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # zip/pickle errors of a truncated or foreign file
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            f"the file is corrupted or truncated, or holds objects that are not plain tensors and "
-            f"containers. Use an earlier checkpoint or retrain") from None
-    return state
+def _read(path: str | os.PathLike, max_bytes: int | None = None, map_location: str | torch.device = "cpu") -> Any:
+    """The bounded ``weights_only`` load of :func:`foundir_model.model_bounds.load_torch`."""
+    return model_bounds.load_torch(path, CheckpointError, max_bytes, "checkpoint", map_location)
 
 
 def _validate(state: Any, path: str | os.PathLike) -> dict[str, Any]:
@@ -116,12 +112,21 @@ def _check_version(version: Any, where: Any) -> None:
 
 
 def configs(state: dict[str, Any], where: str = "checkpoint") -> tuple[UNetConfig, DiffusionConfig]:
-    """The network and diffusion configs stored in a checkpoint."""
+    """The network and diffusion configs stored in a checkpoint (fields and types checked,
+    the schedule's length bounded: :func:`foundir_model.config.check_diffusion`).
+
+    Raises:
+        CheckpointError: a missing config, an unknown field or a value of the wrong type.
+    """
     try:
-        return (from_dict(UNetConfig, state["unet"], f"{where}: unet"),
-                from_dict(DiffusionConfig, state["diffusion"], f"{where}: diffusion"))
+        unet, diffusion = (from_dict(UNetConfig, state["unet"], f"{where}: unet"),
+                           from_dict(DiffusionConfig, state["diffusion"], f"{where}: diffusion"))
+        check_diffusion(diffusion, f"{where}: diffusion")
     except KeyError as e:
         raise CheckpointError(f"{where}: checkpoint lacks the {e.args[0]!r} config") from None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return unet, diffusion
 
 
 def check_compatible(state: dict[str, Any], unet: UNetConfig, diffusion: DiffusionConfig, where: str) -> None:
@@ -178,8 +183,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """Read an export of :func:`export_safetensors` into the checkpoint layout
     (``unet``, ``diffusion``, ``ema``, ``specialists``)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    model_bounds.check_safetensors_file(path, error=CheckpointError)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -190,49 +194,66 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a foundir safetensors export (metadata format={meta.get('format')!r})")
     _check_version(meta.get("version"), path)
-    state: dict[str, Any] = {"step": int(meta.get("step", 0))}
-    if "unet" in meta:
-        state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
-        state["ema"] = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    if "specialists" in meta:
-        state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
-    if experts.KEY in meta:
-        state[experts.KEY] = experts.unflatten(tensors, meta[experts.KEY])
+    try:  # the metadata is text the file claims: bad JSON or layout is the file's fault
+        state: dict[str, Any] = {"step": int(meta.get("step", 0))}
+        if "unet" in meta:
+            state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
+            state["ema"] = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        if "specialists" in meta:
+            state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
+        if experts.KEY in meta:
+            state[experts.KEY] = experts.unflatten(tensors, meta[experts.KEY])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: damaged metadata ({type(e).__name__}: {one_line(e)[:200]})") \
+            from None
     return state
 
 
-def read_any(path: str | os.PathLike) -> dict[str, Any]:
+def read_any(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, Any]:
     """Load a ``.safetensors`` export, a ``.pt`` checkpoint, or one of the release's model files
     (``model-2000.pt``, ``weather.pth``, ``lowlight.pth``: converted in memory,
-    :mod:`foundir_model.release`)."""
+    :mod:`foundir_model.release`). ``max_bytes``: the most the file may bring into memory
+    (default: the free RAM)."""
     if str(path).endswith(".safetensors"):
+        model_bounds.check_safetensors_file(path, max_bytes, CheckpointError)
         return load_safetensors(path)
-    obj = _read(path)
+    obj = _read(path, max_bytes)
     converted = release.as_state(obj, str(path))
     return converted if converted is not None else _validate(obj, path)
 
 
 # ---------------------------------------------------------------- inference
 def load_generalist(path_or_state: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
-                    use_ema: bool = True) -> ResidualDiffusion:
-    """The generalist of a checkpoint or export, in eval mode on ``device``."""
-    where = str(path_or_state) if not isinstance(path_or_state, dict) else "checkpoint"
+                    use_ema: bool = True, max_memory: int | None = None,
+                    where: str | None = None) -> ResidualDiffusion:
+    """The generalist of a checkpoint or export, in eval mode on ``device``.
+
+    The stored config is checked against the stored weights' shapes and the network's size
+    against ``max_memory`` (default: the memory budget of ``device``) before it is built.
+
+    Raises:
+        CheckpointError: no generalist, or a config that does not fit its weights.
+        budget.MemoryBudgetError: the network alone is over the budget.
+    """
+    where = where or (str(path_or_state) if not isinstance(path_or_state, dict) else "checkpoint")
     state = path_or_state if isinstance(path_or_state, dict) else read_any(path_or_state)
     if "unet" not in state:
         raise CheckpointError(f"{where}: holds no generalist (it is a specialists-only checkpoint?)")
     unet, diffusion = configs(state, where)
-    model = build_generalist(unet, diffusion)
     weights = state.get("ema") if use_ema and state.get("ema") else state.get("model")
-    try:
-        model.net.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{where}: weights do not fit the stored config ({str(e).splitlines()[0]})") from None
+    need = model_bounds.check_fits(lambda: UNet(unet), weights, where, "unet", CheckpointError)
+    limit = max_memory or budget.default_budget(device)
+    if need > limit:
+        raise budget.MemoryBudgetError(f"{where}: the network's weights alone need {budget.format_size(need)}, over "
+                                       f"the memory budget of {budget.format_size(limit)}; raise --max-memory")
+    model = build_generalist(unet, diffusion)
+    model.net.load_state_dict(weights)
     return model.to(device).eval()
 
 
 def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", specialists: bool = True,
                   steps: int | None = None, specialists_path: str | os.PathLike | None = None,
-                  only: str | None = None) -> Restorer:
+                  only: str | None = None, max_memory: int | None = None) -> Restorer:
     """The :class:`foundir_model.restorer.Restorer` of a checkpoint, for tiled inference.
 
     Called as ``f(lq, degradation=None, noise=None)`` on ``[B, 3, H, W]`` tiles in [0, 1]
@@ -250,9 +271,11 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
             else ``specialists.pt`` beside it (where ``foundir-train --specialist`` writes them
             in the same ``--out-dir``), else none.
         only: Run just this release specialist on the inputs (``--only-specialist``).
+        max_memory: The memory budget (``--max-memory``) the generalist's weights must fit.
     """
     state = read_any(path)
-    model = load_generalist(state, device) if "unet" in state and only is None else None
+    model = load_generalist(state, device, max_memory=max_memory, where=str(path)) \
+        if "unet" in state and only is None else None
     pool, nets = None, {}
     if specialists or only is not None:
         spec_state = state.get("specialists")
@@ -266,9 +289,10 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
             if not spec_state and not extra.get(experts.KEY):
                 raise CheckpointError(f"{specialists_path}: holds no specialists")
         if spec_state and only is None:
-            pool = sp.SpecialistPool.from_state(spec_state).to(device).eval()
+            pool = sp.SpecialistPool.from_state(spec_state, str(specialists_path or path)).to(device).eval()
         nets.update(state.get(experts.KEY) or {})
+    built = experts.build(nets, device, str(path))  # its errors name the file already
     try:
-        return _Restorer(model, pool, experts.build(nets, device, str(path)), device, steps, only)
+        return _Restorer(model, pool, built, device, steps, only)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -9,11 +9,22 @@ helpful ``ValueError`` for unknown names.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from foundir_data.errors import FoundIRError
+
 T = TypeVar("T")
+
+#: The longest diffusion schedule a stored config may claim (the release's T is 1000); its
+#: coefficients are allocated when the model is built, so a file cannot ask for more.
+MAX_TIMESTEPS = 100_000
+
+
+class ConfigError(FoundIRError, ValueError):
+    """A stored or given config with an unknown field or a value of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -216,24 +227,72 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Rebuild dataclass ``cls`` from :func:`to_dict` output.
 
     Unknown keys raise (they mean the dict was written by another version or another
-    config class); missing keys take the class defaults.
+    config class); missing keys take the class defaults; every value must have its field's
+    type (a dict where an int belongs is the file's fault, not a ``TypeError`` deep in a
+    network).
 
     Raises:
-        ValueError: naming ``where`` and the unknown keys.
+        ConfigError: naming ``where``, the unknown keys or the first field of the wrong type.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a dict for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a dict for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
-        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+        raise ConfigError(f"{where}: unknown {cls.__name__} fields {unknown[:8]}")
     kw = {}
     for k, v in data.items():
-        if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
+        if not _fits(v, hints[k]):
+            raise ConfigError(f"{where}: {cls.__name__}.{k} must be {_describe(hints[k])}, got "
+                              f"{type(v).__name__} {str(v)[:40]!r}")
+        if isinstance(v, list) and typing.get_origin(hints[k]) is tuple:
             v = tuple(v)
         kw[k] = v
     return cls(**kw)
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Whether ``v`` (from a plain-dict config) has the type ``hint`` of a config field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if origin in (tuple, list):
+        return isinstance(v, (list, tuple)) and all(_fits(x, args[0] if args else Any) for x in v)
+    if origin is dict:
+        return isinstance(v, dict)
+    return isinstance(v, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (tuple, list):
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def check_diffusion(cfg: DiffusionConfig, where: str = "diffusion config") -> None:
+    """Bound what a stored :class:`DiffusionConfig` makes the model allocate: ``2 <= timesteps
+    <=`` :data:`MAX_TIMESTEPS` and ``1 <= sampling_steps <= timesteps``.
+
+    Raises:
+        ConfigError: naming ``where`` and the field.
+    """
+    if not 2 <= cfg.timesteps <= MAX_TIMESTEPS:
+        raise ConfigError(f"{where}: timesteps {cfg.timesteps:,} outside 2..{MAX_TIMESTEPS:,} (the release uses 1,000)")
+    if not 1 <= cfg.sampling_steps <= cfg.timesteps:
+        raise ConfigError(f"{where}: sampling_steps {cfg.sampling_steps} outside 1..timesteps ({cfg.timesteps})")
 
 
 def diff_fields(a: Any, b: Any) -> list[str]:
@@ -244,4 +303,5 @@ def diff_fields(a: Any, b: Any) -> list[str]:
 __all__ = [
     "UNetConfig", "UNET_PRESETS", "DiffusionConfig", "RELEASE_DIFFUSION", "TrainConfig",
     "SpecialistConfig", "TRAIN_RECIPES", "train_recipe", "unet_preset", "to_dict", "from_dict", "diff_fields",
+    "ConfigError", "MAX_TIMESTEPS", "check_diffusion",
 ]

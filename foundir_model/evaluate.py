@@ -27,6 +27,7 @@ from pathlib import Path
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module
+from foundir_data.output_dir import check_output_dir
 from foundir_data.retry import ShardError
 from foundir_model import budget, eval_page, images, metrics
 from foundir_model.checkpoint import load_restorer
@@ -53,6 +54,10 @@ from foundir_model.infer import (
 from foundir_model.outputs import check_sources
 from foundir_model.paper import EvalReport
 from foundir_model.progress import Bars
+
+#: What a run writes at the top of ``--out`` (a rerun names those it replaces); ``page/``
+#: keeps other methods' results beside this one (eval_page.py).
+REPORT_FILES = ("report.md", "report.csv", "report.json", "per_image.csv", "index.html", "restored/", "panels/")
 
 # The test-set items live in eval_items.py; re-exported here, where callers have always found them.
 __all__ = ["EvalConfig", "EvalReport", "Item", "evaluate", "find_prediction", "folder_items", "index_predictions",
@@ -85,6 +90,8 @@ class EvalConfig:
         workers: Threads computing the metrics (SSIM of a 4 MP frame takes about a second
             on one core); 0 or 1 scores inline.
         page_size: Long side of the images of ``out/index.html`` (``eval_page.py``); 0: no page.
+        overwrite: Write into an ``out`` that is not empty and not an earlier evaluation's
+            (``foundir_data.output_dir``); without it such a folder is refused.
     """
 
     location: str
@@ -106,6 +113,7 @@ class EvalConfig:
     split: str = "test"
     workers: int = 0
     page_size: int = eval_page.DEFAULT_SIZE
+    overwrite: bool = False
     tile: RestoreTiling = field(default_factory=RestoreTiling)
 
     def convention(self) -> metrics.Convention:
@@ -128,17 +136,20 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         raise ValueError("give exactly one of: a restorer, --checkpoint, or --pred")
     if (cfg.save_images or cfg.panels) and not cfg.out:
         raise ValueError("--save-images/--panels need --out")
+    # The folder's owner is checked before any work, claimed (created, marked) before the first write.
+    folder = check_output_dir(cfg.out, "eval", cfg.overwrite) if cfg.out else None
     items = load_items(cfg.location, cfg.types, cfg.limit, cfg.split)
     preds = index_predictions(cfg.pred) if cfg.pred else None
     if cfg.checkpoint:
-        restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
+        restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists,
+                                 max_memory=cfg.tile.max_memory)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
         tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)
-    out = Path(cfg.out) if cfg.out else None
+    out = folder.claim(REPORT_FILES, "foundir-eval").path if folder is not None else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
     with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress) as bars:
         for i, it in enumerate(items):
@@ -220,7 +231,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"at most this many tiles per forward pass (default {t.tile_batch} on a GPU, 1 on a CPU)")
     budget.add_memory_flag(parser)
     parser.add_argument("--device", help="torch device (default: cuda if available)")
-    parser.add_argument("--overwrite", action="store_true", help="allow an --out that equals or contains the input folder")
+    parser.add_argument("--overwrite", action="store_true", help="allow an --out that is not empty and not an earlier "
+                        "evaluation's, or that equals or contains the input folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from foundir_data import taxonomy
 from foundir_model import lowlight, restormer
 from foundir_model.config import from_dict, to_dict
+from foundir_model.model_bounds import ModelFileError, check_fits, check_weights
 
 KEY = "specialist_nets"
 
@@ -98,12 +99,9 @@ def route_test_id(test_id: int) -> str | None:
 def entry(name: str, weights: dict[str, torch.Tensor], where: str) -> dict[str, Any]:
     """A checkpoint entry for ``weights`` of specialist ``name`` (config from the shapes)."""
     kind = get(name)
+    weights = check_weights(weights, where)
     cfg = kind.infer(weights, where)
-    module = kind.build(cfg)
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f"{where}: weights do not fit a {kind.arch} ({str(e).splitlines()[0]})") from None
+    check_fits(lambda: kind.build(cfg), weights, where, kind.arch, config="the config their shapes imply")
     return {"arch": kind.arch, "config": cfg, "weights": {k: v.contiguous() for k, v in weights.items()}}
 
 
@@ -111,9 +109,14 @@ def build(nets: dict[str, Any], device: str | torch.device = "cpu", where: str =
     """Modules (eval mode, on ``device``) of a checkpoint's ``specialist_nets``."""
     out: dict[str, nn.Module] = {}
     for name, e in nets.items():
-        kind = get(name)
-        if e.get("arch") != kind.arch:
-            raise ValueError(f"{where}: specialist {name!r} is a {e.get('arch')!r}, expected {kind.arch!r}")
+        if name not in SPECIALISTS:
+            raise ModelFileError(f"{where}: unknown specialist {name!r}; this foundir runs {', '.join(SPECIALISTS)}")
+        kind = SPECIALISTS[name]
+        if not isinstance(e, dict) or e.get("arch") != kind.arch:
+            found = e.get("arch") if isinstance(e, dict) else type(e).__name__
+            raise ModelFileError(f"{where}: specialist {name!r} is a {found!r}, expected {kind.arch!r}")
+        # The stored config is checked against the stored shapes before anything is allocated.
+        check_fits(lambda: kind.build(e["config"]), e.get("weights"), f"{where}: specialist {name}", kind.arch)
         m = kind.build(e["config"])
         m.load_state_dict(e["weights"])
         out[name] = m.to(device).eval()

@@ -21,6 +21,11 @@ input mode                conversion
 ========================  ==============================================================
 
 Outputs are written as 8-bit PNG (RGBA when the input had alpha), values rounded from [0, 1].
+
+One image per file: a file holding several frames (an animated GIF, PNG or WebP, a multi-page
+TIFF) is refused with its frame count rather than restored as its first frame (docs/inference.md,
+"What a folder run restores"). A folder run lists every file it leaves out, with the reason
+(:func:`list_inputs`).
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from PIL import Image, UnidentifiedImageError
 
 from foundir_data.decode import DecodeError, decode_image, pil_reason
 from foundir_data.errors import FoundIRError
+from foundir_data.output_dir import MARKER
 
 #: File name endings treated as images when a folder is given (case-insensitive).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 # Pillow refuses images over ~179 MP by default (decompression-bomb guard); the release's
 # frames are ~4 MP, so the default limit stays.
@@ -113,6 +119,10 @@ def decode(data: bytes, where: str = "image") -> Decoded:
     """Decode image bytes by content. Errors name ``where`` (a path, key or URL)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise ImageError(f"{where}: holds {frames} frames (an animated or multi-page {im.format} image); "
+                                 "foundir restores single images: save the frame you want as PNG")
             raw = str(im.tile[0][3]) if im.tile and len(im.tile[0]) > 3 else ""
             im.load()
             d = from_pil(im, where)
@@ -120,7 +130,7 @@ def decode(data: bytes, where: str = "image") -> Decoded:
                 # Pillow reads 48/64-bit PNGs as 8-bit (high byte); say so rather than hide it.
                 d.note = (d.note + "; " if d.note else "") + f"16-bit {d.mode} read as 8-bit by Pillow"
             return d
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
         raise ImageError(f"{where}: not a readable image ({pil_reason(e)})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{where}: {e}") from None
@@ -174,14 +184,50 @@ def save_png(path: str | os.PathLike, rgb01: np.ndarray, alpha: np.ndarray | Non
     return p
 
 
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted), by extension; a file is returned as is."""
+def list_inputs(root: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(images, left_out)`` under ``root``: image files by extension (recursive, sorted; a file
+    is returned as is) and every other entry with the reason it is left out (sorted).
+
+    Reasons: not an image file name, not a regular file (a FIFO, socket or device is never
+    opened), a broken link, a linked folder (not followed), a folder that cannot be read.
+
+    Raises:
+        ImageError: ``root`` does not exist.
+    """
     r = Path(root)
     if r.is_file():
-        return [r]
+        return [r], []
     if not r.is_dir():
-        raise ImageError(f"{r}: no such file or folder")
-    return sorted(p for p in r.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise ImageError(f"{r}: {'not a regular file or folder' if r.exists() else 'no such file or folder'}")
+    found: list[Path] = []
+    left: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        left.append((Path(e.filename), f"folder cannot be read ({e.strerror or e})"))
+
+    for folder, dirs, names in os.walk(r, onerror=unreadable):
+        for d in dirs:
+            if os.path.islink(os.path.join(folder, d)):
+                left.append((Path(folder, d), "link to a folder (not followed)"))
+        for n in names:
+            p = Path(folder, n)
+            if n == MARKER:  # an output folder's marker (foundir_data/output_dir.py) is ours, not an input
+                continue
+            if not p.exists():
+                left.append((p, "broken link"))
+            elif not p.is_file():
+                left.append((p, "not a regular file (FIFO, socket or device)"))
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                left.append((p, f"not an image file name ({p.suffix or 'no extension'}; images are "
+                                f"{', '.join(IMAGE_EXTENSIONS)})"))
+            else:
+                found.append(p)
+    return sorted(found), sorted(left)
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """The images of :func:`list_inputs` (recursive, sorted); a file is returned as is."""
+    return list_inputs(root)[0]
 
 
 def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module
+from foundir_data.output_dir import check_output_dir
 from foundir_model import budget, experts, images, outputs, progress
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
@@ -271,7 +272,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
                              "tile in order, as the release (default 0)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
+                        help="allow an output folder that is not empty and not an earlier restore's, or that equals or "
+                             "contains the input folder (inputs are never overwritten)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -344,21 +346,26 @@ def run(args: argparse.Namespace) -> int:
     device = cfg.device
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)
-    files = images.list_images(src)
-    # Every naming and folder check before the checkpoint is even loaded (outputs.py).
+    files, not_images = images.list_inputs(src)
+    # Every naming and folder check before the checkpoint is even loaded (outputs.py, output_dir.py).
     pairs, left_out = outputs.plan_outputs(files, src, out_root, args.overwrite)
+    folder = check_output_dir(out_root, "restore", args.overwrite)
     if left_out:
         print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
               "not inputs; left out", file=sys.stderr)
+    for path, why in (e for e in not_images if not outputs.is_under(e[0], out_root)):  # earlier results are ours
+        print(f"foundir-restore: left out {path}: {why}", file=sys.stderr)  # every file left out, with the reason
     if not pairs:
         print(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
-    restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
+    restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist,
+                             max_memory=cfg.max_memory)
     cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
     sizes = [progress.header_size(f) for f, _ in pairs]
     tiles = preflight(restorer, sizes, cfg)
+    folder.claim([dst for _, dst in pairs], "foundir-restore")  # says which earlier results it replaces
     failed: list[str] = []
     with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
         for f, dst in pairs:

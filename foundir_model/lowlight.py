@@ -24,6 +24,7 @@ import torch
 
 from foundir_data.errors import FoundIRError
 from foundir_model.config import from_dict, to_dict
+from foundir_model.model_bounds import load_torch
 from foundir_model.wavemamba import WaveMamba, WaveMambaConfig
 
 #: Key prefix of the release's state dict (``WaveMamba.restoration_network``).
@@ -126,13 +127,7 @@ def load_release(path: str | os.PathLike) -> WaveMamba:
     Raises:
         LowlightFileError: missing, unreadable or not the release's low-light weights.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LowlightFileError(f"{path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise LowlightFileError(f"{path}: cannot read as a weights-only torch file ({type(e).__name__})") from None
+    obj = load_torch(path, LowlightFileError, what="a weights-only torch file")  # sizes bounded first
     return build(release_params(obj, str(path)), str(path))
 
 

@@ -32,6 +32,11 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def is_under(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    return _inside(path.resolve(), folder.resolve())
+
+
 def input_folder(src: Path) -> Path:
     """The folder the inputs live in: ``src`` itself, or a single file's folder."""
     return (src if src.is_dir() else src.parent).resolve()
@@ -119,5 +124,5 @@ def plan_outputs(files: list[Path], src: Path, out_root: Path,
     return list(zip(files, outs)), skipped
 
 
-__all__ = ["OutputError", "OUTPUT_SUFFIX", "check_output_folder", "check_sources", "drop_earlier_outputs", "output_paths",
+__all__ = ["OutputError", "OUTPUT_SUFFIX", "is_under", "check_output_folder", "check_sources", "drop_earlier_outputs", "output_paths",
            "plan_outputs", "input_folder"]

@@ -10,7 +10,8 @@ docs/training.md ("Using the released models"). The release publishes
   ``{'params': {'restoration_network.<key>': tensor}}`` (a Restormer and a WaveMamba, told apart
   by their tensor shapes).
 
-All are read with ``torch.load(weights_only=True)``. The network widths are inferred from the
+All are read with ``torch.load(weights_only=True)`` after their sizes are bounded
+(:mod:`foundir_model.model_bounds`). The network widths are inferred from the
 tensor shapes (never from file names), the schedule from the stored buffers, and anything that
 is not one of these layouts is refused with a message naming the file. Our UNet has the
 release's keys, so the weights are used under their own names. Writing the converted files
@@ -27,8 +28,9 @@ import torch
 
 from foundir_data.errors import FoundIRError
 from foundir_model import experts
-from foundir_model.config import RELEASE_DIFFUSION, DiffusionConfig, UNetConfig, to_dict
+from foundir_model.config import MAX_TIMESTEPS, RELEASE_DIFFUSION, DiffusionConfig, UNetConfig, to_dict
 from foundir_model.diffusion import make_schedule
+from foundir_model.model_bounds import check_fits, check_weights, load_torch
 from foundir_model.unet import UNet
 
 PREFIX = {"ema": "ema_model.model.unet0.", "online": "model.unet0."}
@@ -53,15 +55,9 @@ def is_specialist(obj: Any) -> bool:
 
 
 def read(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` with a one-line error for unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReleaseError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ReleaseError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); not a "
-                           f"model file of the release, or it is truncated") from None
+    """``torch.load(path, weights_only=True)`` with its sizes bounded first and a one-line error
+    for unreadable files (:func:`foundir_model.model_bounds.load_torch`)."""
+    return load_torch(path, ReleaseError, what="the release's model file")
 
 
 def unet_config(sd: dict[str, torch.Tensor], where: str) -> UNetConfig:
@@ -84,12 +80,35 @@ def unet_config(sd: dict[str, torch.Tensor], where: str) -> UNetConfig:
                       attn_heads=4, attn_dim_head=hidden // 4, pad_multiple=2 ** levels)
 
 
+def check_schedule_buffers(buffers: dict[str, Any], where: str) -> int:
+    """Check the schedule buffers before they are used: every one a 1-D floating tensor of one
+    length T with ``2 <= T <=`` :data:`foundir_model.config.MAX_TIMESTEPS` (the release's T is
+    1000). Returns T.
+
+    Raises:
+        ReleaseError: naming the first buffer that is not so.
+    """
+    lengths = set()
+    for name, t in buffers.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or not t.is_floating_point():
+            what = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ReleaseError(f"{where}: schedule buffer {name!r} is {what}, not a 1-D float tensor")
+        lengths.add(t.numel())
+    T = max(lengths, default=0)
+    if len(lengths) != 1 or not 2 <= T <= MAX_TIMESTEPS:
+        sizes = ", ".join(f"{n} {t.numel():,}" for n, t in list(buffers.items())[:4])
+        raise ReleaseError(f"{where}: schedule buffers of {sorted(lengths)[:4]} steps ({sizes}); the release's "
+                           f"schedule has one length T in 2..{MAX_TIMESTEPS:,} (it uses 1,000)")
+    return T
+
+
 def diffusion_config(buffers: dict[str, torch.Tensor], where: str) -> DiffusionConfig:
     """The schedule of the stored buffers; refused unless ours reproduces them."""
     try:
         delta, delta_cumsum, alphas_cumsum = buffers["delta"], buffers["delta_cumsum"], buffers["alphas_cumsum"]
     except KeyError as e:
         raise ReleaseError(f"{where}: no schedule buffer {e.args[0]!r} in 'model'") from None
+    check_schedule_buffers(buffers, where)
     cfg = DiffusionConfig(timesteps=int(delta.numel()), delta_start=float(f"{float(delta[0]):.6g}"),
                           delta_end=float(f"{float(delta[-1]):.6g}"))
     if cfg == DiffusionConfig(**{**to_dict(RELEASE_DIFFUSION), "timesteps": cfg.timesteps}):
@@ -114,12 +133,9 @@ def generalist_state(obj: dict[str, Any], where: str, weights: str = "ema") -> d
     sd = {k[len(p):]: v for k, v in src.items() if k.startswith(p)}
     if not sd:
         raise ReleaseError(f"{where}: no {p}* tensors under {'ema' if weights == 'ema' else 'model'!r}")
+    sd = check_weights(sd, where, ReleaseError)
     cfg = unet_config(sd, where)
-    try:
-        UNet(cfg).load_state_dict(sd)
-    except (RuntimeError, ValueError) as e:
-        raise ReleaseError(f"{where}: the weights do not fit the release's UNet ({str(e).splitlines()[0][:300]})") \
-            from None
+    check_fits(lambda: UNet(cfg), sd, where, "release UNet", ReleaseError, config="the widths its shapes imply")
     bufs = {k: v for k, v in obj["model"].items() if "." not in k}
     return {"kind": "generalist", "step": int(obj.get("step") or 0), "unet": to_dict(cfg),
             "diffusion": to_dict(diffusion_config(bufs, where)), "model": sd, "ema": None,

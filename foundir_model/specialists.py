@@ -26,6 +26,7 @@ from torch import nn
 
 from foundir_data import taxonomy
 from foundir_model.config import SpecialistConfig, from_dict, to_dict
+from foundir_model.model_bounds import ModelFileError, check_fits, check_weights
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,30 @@ class SpecialistPool(nn.Module):
                 "classifier": self.classifier.state_dict() if self.classifier is not None else None}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "SpecialistPool":
-        cfg = from_dict(SpecialistConfig, state.get("config", {}), "specialists config")
-        pool = cls(state.get("experts", {}).keys(), cfg, classifier=state.get("classifier") is not None)
-        for n, sd in state.get("experts", {}).items():
-            pool.experts[n].load_state_dict(sd)
-        if pool.classifier is not None:
-            pool.classifier.load_state_dict(state["classifier"])
+    def from_state(cls, state: dict[str, Any], where: str = "specialists") -> "SpecialistPool":
+        """The pool of a stored :meth:`state`; its config is checked against the stored
+        weights' shapes before the pool is built (:func:`foundir_model.model_bounds.check_fits`).
+
+        Raises:
+            ModelFileError: a state of another layout, or a config that does not fit its weights.
+        """
+        if not isinstance(state, dict) or not isinstance(state.get("experts", {}), dict):
+            raise ModelFileError(f"{where}: specialists state is not {{'config', 'experts', 'classifier'}}")
+        cfg = from_dict(SpecialistConfig, state.get("config", {}), f"{where}: specialists config")
+        names = list(state.get("experts", {}))
+        for n in names:
+            if n not in EXPERTS:
+                raise ModelFileError(f"{where}: unknown expert {n!r}; known: {', '.join(EXPERTS)}")
+        has_clf = state.get("classifier") is not None
+        flat = {f"experts.{n}.{k}": v for n in names
+                for k, v in check_weights(state["experts"][n], f"{where}: expert {n}").items()}
+        if has_clf:
+            flat.update({f"{CLASSIFIER}.{k}": v
+                         for k, v in check_weights(state["classifier"], f"{where}: classifier").items()})
+        if flat:  # an empty pool (no experts yet, no classifier) has nothing to check
+            check_fits(lambda: cls(names, cfg, classifier=has_clf), flat, where, "specialists")
+        pool = cls(names, cfg, classifier=has_clf)
+        pool.load_state_dict(flat)
         return pool
 
 

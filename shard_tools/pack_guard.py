@@ -2,7 +2,8 @@
 
 * **Only our folders** (docs/packing.md, "Output folder"): pack writes into a folder that is
   new, empty, or one of its own packs (it holds ``index/parts/_plan.json``, or only the lock
-  file of a pack killed before it wrote anything). Any other non-empty folder is refused
+  file of a pack killed before it wrote anything): the rule of every command's output folder,
+  ``foundir_data.output_dir``. Any other non-empty folder is refused
   with a list of what is there, unless ``--force``; the source itself is never an output.
 * **One writer**: a lock file ``.foundir-pack.lock`` in the output folder, held with
   ``flock`` for the whole run: exclusive for a single-job pack and for merge, shared by the
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from foundir_data import format as fmt
+from foundir_data import output_dir
 from foundir_data.errors import BusyError, OutputFolderError
 
 LOCK_FILE = ".foundir-pack.lock"
@@ -40,11 +42,10 @@ INGEST_REJECTS_PART = f"{fmt.INDEX_PARTS_DIR}/_ingest.rejects.jsonl"
 
 
 def is_own_pack(out: Path) -> bool:
-    """Whether ``out`` is missing, empty, or a folder pack wrote (see the module docstring)."""
-    if not out.exists():
-        return True
-    names = set(os.listdir(out))
-    return not (names - {LOCK_FILE}) or (out / PLAN_FILE).is_file()
+    """Whether ``out`` is missing, empty, or a folder pack wrote (see the module docstring):
+    the ownership rule of every output folder (``foundir_data.output_dir``), with the plan file
+    as the sign of a pack."""
+    return output_dir.is_ours(out, "pack", signs=(PLAN_FILE,), ignore=(LOCK_FILE,))
 
 
 def check_output(out: Path, source: Path, *, force: bool = False) -> None:
@@ -60,10 +61,8 @@ def check_output(out: Path, source: Path, *, force: bool = False) -> None:
         raise OutputFolderError(f"{out}: is the source folder itself; pack into a new folder (it may lie "
                                 "inside the source: pack leaves it out of the input)")
     if not force and not is_own_pack(out):
-        names = sorted(os.listdir(out))
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise OutputFolderError(
-            f"{out}: not empty and not a foundir pack (it holds {shown}); pack would overwrite "
+            f"{out}: not empty and not a foundir pack (it holds {output_dir.describe(out)}); pack would overwrite "
             "README.md, manifest.json and same-named files there. Choose a new or empty folder, "
             "or pass --force to pack into it anyway")
 

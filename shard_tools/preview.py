@@ -28,6 +28,7 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.access import get_pair
 from foundir_data.decode import decode_pair
+from foundir_data.output_dir import check_output_dir
 from foundir_data.store import Store
 from shard_tools.preview_html import META, write_html
 
@@ -205,10 +206,15 @@ def preview(cfg: PreviewConfig, store=None) -> Path:
     return out
 
 
-def preview_page(cfg: PreviewConfig, out_dir: str, store=None) -> Path:
-    """Write the page of the pairs ``cfg`` selects to ``out_dir/index.html`` (``preview_html.py``)."""
+def preview_page(cfg: PreviewConfig, out_dir: str, store=None, overwrite: bool = False) -> Path:
+    """Write the page of the pairs ``cfg`` selects to ``out_dir/index.html`` (``preview_html.py``).
+
+    ``out_dir`` must be new, empty or an earlier page's folder (``foundir_data.output_dir``;
+    ``overwrite`` adopts any other folder); a rerun says in one line what it replaces.
+    """
     if cfg.per_type < 1:
         raise ValueError(f"--per-type must be >= 1 (got {cfg.per_type})")
+    out = check_output_dir(out_dir, "preview", overwrite)
     store = store or Store.open(cfg.location)
     table = store.index(columns=list(dict.fromkeys(("layout", *META))))
     picked = choose(table, cfg.per_type, cfg.split, cfg.types, cfg.seed)
@@ -216,7 +222,8 @@ def preview_page(cfg: PreviewConfig, out_dir: str, store=None) -> Path:
         raise ValueError(f"{cfg.location}: no full-frame pairs for split={cfg.split or 'any'} "
                          f"types={','.join(cfg.types)}")
     index, picked, counts = _picked_rows(table, picked)
-    return write_html(store, index, picked, out_dir, cfg.per_type, threads=FETCH_THREADS, counts=counts)
+    out.claim(["index.html", "page/"], "shard_tools preview")  # says what a rerun replaces
+    return write_html(store, index, picked, out.path, cfg.per_type, threads=FETCH_THREADS, counts=counts)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +238,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="0: first pairs by key; else a seeded random pick")
     parser.add_argument("--html", metavar="DIR", help="write a page DIR/index.html (sortable table, filter, "
                         "side-by-side and slider views, metadata on hover) instead of the PNG sheet")
+    parser.add_argument("--overwrite", action="store_true", help="allow an --html DIR that is not empty and "
+                        "not an earlier page's folder (same-named files there are replaced)")
 
 
 #: Bad input the runner reports in one line (exit status 2).
@@ -242,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PreviewConfig(location=args.location, out=args.out, per_type=args.per_type, tile=args.tile,
                         split=args.split, types=args.types, seed=args.seed)
     if args.html:  # errors: one line, status 2/3 from the runner (foundir_data.command)
-        print(f"wrote {preview_page(cfg, args.html)}")
+        print(f"wrote {preview_page(cfg, args.html, overwrite=args.overwrite)}")
         return 0
     out = preview(cfg)
     with Image.open(out) as im:

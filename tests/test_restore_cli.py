@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
+from foundir_data.output_dir import MARKER  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import budget, outputs  # noqa: E402
 from foundir_model.infer import RestoreTiling, main, restore_tiled  # noqa: E402
@@ -52,9 +53,10 @@ def test_same_stem_different_extensions_give_distinct_outputs(tiny_checkpoint, t
     before = _digest(src)
     out = tmp_path / "out"
     assert _restore(src, out, tiny_checkpoint, "--no-progress") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.jpg.png", "a.png.png", "a.tif.png", "b.png"]
+    # The results, and the marker that makes the folder ours (foundir_data/output_dir.py).
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "a.jpg.png", "a.png.png", "a.tif.png", "b.png"]
     # Three different photos in, three different results out: none replaced another.
-    results = {p.name: np.asarray(Image.open(p)) for p in out.iterdir()}
+    results = {p.name: np.asarray(Image.open(p)) for p in out.iterdir() if p.name != MARKER}
     assert len({r.tobytes() for r in results.values()}) == 4
     assert _digest(src) == before
 
