@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools import sources
 from shard_tools.probe import BadImage, check_pair, probe_image
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_part
 from foundir_data.errors import FoundIRError
@@ -162,7 +163,7 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     """
     lq = gt = b""
     try:
-        lq, gt = _read(lq_path), _read(gt_path)
+        lq, gt = sources.read_bytes(lq_path), sources.read_bytes(gt_path)
         li = probe_image(lq, lq_path, full_decode)
         gi = probe_image(gt, gt_path, full_decode)
     except BadImage as e:
@@ -174,11 +175,6 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     except BadImage as e:
         return lq, gt, li, gi, str(e), None, None
     return lq, gt, li, gi, None, hashlib.sha256(lq).hexdigest(), hashlib.sha256(gt).hexdigest()
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def is_done(root: Path, shard: PlannedShard) -> bool:

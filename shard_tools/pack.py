@@ -39,7 +39,7 @@ from typing import Iterable
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from shard_tools import ingest
+from shard_tools import ingest, sources
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
 from shard_tools.merge import merge_locked
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
@@ -144,7 +144,7 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
         sizes = []
         for what, path in (("LQ", rec.lq_path), ("GT", rec.gt_path)):
             try:
-                sizes.append(os.stat(path).st_size)
+                sizes.append(sources.size(path))
             except OSError as e:
                 reason = "missing partner" if isinstance(e, FileNotFoundError) else "unreadable file"
                 reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
