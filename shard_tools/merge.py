@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from shard_tools import out_store
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
@@ -48,6 +51,8 @@ def merge(root: str | Path) -> fmt.Manifest:
         MergeError: naming the missing plan or unfinished shards.
         BusyError: a pack or merge is still writing the folder.
     """
+    if out_store.is_remote(root):
+        return merge_remote(str(root))
     root = Path(root)
     if not (root / PLAN_FILE).exists():
         raise MergeError(f"{root / PLAN_FILE} not found: {root} is not a pack output folder (run `shard_tools pack` first)")
@@ -99,6 +104,39 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
     return manifest
 
 
+def merge_remote(url: str) -> fmt.Manifest:
+    """:func:`merge` of a pack in a store (``shard_tools.out_store``): the plan and index parts
+    (small: rows, no images) are fetched into a temporary folder and merged there, then the
+    index, rejects and card are uploaded, and ``manifest.json`` last.
+
+    Raises:
+        MergeError: naming the missing plan or unfinished shards.
+    """
+    out = out_store.open_out(url)
+    with tempfile.TemporaryDirectory(prefix="foundir-merge-") as tmp:
+        # Named like the output, so the card's loading snippets name it (card.write_card).
+        root = Path(tmp) / (posixpath.basename(out.root) or "foundir")
+        plan = out.read(PLAN_FILE)
+        if plan is None:
+            raise MergeError(f"{out.url}/{PLAN_FILE} not found: {out.url} is not a pack output (run `shard_tools pack` first)")
+        write_atomic(root / PLAN_FILE, plan, fsync=False)
+        for s in json.loads(plan)["shards"]:
+            part = PlannedShard(s["path"], s["split"], s["degradation"], []).part
+            data = out.read(part)
+            if data is not None:
+                write_atomic(root / part, data, fsync=False)
+        ingest_rejects = out.read(INGEST_REJECTS_PART)
+        if ingest_rejects is not None:
+            write_atomic(root / INGEST_REJECTS_PART, ingest_rejects, fsync=False)
+        try:
+            manifest = merge_locked(root)
+        except MergeError as e:
+            raise MergeError(str(e).replace(str(root), out.url)) from None
+        for rel in (fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE):  # the manifest last
+            out.put(rel, (root / rel).read_bytes())
+    return manifest
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -108,7 +146,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``merge``'s arguments."""
     parser.description = "Merge the index parts of a (multi-job) pack into index, manifest, rejects and card."
-    parser.add_argument("out", help="the pack output folder")
+    parser.add_argument("out", help="the pack output folder or store URL (s3://...)")
 
 
 def run(args: argparse.Namespace) -> int:
