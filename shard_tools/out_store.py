@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
-from foundir_data.errors import OutputFolderError
+from foundir_data.errors import IOFailure, OutputFolderError
 from foundir_data.locations import resolve as resolve_location
-from foundir_data.retry import call_with_retries
+from foundir_data.retry import call_with_retries, describe
 from foundir_data.store import filesystem
 from shard_tools.writer import TarShardWriter, _StreamHash, read_part_meta, write_part
 
@@ -200,8 +200,15 @@ class RemoteTarWriter(TarShardWriter):
         return self
 
     def _write(self, *bufs: bytes) -> None:
-        for b in bufs:
-            self._f.write(b)  # a full block goes out as one part (s3fs retries each request)
+        try:
+            for b in bufs:
+                self._f.write(b)  # a full block goes out as one part (s3fs retries each request)
+        except Exception as e:  # noqa: BLE001 - rebuilt without the client's error (credentials)
+            err = _upload_error(self.out, self.rel, e)
+        else:
+            err = None
+        if err is not None:
+            raise err
         self._hash.feed(bufs)
         self._pos += sum(len(b) for b in bufs)
 
@@ -212,9 +219,16 @@ class RemoteTarWriter(TarShardWriter):
                 end = 2 * tarfile.BLOCKSIZE  # end-of-archive marker, padded to a record (as the base)
                 self._write(bytes(end + (-(self._pos + end) % tarfile.RECORDSIZE)))
                 self._f = None
-                f.close()  # completes the multipart upload: the object appears now, whole
-                if not self.out.s3:
-                    self.out.fs.mv(self.target, self.out.path(self.rel))
+                try:
+                    f.close()  # completes the multipart upload: the object appears now, whole
+                    if not self.out.s3:
+                        self.out.fs.mv(self.target, self.out.path(self.rel))
+                except Exception as e:  # noqa: BLE001 - rebuilt below, outside this block
+                    err = _upload_error(self.out, self.rel, e)
+                else:
+                    err = None
+                if err is not None:
+                    raise err
         except BaseException:
             _discard(f)
             self._hash.close()
@@ -229,6 +243,14 @@ class RemoteTarWriter(TarShardWriter):
             return
         self.sha256 = self._hash.close()
         self.bytes = self._pos
+
+
+def _upload_error(out: RemoteOut, rel: str, e: Exception) -> BaseException:
+    """``e`` as an I/O failure naming the object, with the client's error dropped (its text
+    and chained context may hold the request and its credentials: ``retry.describe``)."""
+    if isinstance(e, IOFailure):
+        return e
+    return IOFailure(f"upload of {out.url}/{rel} failed: {describe(e)}; rerun the same command to resume")
 
 
 def _discard(f: Any) -> None:

@@ -72,12 +72,12 @@ def resolve(spec: "str | os.PathLike | VPath") -> "Path | VPath":
 
 
 def _zip_spec_local(p: str) -> bool:
-    if _GLOB & set(p):
-        return True
-    if p.lower().endswith(".zip") and os.path.isfile(p):
-        return True
-    return os.path.isdir(p) and _only_zips([e.name for e in os.scandir(p) if not e.name.startswith(".")],
-                                           any(e.is_dir() for e in os.scandir(p) if not e.name.startswith(".")))
+    if not os.path.exists(p):  # an existing "data[1]" folder is a folder, not a pattern
+        return bool(_GLOB & set(p))
+    if os.path.isfile(p):
+        return p.lower().endswith(".zip")
+    entries = [e for e in os.scandir(p) if not e.name.startswith(".")]
+    return _only_zips([e.name for e in entries], any(e.is_dir() for e in entries))
 
 
 def _only_zips(names: list[str], has_dirs: bool) -> bool:
@@ -158,6 +158,8 @@ class ZipTree(Tree):
         super().__init__()
         self.base, self.name, self.fs = base, name, fs
         self.sources: list[ByteSource] = []
+        # One entry per member for the whole release: (archive, Member) tuples, no objects
+        # per member beyond them (Tree.files maps the same names to these).
         self.members: dict[str, tuple[int, Member]] = {}
         clash: dict[str, list[int]] = {}
         for path in archives:
@@ -180,7 +182,12 @@ class ZipTree(Tree):
         for n, where in sorted(clash.items()):
             names = " and ".join(self.sources[i].path for i in where)
             self.rejects.append((n, f"path found in two archives: {names} (neither is read)", names))
-        self.files = {n: m.usize for n, (_, m) in self.members.items()}
+        self.files = self.members  # type: ignore[assignment] - only its keys are read as a tree
+
+    def size(self, rel: str) -> int:
+        if rel not in self.members:
+            raise FileNotFoundError(2, "no such file", f"{self.base}{_SEP}{rel}")
+        return self.members[rel][1].usize
 
     def read(self, rel: str) -> bytes:
         self.size(rel)
@@ -284,7 +291,8 @@ class VPath:
         return VPath(self.tree, posixpath.dirname(self.rel))
 
     def is_dir(self) -> bool:
-        return self.rel in self.tree.dirs()
+        # The root always is (and is then asked for often: a list's data root).
+        return not self.rel or self.rel in self.tree.dirs()
 
     def is_file(self) -> bool:
         try:

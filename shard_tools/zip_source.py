@@ -31,7 +31,7 @@ import zlib
 from typing import Any, Callable, NamedTuple
 
 from foundir_data.errors import FoundIRError
-from foundir_data.retry import call_with_retries
+from foundir_data.retry import Truncated, call_with_retries
 
 #: Largest central directory read (a directory entry is ~100 bytes: ~10M members).
 MAX_DIRECTORY_BYTES = 1 << 30
@@ -91,7 +91,12 @@ class ByteSource:
         if n == 0:
             return b""
         if self.fs is not None:
-            return self._retry("range read", lambda: self.fs.cat_file(self.path, start=offset, end=offset + n))
+            def get() -> bytes:
+                data = self.fs.cat_file(self.path, start=offset, end=offset + n)
+                if len(data) != n:  # a short body: retried (retry.Truncated is transient)
+                    raise Truncated(self.path, n, len(data))
+                return data
+            return self._retry("range read", get)
         if self._pid != os.getpid():  # a forked worker opens its own descriptor
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         return os.pread(self._fd, n, offset)
