@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.sources:
             t0 = time.perf_counter()
-            build_frames(work / "frames", a.pairs)
+            if not (work / "frames" / "Train").is_dir():  # --workdir: reuse frames built before
+                build_frames(work / "frames", a.pairs)
             print(f"frames: {time.perf_counter() - t0:.1f} s to build under {work / 'frames'}", file=sys.stderr)
             compare_sources(work / "frames", work, a.repeat)
             return 0

@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     failure or another pack writing the same folder.
     """
     slot = scheduler.job_slot(args.job_index, args.num_jobs)
-    if slot.count > 1:  # the first line of a cluster job's log: which slice it builds
+    if slot.count > 1 or slot.origin.startswith(("SLURM", "JOB_")):  # a cluster job's first log line
         print(slot.describe(), file=sys.stderr, flush=True)
     fields = {k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__}
     return pack(PackConfig(**{**fields, "job_index": slot.index, "num_jobs": slot.count}))

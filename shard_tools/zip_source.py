@@ -225,17 +225,20 @@ def read_member(src: ByteSource, name: str, m: Member) -> bytes:
         raise fail(f"member claims {max(m.usize, m.csize):,} bytes (limit {MAX_MEMBER_BYTES:,})")
     if m.method not in (_STORED, _DEFLATED):
         raise fail(f"unsupported compression method {m.method} (stored and deflated are read)")
-    # One read for the local header and the data: the header's name/extra lengths are
-    # usually the directory's; read a little more and top up when they are not.
-    head = src.read(m.offset, _LFH_SIZE + len(name.encode()) + 512 + m.csize)
+    # Remote: one range request for the local header and the data (its name/extra lengths
+    # are usually the directory's: read a little more, top up when not). Local: the header,
+    # then the data straight into its own buffer (no copy of a slice).
+    remote = src.fs is not None
+    head = src.read(m.offset, _LFH_SIZE + len(name.encode()) + 512 + (m.csize if remote else 0))
     if len(head) < _LFH_SIZE or head[:4] != _LFH:
         raise fail("local header missing (truncated or damaged archive)")
     n, k = struct.unpack_from("<HH", head, 26)
     start = _LFH_SIZE + n + k
     if m.offset + start + m.csize > src.size:
         raise fail(f"member data ends past the end of the archive ({src.size:,} bytes): truncated")
-    data = head[start:start + m.csize]
-    if len(data) < m.csize:
+    if remote and len(head) >= start + m.csize:
+        data = head[start:start + m.csize]
+    else:
         data = src.read(m.offset + start, m.csize)
     if m.method == _STORED:
         out = data

@@ -55,8 +55,14 @@ def reference(src, tmp_path_factory) -> Path:
     return out
 
 
-def test_zip_of_the_folder_packs_the_same_bytes(src, reference, tmp_path):
+def test_zip_of_the_folder_packs_the_same_bytes(src, reference, tmp_path, monkeypatch):
+    # Zip64 throughout (end record, locator, sizes and offsets in extra fields), as an archive
+    # over 4 GB or 65,535 members has: zipfile writes it past these limits.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
     z = zip_folder(src, tmp_path / "Test.zip", zip64=True)
+    monkeypatch.undo()
+    assert b"PK\x06\x06" in z.read_bytes() and zipfile.ZipFile(z).testzip() is None
     out = tmp_path / "out"
     assert main(["pack", str(z), str(out), "--shard-count", "2", "--no-progress"]) == 0
     files = packed_files(reference)
