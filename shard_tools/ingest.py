@@ -50,7 +50,7 @@ def detect_kind(source: str | os.PathLike) -> str:
     Raises:
         IngestError: naming the source when nothing matches.
     """
-    p = source if isinstance(source, (Path, sources.VPath)) else sources.resolve(source)
+    p = sources.resolve(source)
     if p.is_dir():
         children = _subdirs(p)
         if _find_child(children, LQ_NAMES) and _find_child(children, GT_NAMES):

@@ -43,34 +43,45 @@ def is_locator(path: str) -> bool:
 
 
 def _split(spec: str) -> tuple[str, str]:
-    base, _, inner = spec.partition(_SEP)
-    return base, inner.strip("/")
+    """(tree base, inner path) of ``BASE!/inner``: the first ``!/`` whose base is a remote URL
+    or local archive(s), so that a local folder named ``a!`` stays part of the base."""
+    at = spec.find(_SEP)
+    while at >= 0:
+        base = spec[:at]
+        local = base[len("file://"):] if base.startswith("file://") else base
+        if ("://" in base and not base.startswith("file://")) or _zip_spec_local(local):
+            return base, spec[at + len(_SEP):].strip("/")
+        at = spec.find(_SEP, at + 1)
+    return spec, ""
 
 
 def resolve(spec: "str | os.PathLike | VPath") -> "Path | VPath":
-    """A source or data root as a local ``Path`` or a :class:`VPath` (see the module docstring);
-    a ``Path`` or ``VPath`` is returned as it is.
+    """A source or data root as a local ``Path`` or a :class:`VPath` (see the module docstring).
+
+    A path that exists locally is itself whatever characters it holds (a folder named
+    ``a!`` or ``data[1]``); only a missing one is read as ``ARCHIVE!/inner`` or a glob.
 
     Raises:
         IngestError: an unreadable remote location, a glob that matches nothing.
     """
-    if isinstance(spec, (Path, VPath)):
+    if isinstance(spec, VPath):
         return spec
     spec = os.fspath(spec)
-    base, inner = _split(spec)
-    remote = "://" in base and not base.startswith("file://")
-    if not remote:
-        local = base[len("file://"):] if base.startswith("file://") else base
-        if not (_SEP in spec or _zip_spec_local(local)):
-            return Path(spec)
-        base = "file://" + os.path.abspath(os.path.expanduser(local))
-    tree = open_tree(base)
-    if not inner and isinstance(tree, RemoteTree) and tree.is_file_root():  # a remote list file
-        parent, _, name = base.rstrip("/").rpartition("/")
-        return VPath(open_tree(parent), name)
-    return VPath(tree, inner)
+    if "://" in spec and not spec.startswith("file://"):
+        base, inner = _split(spec)
+        tree = open_tree(base)
+        if not inner and isinstance(tree, RemoteTree) and tree.is_file_root():  # a remote list file
+            parent, _, name = base.rstrip("/").rpartition("/")
+            return VPath(open_tree(parent), name)
+        return VPath(tree, inner)
+    path = spec[len("file://"):] if spec.startswith("file://") else spec
+    base, inner = (path, "") if os.path.exists(path) else _split(path)
+    if not _zip_spec_local(base):
+        return Path(path)  # a folder or file as before (a missing one is reported by the layouts)
+    return VPath(open_tree("file://" + os.path.abspath(os.path.expanduser(base))), inner)
 
 
+@lru_cache(maxsize=256)  # asked once per member read with the same few bases
 def _zip_spec_local(p: str) -> bool:
     if not os.path.exists(p):  # an existing "data[1]" folder is a folder, not a pattern
         return bool(_GLOB & set(p))

@@ -213,3 +213,8 @@ def test_locators_never_collide_with_local_paths(tmp_path):
     assert not sources.is_locator(str(weird / "x.txt"))
     assert sources.read_bytes(str(weird / "x.txt")) == b"local"
     assert isinstance(sources.resolve(str(tmp_path)), Path)
+    assert sources.resolve(weird) == weird and sources.resolve(f"{weird}/x.txt") == weird / "x.txt"
+    with zipfile.ZipFile(tmp_path / "a!" / "in.zip", "w") as z:
+        z.writestr("d/m.txt", b"member")
+    inside = sources.resolve(f"{tmp_path}/a!/in.zip!/d/m.txt")
+    assert isinstance(inside, sources.VPath) and sources.read_bytes(str(inside)) == b"member"
