@@ -194,6 +194,9 @@ class ZipTree(Tree):
             names = " and ".join(self.sources[i].path for i in where)
             self.rejects.append((n, f"path found in two archives: {names} (neither is read)", names))
         self.files = self.members  # type: ignore[assignment] - only its keys are read as a tree
+        if not self.members and self.rejects:  # nothing to pack at all: say why, not "empty"
+            path, reason, origin = self.rejects[0]
+            raise IngestError(f"{base}: no readable member ({len(self.rejects)} rejected); first: {path}: {reason}")
 
     def size(self, rel: str) -> int:
         if rel not in self.members:

@@ -31,7 +31,7 @@ import zlib
 from typing import Any, Callable, NamedTuple
 
 from foundir_data.errors import FoundIRError
-from foundir_data.retry import Truncated, call_with_retries
+from foundir_data.retry import Truncated, call_with_retries, is_transient
 
 #: Largest central directory read (a directory entry is ~100 bytes: ~10M members).
 MAX_DIRECTORY_BYTES = 1 << 30
@@ -80,7 +80,15 @@ class ByteSource:
     def __init__(self, path: str, fs: Any = None, *, retries: int = 6, backoff: float = 0.5) -> None:
         self.path, self.fs, self.retries, self.backoff = path, fs, retries, backoff
         self._fd, self._pid = -1, -1
-        self.size = os.stat(path).st_size if fs is None else int(self._retry("stat", lambda: fs.size(path)))
+        self.size = os.stat(path).st_size if fs is None else int(self._retry("stat", self._remote_size))
+
+    def _remote_size(self) -> int:
+        try:
+            return self.fs.size(self.path)
+        except FileNotFoundError as e:
+            if e.__cause__ is not None and is_transient(e.__cause__):
+                raise e.__cause__ from None  # fsspec's HTTP info reports a 503 as "not found"
+            raise
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         return call_with_retries(fn, what=what, url=self.path, retries=self.retries, backoff=self.backoff)
@@ -118,11 +126,16 @@ def _sane_name(name: str) -> str | None:
 
 def _end_record(src: ByteSource) -> tuple[int, int, int]:
     """(entries, directory size, directory offset), checked against the archive's size."""
-    tail_at = max(0, src.size - (0xFFFF + _EOCD_SIZE))
-    tail = src.read(tail_at, src.size - tail_at)
-    at = tail.rfind(_EOCD)
-    while at >= 0 and at + _EOCD_SIZE + struct.unpack_from("<H", tail, at + 20)[0] != len(tail):
-        at = tail.rfind(_EOCD, 0, at)  # a signature inside the comment: keep looking
+    # The last 1 KiB first (archives rarely carry a comment; one small range request), then
+    # the whole window a comment may take (up to 64 KiB).
+    for window in (1024 + _EOCD_SIZE + 20, 0xFFFF + _EOCD_SIZE + 20):
+        tail_at = max(0, src.size - window)
+        tail = src.read(tail_at, src.size - tail_at)
+        at = tail.rfind(_EOCD)
+        while at >= 0 and at + _EOCD_SIZE + struct.unpack_from("<H", tail, at + 20)[0] != len(tail):
+            at = tail.rfind(_EOCD, 0, at)  # a signature inside the comment: keep looking
+        if at >= 0 or tail_at == 0:
+            break
     if at < 0:
         raise ZipArchiveError(f"{src.path}: no end-of-central-directory record: truncated, or not a zip archive")
     disk, cd_disk, _, entries, cd_size, cd_offset, _ = struct.unpack_from("<HHHHIIH", tail, at + 4)
