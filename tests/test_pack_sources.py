@@ -238,3 +238,27 @@ def test_zip_over_https_is_read_by_ranges_with_retries(src, reference, hub_serve
     spans = [int(b) - int(a) + 1 for a, b in (r.headers["Range"][len("bytes="):].split("-") for r in gets
                                                   if r.status == 206)]
     assert len(spans) > 6 and max(spans) < z.stat().st_size / 4  # the directory, then one member a range
+
+
+def test_paired_folder_zip_with_hidden_members(src, tmp_path):
+    """The lq/ + gt/ layout from an archive: same bytes as from the folder; hidden members
+    (macOS leaves ``.DS_Store`` and ``._x`` files in archives) are listed as rejects."""
+    folder = tmp_path / "paired"
+    for t in sorted(p for p in src.iterdir() if p.is_dir()):
+        for side in ("LQ", "GT"):
+            dst = folder / side.lower() / t.name
+            dst.mkdir(parents=True)
+            for f in (t / side).iterdir():
+                (dst / f.name).write_bytes(f.read_bytes())
+    z = zip_folder(folder, tmp_path / "paired.zip")
+    with zipfile.ZipFile(z, "a") as zf:
+        zf.writestr("lq/.DS_Store", b"junk")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(["pack", str(folder), str(ref), "--no-progress"]) == 0
+    assert main(["pack", str(z), str(out), "--no-progress"]) == 1
+    files = [f for f in packed_files(ref) if f != fmt.MANIFEST_FILE]  # its reject count differs
+    assert digest(out, files) == digest(ref, files)
+    manifests = [json.loads((d / fmt.MANIFEST_FILE).read_text()) for d in (ref, out)]
+    assert manifests[0]["shards"] == manifests[1]["shards"] and manifests[1]["num_rejected"] == 1
+    assert [(r["lq"], r["reason"]) for r in _rejects(out)] == [
+        ("lq/.DS_Store", "hidden file skipped (names starting with '.' are not input)")]
