@@ -129,7 +129,7 @@ def _rejects(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / fmt.REJECTS_FILE).read_text().splitlines()]
 
 
-def test_damaged_archives_give_rejects_with_reasons(src, tmp_path):
+def test_damaged_archives_give_rejects_with_reasons(src, tmp_path, capsys):
     good = zip_folder(src, tmp_path / "good.zip")
     arch = tmp_path / "set"
     arch.mkdir()
@@ -156,6 +156,7 @@ def test_damaged_archives_give_rejects_with_reasons(src, tmp_path):
     assert "CRC-32 mismatch" in text and "b_blur.zip" in text
     assert "../escape.png: member path climbs out of the archive with '..'" in text
     assert "C:\\evil.png: member path holds a backslash" in text
+    assert "pairs: damaged or unsafe archive" in capsys.readouterr().err  # the summary's kind and fix
     manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
     assert manifest["num_samples"] == len(blur) // 2 - 1  # one Blur pair lost its LQ/GT to the CRC
 
