@@ -385,8 +385,7 @@ class Store:
 def filesystem(loc: Location) -> Any:
     """A new fsspec filesystem for ``loc`` (make one per process: not fork-safe)."""
     import fsspec  # start-up: ~0.1 s that local folders (every command's common case) never need
-
-    opts = dict(loc.fs_options)
+    opts = dict(loc.fs_options)  # _http_fs pops from it
     return _http_fs(opts) if loc.fs_protocol == "https" else fsspec.filesystem(loc.fs_protocol, **opts)
 
 
@@ -399,4 +398,3 @@ def _http_fs(opts: dict) -> Any:
     # No total timeout: a 1 GB shard may take minutes; a stalled socket still fails.
     client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
     return fsspec.filesystem("https", client_kwargs=client_kwargs, **opts)
-
