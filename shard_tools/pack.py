@@ -12,11 +12,14 @@ The pack is a pure function of (source, arguments), so it can be cut anywhere:
    ``index/parts/<shard>.parquet``; that file is the shard's *done* marker.
 3. **Merge** (a single-job pack does it at the end; a cluster runs ``shard_tools merge``).
 
-Cluster use (a Slurm array; a Kubernetes indexed Job uses ``$JOB_COMPLETION_INDEX``)::
+Cluster use (in each task of a Slurm array or pod of a Kubernetes Indexed Job: the slot
+comes from the scheduler's environment, ``shard_tools.scheduler``)::
 
-    shard_tools pack MillionIRData_train_meta_info.txt OUT --data-root Train \
-        --num-jobs 64 --job-index $SLURM_ARRAY_TASK_ID --workers 8
+    shard_tools pack MillionIRData_train_meta_info.txt OUT --data-root 'Train/*.zip' --workers 8
     shard_tools merge OUT        # once, after every job has finished
+
+Sources may lie in zip archives or at a URL (``shard_tools.sources``), and ``OUT`` may be a
+store URL (``shard_tools.out_store``: no lock file there, a multipart upload per shard).
 
 Resume: rerunning with the same arguments skips every shard whose index part exists,
 removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
