@@ -99,8 +99,16 @@ class RemoteOut:
             return None
 
     def put(self, rel: str, data: bytes) -> None:
-        """Write ``rel`` in one request (an object appears whole or not at all)."""
-        self._retry("write", rel, lambda: self.fs.pipe_file(self.path(rel), data))
+        """Write ``rel`` in one request (an object appears whole or not at all).
+
+        Raises:
+            OutputFolderError: the bucket (or location) does not exist.
+        """
+        try:
+            self._retry("write", rel, lambda: self.fs.pipe_file(self.path(rel), data))
+        except FileNotFoundError:
+            raise OutputFolderError(f"{self.url}: cannot write {rel} there: the bucket or location does not "
+                                    "exist (create it first)") from None
 
     def remove(self, rel: str) -> None:
         try:
@@ -150,10 +158,30 @@ class RemoteOut:
         except (pa.ArrowException, fmt.FormatError, ValueError):
             return None
 
-    def is_done(self, shard_path: str, part: str) -> bool:
-        """A part exists and its tar has the size it records (``build.is_done``'s rule)."""
+    def sizes(self) -> dict[str, int]:
+        """Every object under the output as relative path -> size (one paginated listing, so
+        resume costs one request per 1,000 objects, plus a read of each finished part)."""
+        try:
+            found = self._retry("list", "", lambda: self.fs.find(self.root, detail=True, refresh=True))
+        except FileNotFoundError:
+            return {}
+        cut = len(self.root) + 1
+        return {k[cut:]: int(v.get("size") or 0) for k, v in found.items() if k.startswith(self.root + "/")}
+
+    def is_done(self, shard_path: str, part: str, sizes: dict[str, int] | None = None) -> bool:
+        """A part exists and its tar has the size it records (``build.is_done``'s rule).
+
+        Args:
+            shard_path: The shard's tar.
+            part: Its index part.
+            sizes: :meth:`sizes`, listed once for many shards (default: ask the store).
+        """
+        if sizes is not None and part not in sizes:
+            return False
         meta = self.part_meta(part)
-        return meta is not None and (meta[0].count == 0 or self.size(shard_path) == meta[0].bytes)
+        if meta is None or meta[0].count == 0:
+            return meta is not None
+        return (sizes.get(shard_path) if sizes is not None else self.size(shard_path)) == meta[0].bytes
 
     def abort_uploads(self, rel: str) -> int:
         """Abort the unfinished multipart uploads of ``rel`` (a killed run's); how many.

@@ -279,8 +279,9 @@ def _pack_locked(cfg: PackConfig, root: Path, remote: out_store.RemoteOut | None
         put(INGEST_REJECTS_PART, "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in plan.rejects).encode())
     mine = [s for i, s in enumerate(plan.shards) if i % cfg.num_jobs == cfg.job_index]
     todo, done_pairs = [], 0
+    listed = remote.sizes() if remote else None
     for s in mine:
-        if remote.is_done(s.path, s.part) if remote else is_done(root, s):
+        if remote.is_done(s.path, s.part, listed) if remote else is_done(root, s):
             done_pairs += len(s.pairs)
         else:
             remote.abort_uploads(s.path) if remote else remove_stale(root, s)

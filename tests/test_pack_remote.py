@@ -118,3 +118,10 @@ def test_cluster_slices_into_s3_then_merge(noisy, moto_s3, tmp_path):
     for rel in [p.relative_to(ref).as_posix() for p in ref.rglob("*.tar")] + [fmt.INDEX_FILE, fmt.MANIFEST_FILE]:
         body = moto_s3.client().get_object(Bucket="foundir-out", Key=f"sliced/{rel}")["Body"].read()
         assert body == (ref / rel).read_bytes(), rel
+
+
+def test_missing_bucket_is_one_clear_line(noisy, moto_s3, capsys):
+    assert main(["pack", str(noisy), "s3://no-such-bucket/x", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["shard_tools pack: error: s3://no-such-bucket/x: cannot write index/parts/_plan.json there: "
+                   "the bucket or location does not exist (create it first)"]

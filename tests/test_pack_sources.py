@@ -14,7 +14,7 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data.sample import make_sample
-from shard_tools import sources, zip_source
+from shard_tools import out_store, sources, zip_source
 from shard_tools.cli import main
 
 TYPES = ("Blur", "Noise", "Haze")
@@ -93,7 +93,7 @@ def test_archives_split_by_folder_and_a_list_file_inside_an_archive(src, tmp_pat
         assert digest(out, files) == digest(ref, files)
 
 
-def test_zip_on_s3_and_pack_into_s3(src, reference, moto_s3, tmp_path):
+def test_zip_on_s3_and_pack_into_s3(src, reference, moto_s3, tmp_path, monkeypatch):
     (tmp_path / "up").mkdir()
     zip_folder(src, tmp_path / "up" / "Test.zip")
     url = moto_s3.upload_folder(tmp_path / "up", "foundir-src", "release")
@@ -103,7 +103,8 @@ def test_zip_on_s3_and_pack_into_s3(src, reference, moto_s3, tmp_path):
     for rel in packed_files(reference):
         body = client.get_object(Bucket="foundir-out", Key=f"packs/test/{rel}")["Body"].read()
         assert body == (reference / rel).read_bytes(), rel
-    # Resume: a rerun skips every shard (no PUT of a tar) and leaves the same objects.
+    # Resume: a rerun skips every shard (it would fail if it started a tar) and leaves the same objects.
+    monkeypatch.setattr(out_store.RemoteTarWriter, "__enter__", lambda self: pytest.fail(f"rebuilt {self.rel}"))
     assert main(["pack", f"{url}/Test.zip", "s3://foundir-out/packs/test", "--shard-count", "2", "--no-progress"]) == 0
     assert main(["merge", "s3://foundir-out/packs/test"]) == 0
     assert main(["verify", "s3://foundir-out/packs/test"]) == 0
