@@ -125,3 +125,12 @@ def test_missing_bucket_is_one_clear_line(noisy, moto_s3, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["shard_tools pack: error: s3://no-such-bucket/x: cannot write index/parts/_plan.json there: "
                    "the bucket or location does not exist (create it first)"]
+
+
+def test_no_credential_in_messages(noisy, moto_s3, monkeypatch, capsys, tmp_path):
+    secret = "s3cr3t-never-printed"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    assert main(["pack", "s3://no-such-bucket/Train/*.zip", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert main(["pack", str(noisy), "s3://no-such-bucket/x", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-bucket" in err and secret not in err

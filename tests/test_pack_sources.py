@@ -108,6 +108,10 @@ def test_zip_on_s3_and_pack_into_s3(src, reference, moto_s3, tmp_path, monkeypat
     assert main(["pack", f"{url}/Test.zip", "s3://foundir-out/packs/test", "--shard-count", "2", "--no-progress"]) == 0
     assert main(["merge", "s3://foundir-out/packs/test"]) == 0
     assert main(["verify", "s3://foundir-out/packs/test"]) == 0
+    # The prefix that holds the archive, as the source: the same pairs.
+    out = tmp_path / "from-prefix"
+    assert main(["pack", url, str(out), "--shard-count", "2", "--no-progress"]) == 0
+    assert digest(out, packed_files(reference)) == digest(reference, packed_files(reference))
 
 
 def test_remote_prefix_without_archives(src, reference, moto_s3, tmp_path):
