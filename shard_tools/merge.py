@@ -119,20 +119,24 @@ def merge_remote(url: str) -> fmt.Manifest:
         plan = out.read(PLAN_FILE)
         if plan is None:
             raise MergeError(f"{out.url}/{PLAN_FILE} not found: {out.url} is not a pack output (run `shard_tools pack` first)")
+        try:
+            parts = [PlannedShard(s["path"], s["split"], s["degradation"], []).part for s in json.loads(plan)["shards"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise MergeError(f"{out.url}/{PLAN_FILE}: unreadable pack plan ({type(e).__name__}); pack again") from None
+        fetched = {PLAN_FILE}
         write_atomic(root / PLAN_FILE, plan, fsync=False)
-        for s in json.loads(plan)["shards"]:
-            part = PlannedShard(s["path"], s["split"], s["degradation"], []).part
-            data = out.read(part)
+        for rel in [*parts, INGEST_REJECTS_PART]:
+            data = out.read(rel)
             if data is not None:
-                write_atomic(root / part, data, fsync=False)
-        ingest_rejects = out.read(INGEST_REJECTS_PART)
-        if ingest_rejects is not None:
-            write_atomic(root / INGEST_REJECTS_PART, ingest_rejects, fsync=False)
+                write_atomic(root / rel, data, fsync=False)
+                fetched.add(rel)
         try:
             manifest = merge_locked(root)
         except MergeError as e:
             raise MergeError(str(e).replace(str(root), out.url)) from None
-        for rel in (fmt.INDEX_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE):  # the manifest last
+        # Whatever merge wrote (index, rejects, card: not the inputs fetched), then the manifest.
+        written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        for rel in [r for r in written if r not in fetched and r != fmt.MANIFEST_FILE] + [fmt.MANIFEST_FILE]:
             out.put(rel, (root / rel).read_bytes())
     return manifest
 
