@@ -153,11 +153,13 @@ class Tree:
         return self._dirs
 
     def size(self, rel: str) -> int:
+        """Size of file ``rel``; ``FileNotFoundError`` (naming its locator) when absent."""
         if rel not in self.files:
             raise FileNotFoundError(2, "no such file", f"{self.base}{_SEP}{rel}")
         return self.files[rel]
 
     def read(self, rel: str) -> bytes:
+        """The bytes of file ``rel`` as stored."""
         raise NotImplementedError
 
 
