@@ -268,3 +268,27 @@ def test_paired_folder_zip_with_hidden_members(src, tmp_path):
     assert manifests[0]["shards"] == manifests[1]["shards"] and manifests[1]["num_rejected"] == 1
     assert [(r["lq"], r["reason"]) for r in _rejects(out)] == [
         ("lq/.DS_Store", "hidden file skipped (names starting with '.' are not input)")]
+
+
+def test_pack_into_another_fsspec_store(src, reference):
+    """A store without multipart semantics (fsspec's memory://): each shard is written under
+    a .tmp-<pid> name and moved into place; a killed run's temp object is removed on rerun."""
+    import fsspec
+
+    fs, out = fsspec.filesystem("memory"), "memory://foundir-mem/out"
+    args = ["--shard-count", "2", "--no-progress"]
+    try:
+        assert main(["pack", str(src), out, *args]) == 0
+        # As a run killed while writing one shard leaves it: a temp object, no tar, no part.
+        shard = next(p.relative_to(reference).as_posix() for p in reference.rglob("*.tar"))
+        part = f"{fmt.INDEX_PARTS_DIR}/{Path(shard).name[:-len('.tar')]}.parquet"
+        fs.rm_file(f"/foundir-mem/out/{shard}")
+        fs.rm_file(f"/foundir-mem/out/{part}")
+        fs.pipe_file(f"/foundir-mem/out/{shard}.tmp-99999", b"half a shard")
+        assert main(["pack", str(src), out, *args]) == 0
+        for rel in packed_files(reference):
+            assert fs.cat_file(f"/foundir-mem/out/{rel}") == (reference / rel).read_bytes(), rel
+        assert not [p for p in fs.find("/foundir-mem/out") if ".tmp-" in p]
+        assert main(["pack", str(src), out, "--shard-count", "1", "--no-progress"]) == 2  # another plan
+    finally:
+        fs.rm("/foundir-mem", recursive=True)
