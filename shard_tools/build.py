@@ -174,7 +174,9 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     except BadImage as e:
         return lq, gt, None, None, str(e), None, None
     except OSError as e:
-        return lq, gt, None, None, f"unreadable file: {e.filename} ({e.strerror})", None, None
+        # A remote read's error (retry.ShardError) names its URL in its text, not in .filename.
+        reason = f"unreadable file: {e.filename} ({e.strerror})" if e.filename else f"unreadable file: {e}"
+        return lq, gt, None, None, reason, None, None
     try:
         check_pair(li, gi, lq_path, gt_path)  # pixel-aligned pairs have one size
     except BadImage as e:

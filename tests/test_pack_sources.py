@@ -292,3 +292,15 @@ def test_pack_into_another_fsspec_store(src, reference):
         assert main(["pack", str(src), out, "--shard-count", "1", "--no-progress"]) == 2  # another plan
     finally:
         fs.rm("/foundir-mem", recursive=True)
+
+
+def test_a_remote_read_that_keeps_failing_is_a_reject_naming_its_url(monkeypatch):
+    from foundir_data.retry import ShardError
+    from shard_tools import build
+
+    def fail(path: str) -> bytes:
+        raise ShardError(path, "range read failed after 7 attempts: HTTP 503")
+
+    monkeypatch.setattr(build.sources, "read_bytes", fail)
+    reason = build._load_pair("s3://b/Train/*.zip!/Blur/LQ/1.png", "s3://b/Train/*.zip!/Blur/GT/1.png", False)[4]
+    assert reason == "unreadable file: s3://b/Train/*.zip!/Blur/LQ/1.png: range read failed after 7 attempts: HTTP 503"
