@@ -31,6 +31,7 @@ from foundir_data.locations import resolve as resolve_location
 from foundir_data.retry import call_with_retries
 from foundir_data.store import filesystem
 from shard_tools.records import IngestError, Reject
+from shard_tools import zip_source
 from shard_tools.zip_source import ByteSource, Member, ZipArchiveError, ZipMemberError, read_directory, read_member
 
 _SEP = "!/"
@@ -341,7 +342,15 @@ class VPath:
         return sorted(f[len(pre):] for f in self.tree.files if f.startswith(pre))
 
     def open(self, mode: str = "rb", **kw: Any) -> BinaryIO | io.TextIOWrapper:
-        """Read the whole file (list files and manifests; members are bounded in size)."""
+        """The whole file in memory (list files and manifests), its size checked first.
+
+        Raises:
+            IngestError: a file over ``zip_source.MAX_MEMBER_BYTES``.
+        """
+        size = self.tree.size(self.rel)
+        if size > zip_source.MAX_MEMBER_BYTES:
+            raise IngestError(f"{self}: {size:,} bytes, over the {zip_source.MAX_MEMBER_BYTES:,} a list or "
+                              "manifest may have here")
         f = io.BytesIO(self.tree.read(self.rel))
         return f if "b" in mode else io.TextIOWrapper(f, **kw)
 
