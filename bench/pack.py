@@ -9,6 +9,7 @@ within 1.3x of tar's time; two workers at least 1.7x faster than one (needs 2 id
     python bench/pack.py                      # 2 types x 10 pairs, long side 1024 px
     python bench/pack.py --types all --per-type 2 --size 2048 --repeat 3
     python bench/pack.py --src /data/FoundIR/test   # an existing source instead of a sample
+    python bench/pack.py --sources --pairs 8        # folder vs zip vs S3 (bench/pack_sources.py)
 
 The page cache is warmed before timing so every contender reads from memory; each
 contender runs ``--repeat`` times and its best time is reported.
@@ -30,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from foundir_data.sample import make_sample  # noqa: E402
 from shard_tools.merge import merge  # noqa: E402
 from shard_tools.pack import PackConfig, pack  # noqa: E402
+
+from frames import build_frames  # noqa: E402
+from pack_sources import compare_sources  # noqa: E402
 
 
 def _source_bytes(src: Path) -> tuple[int, int]:
@@ -58,11 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="sample long side in pixels (default 1024)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per contender; the best is reported")
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one)")
+    ap.add_argument("--sources", action="store_true",
+                    help="instead: one job's MB/s from the unzipped folder, its zip archives, those "
+                         "archives in (moto) S3, and into S3, on release-like 2560x1600 frames")
+    ap.add_argument("--pairs", type=int, default=8, help="--sources: frame pairs (default 8, ~250 MB)")
     a = ap.parse_args(argv)
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-pack-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if a.sources:
+            t0 = time.perf_counter()
+            if not (work / "frames" / "Train").is_dir():  # --workdir: reuse frames built before
+                build_frames(work / "frames", a.pairs)
+            print(f"frames: {time.perf_counter() - t0:.1f} s to build under {work / 'frames'}", file=sys.stderr)
+            compare_sources(work / "frames", work, a.repeat)
+            return 0
         if a.src:
             src = Path(a.src)
         else:

@@ -130,8 +130,7 @@ class Store:
         """The fsspec filesystem of this process: async filesystems (HTTP, s3fs) are not
         fork-safe, so a DataLoader worker forked after the store was used makes its own."""
         if self._fs_obj is None or self._fs_pid != os.getpid():
-            protocol, opts = self._loc.fs_protocol, dict(self._loc.fs_options)
-            self._fs_obj = _http_fs(opts) if protocol == "https" else _filesystem(protocol, opts)
+            self._fs_obj = filesystem(self._loc)
             self._fs_pid = os.getpid()
         return self._fs_obj
 
@@ -383,6 +382,13 @@ class Store:
         raise ShardError(url, f"{type(exc).__name__}: {exc}") from exc
 
 
+def filesystem(loc: Location) -> Any:
+    """A new fsspec filesystem for ``loc`` (make one per process: not fork-safe)."""
+    import fsspec  # start-up: ~0.1 s that local folders (every command's common case) never need
+    opts = dict(loc.fs_options)  # _http_fs pops from it
+    return _http_fs(opts) if loc.fs_protocol == "https" else fsspec.filesystem(loc.fs_protocol, **opts)
+
+
 def _http_fs(opts: dict) -> Any:
     # start-up: ~0.35 s (aiohttp, fsspec) that only remote locations pay, not every local read
     import aiohttp
@@ -392,9 +398,3 @@ def _http_fs(opts: dict) -> Any:
     # No total timeout: a 1 GB shard may take minutes; a stalled socket still fails.
     client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120))
     return fsspec.filesystem("https", client_kwargs=client_kwargs, **opts)
-
-
-def _filesystem(protocol: str, opts: dict) -> Any:
-    import fsspec  # start-up: as in _http_fs
-
-    return fsspec.filesystem(protocol, **opts)

@@ -18,8 +18,8 @@ from typing import Callable, NamedTuple
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools import out_store, sources
 from shard_tools.probe import BadImage, check_pair, probe_image
-from shard_tools.records import read_regular
 from shard_tools.writer import TarShardWriter, add_sample, read_part_meta, write_part
 from foundir_data.errors import FoundIRError
 
@@ -83,7 +83,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
     is written).
 
     Args:
-        out: The pack's output folder.
+        out: The pack's output folder, or a store URL (``shard_tools.out_store``).
         shard: The planned shard.
         full_decode: Decode every image to check it (``probe_image``).
         strict: Raise at the first bad pair instead of recording it as rejected.
@@ -94,6 +94,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
         PackError: with ``strict``, at the first bad pair (no file of this shard is left).
     """
     root = Path(out)
+    remote = out_store.open_out(out) if out_store.is_remote(out) else None  # s3://...: out_store.py
     t = taxonomy.get(shard.degradation)
     rows: list[dict] = []
     rejects: list[dict] = []
@@ -121,7 +122,8 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
                                 "reason": reason, "origin": origin})
                 continue
             if writer is None:
-                writer = TarShardWriter(root / shard.path, fsync=fsync).__enter__()
+                writer = (remote.tar_writer(shard.path) if remote else
+                          TarShardWriter(root / shard.path, fsync=fsync)).__enter__()
             row = {
                 "key": key, "split": shard.split, "degradation": t.name, "degradation_id": t.index,
                 "cls": t.cls, **t.flags(), "layout": fmt.LAYOUT_FULL,
@@ -140,7 +142,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
             info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, len(rows), w.bytes, w.sha256)
         else:
             # Every pair was rejected: no tar, but still a (empty) part so the shard is done.
-            (root / shard.path).unlink(missing_ok=True)
+            remote.remove(shard.path) if remote else (root / shard.path).unlink(missing_ok=True)
             info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_FULL, 0, 0, "")
     except BaseException:
         if writer is not None:
@@ -150,7 +152,10 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
         loader.shutdown(wait=True, cancel_futures=True)
     # The part is not fsynced: after a power loss a lost or torn part only makes is_done()
     # false and the shard is rebuilt; the tar it describes was fsynced before it was written.
-    write_part(root / shard.part, rows, info, rejects, sync_dir=False, fsync=False)
+    if remote:
+        remote.put_part(shard.part, rows, info, rejects)
+    else:
+        write_part(root / shard.part, rows, info, rejects, sync_dir=False, fsync=False)
     return ShardResult(shard.path, len(rows), len(rejects), bytes_in)
 
 
@@ -163,22 +168,20 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     """
     lq = gt = b""
     try:
-        lq, gt = _read(lq_path), _read(gt_path)
+        lq, gt = sources.read_bytes(lq_path), sources.read_bytes(gt_path)
         li = probe_image(lq, lq_path, full_decode)
         gi = probe_image(gt, gt_path, full_decode)
     except BadImage as e:
         return lq, gt, None, None, str(e), None, None
     except OSError as e:
-        return lq, gt, None, None, f"unreadable file: {e.filename} ({e.strerror})", None, None
+        # A remote read's error (retry.ShardError) names its URL in its text, not in .filename.
+        reason = f"unreadable file: {e.filename} ({e.strerror})" if e.filename else f"unreadable file: {e}"
+        return lq, gt, None, None, reason, None, None
     try:
         check_pair(li, gi, lq_path, gt_path)  # pixel-aligned pairs have one size
     except BadImage as e:
         return lq, gt, li, gi, str(e), None, None
     return lq, gt, li, gi, None, hashlib.sha256(lq).hexdigest(), hashlib.sha256(gt).hexdigest()
-
-
-def _read(path: str) -> bytes:
-    return read_regular(path)  # a FIFO or device put in place of an image is refused, never read
 
 
 def is_done(root: Path, shard: PlannedShard) -> bool:

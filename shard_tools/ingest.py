@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Mapping
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from shard_tools import sources
 from shard_tools.ingest_manifest import iter_list, iter_manifest
 from shard_tools.records import (  # noqa: F401 - re-exported: the records are this module's API
     GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, check_regular, inside, join_path, normalise,
@@ -49,7 +50,7 @@ def detect_kind(source: str | os.PathLike) -> str:
     Raises:
         IngestError: naming the source when nothing matches.
     """
-    p = Path(source)
+    p = sources.resolve(source)
     if p.is_dir():
         children = _subdirs(p)
         if _find_child(children, LQ_NAMES) and _find_child(children, GT_NAMES):
@@ -64,8 +65,9 @@ def detect_kind(source: str | os.PathLike) -> str:
         )
     if not p.exists():
         raise IngestError(f"{p}: no such file or folder")
-    check_regular(p, "source")  # a FIFO would block the open below forever
-    with open(p, "rb") as f:
+    if not isinstance(p, sources.VPath):  # archive members are never special files
+        check_regular(p, "source")  # a FIFO would block the open below forever
+    with p.open("rb") as f:
         head = f.read(4096)
     if head.startswith(b"PAR1"):
         return "manifest"
@@ -85,12 +87,13 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
     """Yield one :class:`PairSpec` or :class:`Reject` per input item, in a fixed order.
 
     Args:
-        source: A list file, a CSV/Parquet manifest, or a folder.
+        source: A list file, a CSV/Parquet manifest, or a folder; local, inside zip
+            archives or remote (``shard_tools.sources``).
         kind: One of :data:`KINDS`; ``auto`` detects it from content.
         split: Force the split (default: the manifest's ``split`` column; ``test`` for the
             test layout unless its folder is named ``Train``; ``train`` otherwise).
         degradation: Force the degradation type of every pair (a name or token).
-        data_root: Root that list/manifest paths are relative to.
+        data_root: Root that list/manifest paths are relative to (``sources.resolve``).
         mapping: User mapping of unknown degradation tokens to canonical names.
         exclude: A folder inside the source that is not input (the pack's own output).
 
@@ -112,12 +115,15 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
             forced = taxonomy.parse_token(degradation, mapping).name
         except taxonomy.UnknownDegradationError as e:
             raise IngestError(f"--degradation: {e}") from None
-    kind = detect_kind(source) if kind == "auto" else kind
+    src = sources.resolve(source)
+    root = sources.resolve(data_root) if data_root is not None else None
+    kind = detect_kind(src) if kind == "auto" else kind
     fn = {"list": iter_list, "test": _iter_test, "folder": _iter_folder, "manifest": iter_manifest}[kind]
     n = 0
     token = _EXCLUDE.set(os.path.realpath(exclude) if exclude is not None else None)
     try:
-        records = list(fn(Path(source), split=split, forced=forced, data_root=data_root, mapping=mapping or {}))
+        records = sources.archive_rejects((src, root), split) + list(
+            fn(src, split=split, forced=forced, data_root=root, mapping=mapping or {}))
     finally:
         _EXCLUDE.reset(token)
     for rec in records:
@@ -132,9 +138,9 @@ def iter_pairs(source: str | os.PathLike, *, kind: str = "auto", split: str | No
 _EXCLUDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("exclude", default=None)
 
 
-def _excluded(p: str | Path) -> bool:
+def _excluded(p: str | Path | sources.VPath) -> bool:
     ex = _EXCLUDE.get()
-    return ex is not None and os.path.realpath(p) == ex
+    return ex is not None and not isinstance(p, sources.VPath) and os.path.realpath(p) == ex
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -187,6 +193,12 @@ def _files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     followed), symlinked files that resolve outside ``root``. The excluded output folder is
     left out silently (it is not input)."""
     out, skipped = [], []
+    if isinstance(root, sources.VPath):  # archive members: no symlinks (rejected when read)
+        for f in root.files():
+            hidden = any(part.startswith(".") for part in f.split("/"))
+            (skipped.append((f, "hidden file skipped (names starting with '.' are not input)")) if hidden
+             else out.append(f))
+        return out, skipped
 
     def unreadable(e: OSError) -> None:  # os.walk skips a folder it cannot list: say so
         rel = os.path.relpath(e.filename, root).replace(os.sep, "/")

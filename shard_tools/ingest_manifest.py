@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from shard_tools import sources
 from shard_tools.records import (
     GT_NAMES, LQ_NAMES, IngestError, PairSpec, Record, Reject, check_regular, join_path, normalise, outside_reason,
     parse_deg,
@@ -51,13 +52,14 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
         IngestError: the data root is not a folder.
     """
     split = split or "train"
-    root = Path(data_root) if data_root else path.parent / "Train"
+    root = sources.resolve(data_root) if data_root else path.parent / "Train"
     if not root.is_dir():
         raise IngestError(f"{path}: data root {root} is not a folder; list paths are relative to the "
                           f"release's Train folder, pass it with --data-root")
     seen: dict[tuple[str, str], str] = {}
-    check_regular(path, "list file")
-    with open(path, encoding="utf-8", errors="replace") as f:
+    if not isinstance(path, sources.VPath):  # archive members are never special files
+        check_regular(path, "list file")
+    with path.open("r", encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             origin = f"{path}:{lineno}"
             text = line.strip()
@@ -82,12 +84,13 @@ def iter_list(path: Path, *, split, forced, data_root, mapping) -> Iterator[Reco
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    check_regular(path, "manifest")
-    with open(path, "rb") as f:
+    if not isinstance(path, sources.VPath):
+        check_regular(path, "manifest")
+    with path.open("rb") as f:
         is_parquet = f.read(4) == b"PAR1"
     if is_parquet:
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path if isinstance(path, Path) else path.open("rb"))
             _check_columns(path, {c.lower(): c for c in pf.schema_arrow.names})
             rows = (r for b in pf.iter_batches(batch_size=8192) for r in b.to_pylist())
             for i, row in enumerate(rows, 2):  # numbered like the CSV's lines (header = 1)
@@ -96,7 +99,7 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict]]:
             raise IngestError(f"{path}: unreadable Parquet manifest ({type(e).__name__}: {e})") from None
         return
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with path.open("r", newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
             _check_columns(path, cols)
@@ -130,7 +133,7 @@ def iter_manifest(path: Path, *, split, forced, data_root, mapping) -> Iterator[
     Raises:
         IngestError: the data root is not a folder, or a required column is missing.
     """
-    root = Path(data_root) if data_root else path.parent
+    root = sources.resolve(data_root) if data_root else path.parent
     if not root.is_dir():
         raise IngestError(f"{path}: data root {root} is not a folder (--data-root)")
     seen: dict[tuple[str, str, str], str] = {}
@@ -170,7 +173,7 @@ def _rel_to(p: str, root: Path) -> str:
     """A manifest path as stored in the index: normalised, relative to ``root`` when inside
     it (an absolute path elsewhere stays absolute and is rejected by ``outside_reason``)."""
     p = normalise(p)
-    if os.path.isabs(p):
+    if os.path.isabs(p) and isinstance(root, Path):
         try:
             return Path(p).relative_to(root.resolve()).as_posix()
         except ValueError:

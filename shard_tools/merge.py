@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.integrity import repeated_keys
+from shard_tools import out_store
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
 from shard_tools.index_write import write_index
@@ -51,6 +54,8 @@ def merge(root: str | Path) -> fmt.Manifest:
         MergeError: naming the missing plan or unfinished shards.
         BusyError: a pack or merge is still writing the folder.
     """
+    if out_store.is_remote(root):
+        return merge_remote(str(root))
     root = Path(root)
     if not (root / PLAN_FILE).exists():
         raise MergeError(f"{root / PLAN_FILE} not found: {root} is not a pack output folder (run `shard_tools pack` first)")
@@ -104,6 +109,43 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
     return manifest
 
 
+def merge_remote(url: str) -> fmt.Manifest:
+    """:func:`merge` of a pack in a store (``shard_tools.out_store``): the plan and index parts
+    (small: rows, no images) are fetched into a temporary folder and merged there, then the
+    index, rejects and card are uploaded, and ``manifest.json`` last.
+
+    Raises:
+        MergeError: naming the missing plan or unfinished shards.
+    """
+    out = out_store.open_out(url)
+    with tempfile.TemporaryDirectory(prefix="foundir-merge-") as tmp:
+        # Named like the output, so the card's loading snippets name it (card.write_card).
+        root = Path(tmp) / (posixpath.basename(out.root) or "foundir")
+        plan = out.read(PLAN_FILE)
+        if plan is None:
+            raise MergeError(f"{out.url}/{PLAN_FILE} not found: {out.url} is not a pack output (run `shard_tools pack` first)")
+        try:
+            parts = [PlannedShard(s["path"], s["split"], s["degradation"], []).part for s in json.loads(plan)["shards"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise MergeError(f"{out.url}/{PLAN_FILE}: unreadable pack plan ({type(e).__name__}); pack again") from None
+        fetched = {PLAN_FILE}
+        write_atomic(root / PLAN_FILE, plan, fsync=False)
+        for rel in [*parts, INGEST_REJECTS_PART]:
+            data = out.read(rel)
+            if data is not None:
+                write_atomic(root / rel, data, fsync=False)
+                fetched.add(rel)
+        try:
+            manifest = merge_locked(root)
+        except MergeError as e:
+            raise MergeError(str(e).replace(str(root), out.url)) from None
+        # Whatever merge wrote (index, rejects, card: not the inputs fetched), then the manifest.
+        written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        for rel in [r for r in written if r not in fetched and r != fmt.MANIFEST_FILE] + [fmt.MANIFEST_FILE]:
+            out.put(rel, (root / rel).read_bytes())
+    return manifest
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -113,7 +155,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``merge``'s arguments."""
     parser.description = "Merge the index parts of a (multi-job) pack into index, manifest, rejects and card."
-    parser.add_argument("out", help="the pack output folder")
+    parser.add_argument("out", help="the pack output folder or store URL (s3://...)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,11 +12,14 @@ The pack is a pure function of (source, arguments), so it can be cut anywhere:
    ``index/parts/<shard>.parquet``; that file is the shard's *done* marker.
 3. **Merge** (a single-job pack does it at the end; a cluster runs ``shard_tools merge``).
 
-Cluster use (a Slurm array; a Kubernetes indexed Job uses ``$JOB_COMPLETION_INDEX``)::
+Cluster use (in each task of a Slurm array or pod of a Kubernetes Indexed Job: the slot
+comes from the scheduler's environment, ``shard_tools.scheduler``)::
 
-    shard_tools pack MillionIRData_train_meta_info.txt OUT --data-root Train \
-        --num-jobs 64 --job-index $SLURM_ARRAY_TASK_ID --workers 8
+    shard_tools pack MillionIRData_train_meta_info.txt OUT --data-root 'Train/*.zip' --workers 8
     shard_tools merge OUT        # once, after every job has finished
+
+Sources may lie in zip archives or at a URL (``shard_tools.sources``), and ``OUT`` may be a
+store URL (``shard_tools.out_store``: no lock file there, a multipart upload per shard).
 
 Resume: rerunning with the same arguments skips every shard whose index part exists,
 removes stale ``.tmp-`` files and rebuilds the rest; a run with a different plan in the
@@ -39,9 +42,9 @@ from typing import Iterable
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from shard_tools import ingest
+from shard_tools import ingest, out_store, scheduler, sources
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
-from shard_tools.merge import merge_locked
+from shard_tools.merge import merge_locked, merge_remote
 from shard_tools.records import not_regular
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output, remove_temps, writer_lock
 from shard_tools.runner import build_shards
@@ -145,6 +148,9 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
         sizes = []
         for what, path in (("LQ", rec.lq_path), ("GT", rec.gt_path)):
             try:
+                if sources.is_locator(path):  # an archive member or remote file: no special files
+                    sizes.append(sources.size(path))
+                    continue
                 st = os.stat(path)
             except OSError as e:
                 reason = "missing partner" if isinstance(e, FileNotFoundError) else "unreadable file"
@@ -190,17 +196,21 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``pack``'s flags."""
     parser.description = "Pack paired LQ/GT images into WebDataset tar shards + Parquet index."
-    parser.add_argument("source", help="release list file, test-layout folder, lq/+gt/ folder, or CSV/Parquet manifest")
-    parser.add_argument("out", help="output folder (created; rerun with the same arguments to resume)")
+    parser.add_argument("source", help="release list file, test-layout folder, lq/+gt/ folder, or CSV/Parquet "
+                                       "manifest; local, in .zip archives (a.zip, 'Train/*.zip', a.zip!/sub) or a URL")
+    parser.add_argument("out", help="output folder or store URL (s3://...); rerun with the same arguments to resume")
     parser.add_argument("--kind", choices=ingest.KINDS, default="auto", help="source layout (default: detect)")
     parser.add_argument("--split", choices=fmt.SPLITS, help="force the split of every pair")
     parser.add_argument("--degradation", help="force the degradation type of every pair")
-    parser.add_argument("--data-root", help="root that list/manifest paths are relative to")
+    parser.add_argument("--data-root", help="root that list/manifest paths are relative to: a folder, .zip "
+                                            "archive(s) ('Train/*.zip') or a URL (s3://...)")
     parser.add_argument("--map", action="append", default=[], metavar="TOKEN=TYPE",
                         help="map an unknown degradation token to a type (repeatable), e.g. Snow=Rain")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--num-jobs", type=int, default=1, help="total jobs of a cluster pack")
-    parser.add_argument("--job-index", type=int, default=0, help="this job's index, 0..num-jobs-1")
+    parser.add_argument("--num-jobs", type=int, help="total jobs of a cluster pack (default: SLURM_ARRAY_TASK_COUNT, "
+                                                     f"{scheduler.NUM_JOBS_ENV}, else 1)")
+    parser.add_argument("--job-index", type=int, help="this job's index, 0..num-jobs-1 (default: from "
+                                                      "SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else 0)")
     parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll shards over at this size (default 1e9)")
     parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many pairs")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem")
@@ -224,8 +234,11 @@ def run(args: argparse.Namespace) -> int:
     Errors end in the runner (``foundir_data.command``): 2 = usage/bad input, 3 = I/O
     failure or another pack writing the same folder.
     """
-    cfg = PackConfig(**{k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__})
-    return pack(cfg)
+    slot = scheduler.job_slot(args.job_index, args.num_jobs)
+    if slot.count > 1 or slot.origin.startswith(("SLURM", "JOB_")):  # a cluster job's first log line
+        print(slot.describe(), file=sys.stderr, flush=True)
+    fields = {k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__}
+    return pack(PackConfig(**{**fields, "job_index": slot.index, "num_jobs": slot.count}))
 
 
 #: Printed by the runner after Ctrl-C.
@@ -245,6 +258,12 @@ def pack(cfg: PackConfig) -> int:
         raise PackError(f"--job-index {cfg.job_index} must be in 0..{cfg.num_jobs - 1} (--num-jobs {cfg.num_jobs})")
     if cfg.workers < 1 or cfg.shard_count < 1 or cfg.shard_bytes <= 0:
         raise PackError("--workers, --shard-count and --shard-bytes must be positive")
+    if out_store.is_remote(cfg.out):  # a store: no lock file, its own atomicity (out_store.py)
+        if cfg.tile:
+            raise PackError("--tile needs a local output folder; run `shard_tools tile` on a local copy")
+        remote = out_store.open_out(cfg.out)
+        remote.check_output(PLAN_FILE, force=cfg.force)
+        return _pack_locked(cfg, Path(), remote)
     root = Path(cfg.out)
     check_output(root, Path(cfg.source), force=cfg.force)  # before anything is written
     # Jobs of a cluster pack share the folder (disjoint shards); anything else writes alone.
@@ -254,32 +273,39 @@ def pack(cfg: PackConfig) -> int:
         return _pack_locked(cfg, root)
 
 
-def _pack_locked(cfg: PackConfig, root: Path) -> int:
+def _pack_locked(cfg: PackConfig, root: Path, remote: out_store.RemoteOut | None = None) -> int:
     records = ingest.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
-                                data_root=cfg.data_root, mapping=cfg.mapping(), exclude=root)
+                                data_root=cfg.data_root, mapping=cfg.mapping(), exclude=None if remote else root)
     plan = make_plan(records, shard_bytes=cfg.shard_bytes, shard_count=cfg.shard_count, strict=cfg.strict)
     plan_json = plan.to_json()
-    old = root / PLAN_FILE
-    if old.exists() and old.read_text() != plan_json:
-        raise PackError(f"{root} already holds a pack with a different plan (other source or arguments); "
-                        f"use a new output folder, or delete {root} to start over")
-    write_atomic(old, plan_json.encode())
+    where = remote.url if remote else root
+    old = remote.read(PLAN_FILE) if remote else (root / PLAN_FILE).read_bytes() if (root / PLAN_FILE).exists() else None
+    if old is not None and old.decode("utf-8", "replace") != plan_json:
+        raise PackError(f"{where} already holds a pack with a different plan (other source or arguments); "
+                        f"use a new output folder, or delete {where} to start over")
+    put = remote.put if remote else lambda rel, data: write_atomic(root / rel, data)
+    put(PLAN_FILE, plan_json.encode())
     if cfg.job_index == 0:
-        write_atomic(root / INGEST_REJECTS_PART,
-                     "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in plan.rejects).encode())
+        put(INGEST_REJECTS_PART, "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in plan.rejects).encode())
     mine = [s for i, s in enumerate(plan.shards) if i % cfg.num_jobs == cfg.job_index]
     todo, done_pairs = [], 0
+    listed = remote.sizes() if remote else None
     for s in mine:
-        if is_done(root, s):
+        if remote.is_done(s.path, s.part, listed) if remote else is_done(root, s):
             done_pairs += len(s.pairs)
         else:
-            remove_stale(root, s)
+            remote.abort_uploads(s.path) if remote else remove_stale(root, s)
             todo.append(s)
-    built = build_shards(root, todo, cfg, total=sum(len(s.pairs) for s in mine), initial=done_pairs)
+    built = build_shards(remote.url if remote else root, todo, cfg, total=sum(len(s.pairs) for s in mine),
+                         initial=done_pairs)
     # Shards built earlier: counted from their parts, so a resumed run reports their rejects too.
     n_rejected = len(plan.rejects) * (cfg.job_index == 0) + sum(
-        built[s.path] if s.path in built else _part_rejects(root, s) for s in mine)
-    if cfg.num_jobs == 1:
+        built[s.path] if s.path in built else _part_rejects(root, s, remote) for s in mine)
+    if cfg.num_jobs == 1 and remote:
+        manifest = merge_remote(remote.url)
+        print(f"packed {plural(manifest.num_samples, 'pair')} into {plural(len(manifest.shards), 'shard')} "
+              f"under {remote.url}; {manifest.num_rejected:,} rejected", file=sys.stderr)
+    elif cfg.num_jobs == 1:
         manifest = merge_locked(root)
         print(f"packed {plural(manifest.num_samples, 'pair')} into {plural(len(manifest.shards), 'shard')} "
               f"under {root}; {manifest.num_rejected:,} rejected", file=sys.stderr)
@@ -288,22 +314,25 @@ def _pack_locked(cfg: PackConfig, root: Path) -> int:
             print(f"tiled: {plural(s['tiles'], 'tile')} in {plural(s['shards'], 'shard')}", file=sys.stderr)
     else:
         tile_hint = f", then `shard_tools tile {root} --size {cfg.tile}`" if cfg.tile else ""
-        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {plural(len(mine), 'shard')}; run `shard_tools merge {root}`"
+        print(f"job {cfg.job_index}/{cfg.num_jobs}: built {plural(len(mine), 'shard')}; run `shard_tools merge {where}`"
               f"{tile_hint} when every job has finished", file=sys.stderr)
     if n_rejected:
-        print(_rejects_summary(root, plan, mine, cfg), file=sys.stderr)
+        print(_rejects_summary(root, plan, mine, cfg, remote), file=sys.stderr)
         return 1
     return 0
 
 
-def _rejects_summary(root: Path, plan: Plan, mine: list[PlannedShard], cfg: PackConfig) -> str:
+def _rejects_summary(root: Path, plan: Plan, mine: list[PlannedShard], cfg: PackConfig,
+                     remote: out_store.RemoteOut | None = None) -> str:
     """Rejects by reason, an example and the fix each (``shard_tools.summary``)."""
-    if cfg.num_jobs == 1:
+    if cfg.num_jobs == 1 and not remote:
         return format_rejects(read_rejects(root / fmt.REJECTS_FILE), root / fmt.REJECTS_FILE)
     rows = [r.to_json() for r in plan.rejects] if cfg.job_index == 0 else []
-    rows += [r for s in mine for r in read_part_meta(root / s.part)[1]]
-    return format_rejects(rows, root / fmt.INDEX_PARTS_DIR)
+    rows += [r for s in mine for r in (remote.part_meta(s.part)[1] if remote else read_part_meta(root / s.part)[1])]
+    where = f"{remote.url}/{fmt.REJECTS_FILE if cfg.num_jobs == 1 else fmt.INDEX_PARTS_DIR}" if remote else \
+        root / fmt.INDEX_PARTS_DIR
+    return format_rejects(rows, where)
 
 
-def _part_rejects(root: Path, shard: PlannedShard) -> int:
-    return len(read_part_meta(root / shard.part)[1])
+def _part_rejects(root: Path, shard: PlannedShard, remote: out_store.RemoteOut | None = None) -> int:
+    return len(remote.part_meta(shard.part)[1] if remote else read_part_meta(root / shard.part)[1])

@@ -94,7 +94,7 @@ def outside_reason(root: Path, rel: str) -> str | None:
     """Why ``rel`` may not be read (absolute, ``..``, or resolving outside ``root``), or None."""
     if rel.startswith("/") or rel == ".." or rel.startswith("../") or os.path.isabs(rel):
         return f"path outside the data root {root}: {rel} (not read)"
-    if not inside(root, os.path.join(str(root), rel)):
+    if isinstance(root, Path) and not inside(root, os.path.join(str(root), rel)):  # archives hold no symlinks
         return f"path resolves outside the data root {root} through a symlink: {rel} (not read)"
     return None
 

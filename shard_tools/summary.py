@@ -38,6 +38,12 @@ class RejectKind:
 #: reasons in ``shard_tools/ingest.py``, ``ingest_manifest.py``, ``pack.py``, ``build.py`` and
 #: ``probe.py``; ``tests/test_summary.py`` packs real bad inputs to keep them in step.
 KINDS: tuple[RejectKind, ...] = (
+    # Zip sources (shard_tools/zip_source.py, sources.py): first, as their reasons may also
+    # say "truncated" or "unreadable file".
+    RejectKind("damaged or unsafe archive", r"^unreadable archive|in archive \S+\)$|^member path|"
+               r"in the archive|^encrypted member|path found in two archives",
+               "re-download the archive (damaged or cut short), or repack it with relative member paths, "
+               "each file in one archive only (docs/packing.md, \"Zip archives and object storage\")"),
     RejectKind("no degradation type", r"^no degradation for ",
                "put it in a degradation subfolder (lq/Blur/..., gt/Blur/...) or pass --degradation NAME"),
     RejectKind("unknown degradation type", r"unknown degradation|not one of the\s+20 FoundIR types|outside the release",
