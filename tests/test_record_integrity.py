@@ -184,10 +184,25 @@ def _list_shard_twice(root: Path) -> str:
 
 
 def _duplicate_row(root: Path) -> str:
+    """A row twice in the whole index and, in a folder with per-shard parts (format 3: what
+    readers read), the same row again in place of the next row of its shard's part, with the
+    manifest's size and sha256 of that part made to match (a writer bug, not damage)."""
     t = pq.read_table(root / fmt.INDEX_FILE)
     i = next(i for i, r in enumerate(t.to_pylist()) if r["degradation"] == DEG)
     pq.write_table(pa.concat_tables([t, t.slice(i, 1)]), root / fmt.INDEX_FILE)
-    return t.slice(i, 1).to_pylist()[0]["key"]
+    row = t.slice(i, 1).to_pylist()[0]
+    m = json.loads((root / fmt.MANIFEST_FILE).read_text())
+    entry = next(s for s in m["shards"] if s["path"] == row["shard"])
+    if entry.get("index_sha256"):
+        part_path = root / fmt.index_part(row["shard"])
+        rows = pq.read_table(part_path).to_pylist()
+        j = (row["sample_index"] + 1) % len(rows)
+        rows[j] = {**row, "sample_index": rows[j]["sample_index"]}
+        pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(part_path)), part_path)
+        entry["index_bytes"] = part_path.stat().st_size
+        entry["index_sha256"] = hashlib.sha256(part_path.read_bytes()).hexdigest()
+        (root / fmt.MANIFEST_FILE).write_text(json.dumps(m))
+    return row["key"]
 
 
 DUPLICATES = {  # what is duplicated -> (make it, what the error names)
