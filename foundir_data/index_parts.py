@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.integrity import check_unique_keys
+from foundir_data.limits import max_index_bytes
 from foundir_data.retry import ChecksumError
 
 #: Parts a :class:`ShardRows` keeps (least recently used dropped first): a rank reads a few
@@ -107,7 +108,9 @@ class ShardRows:
     def _read_part(self, info: fmt.ShardInfo) -> pa.Table:
         rel = fmt.index_part(info.path)
         for _ in range(1 if self.store.is_local else 2):  # a remote mismatch is read once more
-            data = self.store.read_bytes(rel)
+            # Bounded by the shard's count (a size that differs from the manifest's is a
+            # ChecksumError below, read once more remotely).
+            data = self.store.read_capped(rel, max_index_bytes(info.count), "index part")
             self.bytes_read += len(data)
             self.parts_read += 1
             found = hashlib.sha256(data).hexdigest()
@@ -192,8 +195,9 @@ def _key_list(store: Any) -> tuple[list[str], list[dict]]:
         hit = _key_lists.get(store)
     if hit is None:
         url = store.url(fmt.KEYS_FILE)
+        raw = store.read_capped(store.manifest().keys or fmt.KEYS_FILE, MAX_KEYS_BYTES, "key lookup")
         try:
-            data = json.loads(store.read_bytes(store.manifest().keys or fmt.KEYS_FILE))
+            data = json.loads(raw)
             files = data["files"]
             hit = ([f["first"] for f in files], files)
         except (ValueError, KeyError, TypeError) as e:
@@ -216,7 +220,7 @@ def locate(store: Any, key: str) -> tuple[str, int] | None:
         return None
     rel = files[i]["path"]
     try:
-        t = pq.read_table(pa.BufferReader(store.read_bytes(rel)))
+        t = pq.read_table(pa.BufferReader(store.read_capped(rel, MAX_KEYS_BYTES, "key lookup")))
         j = pc.index(t["key"], key).as_py()
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise fmt.FormatError(f"{store.url(rel)}: unreadable key file ({e})") from None

@@ -63,7 +63,7 @@ def detect_kind(source: str | os.PathLike) -> str:
             f"{p}: unknown folder layout; expected lq/ + gt/ (paired folder) or "
             f"NNName/LQ + NNName/GT (release test layout). Pass --kind to force one."
         )
-    if not p.exists():
+    if not (p.is_file() if isinstance(p, sources.VPath) else p.exists()):  # a FIFO exists: refused below
         raise IngestError(f"{p}: no such file or folder")
     if not isinstance(p, sources.VPath):  # archive members are never special files
         check_regular(p, "source")  # a FIFO would block the open below forever
@@ -155,6 +155,8 @@ def _subdirs(p: Path) -> list[Path]:
 
 def _unreadable(p: Path) -> str | None:
     """Why the folder ``p`` cannot be listed (its pairs would be lost silently), or None."""
+    if isinstance(p, sources.VPath):  # an archive's folders are listed from its directory
+        return None
     try:
         with os.scandir(p):
             return None

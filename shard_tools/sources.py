@@ -86,8 +86,8 @@ def resolve(spec: "str | os.PathLike | VPath") -> "Path | VPath":
 def _zip_spec_local(p: str) -> bool:
     if not os.path.exists(p):  # an existing "data[1]" folder is a folder, not a pattern
         return bool(_GLOB & set(p))
-    if os.path.isfile(p):
-        return p.lower().endswith(".zip")
+    if not os.path.isdir(p):  # a file (or a FIFO, device...: refused by ingest, never listed here)
+        return os.path.isfile(p) and p.lower().endswith(".zip")
     entries = [e for e in os.scandir(p) if not e.name.startswith(".")]
     return _only_zips([e.name for e in entries], any(e.is_dir() for e in entries))
 

@@ -15,6 +15,7 @@ import pytest
 from foundir_data import format as fmt
 from foundir_data import limits
 from foundir_data.limits import SizeLimitError, read_limited
+from foundir_data.access import get_pair
 from foundir_data.load import load_dataset
 from foundir_data.store import Store
 from foundir_data.stream import FoundIRStream
@@ -33,29 +34,44 @@ def hub(hub_server, packed):
     return hub_server
 
 
-#: file -> (what the server does, the error's words). Every read of the file is refused
-#: before its body is read: the claim is checked first.
+def _index(loc: str) -> None:
+    Store.open(loc, backoff=0.001).index()  # tools and folders of an older layout
+
+
+def _stream(loc: str) -> None:
+    FoundIRStream(loc, split="test", batch_size=1, crop=32, rank=0, world_size=1,
+                  store_kwargs={"backoff": 0.001})._shard_rows(0)  # the first shard's index part
+
+
+def _streaming(loc: str) -> None:
+    list(load_dataset(loc, split="test", streaming=True, backoff=0.001))
+
+
+def _get_pair(loc: str) -> None:
+    get_pair(Store.open(loc, backoff=0.001), "any-key")  # the key lookup first
+
+
+#: file (a path or the start of one) -> (the error's words, the readers that read it). Every
+#: read of the file is refused before its body is read: the claim is checked first.
 LIES = {
-    "manifest": (fmt.MANIFEST_FILE, 50 * GIB, "the manifest claims 53,687,"),
-    "index": (fmt.INDEX_FILE, 50 * GIB, "the index claims 53,687,"),
+    "manifest": (fmt.MANIFEST_FILE, "the manifest claims 53,687,", (_index, _stream, _streaming, _get_pair)),
+    "index": (fmt.INDEX_FILE, "the index claims 53,687,", (_index,)),
+    "index part": (fmt.INDEX_SHARDS_DIR + "/", "the index part claims 53,687,", (_stream, _streaming)),
+    "key lookup": (fmt.KEYS_DIR + "/", "the key lookup claims 53,687,", (_get_pair,)),
 }
 
 
 @pytest.mark.parametrize("case", list(LIES))
 def test_a_server_claiming_a_huge_file_is_refused_before_reading(hub, case):
-    path, delta, words = LIES[case]
-    hub.wrong_length(path, delta, times=100)
+    path, words, readers = LIES[case]
+    hub.wrong_length(path, 50 * GIB, times=1000)
     before = _rss()
     loc = f"hf://datasets/{REPO}"
-    with pytest.raises(SizeLimitError) as e:
-        Store.open(loc, backoff=0.001).index()
-    assert words in str(e.value) and f"/datasets/{REPO}/resolve/main/{path}" in str(e.value)
-    assert "\n" not in str(e.value)
-    with pytest.raises(SizeLimitError):
-        FoundIRStream(loc, split="test", batch_size=1, crop=32, rank=0, world_size=1,
-                      store_kwargs={"backoff": 0.001})
-    with pytest.raises(SizeLimitError):
-        list(load_dataset(loc, split="test", streaming=True, backoff=0.001))
+    for read in readers:
+        with pytest.raises(SizeLimitError) as e:
+            read(loc)
+        assert words in str(e.value) and f"/datasets/{REPO}/resolve/main/{path}" in str(e.value), read.__name__
+        assert "\n" not in str(e.value)
     assert _rss() - before < 256 << 20
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from foundir_data import format as fmt
+from shard_tools.index_write import upgrade
 from foundir_data.decode import decode_image
 from foundir_data.load import load_dataset
 from foundir_data.retry import ChecksumError, ShardError, TruncatedShardError
@@ -58,6 +59,7 @@ def _negative_offset(root: Path, hub) -> tuple[str, dict]:
         if r["key"] == key:
             r["lq_offset"] = -512
     pq.write_table(fmt.index_table(t), root / fmt.INDEX_FILE)
+    upgrade(root)  # the per-shard parts readers read (format 3) from the edited index
     return str(root), {"read": "pread"}
 
 
