@@ -47,9 +47,10 @@ from foundir_data.errors import FoundIRError
 FORMAT_NAME = "foundir-shards"
 #: Bump when a reader of the previous version could misread new folders.
 #: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
-FORMAT_VERSION = 2
+#: Version 3: the members of version 2; the index adds fast member checksums (:data:`FAST_HASH_COLUMNS`).
+FORMAT_VERSION = 3
 #: Versions this reader understands.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 #: Bump when new folders may hold something an older reader of the same FORMAT_VERSION
 #: cannot decode but reports clearly (it never misreads it). Minor 1: tile codecs other
 #: than PNG (:data:`TILE_CODECS`).
@@ -69,13 +70,15 @@ GT_MEMBER = f"gt.{IMAGE_EXT}"
 JSON_MEMBER = "json"
 MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
 #: Member names (LQ, GT, JSON) of every readable format version.
-MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS}
+MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS, 3: MEMBERS}
 
 #: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
-#: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
-#: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``). Readers decode
-#: every one by content (``foundir_data.decode``).
-TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst"}
+#: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), ``ppm.zst`` = a zstd frame
+#: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``), ``ppm`` = that PPM
+#: uncompressed (read as a view, no decode), and ``up.zst`` = a zstd frame of the pixels
+#: after the PNG "Up" row filter behind a ``foundir-up`` header (docs/format.md, "Tile
+#: codecs"). Readers decode every one by content (``foundir_data.decode``).
+TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst", "raw": "ppm", "zstd-up": "up.zst"}
 
 LAYOUT_FULL = "full"
 LAYOUT_TILE = "tile"
@@ -210,8 +213,14 @@ INDEX_SCHEMA = pa.schema(
         ("tile_y", pa.int32()),
         ("tile_w", pa.int32()),
         ("tile_h", pa.int32()),
+        # Format version 3: xxh3-128 (hex) of the image members, checked by readers in place of
+        # the sha256 (25x less CPU per byte; docs/format.md "Version 3"). Null in older folders.
+        ("lq_xxh3", pa.string()),
+        ("gt_xxh3", pa.string()),
     ]
 )
+#: The fast member checksums of version 3 (nullable; absent or null: readers check sha256).
+FAST_HASH_COLUMNS = ("lq_xxh3", "gt_xxh3")
 INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
 
 #: Fields of the per-sample JSON record (a subset of the index row: what a streaming
@@ -248,6 +257,10 @@ def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 def check_index_schema(table: pa.Table, where: str) -> pa.Table:
     """Raise :class:`FormatError` naming ``where`` if ``table`` lacks index columns."""
     names = set(table.column_names)  # column_names builds a new list on every access
+    for c in FAST_HASH_COLUMNS:  # a version 1/2 index: no fast checksums (null)
+        if c not in names:
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
+            names.add(c)
     missing = [c for c in INDEX_COLUMNS if c not in names]
     if missing:
         raise FormatError(f"{where}: index is missing columns {missing}")

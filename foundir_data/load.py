@@ -29,13 +29,14 @@ import pyarrow.compute as pc
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import pillow_readable
-from foundir_data.reader import PairReader, digest
+from foundir_data.reader import PairReader, check_member
 from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
 
 log = logging.getLogger(__name__)
 #: Index columns the member check needs.
-_CHECK_COLUMNS = ("key", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256")
+_CHECK_COLUMNS = ("key", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256",
+                  *fmt.FAST_HASH_COLUMNS)
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
 DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
@@ -127,7 +128,8 @@ def _member_rows(store: Store, shards: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The samples of shard ``rel`` whose image members match the index's sha256.
+    """The samples of shard ``rel`` whose image members match the index (its xxh3, else its
+    sha256: ``reader.check_member``).
 
     Each member is compared with its index row before the sample is yielded; a mismatch is
     read once more by a range request at the row's offsets when the store is remote
@@ -143,9 +145,7 @@ def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> 
                 raise ChecksumError(store.url(rel), f"sample {key!r} is not in the index; the shard does "
                                                     "not match its index: re-pack or re-upload")
             for m, member in (("lq", fmt.LQ_MEMBER), ("gt", fmt.GT_MEMBER)):
-                data = sample.get(member)
-                want = digest(row[f"{m}_sha256"], f"{store.url(rel)}: member {key}.{member}")
-                if data is None or hashlib.sha256(data).digest() != want:
+                if not check_member(row, m, sample.get(member), f"{store.url(rel)}: member {key}.{member}"):
                     sample[member] = reader.read_member(row, m)  # second read, or ChecksumError
         except ChecksumError as e:
             if store.on_error != "skip":

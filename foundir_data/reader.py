@@ -1,9 +1,12 @@
-"""The one pair reader: index byte offsets -> one pread or one range read -> sha256 -> bytes.
+"""The one pair reader: index byte offsets -> one pread or one range read -> checksum -> bytes.
 
 Every reader of image members goes through :class:`PairReader` (the training stream in each
 read mode, ``access.get_pair``, ``load_dataset``, validation, evaluation, tiles, previews),
-so every member handed on has been compared with the sha256 its index row records, before
-anything decodes it (``docs/streaming.md``, "Integrity").
+so every member handed on has been compared with the checksum its index row records, before
+anything decodes it (``docs/streaming.md``, "Integrity"). The checksum is the row's xxh3-128
+where the index has one (format version 3), else its sha256 (:func:`expected`): sha256 runs at
+~1.8 GB/s per core, so on raw tiles it would cost more than the rest of a crop; xxh3 runs at
+~60 GB/s (docs/format.md, "Version 3"). sha256 stays in the index for ``shard_tools verify``.
 
 * Sizes come from the index, which may be hostile or stale: a span is checked against the
   shard's real size (``fstat`` of the open file, or the manifest's size remotely) before a
@@ -24,6 +27,8 @@ import logging
 import os
 from collections import OrderedDict
 from typing import Any, Mapping
+
+import xxhash
 
 from foundir_data import format as fmt
 from foundir_data.retry import ChecksumError
@@ -69,6 +74,38 @@ def digest(expected: str | bytes | None, where: str) -> bytes:
     return out
 
 
+#: A member's expected checksum: (algorithm, digest), algorithm ``"xxh3"`` or ``"sha256"``.
+Expected = tuple[str, bytes]
+
+
+def expected(sha: str | bytes | None, xxh3: str | bytes | None, where: str) -> Expected:
+    """The checksum a reader compares a member with: its xxh3-128 when the index records one
+    (format version 3), else its sha256 (:func:`digest`)."""
+    if xxh3 is not None:
+        if isinstance(xxh3, (bytes, bytearray)) and len(xxh3) == 16:
+            return "xxh3", bytes(xxh3)
+        try:
+            raw = bytes.fromhex(xxh3) if isinstance(xxh3, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 16:
+            raise fmt.FormatError(f"{where}: the index records a malformed xxh3 ({xxh3!r}); re-pack the folder")
+        return "xxh3", raw
+    return "sha256", digest(sha, where)
+
+
+def checksum(algo: str, data: bytes | memoryview) -> bytes:
+    """The ``algo`` (``"xxh3"``: xxh3-128, or ``"sha256"``) digest of ``data``."""
+    return xxhash.xxh3_128_digest(data) if algo == "xxh3" else hashlib.sha256(data).digest()
+
+
+def check_member(row: Mapping[str, Any], which: str, data: bytes | memoryview | None, where: str) -> bool:
+    """Whether ``data`` is the ``which`` (``"lq"``/``"gt"``) member of index ``row``: its
+    xxh3 where the row has one, else its sha256. False for ``None`` (a missing member)."""
+    algo, want = expected(row.get(f"{which}_sha256"), row.get(f"{which}_xxh3"), where)
+    return data is not None and checksum(algo, data) == want
+
+
 class PairReader:
     """Checked reads of image members of one :class:`~foundir_data.store.Store`.
 
@@ -93,7 +130,8 @@ class PairReader:
         off, size = rec[f"{member}_offset"], rec[f"{member}_size"]
         if off is None or size is None or min(off, size) < 0:
             raise fmt.FormatError(f"{self.store.location}: index row of {rec['key']!r} has no {member} offsets")
-        want = digest(rec.get(f"{member}_sha256"), self._where(rec["shard"], rec["key"], member, off))
+        want = expected(rec.get(f"{member}_sha256"), rec.get(f"{member}_xxh3"),
+                        self._where(rec["shard"], rec["key"], member, off))
         mem = self._read(rec["shard"], [(off, size)], False, rec["key"])
         return bytes(self._checked(rec["shard"], rec["key"], [(member, off, size, want)], mem, off)[0])
 
@@ -110,16 +148,19 @@ class PairReader:
             FormatError: offsets or sizes that do not fit in the shard, or no sha256.
         """
         return self.read_offsets(rec["shard"], rec["key"], rec["lq_offset"], rec["lq_size"], rec["gt_offset"],
-                                 rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse)
+                                 rec["gt_size"], rec.get("lq_sha256"), rec.get("gt_sha256"), reuse=reuse,
+                                 lq_xxh3=rec.get("lq_xxh3"), gt_xxh3=rec.get("gt_xxh3"))
 
     def read_offsets(self, shard: str, key: str, lo: int, ls: int, go: int, gs: int,
                      lq_sha: str | bytes | None, gt_sha: str | bytes | None,
-                     *, reuse: bool = False) -> tuple[memoryview, memoryview]:
-        """:meth:`read_pair` from plain values (the stream keeps its index as arrays)."""
+                     *, reuse: bool = False, lq_xxh3: str | bytes | None = None,
+                     gt_xxh3: str | bytes | None = None) -> tuple[memoryview, memoryview]:
+        """:meth:`read_pair` from plain values (the stream keeps its index as arrays); the
+        xxh3 digests, where given, are checked instead of the sha256 (:func:`expected`)."""
         if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0:
             raise fmt.FormatError(f"{self.store.location}: index row of {key!r} has no member offsets")
-        wants = [("lq", lo, ls, digest(lq_sha, self._where(shard, key, "lq", lo))),
-                 ("gt", go, gs, digest(gt_sha, self._where(shard, key, "gt", go)))]
+        wants = [("lq", lo, ls, expected(lq_sha, lq_xxh3, self._where(shard, key, "lq", lo))),
+                 ("gt", go, gs, expected(gt_sha, gt_xxh3, self._where(shard, key, "gt", go)))]
         joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
         spans = [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]
         mem = self._read(shard, spans, reuse, key)
@@ -203,7 +244,7 @@ class PairReader:
                                   "end of the file); re-download or re-pack it")
         return mem
 
-    def _checked(self, shard: str, key: str, wants: list[tuple[str, int, int, bytes]], mem: memoryview,
+    def _checked(self, shard: str, key: str, wants: list[tuple[str, int, int, Expected]], mem: memoryview,
                  base: int | None) -> tuple[memoryview, ...]:
         """Slice members out of ``mem`` (at ``off - base`` when joined, else in order) and check
         each; a remote mismatch is read once more by a fresh range request."""
@@ -212,27 +253,28 @@ class PairReader:
             start = off - base if base is not None else pos
             view = mem[start:start + size]
             pos += size
-            found = hashlib.sha256(view).digest()
-            if found != want:
+            found = checksum(want[0], view)
+            if found != want[1]:
                 view = self._second_read(shard, key, member, off, size, want, found)
             out.append(view)
         return tuple(out)
 
-    def _second_read(self, shard: str, key: str, member: str, off: int, size: int, want: bytes,
+    def _second_read(self, shard: str, key: str, member: str, off: int, size: int, want: Expected,
                      found: bytes) -> memoryview:
         where = self._where(shard, key, member, off)
+        algo, want_digest = want
         if not self.store.is_local:
             data = self.store.read_range(shard, off, size)
-            again = hashlib.sha256(data).digest()
-            if again == want:
+            again = checksum(algo, data)
+            if again == want_digest:
                 self.retried += 1
-                log.warning("%s: sha256 mismatch on the first read, correct on the second", where)
+                log.warning("%s: %s mismatch on the first read, correct on the second", where, algo)
                 if self.mode != "range":
                     self._drop_cached(shard)
                 return memoryview(data)
             found = again
         raise ChecksumError(self.store.url(shard), (
-            f"member {self._member(key, member)} at byte {off}: sha256 mismatch: expected {want.hex()}, found "
+            f"member {self._member(key, member)} at byte {off}: {algo} mismatch: expected {want_digest.hex()}, found "
             f"{found.hex()}; the shard is damaged or does not match its index: run `shard_tools verify`, "
             "re-pack or re-upload"))
 

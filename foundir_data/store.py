@@ -319,7 +319,11 @@ class Store:
                 if self._index_bytes is None:
                     self._index_bytes = self.read_bytes(rel)
                 src = pa.BufferReader(self._index_bytes)
-            table = pq.read_table(src, columns=columns)
+            cols = columns  # a version 1/2 index lacks the fast checksums: null columns below
+            if columns is not None and set(columns) & set(fmt.FAST_HASH_COLUMNS):
+                have = pq.read_schema(src if self.protocol == "file" else pa.BufferReader(self._index_bytes)).names
+                cols = [c for c in columns if c in have or c not in fmt.FAST_HASH_COLUMNS]
+            table = pq.read_table(src, columns=cols)
         except FileNotFoundError:
             raise FileNotFoundError(f"no index at {url}: the manifest names it but it is missing; "
                                     "repack or re-upload the folder") from None
@@ -327,6 +331,8 @@ class Store:
             raise fmt.FormatError(f"{url}: unreadable index ({e})") from None
         if columns is None:
             return fmt.check_index_schema(table, url)
+        for c in set(columns) - set(cols):
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise fmt.FormatError(f"{url}: index is missing columns {missing}")

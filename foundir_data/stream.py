@@ -42,7 +42,8 @@ from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS,
+            "source_key"]
 DTYPES = ("uint8", "float32")
 __all__ = ["FoundIRStream", "READ_MODES", "resolve_read"]
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._within = sel["sample_index"].to_numpy().astype(np.int32)
         self._off = np.stack([sel[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size")], 1)
         self._sha = _digests(sel, self.store.location)  # (n, 2, 32) uint8: 64 bytes per pair
+        # (n, 2, 16) xxh3-128 where every row has one (format version 3), checked instead of
+        # the sha256 (reader.expected); else None.
+        self._xxh = _digests(sel, self.store.location, fmt.FAST_HASH_COLUMNS, 16) \
+            if not (sel["lq_xxh3"].null_count or sel["gt_xxh3"].null_count) else None
 
     def _build_plan(self) -> None:
         self.plan = CurriculumPlan(self._deg, self._shard, self._within, self.schedule,
@@ -253,8 +258,11 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         """
         lo, ls, go, gs = (int(v) for v in self._off[row])
         sha = self._sha[row]
+        xxh = self._xxh[row] if self._xxh is not None else (None, None)
         return self._reader.read_offsets(self._shard_names[int(self._shard[row])], self._keys[row].as_py(),
-                                         lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(), reuse=reuse)
+                                         lo, ls, go, gs, sha[0].tobytes(), sha[1].tobytes(), reuse=reuse,
+                                         lq_xxh3=None if xxh[0] is None else xxh[0].tobytes(),
+                                         gt_xxh3=None if xxh[1] is None else xxh[1].tobytes())
 
     # ------------------------------------------------------------ iteration
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
@@ -305,23 +313,25 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
 
 
-def _digests(sel: pa.Table, where: str) -> np.ndarray:
-    """The index's hex sha256 columns as an (n, 2, 32) uint8 array.
+def _digests(sel: pa.Table, where: str, cols: tuple[str, str] = ("lq_sha256", "gt_sha256"),
+             size: int = 32) -> np.ndarray:
+    """The index's hex digest columns ``cols`` (LQ, GT) as an (n, 2, ``size``) uint8 array.
 
     Decoded from the Arrow buffer directly (no Python string per row): at the release's
     million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
     """
     n = sel.num_rows
-    out = np.empty((n, 2, 32), np.uint8)
-    for j, col in enumerate(("lq_sha256", "gt_sha256")):
+    out = np.empty((n, 2, size), np.uint8)
+    for j, col in enumerate(cols):
         arr = sel[col].combine_chunks()
-        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != {"min": 64, "max": 64}):
+        want = {"min": 2 * size, "max": 2 * size}
+        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != want):
             raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
                                   "re-pack the folder (every member must be checkable)")
         offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4) if n else np.zeros(1, np.int32)
         hexes = memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if n else b""
         try:
-            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, 32)
+            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, size)
         except (binascii.Error, ValueError):
             raise fmt.FormatError(f"{where}: the index's {col} column holds non-hex hashes; re-pack the folder") from None
     return out

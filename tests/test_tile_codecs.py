@@ -36,7 +36,7 @@ def _member(root: Path, row: dict, side: str) -> bytes:
         return f.read(row[f"{side}_size"])
 
 
-@pytest.mark.parametrize("codec", ["qoi", "zstd", "png"])
+@pytest.mark.parametrize("codec", ["qoi", "zstd", "png", "raw", "zstd-up"])
 def test_codec_is_lossless_and_every_reader_decodes_it(packed, tmp_path, codec):
     root = tmp_path / "out"
     shutil.copytree(packed, root)
@@ -82,13 +82,15 @@ def test_unknown_codec_is_refused(packed, tmp_path):
         tiles.pack_tiles(str(root), size=64, codec="zstd", zstd_level=0)
 
 
-def test_load_dataset_gives_pixels_of_zstd_tiles(packed, tmp_path):
-    """``load_dataset(layout="tile")`` (``datasets.Image``, i.e. Pillow) decodes the default codec."""
+@pytest.mark.parametrize("codec", ["zstd", "raw", "zstd-up"])
+def test_load_dataset_gives_pixels_of_zstd_and_raw_tiles(packed, tmp_path, codec):
+    """``load_dataset(layout="tile")`` (``datasets.Image``, i.e. Pillow) decodes the codecs
+    Pillow has no plugin for (zstd frames), and raw PPM tiles."""
     from foundir_data.load import load_dataset
 
     root = tmp_path / "out"
     shutil.copytree(packed, root)
-    tiles.pack_tiles(str(root), size=64, codec="zstd")
+    tiles.pack_tiles(str(root), size=64, codec=codec)
     rows = {r["key"]: r for r in pq.read_table(root / fmt.INDEX_FILE).to_pylist()}
     ds = load_dataset(str(root), split="train", layout="tile", streaming=True)
     n = 0
