@@ -58,8 +58,7 @@ TILINGS = {"png1": (512, "png", None), "zstd3": (512, "zstd", 3), "zstd3-400": (
            "up512": (512, "zstd-up", 1), "up448": (448, "zstd-up", 1), "up384": (384, "zstd-up", 1),
            "raw512": (512, "raw", None), "raw384": (384, "raw", None)}
 #: Peers on foundir's own raw tiles: name -> (builder, raw tiling it copies).
-PEERS = {"mds-raw512": (peers.build_mds_tiles, "raw512"), "litdata-raw512": (peers.build_litdata_tiles, "raw512"),
-         "litdata-raw384": (peers.build_litdata_tiles, "raw384")}
+PEERS = {"mds-raw512": (peers.build_mds_tiles, "raw512"), "litdata-raw512": (peers.build_litdata_tiles, "raw512")}
 
 
 def build(work: Path, pairs: int, workers: int, with_peers: bool) -> dict[str, Path]:
@@ -97,15 +96,17 @@ def src_pairs(src: Path) -> list[tuple[Path, Path]]:
 
 def stream_loader(root: Path, layout: str, batch: int, keep: list, k: int = 1) -> Iterator[int]:
     """``FoundIRStream`` (the training stream), ``mix`` schedule, endless epochs, ``k`` crops
-    per decoded pair; keeps the batches for the exactness check."""
+    per decoded pair; keeps its first 64 batches for the exactness check."""
     from foundir_data.stream import FoundIRStream
 
+    st = FoundIRStream(str(root), layout=layout, schedule="mix", batch_size=batch, crop=CROP,
+                       augment="hflip", seed=0, crops_per_pair=k)
     epoch = 0
     while True:
-        st = FoundIRStream(str(root), layout=layout, schedule="mix", batch_size=batch, crop=CROP,
-                           augment="hflip", seed=0, epoch=epoch, crops_per_pair=k)
+        st.set_epoch(epoch)  # as a training loop does: the index is loaded once
         for b in st:
-            keep.append({k: b[k] for k in ("lq", "gt", "key", "window")})
+            if len(keep) < 64:
+                keep.append({k: b[k] for k in ("lq", "gt", "key", "window")})
             yield len(b["key"])
         epoch += 1
 
@@ -160,12 +161,12 @@ def decode_cost(root: Path, n: int = 24) -> tuple[float, float]:
             for side in ("lq", "gt"):
                 f.seek(r[f"{side}_offset"])
                 blobs.append(f.read(r[f"{side}_size"]))
-    out = decode_image(blobs[0], "t")  # a buffer of the tile shape, reused
+    buf = np.empty(decode_image(blobs[0], "t").shape, np.uint8)  # reused, as the stream's scratch pool
     best = float("inf")
     for _ in range(3):
         c = time.process_time()
         for b in blobs:
-            decode_image(b, "t", out=out)
+            decode_image(b, "t", lambda shape: buf)  # raw tiles: a view, no copy
         best = min(best, (time.process_time() - c) / len(rows))
     return best, sum(map(len, blobs)) / len(rows)
 

@@ -124,14 +124,14 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | Callable
     if backend not in BACKENDS:
         raise DecodeError(f"{name}: unknown decoder backend {backend!r}; expected one of {BACKENDS}")
     head = bytes(data[:8])
+    if head.startswith(PPM_MAGIC):
+        arr = _ppm_view(data)  # no decode: a view on ``data`` (None: Pillow decides)
+        if arr is not None:
+            return arr if out is None or callable(out) else _into(arr, out, name)
     if callable(out):
         return _decode_pooled(data, name, out, backend, head)
     if head.startswith(ZSTD_MAGIC):  # our zstd tile codecs: no Pillow plugin reads them
         return _decode_zst(data, name, out)
-    if head.startswith(PPM_MAGIC):
-        arr = _ppm_view(data)  # no decode: a view on ``data`` (None: Pillow decides)
-        if arr is not None:
-            return _into(arr, out, name) if out is not None else arr
     arr = None
     if backend == "auto":
         if head.startswith(JPEG_MAGIC) and simplejpeg is not None:
@@ -154,8 +154,6 @@ def _decode_pooled(data, name: str, get: Callable, backend: str, head: bytes) ->
     """``decode_image`` with a buffer from ``get(shape)`` where the backend writes into one."""
     if head.startswith(ZSTD_MAGIC):
         return _decode_zst(data, name, None, get)
-    if head.startswith(PPM_MAGIC):  # a view needs no buffer
-        return decode_image(data, name, backend=backend)
     if backend == "auto" and head.startswith(JPEG_MAGIC) and simplejpeg is not None:
         try:
             h, w, space, _ = simplejpeg.decode_jpeg_header(data)

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import xxhash
 
@@ -78,12 +78,16 @@ def digest(expected: str | bytes | None, where: str) -> bytes:
 Expected = tuple[str, bytes]
 
 
-def expected(sha: str | bytes | None, xxh3: str | bytes | None, where: str) -> Expected:
+def expected(sha: str | bytes | None, xxh3: str | bytes | None, where: str | Callable[[], str]) -> Expected:
     """The checksum a reader compares a member with: its xxh3-128 when the index records one
-    (format version 3), else its sha256 (:func:`digest`)."""
+    (format version 3), else its sha256 (:func:`digest`). ``where`` (or what it returns: built
+    only for a message, it costs ~30 us per member) names the member in errors."""
+    if isinstance(xxh3, (bytes, bytearray)) and len(xxh3) == 16:
+        return "xxh3", bytes(xxh3)
+    if isinstance(sha, (bytes, bytearray)) and len(sha) == 32 and xxh3 is None:
+        return "sha256", bytes(sha)
+    where = where() if callable(where) else where
     if xxh3 is not None:
-        if isinstance(xxh3, (bytes, bytearray)) and len(xxh3) == 16:
-            return "xxh3", bytes(xxh3)
         try:
             raw = bytes.fromhex(xxh3) if isinstance(xxh3, str) else b""
         except ValueError:
@@ -159,8 +163,8 @@ class PairReader:
         xxh3 digests, where given, are checked instead of the sha256 (:func:`expected`)."""
         if None in (lo, ls, go, gs) or min(lo, ls, go, gs) < 0:
             raise fmt.FormatError(f"{self.store.location}: index row of {key!r} has no member offsets")
-        wants = [("lq", lo, ls, expected(lq_sha, lq_xxh3, self._where(shard, key, "lq", lo))),
-                 ("gt", go, gs, expected(gt_sha, gt_xxh3, self._where(shard, key, "gt", go)))]
+        wants = [("lq", lo, ls, expected(lq_sha, lq_xxh3, lambda: self._where(shard, key, "lq", lo))),
+                 ("gt", go, gs, expected(gt_sha, gt_xxh3, lambda: self._where(shard, key, "gt", go)))]
         joined = lo <= go and 0 <= go - (lo + ls) <= MAX_GAP
         spans = [(lo, go + gs - lo)] if joined else [(lo, ls), (go, gs)]
         mem = self._read(shard, spans, reuse, key)
