@@ -115,6 +115,8 @@ def test_readers_check_xxh3_not_only_sha256(root: Path):
         get_pair(str(root), rows[i]["key"])
     assert not check_member(rows[i], "lq", _member(root, rows[i], "lq"), "t")
     assert check_member({**rows[i], "lq_xxh3": None}, "lq", _member(root, rows[i], "lq"), "t")
+    report = verify(str(root))  # verify checks both digests
+    assert [p.what for p in report.problems] == ["member xxh3 differs from the index"], report
 
 
 def test_version_2_folder_with_sha256_only_still_reads_and_is_checked(root: Path):
