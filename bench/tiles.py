@@ -1,4 +1,4 @@
-"""Crops per CPU-second and MB read per crop, by storage layout, tile codec and loader, side by side in one run (issues 5, 12, 22).
+"""Crops per CPU-second and MB read per crop, by layout, tile codec and loader, side by side (issues 5, 12, 22).
 
 One run, the same camera-like frames for every loader (``bench/frames.py``: 2514x1516, the
 release's average size, mosaics of the real photos bundled with scikit-image at native
@@ -96,7 +96,7 @@ def src_pairs(src: Path) -> list[tuple[Path, Path]]:
 
 def stream_loader(root: Path, layout: str, batch: int, keep: list, k: int = 1) -> Iterator[int]:
     """``FoundIRStream`` (the training stream), ``mix`` schedule, endless epochs, ``k`` crops
-    per decoded pair; keeps its first 64 batches for the exactness check."""
+    per decoded pair; keeps its first 6 batches for the exactness check."""
     from foundir_data.stream import FoundIRStream
 
     st = FoundIRStream(str(root), layout=layout, schedule="mix", batch_size=batch, crop=CROP,
@@ -105,7 +105,7 @@ def stream_loader(root: Path, layout: str, batch: int, keep: list, k: int = 1) -
     while True:
         st.set_epoch(epoch)  # as a training loop does: the index is loaded once
         for b in st:
-            if len(keep) < 64:
+            if len(keep) < 6:  # ~38 MB per loader: memory stays flat
                 keep.append({k: b[k] for k in ("lq", "gt", "key", "window")})
             yield len(b["key"])
         epoch += 1

@@ -19,7 +19,7 @@ Backends (chosen per image from its first bytes; see docs/format.md "Decoding"):
 * Binary 8-bit PPMs (``P6 W H 255``, one whitespace byte, no comments, nothing after the
   pixels: the ``raw`` tile codec) are not decoded at all: the array is a view on the given
   buffer (``np.frombuffer``), so a raw tile costs its read and one copy of the crop
-  (docs/format.md "Tile codecs"). Any other PPM goes to Pillow.
+  (docs/format.md "Decoding and tile codecs"). Any other PPM goes to Pillow.
 * Everything else, and any image a fast backend refuses, through Pillow (so an image a fast
   backend rejects gets Pillow's verdict, not a different one).
 ``tests/test_decode.py`` proves every fast path pixel-identical with the Pillow path on the
@@ -324,8 +324,8 @@ def pillow_readable(data: bytes) -> bytes:
 
 class _Pool(threading.local):
     """Per-thread scratch buffers by (slot, shape): a stream decodes its tiles without
-    allocating (a fresh 512 tile array costs page faults worth ~30% of a zstd tile's decode,
-    bench/README.md "Tile codec")."""
+    allocating (a fresh tile array costs a page fault per 4 KiB on first write; the same
+    effect on batches: bench/README.md "Tile codec and side")."""
 
     def __init__(self) -> None:
         self.bufs: dict[tuple, np.ndarray] = {}

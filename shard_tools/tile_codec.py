@@ -1,8 +1,8 @@
 """Encoders of the lossless tile codecs (``shard_tools tile --codec``); readers decode them all
 through ``foundir_data.decode``.
 
-Codecs (``format.TILE_CODECS``), chosen by measurement (``bench/tiles.py``, bench/README.md
-"Tile codec"):
+Codecs (``format.TILE_CODECS``), chosen by measurement (``bench/tiles.py``, ``bench/tile_sweep.py``,
+bench/README.md "Tile codec and side"):
 
 * ``png``: zlib level ``--png-level`` (default 1). Every image tool reads it.
 * ``qoi``: the Quite OK Image format (``qoi`` package); Pillow >= 9.5 also reads it, slowly.
@@ -29,8 +29,8 @@ from PIL import Image
 
 from foundir_data import format as fmt
 
-#: zstd level of ``--codec zstd`` (bench/README.md "Tile codec": level 3 is within a few % of
-#: the bytes of levels up to 9 and decodes at the same speed).
+#: zstd level of ``--codec zstd`` (bench/README.md "Tile codec and side": levels 1-9 are within
+#: 2% of each other's bytes on noisy tiles and decode at about the same speed).
 DEFAULT_ZSTD_LEVEL = 3
 
 

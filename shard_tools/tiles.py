@@ -4,8 +4,9 @@ The paper trains on 256x256 crops of ~2514x1516 frames (docs/release.md, "Genera
 whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
 ``size`` at ``stride`` and every tile is stored with a lossless codec (``--codec``: PNG, QOI, zstd
-over raw pixels with or without the PNG Up row filter, or raw pixels; ``shard_tools.tile_codec``): pixel-exact with the decoded source (the
-source's JPEG pixels are stored as decoded, never re-encoded lossily).
+over raw pixels with or without the PNG Up row filter, or raw pixels; ``shard_tools.tile_codec``):
+pixel-exact with the decoded source (the source's JPEG pixels are stored as decoded, never
+re-encoded lossily).
 
 The grid and the shard plan are ``shard_tools.tile_plan`` (re-exported here); this module builds
 the planned shards and merges them into the folder's index and manifest.
@@ -260,7 +261,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL,
                         help=f"zlib level of PNG tiles, lossless at any level (default {DEFAULT_PNG_LEVEL})")
     parser.add_argument("--zstd-level", type=int, default=None,
-                        help=f"zstd level of --codec zstd / zstd-up tiles (default {DEFAULT_ZSTD_LEVEL} / {DEFAULT_UP_LEVEL})")
+                        help=f"zstd level of --codec zstd / zstd-up tiles "
+                             f"(default {DEFAULT_ZSTD_LEVEL} / {DEFAULT_UP_LEVEL})")
     parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll tile shards over at about this size")
     parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many tiles")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
