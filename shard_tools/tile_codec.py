@@ -12,7 +12,7 @@ bench/README.md "Tile codec and side"):
   (no decode, no copy): the least CPU per crop, at the most bytes.
 * ``zstd-up``: a zstd frame of ``FOUNDIR-UP <w> <h>\n`` + the pixels after the PNG "Up" row
   filter (each row minus the row above, mod 256; PNG spec section 9.2). On noisy camera
-  frames the filter makes zstd's output ~30% smaller at the same decode speed
+  frames the filter makes zstd's output ~27% smaller for 1.3-1.8x its decode time
   (``bench/tile_sweep.py``).
 
 Every encoder is deterministic for a given library build, so a tile shard is reproducible

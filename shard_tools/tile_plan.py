@@ -32,7 +32,7 @@ TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
 #: bytes read per 256 training crop (what a job streaming from a bucket pays) among settings that
 #: serve >= 300 crops per CPU-second (~3 cores per GPU at 1,000 crops/s) at <= 1.5x the source
 #: PNG bytes. 384 px tiles tile a 2514x1516 frame 7x4 with 1.08x its pixels; zstd over Up-filtered
-#: rows is ~30% smaller than zstd over raw pixels on noisy frames. What 384 gives up: a crop can
+#: rows is ~27% smaller than zstd over raw pixels on noisy frames. What 384 gives up: a crop can
 #: start at 16% of a frame's 256-crop positions (512 px: 35%); ``--size 512`` where that matters.
 DEFAULT_SIZE = 384
 #: zlib level of the tile PNGs, chosen by ``python bench/decode.py --repeat 5`` (bench/README.md;
