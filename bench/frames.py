@@ -1,4 +1,5 @@
-"""Camera-like benchmark frames: real photos at native resolution, mosaicked to 2560x1600.
+"""Camera-like benchmark frames: real photos at native resolution, mosaicked to the release's
+average frame size (2514x1516; docs/release.md) or any other.
 
 Upscaled photos are smoother than camera frames (every codec compresses them better and
 decodes them faster than it would the release's frames), so ``bench/tiles.py`` builds its
@@ -20,7 +21,8 @@ from PIL import Image, ImageFilter
 
 from foundir_data.sample import LIST_FILE, make_sample, photo_dir
 
-WIDTH, HEIGHT = 2560, 1600
+#: The release's average frame size (docs/release.md, "Generalist model").
+WIDTH, HEIGHT = 2514, 1516
 #: Colour photos of scikit-image's data folder (CC0 / public domain), used at native size.
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "ihc.png", "motorcycle_left.png",
           "motorcycle_right.png", "rocket.jpg", "retina.jpg", "hubble_deep_field.jpg", "color.png")
@@ -70,15 +72,15 @@ def degrade(gt: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x + rng.normal(0, sigma, gt.shape), 0, 255).astype(np.uint8)
 
 
-def build_frames(root: Path, pairs: int, seed: int = 0) -> list:
-    """Write ``pairs`` camera-like LQ/GT PNG pairs (half Blur, half Noise) in the list layout
-    under ``root``; returns ``make_sample``'s pair records."""
+def build_frames(root: Path, pairs: int, seed: int = 0, width: int = WIDTH, height: int = HEIGHT) -> list:
+    """Write ``pairs`` camera-like ``width`` x ``height`` LQ/GT PNG pairs (half Blur, half Noise)
+    in the list layout under ``root``; returns ``make_sample``'s pair records."""
     per_type = max(1, pairs // 2)
     recs = make_sample(root, per_type=per_type, size=64, layout="list", types=("Blur", "Noise"), seed=seed)
     photos = _photos()
     rng = np.random.default_rng(seed)
     for rec in recs:
-        gt = mosaic(rng, photos)
+        gt = mosaic(rng, photos, width, height)
         lq = degrade(gt, rec.degradation, rng)
         for rel, arr in ((rec.gt, gt), (rec.lq, lq)):
             Image.fromarray(arr).save(root / rel, "PNG")  # Pillow's default level (6)

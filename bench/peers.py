@@ -8,6 +8,9 @@ and WebDataset's ``.decode("pil")``/``rgb8`` do). ``build_*`` writes the peer's 
   = Pillow), ``ndarray:uint8`` (raw pixels: no decode; its fastest lossless encoding) and the
   same with MDS's ``zstd`` shard compression (the smallest raw variant).
 * litdata: ``optimize`` of raw uint8 arrays (no compression, and ``zstd``) + ``StreamingDataset``.
+* Both on the same tiles as foundir's (:func:`build_mds_tiles`, :func:`build_litdata_tiles`):
+  raw uint8 arrays of every LQ/GT tile of a tiled folder, one sample per tile, read by the same
+  loaders (one crop per sample).
 
 mosaicml-streaming's top-level package imports its vision module, which imports torchvision;
 the PyPI torchvision wheel is built against CUDA torch and does not import with the CPU torch
@@ -148,3 +151,44 @@ def litdata_loader(path: Path) -> Iterator[int]:
             lq, gt = (np.asarray(s[k]) for k in ("lq", "gt"))
             crop_pair(lq, gt, rng)
             yield 1
+
+
+# ---------------------------------------------------------------- the same tiles as foundir's
+def tile_specs(root: Path) -> list[tuple[str, int, int, int, int]]:
+    """(shard path, LQ offset, LQ size, GT offset, GT size) of every tile of a tiled folder."""
+    import pyarrow.parquet as pq
+
+    from foundir_data import format as fmt
+
+    t = pq.read_table(Path(root) / fmt.INDEX_FILE).to_pylist()
+    return [(str(Path(root) / r["shard"]), r["lq_offset"], r["lq_size"], r["gt_offset"], r["gt_size"])
+            for r in t if r["layout"] == fmt.LAYOUT_TILE]
+
+
+def tile_item(spec: tuple[str, int, int, int, int]) -> dict:
+    """The decoded LQ/GT pixels of one tile (``tile_specs``), as fresh arrays."""
+    from foundir_data.decode import decode_image
+
+    path, lo, ls, go, gs = spec
+    with open(path, "rb") as f:
+        f.seek(lo)
+        lq = f.read(ls)
+        f.seek(go)
+        gt = f.read(gs)
+    return {"lq": np.array(decode_image(lq, "lq")), "gt": np.array(decode_image(gt, "gt"))}
+
+
+def build_mds_tiles(out: Path, root: Path) -> None:
+    """MDS ``ndarray:uint8`` of the tiles of ``root`` (one sample per tile)."""
+    base = _streaming()
+    with base.MDSWriter(out=str(out), columns={"lq": "ndarray:uint8", "gt": "ndarray:uint8"},
+                        size_limit=1 << 28, progress_bar=False) as w:
+        for spec in tile_specs(root):
+            w.write(tile_item(spec))
+
+
+def build_litdata_tiles(out: Path, root: Path) -> None:
+    """``litdata.optimize`` of the raw uint8 tiles of ``root`` (one sample per tile)."""
+    import litdata
+
+    litdata.optimize(fn=tile_item, inputs=tile_specs(root), output_dir=str(out), chunk_bytes="256MB", num_workers=1)

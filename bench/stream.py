@@ -174,12 +174,12 @@ def integrity_cost(packed: Path, rounds: int) -> tuple[list[float], int]:
     spans = _spans(st, rows)
     blobs = [tuple(bytes(m) for m in st.read_pair(r)) for r in rows]
 
-    def where(r: int) -> tuple:  # the shard's index rows (keys, offsets, sha256, has_json_sha) and position
+    def where(r: int) -> tuple:  # the shard's index rows (keys, offsets, sha256, has_json_sha, xxh3) and position
         codes, within = st.plan.locate(np.array([r]))
         return (*st._shard_rows(int(codes[0])), int(codes[0]), int(within[0]))
 
     def images_only(r: int) -> None:  # the read before issue 19: LQ and GT, no record
-        keys, off, sha, _, c, i = where(r)
+        keys, off, sha, _, _, c, i = where(r)
         lo, ls, go, gs = (int(v) for v in off[i][:4])
         st._reader.read_offsets(st._shard_names[c], keys[i].as_py(), lo, ls, go, gs,
                                 sha[i][0].tobytes(), sha[i][1].tobytes(), reuse=True)
@@ -187,7 +187,7 @@ def integrity_cost(packed: Path, rounds: int) -> tuple[list[float], int]:
     rows_of = st._shard_rows
 
     def fields(r: int) -> None:  # what a version 1/2 folder costs: parse and compare the record
-        st._shard_rows = lambda c: (*rows_of(c)[:3], False)
+        st._shard_rows = lambda c: (*rows_of(c)[:3], False, rows_of(c)[4])
         try:
             st.read_pair(r, reuse=True)
         finally:

@@ -13,8 +13,13 @@ Backends (chosen per image from its first bytes; see docs/format.md "Decoding"):
 * Baseline/progressive JPEG in YCbCr, RGB or grey: libjpeg-turbo through ``simplejpeg`` when
   installed (accurate DCT and fancy upsampling: Pillow's own libjpeg-turbo settings), decoded
   straight into the caller's buffer. CMYK/YCCK JPEGs go to Pillow (its CMYK conversion).
-* QOI tiles through ``qoi`` when installed, zstd-compressed PPM tiles (``ppm.zst``, the raw
-  tile codec of ``shard_tools tile --codec zstd``) through ``zstandard``.
+* QOI tiles through ``qoi`` when installed, zstd-compressed PPM tiles (``ppm.zst``, the
+  tile codec of ``shard_tools tile --codec zstd``) and Up-filtered ones (``up.zst``,
+  ``--codec zstd-up``: :func:`_decode_zst`) through ``zstandard``.
+* Binary 8-bit PPMs (``P6 W H 255``, one whitespace byte, no comments, nothing after the
+  pixels: the ``raw`` tile codec) are not decoded at all: the array is a view on the given
+  buffer (``np.frombuffer``), so a raw tile costs its read and one copy of the crop
+  (docs/format.md "Decoding and tile codecs"). Any other PPM goes to Pillow.
 * Everything else, and any image a fast backend refuses, through Pillow (so an image a fast
   backend rejects gets Pillow's verdict, not a different one).
 ``tests/test_decode.py`` proves every fast path pixel-identical with the Pillow path on the
@@ -77,8 +82,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 QOI_MAGIC = b"qoif"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PPM_MAGIC = b"P6"
 BACKENDS = ("auto", "pillow")
 _PPM_HEAD = re.compile(rb"P6\s+(\d{1,6})\s+(\d{1,6})\s+255\s")
+#: Header of the pixels of an ``up.zst`` tile (inside the zstd frame); not a PPM, so no
+#: image tool mistakes the filtered bytes for pixels.
+_UP_HEAD = re.compile(rb"FOUNDIR-UP (\d{1,6}) (\d{1,6})\n")
 #: JPEG colour spaces libjpeg-turbo converts to RGB exactly as Pillow does.
 _JPEG_FAST = {"YCbCr", "RGB", "Gray"}
 
@@ -115,10 +124,14 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | Callable
     if backend not in BACKENDS:
         raise DecodeError(f"{name}: unknown decoder backend {backend!r}; expected one of {BACKENDS}")
     head = bytes(data[:8])
+    if head.startswith(PPM_MAGIC):
+        arr = _ppm_view(data)  # no decode: a view on ``data`` (None: Pillow decides)
+        if arr is not None:
+            return arr if out is None or callable(out) else _into(arr, out, name)
     if callable(out):
         return _decode_pooled(data, name, out, backend, head)
-    if head.startswith(ZSTD_MAGIC):  # our raw tile codec: no Pillow plugin reads it
-        return _decode_ppm_zst(data, name, out)
+    if head.startswith(ZSTD_MAGIC):  # our zstd tile codecs: no Pillow plugin reads them
+        return _decode_zst(data, name, out)
     arr = None
     if backend == "auto":
         if head.startswith(JPEG_MAGIC) and simplejpeg is not None:
@@ -140,7 +153,7 @@ def decode_image(data: bytes | memoryview, name: str, out: np.ndarray | Callable
 def _decode_pooled(data, name: str, get: Callable, backend: str, head: bytes) -> np.ndarray:
     """``decode_image`` with a buffer from ``get(shape)`` where the backend writes into one."""
     if head.startswith(ZSTD_MAGIC):
-        return _decode_ppm_zst(data, name, None, get)
+        return _decode_zst(data, name, None, get)
     if backend == "auto" and head.startswith(JPEG_MAGIC) and simplejpeg is not None:
         try:
             h, w, space, _ = simplejpeg.decode_jpeg_header(data)
@@ -234,12 +247,33 @@ def _jpeg_fast(data: bytes | memoryview, out: np.ndarray | None) -> np.ndarray |
         return None  # truncated/odd stream: Pillow's verdict decides
 
 
-# ---------------------------------------------------------------- zstd-compressed PPM tiles
-def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None,
-                    get: Callable | None = None) -> np.ndarray:
-    """A zstd frame holding a binary PPM (``P6 W H 255``): the ``zstd`` tile codec.
+# ---------------------------------------------------------------- raw and zstd tiles
+def _ppm_view(data: bytes | memoryview) -> np.ndarray | None:
+    """The pixels of a binary 8-bit PPM as a view on ``data`` (no copy), or None where the
+    bytes are not exactly one such PPM (comments, other depths, trailing bytes: Pillow)."""
+    m = _PPM_HEAD.match(bytes(data[:32]))
+    if m is None:
+        return None
+    w, h, start = int(m.group(1)), int(m.group(2)), m.end()
+    if len(data) - start != h * w * 3 or not (h and w):
+        return None
+    return np.frombuffer(data, np.uint8, h * w * 3, start).reshape(h, w, 3)
 
-    The pixels are decompressed straight into ``out`` when given (no intermediate copy).
+
+def unfilter_up(a: np.ndarray) -> np.ndarray:
+    """Undo the PNG "Up" filter in place (each row stored minus the row above, mod 256)."""
+    for i in range(1, a.shape[0]):  # one vector add per row: ~4x faster than np.cumsum(axis=0)
+        np.add(a[i], a[i - 1], out=a[i])
+    return a
+
+
+def _decode_zst(data: bytes | memoryview, name: str, out: np.ndarray | None,
+                get: Callable | None = None) -> np.ndarray:
+    """A zstd frame holding a binary PPM (``P6 W H 255``: the ``zstd`` tile codec) or
+    Up-filtered pixels behind ``FOUNDIR-UP W H`` (the ``zstd-up`` codec).
+
+    The pixels are decompressed straight into ``out`` when given (no intermediate copy);
+    the Up filter is then undone in place.
     """
     if zstandard is None:
         raise DecodeError(f"{name}: zstd-compressed tile, but the `zstandard` package is not installed "
@@ -247,7 +281,8 @@ def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None,
     try:
         with zstandard.ZstdDecompressor().stream_reader(bytes(data)) as r:
             head = r.read(32)
-            h, w, start = _ppm_header(head, name)
+            up = _UP_HEAD.match(head)
+            h, w, start = (int(up.group(2)), int(up.group(1)), up.end()) if up else _ppm_header(head, name)
             if get is not None:
                 out = get((h, w, 3))
             if out is None:
@@ -264,7 +299,7 @@ def _decode_ppm_zst(data: bytes | memoryview, name: str, out: np.ndarray | None,
                 n += got
     except zstandard.ZstdError as e:
         raise DecodeError(f"{name}: cannot decode zstd tile ({e})") from None
-    return out
+    return unfilter_up(out) if up else out
 
 
 def _ppm_header(head: bytes, name: str) -> tuple[int, int, int]:
@@ -272,25 +307,35 @@ def _ppm_header(head: bytes, name: str) -> tuple[int, int, int]:
     whitespace byte ends the header (the first pixel byte may itself be whitespace)."""
     m = _PPM_HEAD.match(head)
     if m is None:
-        raise DecodeError(f"{name}: zstd tile does not hold an 8-bit binary PPM")
+        raise DecodeError(f"{name}: zstd tile holds neither an 8-bit binary PPM nor FOUNDIR-UP pixels")
     return int(m.group(2)), int(m.group(1)), m.end()
+
+
+def zst_format(data: bytes | memoryview) -> str:
+    """The ``format.TILE_CODECS`` format of a zstd tile: ``up.zst`` or ``ppm.zst`` (by content)."""
+    with zstandard.ZstdDecompressor().stream_reader(bytes(data)) as r:
+        return "up.zst" if r.read(10) == b"FOUNDIR-UP" else "ppm.zst"
 
 
 def pillow_readable(data: bytes) -> bytes:
     """``data`` in a form Pillow (and so ``datasets.Image``, WebDataset's ``.decode("pil")``)
-    opens: a ``ppm.zst`` tile becomes its binary PPM (what ``zstd -d`` gives); any other
-    image is returned as is."""
+    opens: a ``ppm.zst`` tile becomes its binary PPM (what ``zstd -d`` gives), an ``up.zst``
+    tile the PPM of its unfiltered pixels; any other image (a ``raw`` PPM too) is returned as is."""
     if bytes(data[:4]) != ZSTD_MAGIC:
         return data
     if zstandard is None:
         raise DecodeError("zstd-compressed tile, but the `zstandard` package is not installed (pip install zstandard)")
-    return zstandard.ZstdDecompressor().decompress(bytes(data))
+    plain = zstandard.ZstdDecompressor().decompress(bytes(data))
+    if not plain.startswith(b"FOUNDIR-UP"):
+        return plain
+    arr = _decode_zst(data, "tile", None)
+    return f"P6\n{arr.shape[1]} {arr.shape[0]}\n255\n".encode() + arr.tobytes()
 
 
 class _Pool(threading.local):
     """Per-thread scratch buffers by (slot, shape): a stream decodes its tiles without
-    allocating (a fresh 512 tile array costs page faults worth ~30% of a zstd tile's decode,
-    bench/README.md "Tile codec")."""
+    allocating (a fresh tile array costs a page fault per 4 KiB on first write; the same
+    effect on batches: bench/README.md "Tile codec and side")."""
 
     def __init__(self) -> None:
         self.bufs: dict[tuple, np.ndarray] = {}

@@ -49,8 +49,8 @@ FORMAT_NAME = "foundir-shards"
 #: Version 2: image members ``lq.png``/``gt.png`` (version 1: ``lq.img``/``gt.img``).
 #: Version 3: version 2's members; the index is also written per shard (:func:`index_part`,
 #: sha256 in the manifest) with a key lookup (:data:`KEYS_DIR`), so a reader reads the index
-#: rows of the shards it reads only; the index gains ``json_sha256`` (:data:`OPTIONAL_COLUMNS`)
-#: (docs/format.md, "Version 3").
+#: rows of the shards it reads only; the index gains ``json_sha256`` and the fast member
+#: checksums (:data:`OPTIONAL_COLUMNS`, :data:`FAST_HASH_COLUMNS`) (docs/format.md, "Version 3").
 FORMAT_VERSION = 3
 #: Versions this reader understands.
 READABLE_VERSIONS = (1, 2, 3)
@@ -83,10 +83,12 @@ MEMBERS = (LQ_MEMBER, GT_MEMBER, JSON_MEMBER)
 MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS, 3: MEMBERS}
 
 #: Lossless codecs of tile members (``shard_tools tile --codec``) -> the ``lq_format`` /
-#: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), and ``ppm.zst`` = a zstd frame
-#: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``). Readers decode
-#: every one by content (``foundir_data.decode``).
-TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst"}
+#: ``gt_format`` their rows record: PNG, QOI (qoiformat.org), ``ppm.zst`` = a zstd frame
+#: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``), ``ppm`` = that PPM
+#: uncompressed (read as a view, no decode), and ``up.zst`` = a zstd frame of the pixels
+#: after the PNG "Up" row filter behind a ``foundir-up`` header (docs/format.md, "Tile
+#: codecs"). Readers decode every one by content (``foundir_data.decode``).
+TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst", "raw": "ppm", "zstd-up": "up.zst"}
 
 LAYOUT_FULL = "full"
 LAYOUT_TILE = "tile"
@@ -231,11 +233,17 @@ INDEX_SCHEMA = pa.schema(
         # Version 3: sha256 (hex) of the ``<key>.json`` member, checked by every reader
         # before a record is handed on (docs/format.md, "Integrity").
         ("json_sha256", pa.string()),
+        # Version 3: xxh3-128 (hex) of the image members, checked by readers in place of
+        # the sha256 (25x less CPU per byte; docs/format.md "Version 3"). Null in older folders.
+        ("lq_xxh3", pa.string()),
+        ("gt_xxh3", pa.string()),
     ]
 )
+#: The fast member checksums of version 3 (nullable; absent or null: readers check sha256).
+FAST_HASH_COLUMNS = ("lq_xxh3", "gt_xxh3")
 INDEX_COLUMNS = tuple(INDEX_SCHEMA.names)
 #: Columns added after version 2: absent (read as null) in older folders' indexes.
-OPTIONAL_COLUMNS = ("json_sha256",)
+OPTIONAL_COLUMNS = ("json_sha256", *FAST_HASH_COLUMNS)
 
 #: Fields of the per-sample JSON record (a subset of the index row: what a streaming
 #: reader needs without the index).

@@ -30,15 +30,16 @@ from foundir_data.decode import pillow_readable
 from foundir_data.errors import EXIT_IO, FoundIRError
 from foundir_data.index_parts import ShardRows
 from foundir_data.integrity import check_record
-from foundir_data.reader import PairReader, digest
+from foundir_data.reader import PairReader, check_member
 from foundir_data.retry import ChecksumError
 from foundir_data.store import Store
 
 log = logging.getLogger(__name__)
 #: Index columns the member checks need (every record field: version 1/2 records are
-#: compared field by field, ``integrity.check_record``).
+#: compared field by field, ``integrity.check_record``; the xxh3 digests where present).
 _CHECK_COLUMNS = tuple(dict.fromkeys(("shard", "sample_index", "lq_offset", "lq_size", "gt_offset", "gt_size",
-                                      "json_offset", "json_size", *fmt.RECORD_FIELDS, "json_sha256")))
+                                      "json_offset", "json_size", *fmt.RECORD_FIELDS, "json_sha256",
+                                      *fmt.FAST_HASH_COLUMNS)))
 
 #: The project's dataset repo on the Hub (overridden by ``location=`` or ``FOUNDIR_DATA``).
 DEFAULT_LOCATION = "hf://datasets/foundir/MillionIRData"
@@ -136,7 +137,7 @@ def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> 
     """The samples of shard ``rel`` whose members all match their index row (``rows``: key ->
     row), each checked before it is yielded.
 
-    The images against the index's sha256, the ``<key>.json`` record against ``json_sha256``
+    The images against the index's xxh3, else its sha256 (``reader.check_member``), the ``<key>.json`` record against ``json_sha256``
     (or, in format version 1/2 folders, field by field against the row:
     ``integrity.check_record``); a remote mismatch is read once more by a range request at the
     row's offsets (``reader.PairReader``). A sample the index does not list, or a key that
@@ -154,9 +155,7 @@ def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> 
                 raise ChecksumError(url, f"sample {key!r} is {'in the shard twice' if row else 'not in the index'}; "
                                          "the shard does not match its index: re-pack or re-upload")
             for m in ("lq", "gt") + (("json",) if row.get("json_sha256") else ()):
-                data = sample.get(names[m])
-                want = digest(row[f"{m}_sha256"], f"{url}: member {key}.{names[m]}")
-                if data is None or hashlib.sha256(data).digest() != want:
+                if not check_member(row, m, sample.get(names[m]), f"{url}: member {key}.{names[m]}"):
                     sample[names[m]] = reader.read_member(row, m)  # second read, or ChecksumError
             check_record(sample.get(names["json"]), row, url)  # after a second read: field by field in v1/2
             served.add(key)

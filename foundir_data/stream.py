@@ -50,8 +50,8 @@ from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key",
-            "json_offset", "json_size", "json_sha256"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS,
+            "source_key", "json_offset", "json_size", "json_sha256"]
 DTYPES = ("uint8", "float32")
 #: Shards whose index rows a stream keeps decoded (a rank reads few shards at a time: the
 #: plan shuffles within blocks of ``shuffle_block`` shards).
@@ -176,7 +176,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             self._subset = self._subset_rows()
         cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
         self._parts = ShardRows(self.store, columns=cols, keep=2)
-        self._open: OrderedDict[int, tuple[pa.Array, np.ndarray, np.ndarray, bool]] = OrderedDict()
+        self._open: OrderedDict[int, tuple] = OrderedDict()
 
     def _subset_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(degradation id, shard code, position) of the rows of a nested subset (Figure 6)."""
@@ -209,8 +209,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         else:
             self.plan = CurriculumPlan(*self._subset, self.schedule, pairs, **kw)
 
-    def _shard_rows(self, code: int) -> tuple[pa.Array, np.ndarray, np.ndarray, bool]:
-        """(keys, member offsets (n, 6), sha256 (n, 3, 32), whether the record has one) of shard ``code``, read and checked on first
+    def _shard_rows(self, code: int) -> tuple[pa.Array, np.ndarray, np.ndarray, bool, np.ndarray | None]:
+        """(keys, member offsets (n, 6), sha256 (n, 3, 32), whether the record has one, xxh3
+        (n, 2, 16) or None) of shard ``code``, read and checked on first
         use (``index_parts.ShardRows``) and kept for the :data:`KEEP_SHARDS` last shards."""
         hit = self._open.get(code)
         if hit is not None:
@@ -221,10 +222,14 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         # Version 3: the record member's sha256 too; versions 1/2: its fields are compared.
         has_json_sha = "json_sha256" in t.column_names and t["json_sha256"].null_count < t.num_rows
         cols = ("lq_sha256", "gt_sha256", "json_sha256") if has_json_sha else ("lq_sha256", "gt_sha256")
+        # (n, 2, 16) xxh3-128 where every row has one (format version 3), checked instead of
+        # the sha256 (reader.expected); else None.
+        fast = all(c in t.column_names and not t[c].null_count for c in fmt.FAST_HASH_COLUMNS)
         hit = (t["key"].combine_chunks(),
                np.stack([t[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size",
                                                     "json_offset", "json_size")], 1),
-               _digests(t, self.store.url(name), cols), has_json_sha)
+               _digests(t, self.store.url(name), cols), has_json_sha,
+               _digests(t, self.store.url(name), fmt.FAST_HASH_COLUMNS, 16, 2) if fast else None)
         self._parts.drop(name)  # kept here, in its compact form
         self._open[code] = hit
         while len(self._open) > KEEP_SHARDS:
@@ -308,11 +313,13 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         """
         codes, within = self.plan.locate(np.array([row]))
         code, i = int(codes[0]), int(within[0])
-        keys, off, sha, has_json_sha = self._shard_rows(code)
+        keys, off, sha, has_json_sha, xxh = self._shard_rows(code)
         lo, ls, go, gs, jo, jn = (int(v) for v in off[i])
         key, shard = keys[i].as_py(), self._shard_names[code]
-        lq, gt, rec = self._reader.read_offsets(shard, key, lo, ls, go, gs, sha[i, 0].tobytes(), sha[i, 1].tobytes(),
-                                                reuse=reuse, record=(jo, jn, sha[i, 2].tobytes() if has_json_sha else None))
+        lq, gt, rec = self._reader.read_offsets(
+            shard, key, lo, ls, go, gs, sha[i, 0].tobytes(), sha[i, 1].tobytes(), reuse=reuse,
+            record=(jo, jn, sha[i, 2].tobytes() if has_json_sha else None),
+            lq_xxh3=None if xxh is None else xxh[i, 0].tobytes(), gt_xxh3=None if xxh is None else xxh[i, 1].tobytes())
         if not has_json_sha:  # version 1/2: the record must be this row's (docs/format.md, "Integrity")
             check_record(rec, {"key": key, "degradation_id": int(self._code_deg[code]), "split": self.split,
                                "layout": self.layout}, self.store.url(shard), fields=("degradation_id", "split", "layout"))
@@ -322,8 +329,10 @@ class FoundIRStream(torch.utils.data.IterableDataset):
     def _batch(self, step: int, rows: np.ndarray, slots: np.ndarray) -> dict[str, Any]:
         k, c = self.crops_per_pair, self.crop
         n = len(rows) * k
-        lq = np.empty((n, 3, c, c), np.uint8)
-        gt = np.empty_like(lq)
+        # LQ and GT in one allocation: numpy asks for transparent huge pages from 4 MiB, so a
+        # batch of 16 256-crops costs a few page faults instead of ~1,500 (bench/README.md
+        # "Tile codec and side": ~90 us per crop, 15% of a raw tile crop).
+        lq, gt = np.empty((2, n, 3, c, c), np.uint8)
         win = np.empty((n, 3), np.int64)
         codes, within = self.plan.locate(rows)
         keys = [self._shard_rows(int(c))[0][int(w)].as_py() for c, w in zip(codes, within)]
@@ -368,24 +377,25 @@ class FoundIRStream(torch.utils.data.IterableDataset):
 
 
 
-def _digests(sel: pa.Table, where: str, cols: tuple[str, ...]) -> np.ndarray:
-    """The index's hex sha256 columns ``cols`` as an (n, 3, 32) uint8 array (zeros where
-    ``cols`` has fewer than 3).
+def _digests(sel: pa.Table, where: str, cols: tuple[str, ...], size: int = 32, width: int = 3) -> np.ndarray:
+    """The index's hex digest columns ``cols`` as an (n, ``width``, ``size``) uint8 array
+    (zeros where ``cols`` has fewer than ``width``).
 
     Decoded from the Arrow buffer directly (no Python string per row): at the release's
     million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
     """
     n = sel.num_rows
-    out = np.zeros((n, 3, 32), np.uint8)
+    out = np.zeros((n, width, size), np.uint8)
     for j, col in enumerate(cols):
         arr = sel[col].combine_chunks()
-        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != {"min": 64, "max": 64}):
+        want = {"min": 2 * size, "max": 2 * size}
+        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != want):
             raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
                                   "re-pack the folder (every member must be checkable)")
         offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4) if n else np.zeros(1, np.int32)
         hexes = memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if n else b""
         try:
-            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, 32)
+            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, size)
         except (binascii.Error, ValueError):
             raise fmt.FormatError(f"{where}: the index's {col} column holds non-hex hashes; re-pack the folder") from None
     return out

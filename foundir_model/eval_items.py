@@ -58,7 +58,7 @@ def packed_items(location: str, split: str = "test") -> list[Item]:
     """Full-frame pairs of ``split`` in a packed dataset, read by index byte offsets."""
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "lq_source", "gt_source", "shard",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS]
     rows = [r for r in store.index(cols).to_pylist() if r["split"] == split and r["layout"] == fmt.LAYOUT_FULL]
     if not rows:
         raise ValueError(f"{store.location}: no full-frame pairs of split {split!r} in the index")

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
 from foundir_data.reader import PairReader
@@ -52,8 +53,8 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
 
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size",
-            "lq_sha256", "gt_sha256"]
-    reader = PairReader(store)  # checked against the index's sha256 before decoding
+            "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS]
+    reader = PairReader(store)  # checked against the index's xxh3 (else sha256) before decoding
     t = store.index(columns=cols)
     if isinstance(config, str):  # "Lowlight,Lowlight_Blur" as on the CLI (train.type_selector)
         config = [c.strip() for c in config.split(",") if c.strip()]

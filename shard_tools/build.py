@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import xxhash
+
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from shard_tools import out_store, sources
@@ -131,6 +133,7 @@ def build_shard(out: str, shard: PlannedShard, full_decode: bool = False, strict
                 "lq_width": li.width, "lq_height": li.height, "gt_width": gi.width, "gt_height": gi.height,
                 "lq_format": li.format, "gt_format": gi.format,
                 "lq_sha256": lq_sha, "gt_sha256": gt_sha,
+                "lq_xxh3": xxhash.xxh3_128_hexdigest(lq), "gt_xxh3": xxhash.xxh3_128_hexdigest(gt),
                 # Camera settings: the LQ's EXIF first (the degraded capture), else the GT's.
                 **{f: getattr(li, f) if getattr(li, f) is not None else getattr(gi, f)
                    for f in ("iso", "exposure_time", "f_number", "camera_model")},

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 from foundir_data.errors import FoundIRError
 
-from foundir_data.decode import QOI_MAGIC, ZSTD_MAGIC, DecodeError, decode_image
+from foundir_data.decode import QOI_MAGIC, ZSTD_MAGIC, DecodeError, decode_image, zst_format
 
 # EXIF 2.3 tag ids: Model lives in IFD0; ISOSpeedRatings, ExposureTime and FNumber live in
 # the Exif sub-IFD (pointer tag 0x8769). Some writers put them in IFD0, so both are tried.
@@ -91,7 +91,7 @@ def probe_image(data: bytes, name: str, full_decode: bool = False) -> ImageInfo:
             h, w = decode_image(data, name).shape[:2]
         except DecodeError as e:
             raise BadImage(str(e)) from None
-        return ImageInfo(format="ppm.zst" if data[:4] == ZSTD_MAGIC else "qoi", width=w, height=h)
+        return ImageInfo(format=zst_format(data) if data[:4] == ZSTD_MAGIC else "qoi", width=w, height=h)
     if data.startswith(_PNG_SIG):
         exif_raw = _check_png(data, name)
     elif data.startswith(_JPEG_SOI):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import xxhash
 
 from foundir_data import format as fmt
 from shard_tools.probe import BadImage, probe_image
@@ -263,6 +264,9 @@ def _check_sample(rel: str, key: str, members: dict[str, Member], position: int,
             continue
         if row.get(f"{p}_sha256") != sha:
             bad("member sha256 differs from the index", member, row.get(f"{p}_sha256"), sha)
+        fast = row.get(f"{p}_xxh3")  # format version 3: what the readers check (docs/format.md)
+        if fast is not None and fast != xxhash.xxh3_128_hexdigest(data):
+            bad("member xxh3 differs from the index", member, fast, xxhash.xxh3_128_hexdigest(data))
         try:
             im = probe_image(data, f"{rel}:{key}.{member}", full_decode=full_decode)
         except BadImage as e:

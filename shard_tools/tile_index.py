@@ -72,6 +72,6 @@ def with_tiles(root: str | Path, index, manifest: fmt.Manifest):
     # As merge and verify count it: every row of the index, whatever its layout.
     manifest.num_samples = index.num_rows
     manifest.extra = {**manifest.extra, "num_tiles": sum(i.count for i in infos), "tile_png_level": plan["png_level"]}
-    if plan.get("codec", "png") == "zstd":
+    if plan.get("codec", "png") in ("zstd", "zstd-up"):
         manifest.extra["tile_zstd_level"] = plan["zstd_level"]
     return index, manifest

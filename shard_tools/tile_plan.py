@@ -31,7 +31,14 @@ from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL
 TILE_PARTS_DIR = f"{fmt.INDEX_PARTS_DIR}/tile"
 TILE_PLAN_FILE = f"{TILE_PARTS_DIR}/_plan.json"
 
-DEFAULT_SIZE = 512
+#: Tile side and codec, chosen by one rule (bench/README.md "Tile codec and side"; measured by
+#: ``bench/tile_sweep.py`` and ``bench/tiles.py`` on 2514x1516 camera-like frames): the fewest
+#: bytes read per 256 training crop (what a job streaming from a bucket pays) among settings that
+#: serve >= 300 crops per CPU-second (~3 cores per GPU at 1,000 crops/s) at <= 1.5x the source
+#: PNG bytes. 384 px tiles tile a 2514x1516 frame 7x4 with 1.08x its pixels; zstd over Up-filtered
+#: rows is ~27% smaller than zstd over raw pixels on noisy frames. What 384 gives up: a crop can
+#: start at 16% of a frame's 256-crop positions (512 px: 35%); ``--size 512`` where that matters.
+DEFAULT_SIZE = 384
 #: zlib level of the tile PNGs, chosen by ``python bench/decode.py --repeat 5`` (bench/README.md;
 #: 512 tiles of 2000 px photos, one core, Pillow 13 + zlib-ng): kB/tile, encode ms, decode ms =
 #: level 0: 787, 13, 3.7 | 1: 461, 26, 7.6 | 3: 451, 35, 7.5 | 6: 434, 82, 7.3 | 9: 429, 556, 7.1.
@@ -40,10 +47,8 @@ DEFAULT_SIZE = 512
 #: plus a 2M-iteration training run. Level 0 halves decode time but stores raw pixels (1.7-2.8x
 #: the bytes; ~1.6 GB/s per GPU at 1,000 pairs/s): ``--png-level 0`` where disks keep up.
 DEFAULT_PNG_LEVEL = 1
-#: Tile codec (``format.TILE_CODECS``), chosen by ``python bench/tiles.py`` on camera-like
-#: 2560x1600 frames (bench/README.md "Tile codec"): zstd-3 over raw pixels serves 3.6x the
-#: crops per CPU-second of PNG level 1 at 1.29x its bytes; QOI 2.5x at 1.34x.
-DEFAULT_CODEC = "zstd"
+#: Tile codec (``format.TILE_CODECS``), by the rule of :data:`DEFAULT_SIZE`.
+DEFAULT_CODEC = "zstd-up"
 
 
 class TileError(FoundIRError, RuntimeError):

@@ -3,9 +3,10 @@
 The paper trains on 256x256 crops of ~2514x1516 frames (docs/release.md, "Generalist model"); decoding a
 whole 2000 px PNG frame for one crop costs ~100 ms, a 512 tile ~7.5 ms (``bench/decode.py``). So
 each pair is decoded ONCE here (by content, ``foundir_data.decode``), cut into aligned tiles of
-``size`` at ``stride`` and every tile is stored with a lossless codec (``--codec``: PNG, QOI or
-zstd over raw pixels, ``shard_tools.tile_codec``): pixel-exact with the decoded source (the
-source's JPEG pixels are stored as decoded, never re-encoded lossily).
+``size`` at ``stride`` and every tile is stored with a lossless codec (``--codec``: PNG, QOI, zstd
+over raw pixels with or without the PNG Up row filter, or raw pixels; ``shard_tools.tile_codec``):
+pixel-exact with the decoded source (the source's JPEG pixels are stored as decoded, never
+re-encoded lossily).
 
 The grid and the shard plan are ``shard_tools.tile_plan`` (re-exported here); this module builds
 the planned shards and merges them into the folder's index and manifest.
@@ -33,6 +34,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 from tqdm import tqdm
 
 from foundir_data import format as fmt
@@ -62,7 +64,8 @@ from shard_tools.index_write import write_index
 from shard_tools.merge import merge
 from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, read_index, with_tiles  # with_tiles: re-exported
-from shard_tools.tile_codec import DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png
+from shard_tools.tile_codec import (DEFAULT_UP_LEVEL, DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png,
+                                    zstd_level_of)
 from shard_tools.writer import TarShardWriter, add_sample, write_atomic, write_part
 
 __all__ = ["DEFAULT_CODEC", "DEFAULT_PNG_LEVEL", "DEFAULT_ZSTD_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
@@ -100,6 +103,7 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
                        "lq_width": tw, "lq_height": th, "gt_width": tw, "gt_height": th,
                        "lq_format": tile_format, "gt_format": tile_format,
                        "lq_sha256": hashlib.sha256(lq).hexdigest(), "gt_sha256": hashlib.sha256(gt).hexdigest(),
+                       "lq_xxh3": xxhash.xxh3_128_hexdigest(lq), "gt_xxh3": xxhash.xxh3_128_hexdigest(gt),
                        "source_key": src["key"], "tile_x": x, "tile_y": y, "tile_w": tw, "tile_h": th}
                 rows.append(add_sample(w, row, lq, gt))
     info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_TILE, len(rows), w.bytes, w.sha256)
@@ -117,7 +121,7 @@ def _is_done(root: Path, shard: TileShard) -> bool:
 def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *, workers: int = 1,
                split: str | None = "train", png_level: int = DEFAULT_PNG_LEVEL,
                shard_bytes: float = fmt.DEFAULT_SHARD_BYTES, shard_count: int = fmt.DEFAULT_SHARD_COUNT,
-               progress: bool = False, codec: str = DEFAULT_CODEC, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> dict:
+               progress: bool = False, codec: str = DEFAULT_CODEC, zstd_level: int | None = None) -> dict:
     """Tile the full-frame shards of the packed folder ``root`` (local) and update its index
     and manifest.
 
@@ -130,8 +134,10 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
         png_level: zlib level of PNG tiles (lossless at every level).
         shard_bytes, shard_count: Tile shard roll-over (estimated bytes, tiles).
         progress: Show a progress bar.
-        codec: Tile codec, a key of ``format.TILE_CODECS`` (``png``, ``qoi``, ``zstd``).
-        zstd_level: zstd level of ``zstd`` tiles (1..22).
+        codec: Tile codec, a key of ``format.TILE_CODECS`` (``png``, ``qoi``, ``zstd``,
+            ``zstd-up``, ``raw``).
+        zstd_level: zstd level of ``zstd``/``zstd-up`` tiles (1..22; None: the codec's default,
+            ``tile_codec.zstd_level_of``).
 
     Returns:
         A summary dict: ``shards``, ``tiles``, ``built`` (shards built by this call),
@@ -140,6 +146,7 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
     Raises:
         TileError: bad arguments, an unpacked folder, or another tile layout in ``root``.
     """
+    zstd_level = zstd_level_of(codec, zstd_level)
     cfg = TileConfig(root, size, stride, workers, split, png_level, shard_bytes, shard_count, progress,
                      codec, zstd_level)
     if size < 1 or cfg.step < 1 or workers < 1 or shard_count < 1 or shard_bytes <= 0:
@@ -255,8 +262,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"lossless tile codec (default {DEFAULT_CODEC}; chosen by measurement, see bench/README.md)")
     parser.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL,
                         help=f"zlib level of PNG tiles, lossless at any level (default {DEFAULT_PNG_LEVEL})")
-    parser.add_argument("--zstd-level", type=int, default=DEFAULT_ZSTD_LEVEL,
-                        help=f"zstd level of --codec zstd tiles (default {DEFAULT_ZSTD_LEVEL})")
+    parser.add_argument("--zstd-level", type=int, default=None,
+                        help=f"zstd level of --codec zstd / zstd-up tiles "
+                             f"(default {DEFAULT_ZSTD_LEVEL} / {DEFAULT_UP_LEVEL})")
     parser.add_argument("--shard-bytes", type=float, default=fmt.DEFAULT_SHARD_BYTES, help="roll tile shards over at about this size")
     parser.add_argument("--shard-count", type=int, default=fmt.DEFAULT_SHARD_COUNT, help="... or at this many tiles")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -37,7 +37,7 @@ def test_unknown_key_and_corrupt_member(packed_copy):
     path.write_bytes(bytes(raw))
     with pytest.raises(ChecksumError) as e:
         get_pair(store, rec["key"])
-    assert str(path) in str(e.value) and f"{rec['key']}.{fmt.GT_MEMBER}" in str(e.value) and rec["gt_sha256"] in str(e.value)
+    assert str(path) in str(e.value) and f"{rec['key']}.{fmt.GT_MEMBER}" in str(e.value) and rec["gt_xxh3"] in str(e.value)
 
 
 def test_far_apart_members_use_two_ranges(packed):
@@ -46,5 +46,6 @@ def test_far_apart_members_use_two_ranges(packed):
     # Pretend the members are far apart: the two-request path must give the same bytes.
     lq, gt = read_pair_bytes(store, dict(rec))
     swapped = dict(rec, lq_offset=rec["gt_offset"], lq_size=rec["gt_size"], lq_sha256=rec["gt_sha256"],
-                   gt_offset=rec["lq_offset"], gt_size=rec["lq_size"], gt_sha256=rec["lq_sha256"])
+                   gt_offset=rec["lq_offset"], gt_size=rec["lq_size"], gt_sha256=rec["lq_sha256"],
+                   lq_xxh3=rec["gt_xxh3"], gt_xxh3=rec["lq_xxh3"])
     assert read_pair_bytes(store, swapped) == (gt, lq)

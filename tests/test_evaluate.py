@@ -288,5 +288,5 @@ def test_corrupt_member_in_packed_split_is_named(data, tmp_path, capsys):
     tar.write_bytes(bytes(raw))
     assert eval_main([str(packed), "--pred", str(_mirror(data, "gt", tmp_path / "pred"))]) == 2
     err = capsys.readouterr().err
-    assert "foundir-eval: error: " in err and row["shard"] in err and "sha256 mismatch" in err
+    assert "foundir-eval: error: " in err and row["shard"] in err and "xxh3 mismatch" in err
     assert "Traceback" not in err

@@ -65,7 +65,7 @@ def test_stream_pread_refuses_or_skips_a_damaged_member(packed_copy):
     _flip(packed_copy, rec)
     with pytest.raises(ChecksumError) as e:
         _keys(_stream(str(packed_copy), read="pread"))
-    assert rec["shard"] in str(e.value) and f"{rec['key']}.{fmt.LQ_MEMBER}" in str(e.value) and rec["lq_sha256"] in str(e.value)
+    assert rec["shard"] in str(e.value) and f"{rec['key']}.{fmt.LQ_MEMBER}" in str(e.value) and rec["lq_xxh3"] in str(e.value)
     st = _stream(str(packed_copy), read="pread", store_kwargs={"on_error": "skip"})
     got = _keys(st)
     assert rec["key"] not in got and sorted(got) == sorted(k for k in good if k != rec["key"])
@@ -98,7 +98,7 @@ def test_stream_range_corruption_in_transit_is_read_again(hub, packed_copy, tmp_
 def test_stream_range_corruption_twice_raises_or_skips(hub, tmp_path):
     st = _hub_stream("range", tmp_path)
     hub.corrupt("/shards/", times=2)
-    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+    with pytest.raises(ChecksumError, match="xxh3 mismatch"):
         list(st)
     st = _hub_stream("range", tmp_path, on_error="skip")
     n_all = st.num_pairs

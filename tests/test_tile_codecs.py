@@ -36,7 +36,7 @@ def _member(root: Path, row: dict, side: str) -> bytes:
         return f.read(row[f"{side}_size"])
 
 
-@pytest.mark.parametrize("codec", ["qoi", "zstd", "png"])
+@pytest.mark.parametrize("codec", ["qoi", "zstd", "png", "raw", "zstd-up"])
 def test_codec_is_lossless_and_every_reader_decodes_it(packed, tmp_path, codec):
     root = tmp_path / "out"
     shutil.copytree(packed, root)
@@ -82,13 +82,15 @@ def test_unknown_codec_is_refused(packed, tmp_path):
         tiles.pack_tiles(str(root), size=64, codec="zstd", zstd_level=0)
 
 
-def test_load_dataset_gives_pixels_of_zstd_tiles(packed, tmp_path):
-    """``load_dataset(layout="tile")`` (``datasets.Image``, i.e. Pillow) decodes the default codec."""
+@pytest.mark.parametrize("codec", ["zstd", "raw", "zstd-up"])
+def test_load_dataset_gives_pixels_of_zstd_and_raw_tiles(packed, tmp_path, codec):
+    """``load_dataset(layout="tile")`` (``datasets.Image``, i.e. Pillow) decodes the codecs
+    Pillow has no plugin for (zstd frames), and raw PPM tiles."""
     from foundir_data.load import load_dataset
 
     root = tmp_path / "out"
     shutil.copytree(packed, root)
-    tiles.pack_tiles(str(root), size=64, codec="zstd")
+    tiles.pack_tiles(str(root), size=64, codec=codec)
     rows = {r["key"]: r for r in pq.read_table(root / fmt.INDEX_FILE).to_pylist()}
     ds = load_dataset(str(root), split="train", layout="tile", streaming=True)
     n = 0
@@ -97,3 +99,25 @@ def test_load_dataset_gives_pixels_of_zstd_tiles(packed, tmp_path):
         np.testing.assert_array_equal(np.asarray(ex["gt"].convert("RGB")), decode_image(_member(root, r, "gt"), r["key"]))
         n += 1
     assert n == sum(r["layout"] == fmt.LAYOUT_TILE for r in rows.values())
+
+
+@pytest.mark.parametrize("codec", ["raw", "zstd-up", "zstd"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (9, 13), (64, 48)])
+def test_raw_and_zstd_codecs_round_trip_any_shape(codec, shape):
+    """Edge tiles (a frame smaller than the tile) have any shape; every byte value survives the
+    Up filter's mod-256 arithmetic; ``pillow_readable`` gives Pillow the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from foundir_data.decode import pillow_readable
+    from shard_tools.tile_codec import encode
+
+    rng = np.random.default_rng(sum(shape))
+    tile = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    tile[0, 0] = 255  # wrap-around both ways under the filter
+    tile[-1, -1] = 0
+    data = encode(tile, codec)
+    np.testing.assert_array_equal(decode_image(data, "t"), tile)
+    with Image.open(io.BytesIO(pillow_readable(data))) as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), tile)

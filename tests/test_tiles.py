@@ -220,7 +220,7 @@ def test_damaged_source_is_named(root: Path):
     shard.write_bytes(bytes(data))
     from foundir_data.retry import ChecksumError
 
-    with pytest.raises(ChecksumError, match=r"sha256 mismatch.*damaged"):
+    with pytest.raises(ChecksumError, match=r"xxh3 mismatch.*damaged"):
         tiles.pack_tiles(str(root), size=64)
 
 
