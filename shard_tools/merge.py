@@ -9,7 +9,8 @@ planned shard is done, and writes, each atomically:
   degradation in release order, shard sequence, position in the shard);
 * ``rejects.jsonl``: every rejected input item with its reason;
 * ``manifest.json``: every non-empty shard, ``num_samples``, ``num_rejected``;
-* ``README.md``: the dataset card (``shard_tools.card``).
+* ``README.md``: the dataset card (``shard_tools.card``);
+* ``croissant.json``: the Croissant metadata (``shard_tools.croissant``).
 
 Merging twice gives the same bytes (idempotent), and it checks count in = packed + rejected.
 """
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
+from shard_tools.croissant import write_croissant
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
 from shard_tools.tile_index import with_tiles
@@ -94,6 +96,7 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
     write_atomic(root / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
     write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     write_card(str(root), manifest, index)
+    write_croissant(root, manifest, index_schema=index.schema)
     # The manifest last: a folder with a manifest is complete (docs/format.md).
     write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
     return manifest

@@ -56,6 +56,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     windows,
 )
 from shard_tools.card import write_card
+from shard_tools.croissant import write_croissant
 from shard_tools.merge import merge
 from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, with_tiles  # with_tiles: re-exported
@@ -237,6 +238,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
     pq.write_table(index, sink)
     write_atomic(base / fmt.INDEX_FILE, sink.getvalue().to_pybytes())
     write_card(str(base), manifest, index)
+    write_croissant(base, manifest, index_schema=index.schema)
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
 
