@@ -42,7 +42,8 @@ from foundir_data.store import Store
 from foundir_data.transforms import check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
-            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key"]
+            "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", "source_key",
+            "lq_width", "lq_height"]
 DTYPES = ("uint8", "float32")
 __all__ = ["FoundIRStream", "READ_MODES", "resolve_read"]
 log = logging.getLogger(__name__)
@@ -52,6 +53,29 @@ def _dist_rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def check_crop_fits(rows: pa.Table, crop: int, where: str) -> None:
+    """Refuse a crop larger than the smallest selected pair, when the stream is built.
+
+    Found here from the index's sizes (Arrow compute over the rows the stream loads anyway),
+    instead of at the first batch inside a DataLoader worker. LQ and GT of a pair have one
+    size (the packer refuses others), so the LQ's is the pair's.
+
+    Raises:
+        ValueError: one line naming the smallest pair, its size, and both ways out.
+    """
+    side = pc.min_element_wise(rows["lq_width"], rows["lq_height"])
+    smallest = pc.min(side).as_py()
+    if smallest is None or smallest >= crop:
+        return
+    i = pc.index(side, smallest).as_py()
+    w, h = rows["lq_width"][i].as_py(), rows["lq_height"][i].as_py()
+    small = pc.sum(pc.less(side, crop)).as_py()
+    raise ValueError(f"{where}: pair {rows['key'][i].as_py()} is {w}x{h}, smaller than the {crop}px crop "
+                     f"({small} of {rows.num_rows} pairs are); use a crop of at most {smallest} (foundir-train "
+                     f"--crop {smallest}) or resize small pairs up first (upscale_small=True, foundir-train "
+                     "--upscale-small)")
 
 
 class FoundIRStream(torch.utils.data.IterableDataset):
@@ -167,6 +191,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                 keep = nested_subset(keys, self.subset_fraction, self.subset_seed,
                                      strata=sel["degradation_id"].to_numpy())
                 sel = sel.take(pa.array(keep))
+        if not self.upscale_small:
+            check_crop_fits(sel, self.crop, f"{self.store.location} (split={self.split}, layout={self.layout})")
         self._keys = sel["key"].combine_chunks()
         self._deg = sel["degradation_id"].to_numpy().astype(np.int16)
         self._shard_names = pc.unique(sel["shard"]).to_pylist()

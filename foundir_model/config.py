@@ -112,6 +112,7 @@ class TrainConfig:
     steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
     batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)
     crop: int = 256
+    upscale_small: bool = False  # resize pairs smaller than the crop up (bicubic) instead of refusing them
     lr: float = 1e-4
     lr_halve_step: int | None = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations; None: never
     step_scale: float = 1.0  # scales lr_halve_step for short runs (phase lengths: steps_per_phase)

@@ -326,3 +326,17 @@ def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
             break
     assert seen == list(range(len(ref))) + [0, 1]
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 2
+
+
+def test_crop_check_names_the_smallest_pair_from_the_index_sizes():
+    import pyarrow as pa
+
+    from foundir_data.stream import check_crop_fits
+
+    rows = pa.table({"key": ["a", "b", "c"], "lq_width": [300, 90, 500], "lq_height": [200, 400, 64]})
+    check_crop_fits(rows, 64, "here")  # fits every pair: nothing raised
+    with pytest.raises(ValueError) as e:
+        check_crop_fits(rows, 128, "here")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("here: pair c is 500x64, smaller than the 128px crop (2 of 3 pairs are)")
+    assert "--crop 64" in msg and "--upscale-small" in msg
