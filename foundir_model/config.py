@@ -137,6 +137,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers for the stream
     resume: bool = True  # continue from <out_dir>/last.pt when it exists
+    demo: bool = False  # a demonstration run (the quickstart's): foundir-restore says so (checkpoint.maturity_note)
     gamma_T: float = 0.3
     delta_end: float | None = None  # None: derive from gamma_T; 1.4e-3 = the release
 

@@ -366,6 +366,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
     sizes = [progress.header_size(f) for f, _ in pairs]
     tiles = preflight(restorer, sizes, cfg)
+    if getattr(restorer, "note", None):  # a demo or under-trained checkpoint: one line, once the run can start
+        print(f"foundir-restore: {restorer.note}", file=sys.stderr)
     failed: list[str] = []
     with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress,
                        label="foundir-restore: restored") as bars:

@@ -237,7 +237,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                            steps_per_phase=max(1, cfg.steps // 3), steps=cfg.steps, batch_size=cfg.batch_size,
                            crop=cfg.crop, lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
                            out_dir=str(run_dir), device="cpu",
-                           ckpt_every=0, log_every=max(1, cfg.steps // 5), resume=False)
+                           ckpt_every=0, log_every=max(1, cfg.steps // 5), resume=False, demo=True)
         result = train(tcfg)
         res.checkpoint = result.checkpoint or str(run_dir / "last.pt")
         res.losses = [lv for _, lv in result.losses]

@@ -55,6 +55,7 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
 
     state = load(res["checkpoint"])
     assert state["step"] == small.steps and len(res["losses"]) == small.steps
+    assert state["train"]["demo"] is True  # foundir-restore and the model card say so
 
     # evaluate: a Table 1-style report over all 20 types.
     report = json.loads(Path(res["report"]).read_text())
@@ -73,6 +74,7 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     with Image.open(res["preview"]) as im:
         assert im.format == "PNG" and im.size == pv.sheet_size(rows=20, cells=1, tile=96, columns=3)
     card = ModelCard.load(res["model_card"])
+    assert "is a demo checkpoint" in card.text
     assert card.data.library_name == "foundir" and {r.metric_type for r in card.data.eval_results} == {"psnr", "ssim"}
 
 

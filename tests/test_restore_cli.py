@@ -138,13 +138,14 @@ def test_stderr_to_a_pipe_gets_one_summary_line_not_bars(tiny_checkpoint, tmp_pa
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and "\r" not in proc.stderr, proc.stderr
-    assert re.fullmatch(r"foundir-restore: restored 2 images \(5 tiles\) in \d+\.\d s", lines[0])
+    assert len(lines) == 2 and "\r" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"foundir-restore: note: {tiny_checkpoint} was trained for 0 steps")  # untrained
+    assert re.fullmatch(r"foundir-restore: restored 2 images \(5 tiles\) in \d+\.\d s", lines[1])
     assert len(proc.stdout.splitlines()) == 2  # one "<input> -> <output>" line per image
     cmd[cmd.index(str(tmp_path / "out"))] = str(tmp_path / "out2")
     proc = subprocess.run(cmd + ["--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env, timeout=300)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.returncode == 0 and proc.stderr.splitlines() == lines[:1], proc.stderr  # the note only
 
 
 def test_small_image_is_not_padded_to_a_whole_tile(tmp_path):
@@ -310,3 +311,35 @@ def test_cpu_presets_restore_with_smaller_tiles_unless_told(tiny_checkpoint):
     assert UNET_PRESETS["default"].linear_attention
     kept = auto_tiling(RestoreTiling(), release_like, unset)
     assert (kept.tile, kept.stride) == (RestoreTiling().tile, RestoreTiling().stride)
+
+
+def _with_record(tiny_checkpoint, tmp_path, **train):
+    from foundir_model import checkpoint as ck
+
+    state = ck.load(tiny_checkpoint)
+    state.update(step=train.pop("step"), train={"preset": "tiny", "data": "qs/packed", "steps": 200, **train})
+    path = ck.save(tmp_path / "rec.pt", state)
+    return path, ck.export_safetensors(path, tmp_path / "rec.safetensors")
+
+
+def test_restore_says_in_one_line_when_a_checkpoint_is_a_demo_or_under_trained(tiny_checkpoint, tmp_path, capsys):
+    from foundir_model.checkpoint import MIN_STEPS, maturity_note
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(40, 0)).save(src / "a.png")
+    pt, st = _with_record(tiny_checkpoint, tmp_path, step=200, demo=True)
+    for i, path in enumerate((pt, st)):  # the safetensors export keeps the training record
+        assert _restore(src, tmp_path / f"out{i}", path, "--no-progress") == 0
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"foundir-restore: note: {path} is a demo checkpoint (200 steps of the tiny preset on "
+                       "qs/packed, e.g. from `foundir quickstart`): its results can be worse than the input; train a "
+                       "model (docs/training.md) or use the release's model-2000.pt"], err
+    state = {"unet": {}, "step": MIN_STEPS - 1, "train": {"preset": "default", "data": "hf://x"}}
+    assert "was trained for 19,999 steps of the default preset on hf://x, under 20,000 steps" in maturity_note(state, "c")
+    assert maturity_note({**state, "step": MIN_STEPS}, "c") is None  # trained long enough: nothing said
+    assert maturity_note({**state, "step": 0, "release": {"file": "model-2000.pt"}}, "c") is None  # the release's
+    assert maturity_note({"step": 0, "specialists": {}}, "c") is None  # no generalist
+    pt, _ = _with_record(tiny_checkpoint, tmp_path, step=MIN_STEPS, steps=MIN_STEPS)
+    assert _restore(src, tmp_path / "out3", pt, "--no-progress") == 0
+    assert capsys.readouterr().err == ""
