@@ -86,7 +86,7 @@ DATA_COLLECTION = (
     "drops for raindrops). LQ and GT frames are aligned with start/end markers and a matching of "
     "the markers' time intervals over repeated passes (temporal error below 0.2 s)."
 )
-DATA_COLLECTION_TYPE = "Manual Human Curation"  # capture rig operated by the authors (paper, Sec. 3.1)
+DATA_COLLECTION_TYPE = "Physical data collection"  # a camera rig capturing real scenes (paper, Sec. 3.1)
 DATA_COLLECTION_RAW = "Real-world photographs; blur from 240 fps video frames averaged over time windows."
 
 
@@ -209,7 +209,6 @@ def build(manifest: fmt.Manifest, index_schema: pa.Schema, *, manifest_sha256: s
         "url": url,
         "license": LICENSE_TEXT,
         "citeAs": CITATION,
-        "version": f"{manifest.format_version}.{manifest.format_minor}.0",
         "keywords": ["image restoration", "paired images", "real-world degradations", "foundir"],
         "rai:dataCollection": DATA_COLLECTION,
         "rai:dataCollectionType": DATA_COLLECTION_TYPE,
