@@ -283,8 +283,8 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
 # ---------------------------------------------------------------- what a checkpoint is
 #: A generalist trained for fewer optimiser steps than this gets a note from ``foundir-restore``:
 #: 1% of the paper's 2,000,000 iterations (Section 5.1). A floor, not a quality guarantee: the
-#: quickstart's 200-step demo turned a noisy photo from 26.41 dB into 20.28 dB (issue 23), and
-#: no measurement here says from which step a run beats its input (docs/inference.md).
+#: quickstart's 200-step demo loses to its own input on some types (README), and no measurement
+#: here says from which step a run beats its input (docs/training.md, "Train the generalist").
 MIN_STEPS = 20_000
 
 
