@@ -74,9 +74,10 @@ def test_crops_equal_the_same_window_of_the_source_decode(packed):
 
 def test_small_images_are_resized_up_like_the_reference_when_asked(packed):
     src = source_arrays(packed)
-    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
     with pytest.raises(ValueError, match=r"smaller than the 128px crop.*upscale_small=True"):
-        next(iter(s))  # by default a crop larger than the image is an error, not a silent resize
+        # by default a crop larger than the image is an error, not a silent resize, found when
+        # the stream is built (from the index's sizes), not at the first batch in a worker
+        FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
     s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0,
                       upscale_small=True)
     b = next(iter(s))
