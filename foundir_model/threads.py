@@ -3,8 +3,8 @@
 torch starts one OpenMP thread per physical core whatever else runs, and OpenMP threads spin
 while they wait: on a busy machine they steal the CPU from each other and from everyone else.
 Measured on a 2-core machine shared with other jobs (``bench/threads.py``, docs/inference.md,
-"CPU threads"): ``foundir-restore`` with the ``tiny`` preset took 4.4x the CPU seconds at
-torch's default of 2 threads than with 1 (48.8 against 11.1 CPU-s on a 1280x800 frame).
+"CPU threads"): ``foundir-restore`` of a 2560x1600 frame with the ``tiny`` preset took 178.8
+CPU-s at torch's default of 2 threads against 32.5 with 1 (5.5x).
 
 So the default (``--threads`` not given, :func:`default_threads`) is the CPUs this process may
 really use, minus what other processes are already using:
