@@ -259,8 +259,8 @@ def ensure_croissant(root: str | os.PathLike, manifest: fmt.Manifest, manifest_r
     """``<root>/croissant.json`` up to date with ``manifest_raw`` (``shard_tools push``).
 
     Writes it when it is missing (a folder packed before foundir wrote Croissant) or names
-    another manifest (its ``manifest`` sha256 differs). A folder we may not write keeps what
-    it has: the push goes on without the file and says so.
+    another manifest (its ``manifest`` sha256 differs). When it cannot be written (a read-only
+    folder) the push goes on without it and says so: a stale file is never sent.
 
     Returns:
         The file's path, or None when it could not be written.
@@ -279,4 +279,4 @@ def ensure_croissant(root: str | os.PathLike, manifest: fmt.Manifest, manifest_r
     except OSError as e:
         print(f"warning: {path}: cannot write the Croissant metadata ({e.strerror or e}); pushing without it",
               file=sys.stderr)
-        return path if path.is_file() else None
+        return None
