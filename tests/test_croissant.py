@@ -150,3 +150,20 @@ def test_push_writes_croissant_for_a_folder_packed_without_it(packed_copy, tmp_p
     before = (packed_copy / croissant.CROISSANT_FILE).stat().st_mtime_ns
     push(PushConfig(root=str(packed_copy), dest=str(dest), progress=False))
     assert (packed_copy / croissant.CROISSANT_FILE).stat().st_mtime_ns == before
+
+
+def test_a_stale_croissant_that_cannot_be_rewritten_is_not_pushed(packed_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FOUNDIR_CACHE", str(tmp_path / "cache"))
+    path = packed_copy / croissant.CROISSANT_FILE
+    doc = json.loads(path.read_text())
+    next(d for d in doc["distribution"] if d["@id"] == "manifest")["sha256"] = "0" * 64  # names another manifest
+    path.write_text(json.dumps(doc))
+
+    def refuse(*a, **k):  # as on a read-only folder (root, which runs CI here, may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(croissant, "write_croissant", refuse)
+    dest = tmp_path / "dest"
+    push(PushConfig(root=str(packed_copy), dest=str(dest), progress=False))
+    assert not (dest / croissant.CROISSANT_FILE).exists() and (dest / fmt.MANIFEST_FILE).is_file()
+    assert "cannot write the Croissant metadata (Permission denied); pushing without it" in capsys.readouterr().err
