@@ -313,7 +313,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "bytes": (int,), "sha256": (str,), "format": (str,), "format_version": (int,), "name": (str,),
     "index": (str,), "num_samples": (int,), "num_rejected": (int,), "tile": (dict, type(None)),
     "created_by": (str,), "extra": (dict,), "index_bytes": (int, type(None)),
-    "index_sha256": (str, type(None)), "keys": (str, type(None)),
+    "index_sha256": (str, type(None)), "keys": (str, type(None)), "min_side": (int, type(None)),
 }
 
 
@@ -348,6 +348,9 @@ class ShardInfo:
     #: Version 3: size and sha256 of the shard's index part (:func:`index_part`).
     index_bytes: int | None = None
     index_sha256: str | None = None
+    #: Version 3: the smallest side of the shard's pairs (a crop larger than it is refused
+    #: when a stream is built, from the manifest alone).
+    min_side: int | None = None
 
 
 @dataclass

@@ -66,6 +66,29 @@ def _dist_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def check_crop_fits(rows: pa.Table, crop: int, where: str) -> None:
+    """Refuse a crop larger than the smallest selected pair, when the stream is built.
+
+    Found here from the index's sizes (Arrow compute over the rows the stream loads anyway),
+    instead of at the first batch inside a DataLoader worker. LQ and GT of a pair have one
+    size (the packer refuses others), so the LQ's is the pair's.
+
+    Raises:
+        ValueError: one line naming the smallest pair, its size, and both ways out.
+    """
+    side = pc.min_element_wise(rows["lq_width"], rows["lq_height"])
+    smallest = pc.min(side).as_py()
+    if smallest is None or smallest >= crop:
+        return
+    i = pc.index(side, smallest).as_py()
+    w, h = rows["lq_width"][i].as_py(), rows["lq_height"][i].as_py()
+    small = pc.sum(pc.less(side, crop)).as_py()
+    raise ValueError(f"{where}: pair {rows['key'][i].as_py()} is {w}x{h}, smaller than the {crop}px crop "
+                     f"({small} of {rows.num_rows} pairs are); use a crop of at most {smallest} (foundir-train "
+                     f"--crop {smallest}) or resize small pairs up first (upscale_small=True, foundir-train "
+                     "--upscale-small)")
+
+
 class FoundIRStream(torch.utils.data.IterableDataset):
     """Curriculum-ordered, rank/worker-partitioned batches of aligned LQ/GT crops.
 
@@ -174,9 +197,28 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         self._subset: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if self.subset_fraction < 1:
             self._subset = self._subset_rows()
+        if not self.upscale_small:
+            self._check_crop()
         cols = _COLUMNS if self.layout != fmt.LAYOUT_FULL else [c for c in _COLUMNS if c != "source_key"]
         self._parts = ShardRows(self.store, columns=cols, keep=2)
         self._open: OrderedDict[int, tuple] = OrderedDict()
+
+    def _check_crop(self) -> None:
+        """Refuse a crop larger than the smallest selected pair now, not at the first batch in a
+        worker: from the manifest's per-shard smallest side (format 3), then that shard's index
+        part names the pair; older folders: the index's size columns (Arrow)."""
+        where = f"{self.store.location} (split={self.split}, layout={self.layout})"
+        info = [self.store.shard_info(name) for name in self._shard_names]
+        if all(sh is not None and sh.min_side is not None for sh in info):
+            small = [sh for sh in info if sh.min_side < self.crop]
+            if small:
+                worst = min(small, key=lambda sh: sh.min_side)
+                rows = ShardRows(self.store, columns=["key", "lq_width", "lq_height"], keep=1).rows(worst.path)
+                check_crop_fits(rows, self.crop, f"{where}, {len(small)} of {len(info)} shards, {worst.path}")
+            return
+        t = self.store.index(columns=["key", "shard", "lq_width", "lq_height"])
+        check_crop_fits(t.filter(pc.is_in(t["shard"], value_set=pa.array(self._shard_names, pa.string()))),
+                        self.crop, where)
 
     def _subset_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(degradation id, shard code, position) of the rows of a nested subset (Figure 6)."""

@@ -95,7 +95,8 @@ def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.rand
     h, w = lq.shape[:2]
     if not upscale_small and (h < size or w < size):
         raise ValueError(f"{key}: image is {w}x{h}, smaller than the {size}px crop; use a crop of at most "
-                         f"{min(h, w)}, or pass upscale_small=True to resize small pairs up (bicubic) first")
+                         f"{min(h, w)}, or resize small pairs up (bicubic) first (upscale_small=True, foundir-train "
+                         "--upscale-small)")
     lq, gt = resize_up(lq, gt, size)
     win = crop_windows(lq.shape[0], lq.shape[1], size, k, rng, augment)
     out_lq = np.empty((k, 3, size, size), np.uint8) if out_lq is None else out_lq

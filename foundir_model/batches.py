@@ -42,7 +42,7 @@ def make_stream(cfg: TrainConfig, rank: int, world: int):
                          schedule=cfg.schedule, steps_per_phase=n, run_steps=run,
                          batch_size=cfg.batch_size, crop=cfg.crop, crops_per_pair=cfg.crops_per_pair,
                          seed=cfg.seed, subset_fraction=cfg.subset_fraction, subset_seed=cfg.subset_seed,
-                         rank=rank, world_size=world)
+                         rank=rank, world_size=world, upscale_small=cfg.upscale_small)
 
 
 class Batches:

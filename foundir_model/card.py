@@ -194,6 +194,7 @@ def render_model_card(checkpoint: str | os.PathLike | Mapping[str, Any], *,
         "ema_decay": f"{train.ema_decay} (every {train.ema_update_every} steps, copied up to step "
                      f"{train.ema_update_after_step})", "seed": train.seed,
         "eval_text": eval_text, "license_text": LICENSE_TEXT,
+        "maturity": ckpt.maturity_note(state, f"`{checkpoint_name or 'this checkpoint'}`") or "",
     }
     return string.Template(_template()).substitute(fields)
 

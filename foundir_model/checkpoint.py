@@ -163,6 +163,8 @@ def export_safetensors(ckpt: str | os.PathLike | dict[str, Any], out: str | os.P
         weights = state["ema"] if use_ema and state.get("ema") else state["model"]
         tensors.update({f"net.{k}": v.contiguous() for k, v in weights.items()})
         meta["unet"], meta["diffusion"] = json.dumps(state["unet"]), json.dumps(state["diffusion"])
+    if state.get("train"):  # what the weights are: steps planned, data, preset, demo (maturity_note)
+        meta["train"] = json.dumps(state["train"])
     spec = state.get("specialists")
     if spec:
         t, m = sp.flatten(spec)
@@ -199,6 +201,8 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         if "unet" in meta:
             state["unet"], state["diffusion"] = json.loads(meta["unet"]), json.loads(meta["diffusion"])
             state["ema"] = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        if "train" in meta:
+            state["train"] = json.loads(meta["train"])
         if "specialists" in meta:
             state["specialists"] = sp.unflatten(tensors, json.loads(meta["specialists"]))
         if experts.KEY in meta:
@@ -293,6 +297,38 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", s
         nets.update(state.get(experts.KEY) or {})
     built = experts.build(nets, device, str(path))  # its errors name the file already
     try:
-        return _Restorer(model, pool, built, device, steps, only)
+        restorer = _Restorer(model, pool, built, device, steps, only)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    restorer.note = maturity_note(state, str(path)) if only is None else None  # foundir-restore prints it
+    return restorer
+
+
+# ---------------------------------------------------------------- what a checkpoint is
+#: A generalist trained for fewer optimiser steps than this gets a note from ``foundir-restore``:
+#: 1% of the paper's 2,000,000 iterations (Section 5.1). A floor, not a quality guarantee: the
+#: quickstart's 200-step demo loses to its own input on some types (README), and no measurement
+#: here says from which step a run beats its input (docs/training.md, "Train the generalist").
+MIN_STEPS = 20_000
+
+
+def maturity_note(state: dict[str, Any], where: str) -> str | None:
+    """One line saying a generalist is a demo or under-trained, or None for a trained one.
+
+    What a checkpoint is comes from its own record: ``step`` and the ``train`` config
+    (``steps`` planned, ``data``, ``preset``, ``demo``; kept in safetensors exports too). The
+    release's own weights (``release`` in the state) and specialist-only files get no note.
+    """
+    if "unet" not in state or state.get("release"):
+        return None
+    train = state.get("train") or {}
+    step = int(state.get("step") or 0)
+    what = (f"{step:,} steps of the {train.get('preset', 'default')} preset on {train.get('data') or 'batches passed in'}"
+            if train else f"{step:,} steps (it records no training run)")
+    if train.get("demo"):
+        return (f"note: {where} is a demo checkpoint ({what}, e.g. from `foundir quickstart`): its results can be "
+                f"worse than the input; train a model (docs/training.md) or use the release's model-2000.pt")
+    if step < MIN_STEPS:
+        return (f"note: {where} was trained for {what}, under {MIN_STEPS:,} steps (1% of the paper's 2M): its "
+                f"results can be worse than the input")
+    return None

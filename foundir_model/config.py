@@ -123,6 +123,7 @@ class TrainConfig:
     steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
     batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)
     crop: int = 256
+    upscale_small: bool = False  # resize pairs smaller than the crop up (bicubic) instead of refusing them
     lr: float = 1e-4
     lr_halve_step: int | None = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations; None: never
     step_scale: float = 1.0  # scales lr_halve_step for short runs (phase lengths: steps_per_phase)
@@ -147,6 +148,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers for the stream
     resume: bool = True  # continue from <out_dir>/last.pt when it exists
+    demo: bool = False  # a demonstration run (the quickstart's): foundir-restore says so (checkpoint.maturity_note)
     gamma_T: float = 0.3
     delta_end: float | None = None  # None: derive from gamma_T; 1.4e-3 = the release
 

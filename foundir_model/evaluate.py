@@ -53,7 +53,8 @@ from foundir_model.infer import (
 )
 from foundir_model.outputs import check_sources
 from foundir_model.paper import EvalReport
-from foundir_model.progress import Bars
+from foundir_model.progress import Bars, add_progress_flag
+from foundir_model.threads import add_threads_flag, use_threads
 
 #: What a run writes at the top of ``--out`` (a rerun names those it replaces); ``page/``
 #: keeps other methods' results beside this one (eval_page.py).
@@ -125,8 +126,11 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool = False) -> EvalReport:
+def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool | None = False) -> EvalReport:
     """Score ``restorer`` (or ``cfg.checkpoint``, or ``cfg.pred``) on ``cfg.location``.
+
+    ``progress``: bars (True), bars on a terminal else one summary line (None), nothing (False;
+    :class:`foundir_model.progress.Bars`).
 
     Returns:
         The :class:`EvalReport` (also written under ``cfg.out`` / ``cfg.json`` when set).
@@ -151,7 +155,8 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)
     out = folder.claim(REPORT_FILES, "foundir-eval").path if folder is not None else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
-    with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress) as bars:
+    with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress,
+                                                      label=f"foundir-eval: {cfg.method}: scored") as bars:
         for i, it in enumerate(items):
             tick = bars.image(it.rel)
             gt = images.decode_rgb8(it.read_gt(), it.gt_name)
@@ -233,14 +238,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="allow an --out that is not empty and not an earlier "
                         "evaluation's, or that equals or contains the input folder")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flag(parser)
+    add_threads_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
     cfg = config_from_flags(EvalConfig, args, tile=tiling_from_args(args))  # --tile is RestoreTiling's
     check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
-    rep = evaluate(cfg, progress=args.progress)
+    with use_threads(args.threads, announce="foundir-eval"):
+        rep = evaluate(cfg, progress=args.progress)
     print(rep.to_markdown())
     if rep.missing or rep.problems:
         print(f"foundir-eval: {len(rep.missing)} missing predictions, {len(rep.problems)} unusable "

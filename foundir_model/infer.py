@@ -35,6 +35,7 @@ from foundir_data.output_dir import check_output_dir
 from foundir_model import budget, experts, images, outputs, progress
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
+from foundir_model.threads import add_threads_flag, use_threads
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -274,7 +275,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output folder that is not empty and not an earlier restore's, or that equals or "
                              "contains the input folder (inputs are never overwritten)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    progress.add_progress_flag(parser)
+    add_threads_flag(parser)
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
@@ -342,6 +344,11 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
 
 def run(args: argparse.Namespace) -> int:
     """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
+    with use_threads(args.threads, announce="foundir-restore"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = tiling_from_args(args)
     device = cfg.device
     label = taxonomy.get(args.degradation).index if args.degradation else None
@@ -366,8 +373,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = [progress.header_size(f) for f, _ in pairs]
     tiles = preflight(restorer, sizes, cfg)
     folder.claim([dst for _, dst in pairs], "foundir-restore")  # says which earlier results it replaces
+    if getattr(restorer, "note", None):  # a demo or under-trained checkpoint: one line, once the run can start
+        print(f"foundir-restore: {restorer.note}", file=sys.stderr)
     failed: list[str] = []
-    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
+    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress,
+                       label="foundir-restore: restored") as bars:
         for f, dst in pairs:
             tick = bars.image(f.name)
             try:

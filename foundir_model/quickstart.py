@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -52,6 +53,8 @@ from foundir_model.config import TrainConfig
 from foundir_model.evaluate import EvalConfig, evaluate, packed_items
 from foundir_model.flags import flag_values
 from foundir_model.infer import RestoreTiling
+from foundir_model.progress import add_progress_flag, bars_wanted
+from foundir_model.threads import use_threads
 from foundir_model.train import train
 from shard_tools.pack import PackConfig, pack
 from shard_tools.plot import plot_distribution
@@ -86,7 +89,7 @@ class QuickstartConfig:
     # on a busy machine spin and slow everything down (measured here: 10x CPU time at 2 threads
     # under load vs 1).
     threads: int = 1
-    progress: bool = True
+    progress: bool | None = None  # None: bars on a terminal, else one line per step (progress.py)
 
     @classmethod
     def small(cls, **kw) -> "QuickstartConfig":
@@ -128,6 +131,17 @@ def _step(res: QuickstartResult, i: int, title: str) -> Iterator[None]:
     print(f"      done in {dt:.1f} s", flush=True)
 
 
+@contextmanager
+def _datasets_bars(on: bool) -> Iterator[None]:
+    """``datasets``' own bars ("Generating test split") on or off for the block, then as before."""
+    was = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if on else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+
+
 def make_source(root: Path, cfg: QuickstartConfig) -> Path:
     """Write the train (list layout) and test (test layout) samples under ``root`` and a CSV
     manifest naming both; returns the manifest path."""
@@ -165,12 +179,8 @@ def stream_summary(packed: str, cfg: QuickstartConfig, n: int) -> list[dict]:
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     """Run every step; returns where the artefacts are. Raises on the first failing step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cfg.threads))
-    try:
+    with use_threads(cfg.threads):  # in-process callers (tests, notebooks) get theirs back after
         return _quickstart(cfg)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get theirs back
 
 
 def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
@@ -187,7 +197,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         print(f"      wrote {src} (train: release list layout, test: NNName/{{GT,LQ}}) and {manifest.name}")
 
     with _step(res, 2, "pack: shard_tools pack -> WebDataset shards + Parquet index + manifest + card"):
-        rc = pack(PackConfig(source=str(manifest), out=str(packed), progress=cfg.progress))
+        rc = pack(PackConfig(source=str(manifest), out=str(packed), progress=bars_wanted(cfg.progress)))
         if rc != 0:
             raise RuntimeError(f"packing {manifest} failed (exit status {rc}); see {packed / 'rejects.jsonl'}")
 
@@ -205,7 +215,8 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         print(f"      {packed}: OK")
 
     with _step(res, 4, "load: foundir_data.load_dataset('foundir', split='test')"):
-        ds = load_dataset("foundir", split="test", location=str(packed))
+        with _datasets_bars(bars_wanted(cfg.progress)):
+            ds = load_dataset("foundir", split="test", location=str(packed))
         ex = ds[0]
         res.loaded = len(ds)
         label = ds.features["degradation"].int2str(ex["degradation"])
@@ -226,7 +237,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                            steps_per_phase=max(1, cfg.steps // 3), steps=cfg.steps, batch_size=cfg.batch_size,
                            crop=cfg.crop, lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
                            out_dir=str(run_dir), device="cpu",
-                           ckpt_every=0, log_every=max(1, cfg.steps // 5), resume=False)
+                           ckpt_every=0, log_every=max(1, cfg.steps // 5), resume=False, demo=True)
         result = train(tcfg)
         res.checkpoint = result.checkpoint or str(run_dir / "last.pt")
         res.losses = [lv for _, lv in result.losses]
@@ -330,9 +341,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
     parser.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"EMA decay (default {d.ema_decay})")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads (default {d.threads})")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help=f"torch CPU threads (default {d.threads}: the tiny network gains nothing from more)")
     parser.add_argument("--small", action="store_true", help=f"reduced CI size (also: {SMALL_ENV}=1)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_flag(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> QuickstartConfig:

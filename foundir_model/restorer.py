@@ -45,6 +45,8 @@ class Restorer:
         self.device, self.steps, self.only = torch.device(device), steps, only
         #: False: inference skips the per-tile pass (the specialist-only mode).
         self.tiles = only is None
+        #: One line when the checkpoint is a demo or under-trained (``checkpoint.maturity_note``).
+        self.note: str | None = None
 
     @torch.no_grad()
     def __call__(self, lq: torch.Tensor, degradation: torch.Tensor | None = None,

@@ -35,6 +35,7 @@ from foundir_model.config import TrainConfig, to_dict, unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
 from foundir_model.ema import EMASchedule, ema_update
 from foundir_model.train_flags import config_from_args, configure  # noqa: F401 (the CLI's flags)
+from foundir_model.threads import use_threads
 from foundir_model.unet import UNet
 from foundir_model.validation import ValPair, load_val_pairs, validate
 
@@ -244,6 +245,12 @@ def _train(cfg: TrainConfig, data, val_pairs, rank: int, world: int, device: tor
 def run(args: argparse.Namespace) -> int:
     """Run the CLI; returns the exit status."""
     cfg = config_from_args(args)
+    announce = "foundir-train" if int(os.environ.get("RANK", 0)) == 0 else None
+    with use_threads(getattr(args, "threads", None), announce=announce):
+        return _run(cfg, args)
+
+
+def _run(cfg: TrainConfig, args: argparse.Namespace) -> int:
     if args.specialist:
         from foundir_model import specialists_train  # only for --specialist
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from foundir_model.config import TRAIN_RECIPES, TrainConfig, train_recipe
 from foundir_model.flags import flag_values
+from foundir_model.threads import add_threads_flag
 
 
 def _field_type(tp: Any) -> tuple[Any, bool]:
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--specialist", default=None, metavar="NAME",
                         help="train the named specialist (see specialists.EXPERTS) on top of --generalist")
     parser.add_argument("--generalist", default=None, help="generalist checkpoint for --specialist")
+    add_threads_flag(parser)  # how this process runs, not what it trains: not a TrainConfig field
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -90,6 +90,8 @@ def write_parts(root: Path, index: pa.Table, manifest: fmt.Manifest) -> None:
         data = _parquet_bytes(part.replace_schema_metadata(None))
         write_atomic(root / fmt.index_part(name), data, fsync=False)
         info.index_bytes, info.index_sha256 = len(data), hashlib.sha256(data).hexdigest()
+        if b > a:  # the stream refuses a crop larger than this from the manifest alone
+            info.min_side = int(pc.min(pc.min_element_wise(part["lq_width"], part["lq_height"])).as_py())
         seen.add(name)
     missing = [s.path for s in manifest.shards if s.path not in seen and s.count]
     if missing:

@@ -10,7 +10,8 @@ planned shard is done, and writes, each atomically:
   shard and the key lookup beside it (``shard_tools.index_write``, format version 3);
 * ``rejects.jsonl``: every rejected input item with its reason;
 * ``manifest.json``: every non-empty shard, ``num_samples``, ``num_rejected``;
-* ``README.md``: the dataset card (``shard_tools.card``).
+* ``README.md``: the dataset card (``shard_tools.card``);
+* ``croissant.json``: the Croissant metadata (``shard_tools.croissant``).
 
 Merging twice gives the same bytes (idempotent), and it checks count in = packed + rejected.
 """
@@ -32,6 +33,7 @@ from foundir_data.integrity import repeated_keys
 from shard_tools import out_store
 from shard_tools.build import PlannedShard
 from shard_tools.card import write_card
+from shard_tools.croissant import write_croissant
 from shard_tools.index_write import write_index
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
@@ -104,6 +106,7 @@ def merge_locked(root: str | Path) -> fmt.Manifest:
     write_index(root, index, manifest)  # the index, its per-shard parts and the key lookup
     write_atomic(root / fmt.REJECTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     write_card(str(root), manifest, index)
+    write_croissant(root, manifest, index_schema=index.schema)
     # The manifest last: a folder with a manifest is complete (docs/format.md).
     write_atomic(root / fmt.MANIFEST_FILE, manifest.to_json().encode())
     return manifest

@@ -22,6 +22,7 @@ from huggingface_hub.utils import build_hf_headers, get_session
 
 from foundir_data import format as fmt
 from foundir_data.locations import parse_hf_location
+from shard_tools.croissant import CROISSANT_FILE
 from shard_tools.push_items import (
     PushItem, PushConfig, PushError, PushIOError, PushReport, apply_remote_manifest, git_blob_sha1, progress_bar,
     sha256_file, stale_paths,
@@ -68,10 +69,10 @@ def hub_commits(items: list[PushItem], batch_files: int, delete_manifest: bool,
     """The commits a Hub push makes, in order: ``[(message, operations), ...]``.
 
     An optional first commit deletes a stale remote manifest; then the shards to upload in
-    batches of ``batch_files``; then one final commit with the index, rejects, card and the
+    batches of ``batch_files``; then one final commit with the index, rejects, card, Croissant and the
     manifest, so the dataset appears (or changes) atomically. ``prefix`` is the repo subdir.
     """
-    final_rels = {fmt.INDEX_FILE, fmt.KEYS_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, fmt.MANIFEST_FILE}
+    final_rels = {fmt.INDEX_FILE, fmt.KEYS_FILE, fmt.REJECTS_FILE, fmt.CARD_FILE, CROISSANT_FILE, fmt.MANIFEST_FILE}
     body = [it for it in items if it.upload and it.rel not in final_rels]
     tail = [it for it in items if it.upload and it.rel in final_rels]
     commits: list[tuple[str, list]] = []

@@ -1,6 +1,6 @@
 """What ``shard_tools push`` sends, shared by both destinations (:mod:`shard_tools.push` for
 fsspec URLs, :mod:`shard_tools.push_hub` for the Hub): the config, the file list of a packed
-folder (manifest last), checksums, the skip-if-same rules and the folder-size limit.
+folder (``croissant.json`` included; manifest last), checksums, the skip-if-same rules and the folder-size limit.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from foundir_data import format as fmt
 from foundir_data.errors import EXIT_IO, FoundIRError
+from shard_tools.croissant import CROISSANT_FILE, ensure_croissant
 
 #: Hub limit on files per folder (huggingface.co/docs/hub/repositories-recommendations).
 HUB_FOLDER_LIMIT = 10_000
@@ -143,6 +144,11 @@ def load_local(root: str | os.PathLike) -> tuple[fmt.Manifest, bytes, list[PushI
             items.append(PushItem(rel, p, p.stat().st_size, None))
         elif rel != fmt.REJECTS_FILE:
             raise PushError(f"{p}: missing from the packed folder; rerun `shard_tools merge`")
+    # croissant.json (Croissant metadata) for catalogues; written here for a folder packed
+    # before foundir wrote it, or rewritten when it names another manifest.
+    path = ensure_croissant(root, manifest, raw)
+    if path is not None and path.is_file():
+        items.append(PushItem(CROISSANT_FILE, path, path.stat().st_size, None))
     items.append(PushItem(fmt.MANIFEST_FILE, mpath, len(raw), hashlib.sha256(raw).hexdigest()))
     return manifest, raw, items
 

@@ -60,6 +60,7 @@ from shard_tools.tile_plan import (  # re-exported: callers import these from sh
     windows,
 )
 from shard_tools.card import write_card
+from shard_tools.croissant import write_croissant
 from shard_tools.index_write import write_index
 from shard_tools.merge import merge
 from shard_tools.summary import plural
@@ -246,6 +247,7 @@ def merge_tiles(root: str) -> fmt.Manifest:
     index, manifest = with_tiles(base, index, manifest)
     write_index(base, index, manifest)  # the index, its per-shard parts and the key lookup
     write_card(str(base), manifest, index)
+    write_croissant(base, manifest, index_schema=index.schema)
     write_atomic(base / fmt.MANIFEST_FILE, manifest.to_json().encode())  # last (docs/format.md)
     return manifest
 

@@ -44,12 +44,12 @@ def test_restore_tiling_defaults_its_batch_for_the_device():
 
 
 @pytest.mark.parametrize("configure, argv, configs, command_only", [
-    (evaluate.configure, ["x", "--pred", "p"], [EvalConfig, RestoreTiling], {"overwrite", "progress"}),
+    (evaluate.configure, ["x", "--pred", "p"], [EvalConfig, RestoreTiling], {"overwrite", "progress", "threads"}),
     (infer.configure, ["i", "o", "--checkpoint", "c"], [RestoreTiling],
      {"input", "output", "checkpoint", "no_specialists", "only_specialist", "degradation", "seed", "overwrite",
-      "progress"}),
+      "progress", "threads"}),
     (quickstart.configure, [], [QuickstartConfig], {"small"}),
-    (train_flags.configure, [], [TrainConfig], {"recipe", "specialist", "generalist"}),
+    (train_flags.configure, [], [TrainConfig], {"recipe", "specialist", "generalist", "threads"}),
 ])
 def test_every_flag_is_a_config_field_or_the_commands_own(configure, argv, configs, command_only):
     parser, _ = _parse(configure, argv)

@@ -26,6 +26,7 @@ from foundir_data import format as fmt
 from foundir_data.store import Store
 from shard_tools import push as push_mod
 from shard_tools.cli import main
+from shard_tools.croissant import CROISSANT_FILE
 
 TOKEN = "hf_push_test_token_do_not_print"
 # huggingface_hub's basic LFS upload passes a file object as ``data=`` (its code, not ours).
@@ -308,7 +309,7 @@ def test_hub_push_commits_manifest_last_and_reads_back(packed, hub, capsys):
     assert sizes[:-1] == [min(8, n_body - i) for i in range(0, n_body, 8)]
     final = [p for _, p in hub.commits[-1][1]]
     assert final[-1] == fmt.MANIFEST_FILE and set(final) == {fmt.INDEX_FILE, fmt.KEYS_FILE, fmt.REJECTS_FILE,
-                                                             fmt.CARD_FILE, fmt.MANIFEST_FILE}
+                                                             fmt.CARD_FILE, CROISSANT_FILE, fmt.MANIFEST_FILE}
     # Shards and the index travelled as LFS objects named by their sha256, like on the Hub.
     kinds = {p: k for _, ops in hub.commits for k, p in ops}
     shards = fmt.Manifest.from_json(local[fmt.MANIFEST_FILE]).shards

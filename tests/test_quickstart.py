@@ -22,8 +22,13 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FOUNDIR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     out = tmp_path / "qs"
-    assert foundir_main(["quickstart", "--small", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    assert foundir_main(["quickstart", "--small", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    # stderr is not a terminal here: no bars (no tqdm residue), one summary line per stage that
+    # has a bar on a terminal (pack, evaluate).
+    assert "\r" not in captured.err and "it/s" not in captured.err, captured.err
+    assert [line.split(" ")[0] for line in captured.err.splitlines()] == ["packed", "foundir-eval:"], captured.err
     for i in range(1, 9):
         assert f"[{i}/8]" in printed
     res = json.loads((out / "quickstart.json").read_text())
@@ -50,6 +55,7 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
 
     state = load(res["checkpoint"])
     assert state["step"] == small.steps and len(res["losses"]) == small.steps
+    assert state["train"]["demo"] is True  # foundir-restore and the model card say so
 
     # evaluate: a Table 1-style report over all 20 types.
     report = json.loads(Path(res["report"]).read_text())
@@ -68,6 +74,7 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     with Image.open(res["preview"]) as im:
         assert im.format == "PNG" and im.size == pv.sheet_size(rows=20, cells=1, tile=96, columns=3)
     card = ModelCard.load(res["model_card"])
+    assert "is a demo checkpoint" in card.text
     assert card.data.library_name == "foundir" and {r.metric_type for r in card.data.eval_results} == {"psnr", "ssim"}
 
 

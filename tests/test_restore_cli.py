@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,8 @@ from foundir_data.output_dir import MARKER  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import budget, outputs  # noqa: E402
 from foundir_model.infer import RestoreTiling, main, restore_tiled  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,11 +120,34 @@ def test_progress_bars_count_images_and_tiles(tiny_checkpoint, tmp_path, capsys)
     src.mkdir()
     Image.fromarray(_photo(40, 0)).save(src / "a.png")
     Image.fromarray(_photo(40, 1)[:32, :24]).save(src / "b.png")  # smaller than a tile: one tile
-    assert _restore(src, tmp_path / "out", tiny_checkpoint) == 0
+    assert _restore(src, tmp_path / "out", tiny_checkpoint, "--progress") == 0  # bars although not a terminal
     err = capsys.readouterr().err
     # 40x40 in 32/16 tiles: 2 x 2 tiles; 24x32: 1 tile -> 5 tiles of 2 images, with rates (ETA).
     assert "images: 100%" in err and "2/2" in err
     assert "tiles: 100%" in err and "5/5" in err and "tile/s" in err
+
+
+def test_stderr_to_a_pipe_gets_one_summary_line_not_bars(tiny_checkpoint, tmp_path):
+    """Redirected (CI logs, `| tee`): no tqdm residue, one line for the stage; --no-progress: none."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(40, 0)).save(src / "a.png")
+    Image.fromarray(_photo(40, 1)[:32, :24]).save(src / "b.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "foundir_model.infer", str(src), str(tmp_path / "out"), "--checkpoint",
+           str(tiny_checkpoint), "--no-specialists", "--device", "cpu", "--tile", "32", "--stride", "16",
+           "--threads", "1"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and "\r" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"foundir-restore: note: {tiny_checkpoint} was trained for 0 steps")  # untrained
+    assert re.fullmatch(r"foundir-restore: restored 2 images \(5 tiles\) in \d+\.\d s", lines[1])
+    assert len(proc.stdout.splitlines()) == 2  # one "<input> -> <output>" line per image
+    cmd[cmd.index(str(tmp_path / "out"))] = str(tmp_path / "out2")
+    proc = subprocess.run(cmd + ["--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr.splitlines() == lines[:1], proc.stderr  # the note only
 
 
 def test_small_image_is_not_padded_to_a_whole_tile(tmp_path):
@@ -239,10 +266,14 @@ def _eval(root, ckpt, *extra) -> int:
 
 
 def test_eval_progress_bars_over_images_and_tiles(tiny_checkpoint, test_layout, tmp_path, capsys):
-    assert _eval(test_layout, tiny_checkpoint, "--out", str(tmp_path / "rep")) == 0
+    assert _eval(test_layout, tiny_checkpoint, "--out", str(tmp_path / "rep"), "--progress") == 0
     err = capsys.readouterr().err
     # 40x40 pairs in 32/16 tiles: a tiles bar of 4 per image (it restarts per pair), with rates (ETA)
     assert "images: 100%" in err and "2/2" in err and "tiles:" in err and "/4 [" in err and "tile/s" in err
+    # Not a terminal and no --progress: one summary line instead of the bars.
+    assert _eval(test_layout, tiny_checkpoint, "--out", str(tmp_path / "rep2"), "--threads", "1") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(r"foundir-eval: .*: scored 2 images \(8 tiles\) in \d+\.\d s\n", err), err
 
 
 def test_eval_budget_and_out_folder_are_one_line_errors(tiny_checkpoint, test_layout, tmp_path, capsys):
@@ -282,3 +313,35 @@ def test_cpu_presets_restore_with_smaller_tiles_unless_told(tiny_checkpoint):
     assert UNET_PRESETS["default"].linear_attention
     kept = auto_tiling(RestoreTiling(), release_like, unset)
     assert (kept.tile, kept.stride) == (RestoreTiling().tile, RestoreTiling().stride)
+
+
+def _with_record(tiny_checkpoint, tmp_path, **train):
+    from foundir_model import checkpoint as ck
+
+    state = ck.load(tiny_checkpoint)
+    state.update(step=train.pop("step"), train={"preset": "tiny", "data": "qs/packed", "steps": 200, **train})
+    path = ck.save(tmp_path / "rec.pt", state)
+    return path, ck.export_safetensors(path, tmp_path / "rec.safetensors")
+
+
+def test_restore_says_in_one_line_when_a_checkpoint_is_a_demo_or_under_trained(tiny_checkpoint, tmp_path, capsys):
+    from foundir_model.checkpoint import MIN_STEPS, maturity_note
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(40, 0)).save(src / "a.png")
+    pt, st = _with_record(tiny_checkpoint, tmp_path, step=200, demo=True)
+    for i, path in enumerate((pt, st)):  # the safetensors export keeps the training record
+        assert _restore(src, tmp_path / f"out{i}", path, "--no-progress") == 0
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"foundir-restore: note: {path} is a demo checkpoint (200 steps of the tiny preset on "
+                       "qs/packed, e.g. from `foundir quickstart`): its results can be worse than the input; train a "
+                       "model (docs/training.md) or use the release's model-2000.pt"], err
+    state = {"unet": {}, "step": MIN_STEPS - 1, "train": {"preset": "default", "data": "hf://x"}}
+    assert "was trained for 19,999 steps of the default preset on hf://x, under 20,000 steps" in maturity_note(state, "c")
+    assert maturity_note({**state, "step": MIN_STEPS}, "c") is None  # trained long enough: nothing said
+    assert maturity_note({**state, "step": 0, "release": {"file": "model-2000.pt"}}, "c") is None  # the release's
+    assert maturity_note({"step": 0, "specialists": {}}, "c") is None  # no generalist
+    pt, _ = _with_record(tiny_checkpoint, tmp_path, step=MIN_STEPS, steps=MIN_STEPS)
+    assert _restore(src, tmp_path / "out3", pt, "--no-progress") == 0
+    assert capsys.readouterr().err == ""

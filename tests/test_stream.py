@@ -74,9 +74,10 @@ def test_crops_equal_the_same_window_of_the_source_decode(packed):
 
 def test_small_images_are_resized_up_like_the_reference_when_asked(packed):
     src = source_arrays(packed)
-    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
     with pytest.raises(ValueError, match=r"smaller than the 128px crop.*upscale_small=True"):
-        next(iter(s))  # by default a crop larger than the image is an error, not a silent resize
+        # by default a crop larger than the image is an error, not a silent resize, found when
+        # the stream is built (from the index's sizes), not at the first batch in a worker
+        FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0)
     s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0,
                       upscale_small=True)
     b = next(iter(s))
@@ -326,3 +327,17 @@ def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
             break
     assert seen == list(range(len(ref))) + [0, 1]
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 2
+
+
+def test_crop_check_names_the_smallest_pair_from_the_index_sizes():
+    import pyarrow as pa
+
+    from foundir_data.stream import check_crop_fits
+
+    rows = pa.table({"key": ["a", "b", "c"], "lq_width": [300, 90, 500], "lq_height": [200, 400, 64]})
+    check_crop_fits(rows, 64, "here")  # fits every pair: nothing raised
+    with pytest.raises(ValueError) as e:
+        check_crop_fits(rows, 128, "here")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("here: pair c is 500x64, smaller than the 128px crop (2 of 3 pairs are)")
+    assert "--crop 64" in msg and "--upscale-small" in msg

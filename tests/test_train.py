@@ -228,3 +228,26 @@ def test_sigkilled_cli_run_resumes_exactly(packed_train, tmp_path):
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert {r["step"] for r in logged} == set(range(1, steps + 1))
     assert all(r["loss"] == ref[r["step"]] for r in logged), (logged, ref)
+
+
+def test_crop_larger_than_the_data_fails_at_start_naming_the_pair_and_upscale_small_trains(
+        packed_train, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from foundir_data import format as fmt
+
+    rows = pq.read_table(packed_train / fmt.INDEX_FILE).to_pylist()
+    small = min((r for r in rows if r["split"] == "train"), key=lambda r: min(r["lq_width"], r["lq_height"]))
+    side = min(small["lq_width"], small["lq_height"])
+    args = ["--data", str(packed_train), "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--crop",
+            str(side + 1), "--schedule", "mix", "--no-resume", "--log-every", "1", "--threads", "1"]
+    assert main([*args, "--out-dir", str(tmp_path / "a"), "--num-workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # One line, before any worker starts (no DataLoader traceback), naming the pair and both flags.
+    assert len(err) == 1, err
+    assert f"pair {small['key']} is {small['lq_width']}x{small['lq_height']}, smaller than the {side + 1}px crop" in err[0]
+    assert f"--crop {side}" in err[0] and "--upscale-small" in err[0]
+    assert not (tmp_path / "a" / LAST).exists()
+    # The flag the message names exists, and trains with the small pairs resized up.
+    assert main([*args, "--out-dir", str(tmp_path / "b"), "--upscale-small"]) == 0
+    assert ckpt.load(tmp_path / "b" / LAST)["train"]["upscale_small"] is True
