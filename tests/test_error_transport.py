@@ -79,7 +79,7 @@ def _server_truncates(root: Path, hub) -> tuple[str, dict]:
 #: damage -> (the error class the training loop sees, words of its message, what "skip"
 #: leaves out: the damaged pair, or its whole shard when the server fails the shard)
 CASES = {
-    "a flipped image byte (ChecksumError)": (_flip_lq, ChecksumError, "sha256 mismatch", "pair"),
+    "a flipped image byte (ChecksumError)": (_flip_lq, ChecksumError, "xxh3 mismatch", "pair"),
     "a truncated shard in pread mode (FormatError)": (_truncate, fmt.FormatError, "truncated shard", "pair"),
     "a negative offset in the index (FormatError)": (_negative_offset, fmt.FormatError, "no valid member offsets",
                                                      "pair"),
@@ -123,9 +123,9 @@ def test_errors_arrive_from_dataloader_workers_with_their_type_and_skip_skips_th
 
 def test_load_dataset_raises_our_error_not_datasets_wrapper(packed_copy, tmp_path):
     _flip_lq(packed_copy, None)
-    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+    with pytest.raises(ChecksumError, match="xxh3 mismatch"):
         load_dataset(str(packed_copy), name=DEG, split="test", cache_dir=str(tmp_path))
-    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+    with pytest.raises(ChecksumError, match="xxh3 mismatch"):
         load_dataset(str(packed_copy), name=DEG, split="test", cache_dir=str(tmp_path / "2"), num_proc=2)
 
 

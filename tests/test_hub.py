@@ -148,7 +148,11 @@ def test_get_pair_one_range_request(hub, packed, sample_source):
     rec = store.index().slice(5, 1).to_pylist()[0]
     hub.clear_log()
     pair = get_pair(store, rec["key"])
-    assert len(hub.requests) == 1 and hub.requests[0].headers["Range"].startswith("bytes=")
+    # Format 3: the key lookup's list and one key file, the shard's index part, then one range
+    # request for the pair (docs/format.md, "Version 3"); never the whole index or shard.
+    paths = [r.path.split("/resolve/main/")[1] for r in hub.requests]
+    assert paths[:3] == [fmt.KEYS_FILE, paths[1], fmt.index_part(rec["shard"])] and paths[1].startswith(fmt.KEYS_DIR)
+    assert paths[3:] == [rec["shard"]] and hub.requests[3].headers["Range"].startswith("bytes=")
     src = np.asarray(Image.open(sample_source / rec["lq_source"]))
     assert np.array_equal(np.asarray(pair["lq"]), src)
     assert get_pair(store, rec["key"], decode=False)["gt"] == (sample_source / rec["gt_source"]).read_bytes()

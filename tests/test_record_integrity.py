@@ -23,6 +23,7 @@ import pytest
 
 from foundir_data import format as fmt
 from shard_tools.index_write import upgrade
+from _folders import as_version2
 from foundir_data.access import get_pair
 from foundir_data.load import load_dataset
 from foundir_data.retry import ChecksumError
@@ -80,12 +81,8 @@ RECORD_EDITS = {
 
 
 def _as_version2(root: Path) -> None:
-    """Make ``root`` a format version 2 folder (no json_sha256 column)."""
-    t = pq.read_table(root / fmt.INDEX_FILE)
-    pq.write_table(t.drop(["json_sha256"]), root / fmt.INDEX_FILE)
-    m = json.loads((root / fmt.MANIFEST_FILE).read_text())
-    m["format_version"] = 2
-    (root / fmt.MANIFEST_FILE).write_text(json.dumps(m))
+    """Make ``root`` a format version 2 folder (no json_sha256 column, no index parts)."""
+    as_version2(root, drop=("json_sha256",))
 
 
 # ---------------------------------------------------------------- the readers
