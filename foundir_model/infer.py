@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module
-from foundir_model import budget, experts, images, outputs, progress
+from foundir_model import budget, experts, images, outputs, progress, release_seed
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 
@@ -40,6 +40,11 @@ Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 #: Overlap blending, chosen by name: ``average`` as released; ``window`` weights each tile by a
 #: separable raised-cosine that fades towards its edges (never zero), hiding tile seams.
 BLENDS = ("average", "window")
+
+#: Which frames are restored in one pass, chosen by name (docs/inference.md, "Tiling"): ``area``
+#: as released, every frame of at most ``tile x tile`` pixels whatever its sides (1280x640 with
+#: 1024 tiles); ``side`` only frames whose both sides fit the tile.
+ONE_PASS = ("area", "side")
 
 
 @dataclass
@@ -57,6 +62,9 @@ class RestoreTiling:
         max_memory: Memory budget in bytes from which the tile batch (at most ``tile_batch``)
             and the attention block are chosen (:mod:`foundir_model.budget`); None = a safe
             share of the free memory of ``device``.
+        one_pass: One of :data:`ONE_PASS`.
+        noise: How ``seed`` becomes start noise, one of
+            :data:`foundir_model.release_seed.NOISE_MODES` (docs/inference.md, "Seeds").
     """
 
     tile: int = 1024
@@ -66,6 +74,8 @@ class RestoreTiling:
     min_size: int = 16
     device: str | None = None
     max_memory: int | None = None
+    one_pass: str = "area"
+    noise: str = "release"
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -81,6 +91,10 @@ class RestoreTiling:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        if self.one_pass not in ONE_PASS:
+            raise ValueError(f"unknown one-pass rule {self.one_pass!r}; choose one of {ONE_PASS}")
+        if self.noise not in release_seed.NOISE_MODES:
+            raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {release_seed.NOISE_MODES}")
 
 
 def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
@@ -107,7 +121,15 @@ def _window_1d(n: int, blend: str) -> torch.Tensor:
 
 
 def tile_grid(height: int, width: int, cfg: RestoreTiling) -> tuple[int, int, list[tuple[int, int]]]:
-    """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image."""
+    """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image.
+
+    With ``cfg.one_pass == "area"`` a frame of at most ``tile * tile`` pixels is one tile of its
+    own size, as the release's ``crop_phase='im2overlap'`` decides; a larger frame is tiled, and
+    where a side is under the tile that tile side clamps to it (the release's tiler would start
+    at a negative offset there and leave a band of the frame black; docs/inference.md).
+    """
+    if cfg.one_pass == "area" and height * width <= cfg.tile * cfg.tile:
+        return height, width, [(0, 0)]
     th, ys = tile_starts(height, cfg.tile, cfg.stride)
     tw, xs = tile_starts(width, cfg.tile, cfg.stride)
     return th, tw, [(y, x) for y in ys for x in xs]
@@ -152,11 +174,12 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         lq: ``[3, H, W]`` or ``[1, 3, H, W]`` float tensor in [0, 1] (any device).
         degradation: Taxonomy index of the degradation when known, else None.
         cfg: Tiling configuration (default: the release's 1024 / 512, averaged).
-        seed: The sampler's start noise, as the release draws it: ``torch.manual_seed(seed)``
-            then one ``torch.randn(1, 3, h, w)`` per tile in row-major tile order (one draw
-            for an untiled image), on the CPU; passed to the restorer as ``noise=`` when it takes
-            that argument (:class:`foundir_model.restorer.Restorer` does). None: the restorer's
-            own default.
+        seed: Seeds the sampler's start noise: one ``torch.randn(1, 3, h, w)`` per tile in
+            row-major tile order (one for a frame restored in one pass) from the generator of
+            :func:`foundir_model.release_seed.generator` (``cfg.noise``: ``release`` draws what
+            the release's ``test.py`` draws for ``seed`` on ``cfg.device``); passed to the
+            restorer as ``noise=`` when it takes that argument
+            (:class:`foundir_model.restorer.Restorer` does). None: the restorer's own default.
         progress: Called as ``progress(tiles_done, tiles_total)`` after each batch of tiles.
 
     Returns:
@@ -181,15 +204,18 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
     H, W = x.shape[-2:]
     device = torch.device(cfg.device) if cfg.device else torch.device("cpu")
     label = None if degradation is None else int(degradation)
-    gen = None if seed is None or not _takes_noise(restorer) else torch.Generator().manual_seed(int(seed))
+    gen = None
+    if seed is not None and _takes_noise(restorer):
+        net_cfg = getattr(getattr(getattr(restorer, "model", None), "net", None), "cfg", None)
+        gen = release_seed.generator(int(seed), cfg.noise, net_cfg, device)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
         if gen is None:
             out = restorer(batch.to(device), deg)
         else:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
-            noise = torch.cat([torch.randn((1, *batch.shape[1:]), generator=gen) for _ in range(batch.shape[0])])
-            out = restorer(batch.to(device), deg, noise=noise)
+            start = torch.cat([release_seed.draw(gen, (1, *batch.shape[1:])) for _ in range(batch.shape[0])])
+            out = restorer(batch.to(device), deg, noise=start)
         if out.shape != batch.shape:
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
         return out.detach().to("cpu", torch.float32)
@@ -268,11 +294,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "Lowlight_Blur, Lowlight_JPEG, Lowlight_Blur_Noise, Lowlight_Blur_JPEG, "
                              "Lowlight_Noise_JPEG)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
-                             "tile in order, as the release (default 0)")
+                        help="start noise of the sampler: what the release's test.py draws after set_seed(SEED) on "
+                             "the same kind of device (default 0; see --noise)")
+    add_sampling_flags(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """``--noise`` and ``--one-pass`` (:class:`RestoreTiling` fields) of ``foundir-restore`` and
+    ``foundir-eval``."""
+    d = RestoreTiling()
+    parser.add_argument("--noise", choices=release_seed.NOISE_MODES, default=None,
+                        help=f"how --seed becomes start noise (default {d.noise}): 'release' as the release's test.py "
+                             "(on a CPU after its model-construction draws, on a GPU from the GPU's generator); "
+                             "'portable' torch.manual_seed(SEED) on the CPU whatever the device, one randn per tile")
+    parser.add_argument("--one-pass", choices=ONE_PASS, default=None,
+                        help=f"which frames are restored in one pass (default {d.one_pass}): 'area' as released, "
+                             "every frame of at most TILE x TILE pixels; 'side' only frames whose sides both fit the "
+                             "tile")
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
@@ -290,7 +331,8 @@ def default_device(name: str | None) -> str:
 
 def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
     """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
-    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
+    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``,
+    ``--noise``, ``--one-pass``), with
     the device resolved and the tile batch defaulted for it; flags left unset (None) keep the
     config's defaults."""
     device = default_device(args.device)
