@@ -11,7 +11,7 @@ crop_stride=512)``: one ``sample()`` for a frame of at most 1024x1024 pixels, el
 ``img2patch`` tiles one at a time and ``patch2img``. Our side is ``foundir convert-release`` and
 ``foundir-restore --seed S --no-specialists --device cpu`` on the same frame.
 
-Each side runs in its own child process pinned to one thread; its CPU time (user + system) and
+Each side runs in its own child process pinned to one thread (``--threads``); its CPU time (user + system) and
 peak resident memory are its own (``resource.getrusage``), so other load on a shared machine does
 not inflate them (bench/README.md, "Machine and method"). Images are written as 8-bit PNGs the
 way each side writes them and compared pixel by pixel.
@@ -122,8 +122,8 @@ def child_ours(model: Path, frame: Path, out: Path, seed: int, extra: list[str])
     return {"setup_cpu_s": t1 - t0, "restore_cpu_s": t2 - t1, **_usage()}
 
 
-def run_child(args: list[str]) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def run_child(args: list[str], threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     p = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"child {args[:2]} failed:\n{p.stderr[-3000:]}")
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("frame", type=Path, help="an LQ frame (PNG)")
     ap.add_argument("--release-repo", type=Path, required=True, help="a checkout of House-Leo/FoundIR")
     ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each side (default 1)")
     ap.add_argument("--ours", nargs=argparse.REMAINDER, default=[], help="extra foundir-restore flags")
     ap.add_argument("--child", choices=("release", "ours"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(a.threads)
         if a.child == "release":
             res = child_release(a.release_repo, a.model, a.frame, a.out, a.seed)
         else:
@@ -154,12 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         common = [str(a.model), str(a.frame), "--release-repo", str(a.release_repo), "--seed", str(a.seed)]
         t = time.time()
-        rel = run_child([*common, "--child", "release", "--out", f"{tmp}/release.png"])
-        ours = run_child([*common, "--child", "ours", "--out", f"{tmp}/ours.png", "--ours", *a.ours])
+        common += ["--threads", str(a.threads)]
+        rel = run_child([*common, "--child", "release", "--out", f"{tmp}/release.png"], a.threads)
+        ours = run_child([*common, "--child", "ours", "--out", f"{tmp}/ours.png", "--ours", *a.ours], a.threads)
         x = np.asarray(Image.open(f"{tmp}/release.png")).astype(int)
         y = np.asarray(Image.open(f"{tmp}/ours.png")).astype(int)
     d = np.abs(x - y)
-    print(f"{a.frame.name} ({w}x{h}), seed {a.seed}, one thread each (wall {time.time() - t:.0f} s, not a measure):")
+    print(f"{a.frame.name} ({w}x{h}), seed {a.seed}, {a.threads} thread(s) each "
+          f"(wall {time.time() - t:.0f} s, not a measure):")
     for name, r in (("release test.py path", rel), ("foundir-restore", ours)):
         print(f"  {name:22s} restore {r['restore_cpu_s']:7.1f} CPU-s (setup {r['setup_cpu_s']:5.1f}), "
               f"peak RSS {r['peak_mib']:7.0f} MiB")
