@@ -49,8 +49,7 @@ if __name__ == "__main__":
                       log_every=1, config="isolated", schedule="mix", seed=1, device="cpu", grad_accum=2)
     try:
         res = train(cfg)
-    except _Killed:
-        dist.destroy_process_group()
+    except _Killed:  # train() has closed the process group on its way out
         sys.exit(0)
     rank = int(os.environ["RANK"])
     from foundir_model import checkpoint as ckpt
