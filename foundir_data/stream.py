@@ -121,7 +121,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             Store.open(str(location_or_store), **(store_kwargs or {}))
         self.rank, self.world_size = int(rank), int(world_size)
         self.batch_size, self.crop, self.crops_per_pair = int(batch_size), int(crop), int(crops_per_pair)
-        self.upscale_small = upscale_small if upscale_small == RELEASE_SMALL else bool(upscale_small)
+        if upscale_small not in (False, True, RELEASE_SMALL):
+            raise ValueError(f"upscale_small must be True, False or {RELEASE_SMALL!r}, got {upscale_small!r}")
+        self.upscale_small = upscale_small
         if self.batch_size % (self.world_size * self.crops_per_pair):
             raise ValueError(f"batch_size {batch_size} must be a multiple of world_size * crops_per_pair "
                              f"= {self.world_size} * {self.crops_per_pair}")
