@@ -1,9 +1,9 @@
 """Tiled inference for any image size, and the ``foundir-restore`` CLI.
 
-The release restores images over 1024x1024 as 1024x1024 tiles at stride 512, the last row and
-column snapped to the image edge, and averages the overlaps (docs/release.md, "Generalist model"). It
-breaks on an image with one side under 1024; here the tile clamps to that side instead. An image
-that fits one tile is restored in one call, so tiling never changes its result.
+Frames go through the restorer in one pass or in tiles as the release decides
+(:mod:`foundir_model.tiling`: one pass up to 1024x1024 pixels, else 1024 tiles at stride 512,
+overlaps averaged); a frame that is one pass is restored in one call, so tiling never changes
+its result. The start noise of ``--seed`` is the release's (:mod:`foundir_model.release_seed`).
 
 A *restorer* is any callable ``f(lq, degradation) -> out`` on ``[B, 3, H, W]`` float tensors in
 [0, 1] (``degradation``: ``LongTensor[B]`` of taxonomy indices, or None to let the model decide),
@@ -34,18 +34,9 @@ from foundir_data.command import run_module
 from foundir_model import budget, experts, images, outputs, progress, release_seed
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
+from foundir_model.tiling import BLENDS, ONE_PASS, blend_weights, tile_grid, tile_starts, window_1d  # noqa: F401 (API)
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-#: Overlap blending, chosen by name: ``average`` as released; ``window`` weights each tile by a
-#: separable raised-cosine that fades towards its edges (never zero), hiding tile seams.
-BLENDS = ("average", "window")
-
-#: Which frames are restored in one pass, chosen by name (docs/inference.md, "Tiling"): ``area``
-#: as released, every frame of at most ``tile x tile`` pixels whatever its sides (1280x640 with
-#: 1024 tiles); ``side`` only frames whose both sides fit the tile.
-ONE_PASS = ("area", "side")
-
 
 @dataclass
 class RestoreTiling:
@@ -95,58 +86,6 @@ class RestoreTiling:
             raise ValueError(f"unknown one-pass rule {self.one_pass!r}; choose one of {ONE_PASS}")
         if self.noise not in release_seed.NOISE_MODES:
             raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {release_seed.NOISE_MODES}")
-
-
-def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
-    """Tile size along one axis and the tile origins.
-
-    As released: origins ``0, stride, 2*stride, ...`` below ``length - tile`` plus a last tile
-    snapped to the edge at ``length - tile``. Unlike the release, the tile clamps to ``length``
-    when the side is shorter than the tile (one tile, origin 0).
-    """
-    if length < 1:
-        raise ValueError(f"cannot tile an axis of length {length}")
-    t = min(tile, length)
-    if length <= t:
-        return t, [0]
-    return t, list(range(0, length - t, stride)) + [length - t]
-
-
-def _window_1d(n: int, blend: str) -> torch.Tensor:
-    if blend == "average":
-        return torch.ones(n, dtype=torch.float64)
-    # Raised cosine sampled at pixel centres: sin^2(pi (i + 0.5) / n) > 0 for every pixel.
-    i = torch.arange(n, dtype=torch.float64)
-    return torch.sin(math.pi * (i + 0.5) / n) ** 2
-
-
-def tile_grid(height: int, width: int, cfg: RestoreTiling) -> tuple[int, int, list[tuple[int, int]]]:
-    """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image.
-
-    With ``cfg.one_pass == "area"`` a frame of at most ``tile * tile`` pixels is one tile of its
-    own size, as the release's ``crop_phase='im2overlap'`` decides; a larger frame is tiled, and
-    where a side is under the tile that tile side clamps to it (the release's tiler would start
-    at a negative offset there and leave a band of the frame black; docs/inference.md).
-    """
-    if cfg.one_pass == "area" and height * width <= cfg.tile * cfg.tile:
-        return height, width, [(0, 0)]
-    th, ys = tile_starts(height, cfg.tile, cfg.stride)
-    tw, xs = tile_starts(width, cfg.tile, cfg.stride)
-    return th, tw, [(y, x) for y in ys for x in xs]
-
-
-def blend_weights(height: int, width: int, cfg: RestoreTiling) -> torch.Tensor:
-    """Total blend weight per pixel (``HxW``, float64): the denominator of the tile blend.
-
-    Every pixel is covered (weight > 0); dividing each tile's weight by this map gives
-    per-pixel weights that sum to one.
-    """
-    th, tw, origins = tile_grid(height, width, cfg)
-    win = _window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]
-    total = torch.zeros(height, width, dtype=torch.float64)
-    for y, x in origins:
-        total[y : y + th, x : x + tw] += win
-    return total
 
 
 def _takes_noise(restorer: Restorer) -> bool:
@@ -232,7 +171,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
             if progress:
                 progress(done, 1)
         else:
-            win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
+            win = (window_1d(th, cfg.blend)[:, None] * window_1d(tw, cfg.blend)[None, :]).float()
             acc = torch.zeros(3, H, W, dtype=torch.float32)
             total = blend_weights(H, W, cfg).float()
             for group in _batches(origins, plan.tile_batch):
