@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from foundir_model.flags import flag_values
 from foundir_model.tiling import BLENDS, ONE_PASS, blend_weights, tile_grid, tile_starts, window_1d  # noqa: F401 (API)
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
 
 @dataclass
 class RestoreTiling:
