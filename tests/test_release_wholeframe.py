@@ -69,6 +69,19 @@ def test_noise_is_a_function_of_seed_and_network_only():
         release_seed.generator(1, "x", cfg, "cpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_release_noise_on_a_gpu_is_the_cuda_generators_first_draws():
+    # test.py's construction draws only from the CPU generator: on a GPU the start noise is the
+    # first draw after torch.cuda.manual_seed_all(S), float32, on the GPU.
+    gen = release_seed.generator(10, "release", UNetConfig(), "cuda")
+    got = [release_seed.draw(gen, (1, 3, 64, 96)) for _ in range(2)]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+        torch.cuda.manual_seed_all(10)
+        want = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(2)]
+    assert all(g.device.type == "cuda" and g.dtype == torch.float32 for g in got)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 class _Net:
     """A restorer with a network config (as foundir_model.restorer.Restorer has), recording noise."""
 
