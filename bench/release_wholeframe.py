@@ -17,6 +17,8 @@ not inflate them (bench/README.md, "Machine and method"). Images are written as 
 way each side writes them and compared pixel by pixel.
 
 Run: ``python bench/release_wholeframe.py --release-repo /path/to/FoundIR MODEL-2000.PT FRAME.PNG``
+(``--threads N``: torch threads of each side; ``--forward WxH``: one network call of each on a
+WxH input instead, in this process).
 """
 
 from __future__ import annotations
@@ -122,6 +124,35 @@ def child_ours(model: Path, frame: Path, out: Path, seed: int, extra: list[str])
     return {"setup_cpu_s": t1 - t0, "restore_cpu_s": t2 - t1, **_usage()}
 
 
+def forward_only(repo: Path, model: Path, size: str, repeat: int) -> None:
+    """One network call of the release's ``UnetRes.unet0`` and of our ``UNet`` (same EMA weights,
+    same input), alternating, CPU-s each (this process's threads: ``--threads``)."""
+    import torch
+
+    from foundir_model import release
+    from foundir_model.unet import UNet
+
+    R = _release_module(repo)
+    state = release.generalist_state(release.read(model), str(model))
+    ours = UNet(release.unet_config(state["model"], str(model))).eval()
+    ours.load_state_dict(state["model"])
+    theirs = R.Unet(ours.cfg.dim, dim_mults=ours.cfg.dim_mults, condition=True).eval()
+    theirs.load_state_dict(state["model"])
+    w, h = (int(v) for v in size.split("x"))
+    x, t = torch.randn(1, 6, h, w, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])
+    times: dict[str, list[float]] = {"release": [], "ours": []}
+    with torch.no_grad():
+        for _ in range(repeat):
+            for name, f in (("release", lambda: theirs(x, t)), ("ours", lambda: ours(x[:, :3], x[:, 3:], t))):
+                c = _usage()["cpu_s"]
+                out = f()
+                times[name].append(_usage()["cpu_s"] - c)
+                diff = out if name == "release" else (out - diff).abs().max()
+    mr, mo = min(times["release"]), min(times["ours"])
+    print(f"one network call on {w}x{h}, {torch.get_num_threads()} thread(s), best of {repeat}: release {mr:.2f} "
+          f"CPU-s, ours {mo:.2f}, ratio {mo / mr:.2f}x; max |difference| {float(diff):.1e}")
+
+
 def run_child(args: list[str], threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     p = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
@@ -138,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each side (default 1)")
     ap.add_argument("--ours", nargs=argparse.REMAINDER, default=[], help="extra foundir-restore flags")
+    ap.add_argument("--forward", metavar="WxH", help="time one network call of each on a WxH input instead")
+    ap.add_argument("--repeat", type=int, default=2, help="network calls of each with --forward (best counts)")
     ap.add_argument("--child", choices=("release", "ours"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -150,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = child_ours(a.model, a.frame, a.out, a.seed, a.ours)
         print(json.dumps(res))
+        return 0
+    if a.forward:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        forward_only(a.release_repo, a.model, a.forward, a.repeat)
         return 0
     w, h = Image.open(a.frame).size
     with tempfile.TemporaryDirectory() as tmp:

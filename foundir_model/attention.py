@@ -38,6 +38,19 @@ DEFAULT_BLOCK_BYTES = 64 * 2**20
 #: 7.8 with 32 MiB, 11.5 whole; bench/README.md, "Restore").
 LINEAR_MAX_BLOCK_BYTES = 8 * 2**20
 
+#: The same bound per torch thread when more than one runs. Each chunk is a dozen small
+#: operations, and every operation makes the threads meet; with 8 MiB chunks two threads took
+#: 10x the CPU time of one on a 320x640 frame (dim 8), 64 MiB chunks 0.85x the release's whole
+#: computation (bench/README.md, "A whole frame against the release's test.py").
+LINEAR_THREAD_BLOCK_BYTES = 32 * 2**20
+
+
+def linear_block_cap(threads: int) -> int:
+    """Upper bound on one pixel chunk of :func:`linear_attention` (bytes) with ``threads`` torch
+    threads: :data:`LINEAR_MAX_BLOCK_BYTES` on one, :data:`LINEAR_THREAD_BLOCK_BYTES` per thread
+    on more."""
+    return LINEAR_MAX_BLOCK_BYTES if threads <= 1 else LINEAR_THREAD_BLOCK_BYTES * threads
+
 
 def query_rows(batch_heads: int, keys: int, itemsize: int, block_bytes: int) -> int:
     """How many query rows fit one score block of at most ``block_bytes`` (at least one row).
@@ -184,5 +197,6 @@ def linear_attention(x: torch.Tensor, to_qkv: nn.Conv2d, to_out: nn.Module, head
     return out
 
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "LINEAR_MAX_BLOCK_BYTES", "attention", "linear_attention", "linear_chunk_pixels",
+__all__ = ["DEFAULT_BLOCK_BYTES", "LINEAR_MAX_BLOCK_BYTES", "LINEAR_THREAD_BLOCK_BYTES", "attention", "linear_attention",
+           "linear_block_cap", "linear_chunk_pixels",
            "query_rows", "score_block_bytes"]
