@@ -124,18 +124,27 @@ def child_ours(model: Path, frame: Path, out: Path, seed: int, extra: list[str])
     return {"setup_cpu_s": t1 - t0, "restore_cpu_s": t2 - t1, **_usage()}
 
 
-def forward_only(repo: Path, model: Path, size: str, repeat: int) -> None:
+def forward_only(repo: Path, model: Path, size: str, repeat: int, cap_mib: int | None) -> None:
     """One network call of the release's ``UnetRes.unet0`` and of our ``UNet`` (same EMA weights,
-    same input), alternating, CPU-s each (this process's threads: ``--threads``)."""
+    same input), alternating, CPU-s each (this process's threads: ``--threads``); ``cap_mib``
+    forces our linear attention's chunk bound (0: computed whole)."""
     import torch
 
-    from foundir_model import release
+    from foundir_model import release, unet
     from foundir_model.unet import UNet
+
+    if cap_mib is not None:
+        cap = cap_mib * 2**20 if cap_mib > 0 else 2**62
+        unet.linear_block_cap = lambda threads: cap
 
     R = _release_module(repo)
     state = release.generalist_state(release.read(model), str(model))
     ours = UNet(release.unet_config(state["model"], str(model))).eval()
     ours.load_state_dict(state["model"])
+    if cap_mib is not None:
+        for m in ours.modules():
+            if hasattr(m, "block_bytes"):
+                m.block_bytes = 2**62  # no memory budget here: the cap alone decides
     theirs = R.Unet(ours.cfg.dim, dim_mults=ours.cfg.dim_mults, condition=True).eval()
     theirs.load_state_dict(state["model"])
     w, h = (int(v) for v in size.split("x"))
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours", nargs=argparse.REMAINDER, default=[], help="extra foundir-restore flags")
     ap.add_argument("--forward", metavar="WxH", help="time one network call of each on a WxH input instead")
     ap.add_argument("--repeat", type=int, default=2, help="network calls of each with --forward (best counts)")
+    ap.add_argument("--linear-cap", type=int, metavar="MIB", help="with --forward: force our linear attention's "
+                    "chunk bound (0: whole)")
     ap.add_argument("--child", choices=("release", "ours"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-        forward_only(a.release_repo, a.model, a.forward, a.repeat)
+        forward_only(a.release_repo, a.model, a.forward, a.repeat, a.linear_cap)
         return 0
     w, h = Image.open(a.frame).size
     with tempfile.TemporaryDirectory() as tmp:
