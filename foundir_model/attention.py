@@ -40,9 +40,10 @@ LINEAR_MAX_BLOCK_BYTES = 8 * 2**20
 
 #: The same bound per torch thread when more than one runs. Each chunk is a dozen small
 #: operations, and every operation makes the threads meet; with 8 MiB chunks two threads took
-#: 10x the CPU time of one on a 320x640 frame (dim 8), 64 MiB chunks 0.85x the release's whole
-#: computation (bench/README.md, "A whole frame against the release's test.py").
-LINEAR_THREAD_BLOCK_BYTES = 32 * 2**20
+#: 10x the CPU time of one (640x320, dim 8); on a 1280x640 frame two threads with 64 MiB chunks
+#: took 1.19x the release's whole computation, with 256 MiB 0.94x (bench/README.md, "A whole
+#: frame against the release's test.py"). The memory budget's block still bounds it.
+LINEAR_THREAD_BLOCK_BYTES = 128 * 2**20
 
 
 def linear_block_cap(threads: int) -> int:
