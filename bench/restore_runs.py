@@ -117,7 +117,7 @@ def child(spec: dict) -> dict:
             return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
 
         unet.attention = whole
-        unet.LINEAR_MAX_BLOCK_BYTES = 2**62  # and every linear attention computed whole, not in pixel chunks
+        unet.linear_block_cap = lambda threads: 2**62  # and every linear attention computed whole, not in chunks
         budget.set_attention_block(model, 2**62)
         cfg = RestoreTiling(tile=spec["tile"], stride=spec["stride"], tile_batch=1, max_memory=2**50)
     th, tw, origins = tile_grid(h, w, cfg)

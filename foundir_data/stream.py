@@ -47,7 +47,7 @@ from foundir_data.retry import ShardError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.store import Store
-from foundir_data.transforms import check_augment, random_crops
+from foundir_data.transforms import RELEASE_SMALL, check_augment, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
             "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS,
@@ -123,8 +123,10 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         nodes: Deal each global batch so the ranks of one node read the same shards
             (``plan.CurriculumPlan.batches``); the global batches do not change. Default: with
             ``read="cache"``, ``WORLD_SIZE / LOCAL_WORLD_SIZE`` (torchrun), else 1.
-        upscale_small: Resize pairs smaller than ``crop`` up (bicubic) as the reference
-            does; default False: such a pair raises ValueError naming it.
+        upscale_small: True: resize pairs smaller than ``crop`` up (bicubic, aspect kept);
+            ``"release"``: the release's rule (``transforms.release_small``: stretched to
+            ``crop x crop``, or a black band on the short side); default False: such a pair
+            raises ValueError naming it.
     """
 
     def __init__(self, location_or_store: Any, *, split: str = "train", config: Any = "all",
@@ -135,7 +137,7 @@ class FoundIRStream(torch.utils.data.IterableDataset):
                  rank: int | None = None, world_size: int | None = None,
                  shuffle_block: int = DEFAULT_SHUFFLE_BLOCK, read: str = "auto",
                  store_kwargs: dict | None = None, nodes: int | None = None,
-                 upscale_small: bool = False) -> None:
+                 upscale_small: bool | str = False) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -154,7 +156,9 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             Store.open(str(location_or_store), **(store_kwargs or {}))
         self.rank, self.world_size = int(rank), int(world_size)
         self.batch_size, self.crop, self.crops_per_pair = int(batch_size), int(crop), int(crops_per_pair)
-        self.upscale_small = bool(upscale_small)
+        if upscale_small not in (False, True, RELEASE_SMALL):
+            raise ValueError(f"upscale_small must be True, False or {RELEASE_SMALL!r}, got {upscale_small!r}")
+        self.upscale_small = upscale_small
         if self.batch_size % (self.world_size * self.crops_per_pair):
             raise ValueError(f"batch_size {batch_size} must be a multiple of world_size * crops_per_pair "
                              f"= {self.world_size} * {self.crops_per_pair}")

@@ -49,6 +49,34 @@ def resize_up(lq: np.ndarray, gt: np.ndarray, size: int) -> tuple[np.ndarray, np
     return up(lq), up(gt)
 
 
+def release_small(lq: np.ndarray, gt: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The release's training rule for a pair with a side under the crop ``size`` (its dataset's
+    ``phase == 'train'`` branch; docs/training.md, "Recipes").
+
+    The release crops a ``size`` box first (only when a side exceeds ``size``; a box running past
+    the image edge is filled black) and then resizes the crop to ``size x size`` (bicubic) when
+    the pair had a side under ``size``. So a pair with one side over ``size`` keeps its pixels
+    and gets a black band on the short side (right or bottom); a pair with no side over ``size``
+    is stretched to ``size x size`` (aspect not kept). Pairs with both sides at least ``size``
+    are returned unchanged (no copy).
+    """
+    h, w = lq.shape[:2]
+    if h >= size and w >= size:
+        return lq, gt
+    if h > size or w > size:
+        pad = ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0))
+        return np.pad(lq, pad), np.pad(gt, pad)
+
+    def stretch(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+
+    return stretch(lq), stretch(gt)
+
+
+#: ``upscale_small`` values of :func:`random_crops` besides booleans: the release's own rule.
+RELEASE_SMALL = "release"
+
+
 def dihedral(a: np.ndarray, op: int) -> np.ndarray:
     """Apply dihedral op ``op`` (0..7) to an HxWxC array: bit 0 flips horizontally, then
     ``op >> 1`` counter-clockwise quarter turns. Returns a view."""
@@ -72,7 +100,7 @@ def crop_windows(h: int, w: int, size: int, k: int, rng: np.random.Generator,
 def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.random.Generator,
                  augment: str = "hflip", key: str = "",
                  out_lq: np.ndarray | None = None, out_gt: np.ndarray | None = None,
-                 upscale_small: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 upscale_small: bool | str = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut ``k`` aligned crops from a pair and write them channel-first.
 
     Args:
@@ -83,9 +111,10 @@ def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.rand
         augment: A key of :data:`AUGMENTS`.
         key: The pair's key, for errors.
         out_lq, out_gt: Optional uint8 ``(k, 3, size, size)`` arrays to fill (else allocated).
-        upscale_small: Resize a pair smaller than the crop up first (:func:`resize_up`, as
-            the reference does); by default such a pair is an error, since silently training
-            on upscaled pixels is rarely what a user with a too-large crop wants.
+        upscale_small: True: resize a pair smaller than the crop up first, aspect kept
+            (:func:`resize_up`); ``"release"``: the release's rule (:func:`release_small`); by
+            default such a pair is an error, since silently training on upscaled pixels is
+            rarely what a user with a too-large crop wants.
 
     Returns:
         ``(lq_crops, gt_crops, windows)``: the filled (or new) crop arrays and the windows
@@ -97,7 +126,9 @@ def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.rand
         raise ValueError(f"{key}: image is {w}x{h}, smaller than the {size}px crop; use a crop of at most "
                          f"{min(h, w)}, or resize small pairs up (bicubic) first (upscale_small=True, foundir-train "
                          "--upscale-small)")
-    lq, gt = resize_up(lq, gt, size)
+    if upscale_small not in (False, True, RELEASE_SMALL):
+        raise ValueError(f"upscale_small must be True, False or {RELEASE_SMALL!r}, got {upscale_small!r}")
+    lq, gt = release_small(lq, gt, size) if upscale_small == RELEASE_SMALL else resize_up(lq, gt, size)
     win = crop_windows(lq.shape[0], lq.shape[1], size, k, rng, augment)
     out_lq = np.empty((k, 3, size, size), np.uint8) if out_lq is None else out_lq
     out_gt = np.empty((k, 3, size, size), np.uint8) if out_gt is None else out_gt

@@ -38,6 +38,20 @@ DEFAULT_BLOCK_BYTES = 64 * 2**20
 #: 7.8 with 32 MiB, 11.5 whole; bench/README.md, "Restore").
 LINEAR_MAX_BLOCK_BYTES = 8 * 2**20
 
+#: The same bound per torch thread when more than one runs. Each chunk is a dozen small
+#: operations, and every operation makes the threads meet; with 8 MiB chunks two threads took
+#: 10x the CPU time of one (640x320, dim 8); on a 1280x640 frame two threads with 64 MiB chunks
+#: took 1.19x the release's whole computation, with 256 MiB 0.94x (bench/README.md, "A whole
+#: frame against the release's test.py"). The memory budget's block still bounds it.
+LINEAR_THREAD_BLOCK_BYTES = 128 * 2**20
+
+
+def linear_block_cap(threads: int) -> int:
+    """Upper bound on one pixel chunk of :func:`linear_attention` (bytes) with ``threads`` torch
+    threads: :data:`LINEAR_MAX_BLOCK_BYTES` on one, :data:`LINEAR_THREAD_BLOCK_BYTES` per thread
+    on more."""
+    return LINEAR_MAX_BLOCK_BYTES if threads <= 1 else LINEAR_THREAD_BLOCK_BYTES * threads
+
 
 def query_rows(batch_heads: int, keys: int, itemsize: int, block_bytes: int) -> int:
     """How many query rows fit one score block of at most ``block_bytes`` (at least one row).
@@ -184,5 +198,6 @@ def linear_attention(x: torch.Tensor, to_qkv: nn.Conv2d, to_out: nn.Module, head
     return out
 
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "LINEAR_MAX_BLOCK_BYTES", "attention", "linear_attention", "linear_chunk_pixels",
+__all__ = ["DEFAULT_BLOCK_BYTES", "LINEAR_MAX_BLOCK_BYTES", "LINEAR_THREAD_BLOCK_BYTES", "attention", "linear_attention",
+           "linear_block_cap", "linear_chunk_pixels",
            "query_rows", "score_block_bytes"]

@@ -33,16 +33,22 @@ def type_selector(config: str | list[str]) -> list[str]:
     return [c.strip() for c in config.split(",") if c.strip()] if isinstance(config, str) else list(config)
 
 
+#: ``TrainConfig.small_pairs`` -> the stream's ``upscale_small`` (docs/training.md, "Recipes").
+SMALL_PAIRS = {"refuse": False, "upscale": True, "release": "release"}
+
+
 def make_stream(cfg: TrainConfig, rank: int, world: int):
     """The training stream of ``cfg`` for this rank."""
     if not cfg.data:
         raise ValueError("no training data: pass --data <packed folder or URL> (or data= to train())")
+    if cfg.small_pairs not in SMALL_PAIRS:
+        raise ValueError(f"--small-pairs {cfg.small_pairs!r}: choose one of {', '.join(SMALL_PAIRS)}")
     n, run = stream_steps(cfg)
     return FoundIRStream(cfg.data, split=cfg.split, config=type_selector(cfg.config), layout=cfg.layout,
                          schedule=cfg.schedule, steps_per_phase=n, run_steps=run,
                          batch_size=cfg.batch_size, crop=cfg.crop, crops_per_pair=cfg.crops_per_pair,
                          seed=cfg.seed, subset_fraction=cfg.subset_fraction, subset_seed=cfg.subset_seed,
-                         rank=rank, world_size=world, upscale_small=cfg.upscale_small)
+                         rank=rank, world_size=world, upscale_small=SMALL_PAIRS[cfg.small_pairs])
 
 
 class Batches:

@@ -123,7 +123,7 @@ class TrainConfig:
     steps: int = 2_000_000  # optimiser steps (paper: 2M iterations)
     batch_size: int = 8  # global micro-batch in crops, split over ranks (paper: 80)
     crop: int = 256
-    upscale_small: bool = False  # resize pairs smaller than the crop up (bicubic) instead of refusing them
+    small_pairs: str = "refuse"  # pairs under the crop: refuse | upscale (aspect kept) | release (its rule)
     lr: float = 1e-4
     lr_halve_step: int | None = 1_000_000  # paper: 1e-4 -> 5e-5 after 1M iterations; None: never
     step_scale: float = 1.0  # scales lr_halve_step for short runs (phase lengths: steps_per_phase)
@@ -165,7 +165,7 @@ class TrainConfig:
 #: with section 5.1's batch 80 and learning-rate halving after 1M iterations.
 TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "release": dict(schedule="release", steps_per_phase=500_000, steps=2_000_000, preset="default",
-                    batch_size=80, grad_accum=2, crop=256, lr=1e-4, lr_halve_step=None,
+                    batch_size=80, grad_accum=2, crop=256, small_pairs="release", lr=1e-4, lr_halve_step=None,
                     adam_beta1=0.9, adam_beta2=0.99, grad_clip=1.0, amp="none", ema_decay=0.995,
                     ema_update_every=10, ema_update_after_step=100, delta_end=1.4e-3, ckpt_every=10_000),
     "paper": dict(schedule="incremental", steps_per_phase=666_666, steps=2_000_000, preset="default",

@@ -47,6 +47,7 @@ from foundir_model.infer import (
     BLENDS,
     Restorer,
     RestoreTiling,
+    add_sampling_flags,
     preflight,
     restore_array,
     tiling_from_args,
@@ -85,8 +86,8 @@ class EvalConfig:
         blind: Do not pass degradation labels to the model (its classifier decides).
         specialists: Refine with the specialists (False = ``--no-specialists``).
         method: Name of our row in the report.
-        seed: The sampler's start noise of every image: ``torch.manual_seed(seed)``, one
-            ``torch.randn(1, 3, h, w)`` per tile in order (as ``foundir-restore --seed``).
+        seed: The sampler's start noise of every image, as ``foundir-restore --seed`` (drawn
+            per image as the release's ``test.py`` draws for its first image; ``--noise``).
         split: Split of a packed dataset to evaluate on.
         workers: Threads computing the metrics (SSIM of a 4 MP frame takes about a second
             on one core); 0 or 1 scores inline.
@@ -225,8 +226,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "small experts)")
     parser.add_argument("--method", default=d.method, help="name of our row in the report")
     parser.add_argument("--seed", type=int, default=d.seed,
-                        help="start noise of every image: torch.manual_seed(SEED) then one randn per tile, as the "
-                             "release")
+                        help="start noise of every image: what the release's test.py draws after set_seed(SEED) "
+                             "(see --noise)")
+    add_sampling_flags(parser)
     parser.add_argument("--page-size", type=int, default=d.page_size, help="image side on OUT/index.html (0: no page)")
     parser.add_argument("--workers", type=int, default=d.workers, help="threads computing the metrics (default: inline)")
     parser.add_argument("--tile", type=int, default=None, help=f"tile side (default {t.tile}, the release's)")

@@ -1,9 +1,9 @@
 """Tiled inference for any image size, and the ``foundir-restore`` CLI.
 
-The release restores images over 1024x1024 as 1024x1024 tiles at stride 512, the last row and
-column snapped to the image edge, and averages the overlaps (docs/release.md, "Generalist model"). It
-breaks on an image with one side under 1024; here the tile clamps to that side instead. An image
-that fits one tile is restored in one call, so tiling never changes its result.
+Frames go through the restorer in one pass or in tiles as the release decides
+(:mod:`foundir_model.tiling`: one pass up to 1024x1024 pixels, else 1024 tiles at stride 512,
+overlaps averaged); a frame that is one pass is restored in one call, so tiling never changes
+its result. The start noise of ``--seed`` is the release's (:mod:`foundir_model.release_seed`).
 
 A *restorer* is any callable ``f(lq, degradation) -> out`` on ``[B, 3, H, W]`` float tensors in
 [0, 1] (``degradation``: ``LongTensor[B]`` of taxonomy indices, or None to let the model decide),
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +31,13 @@ import torch.nn.functional as F
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.output_dir import check_output_dir
-from foundir_model import budget, experts, images, outputs, progress
+from foundir_model import budget, experts, images, outputs, progress, release_seed
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 from foundir_model.threads import add_threads_flag, use_threads
+from foundir_model.tiling import BLENDS, ONE_PASS, blend_weights, tile_grid, tile_starts, window_1d  # noqa: F401 (API)
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-#: Overlap blending, chosen by name: ``average`` as released; ``window`` weights each tile by a
-#: separable raised-cosine that fades towards its edges (never zero), hiding tile seams.
-BLENDS = ("average", "window")
 
 
 @dataclass
@@ -59,6 +55,9 @@ class RestoreTiling:
         max_memory: Memory budget in bytes from which the tile batch (at most ``tile_batch``)
             and the attention block are chosen (:mod:`foundir_model.budget`); None = a safe
             share of the free memory of ``device``.
+        one_pass: One of :data:`ONE_PASS`.
+        noise: How ``seed`` becomes start noise, one of
+            :data:`foundir_model.release_seed.NOISE_MODES` (docs/inference.md, "Seeds").
     """
 
     tile: int = 1024
@@ -68,6 +67,8 @@ class RestoreTiling:
     min_size: int = 16
     device: str | None = None
     max_memory: int | None = None
+    one_pass: str = "area"
+    noise: str = "release"
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -83,50 +84,10 @@ class RestoreTiling:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
-
-
-def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
-    """Tile size along one axis and the tile origins.
-
-    As released: origins ``0, stride, 2*stride, ...`` below ``length - tile`` plus a last tile
-    snapped to the edge at ``length - tile``. Unlike the release, the tile clamps to ``length``
-    when the side is shorter than the tile (one tile, origin 0).
-    """
-    if length < 1:
-        raise ValueError(f"cannot tile an axis of length {length}")
-    t = min(tile, length)
-    if length <= t:
-        return t, [0]
-    return t, list(range(0, length - t, stride)) + [length - t]
-
-
-def _window_1d(n: int, blend: str) -> torch.Tensor:
-    if blend == "average":
-        return torch.ones(n, dtype=torch.float64)
-    # Raised cosine sampled at pixel centres: sin^2(pi (i + 0.5) / n) > 0 for every pixel.
-    i = torch.arange(n, dtype=torch.float64)
-    return torch.sin(math.pi * (i + 0.5) / n) ** 2
-
-
-def tile_grid(height: int, width: int, cfg: RestoreTiling) -> tuple[int, int, list[tuple[int, int]]]:
-    """``(tile_h, tile_w, [(y, x), ...])`` covering a ``height x width`` image."""
-    th, ys = tile_starts(height, cfg.tile, cfg.stride)
-    tw, xs = tile_starts(width, cfg.tile, cfg.stride)
-    return th, tw, [(y, x) for y in ys for x in xs]
-
-
-def blend_weights(height: int, width: int, cfg: RestoreTiling) -> torch.Tensor:
-    """Total blend weight per pixel (``HxW``, float64): the denominator of the tile blend.
-
-    Every pixel is covered (weight > 0); dividing each tile's weight by this map gives
-    per-pixel weights that sum to one.
-    """
-    th, tw, origins = tile_grid(height, width, cfg)
-    win = _window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]
-    total = torch.zeros(height, width, dtype=torch.float64)
-    for y, x in origins:
-        total[y : y + th, x : x + tw] += win
-    return total
+        if self.one_pass not in ONE_PASS:
+            raise ValueError(f"unknown one-pass rule {self.one_pass!r}; choose one of {ONE_PASS}")
+        if self.noise not in release_seed.NOISE_MODES:
+            raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {release_seed.NOISE_MODES}")
 
 
 def _takes_noise(restorer: Restorer) -> bool:
@@ -154,11 +115,12 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         lq: ``[3, H, W]`` or ``[1, 3, H, W]`` float tensor in [0, 1] (any device).
         degradation: Taxonomy index of the degradation when known, else None.
         cfg: Tiling configuration (default: the release's 1024 / 512, averaged).
-        seed: The sampler's start noise, as the release draws it: ``torch.manual_seed(seed)``
-            then one ``torch.randn(1, 3, h, w)`` per tile in row-major tile order (one draw
-            for an untiled image), on the CPU; passed to the restorer as ``noise=`` when it takes
-            that argument (:class:`foundir_model.restorer.Restorer` does). None: the restorer's
-            own default.
+        seed: Seeds the sampler's start noise: one ``torch.randn(1, 3, h, w)`` per tile in
+            row-major tile order (one for a frame restored in one pass) from the generator of
+            :func:`foundir_model.release_seed.generator` (``cfg.noise``: ``release`` draws what
+            the release's ``test.py`` draws for ``seed`` on ``cfg.device``); passed to the
+            restorer as ``noise=`` when it takes that argument
+            (:class:`foundir_model.restorer.Restorer` does). None: the restorer's own default.
         progress: Called as ``progress(tiles_done, tiles_total)`` after each batch of tiles.
 
     Returns:
@@ -183,15 +145,18 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
     H, W = x.shape[-2:]
     device = torch.device(cfg.device) if cfg.device else torch.device("cpu")
     label = None if degradation is None else int(degradation)
-    gen = None if seed is None or not _takes_noise(restorer) else torch.Generator().manual_seed(int(seed))
+    gen = None
+    if seed is not None and _takes_noise(restorer):
+        net_cfg = getattr(getattr(getattr(restorer, "model", None), "net", None), "cfg", None)
+        gen = release_seed.generator(int(seed), cfg.noise, net_cfg, device)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
         if gen is None:
             out = restorer(batch.to(device), deg)
         else:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
-            noise = torch.cat([torch.randn((1, *batch.shape[1:]), generator=gen) for _ in range(batch.shape[0])])
-            out = restorer(batch.to(device), deg, noise=noise)
+            start = torch.cat([release_seed.draw(gen, (1, *batch.shape[1:])) for _ in range(batch.shape[0])])
+            out = restorer(batch.to(device), deg, noise=start)
         if out.shape != batch.shape:
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
         return out.detach().to("cpu", torch.float32)
@@ -208,7 +173,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
             if progress:
                 progress(done, 1)
         else:
-            win = (_window_1d(th, cfg.blend)[:, None] * _window_1d(tw, cfg.blend)[None, :]).float()
+            win = (window_1d(th, cfg.blend)[:, None] * window_1d(tw, cfg.blend)[None, :]).float()
             acc = torch.zeros(3, H, W, dtype=torch.float32)
             total = blend_weights(H, W, cfg).float()
             for group in _batches(origins, plan.tile_batch):
@@ -270,13 +235,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "Lowlight_Blur, Lowlight_JPEG, Lowlight_Blur_Noise, Lowlight_Blur_JPEG, "
                              "Lowlight_Noise_JPEG)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="start noise of the sampler: torch.manual_seed(SEED), one torch.randn(1, 3, h, w) per "
-                             "tile in order, as the release (default 0)")
+                        help="start noise of the sampler: what the release's test.py draws after set_seed(SEED) on "
+                             "the same kind of device (default 0; see --noise)")
+    add_sampling_flags(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output folder that is not empty and not an earlier restore's, or that equals or "
                              "contains the input folder (inputs are never overwritten)")
     progress.add_progress_flag(parser)
     add_threads_flag(parser)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """``--noise`` and ``--one-pass`` (:class:`RestoreTiling` fields) of ``foundir-restore`` and
+    ``foundir-eval``."""
+    d = RestoreTiling()
+    parser.add_argument("--noise", choices=release_seed.NOISE_MODES, default=None,
+                        help=f"how --seed becomes start noise (default {d.noise}): 'release' as the release's test.py "
+                             "(on a CPU after its model-construction draws, on a GPU from the GPU's generator); "
+                             "'portable' torch.manual_seed(SEED) on the CPU whatever the device, one randn per tile")
+    parser.add_argument("--one-pass", choices=ONE_PASS, default=None,
+                        help=f"which frames are restored in one pass (default {d.one_pass}): 'area' as released, "
+                             "every frame of at most TILE x TILE pixels; 'side' only frames whose sides both fit the "
+                             "tile")
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
@@ -294,7 +274,8 @@ def default_device(name: str | None) -> str:
 
 def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
     """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
-    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
+    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``,
+    ``--noise``, ``--one-pass``), with
     the device resolved and the tile batch defaulted for it; flags left unset (None) keep the
     config's defaults."""
     device = default_device(args.device)

@@ -50,6 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         else:
             conv = tp if not optional else (lambda s, tp=tp: None if s.lower() == "none" else tp(s))
             parser.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=_help(f.name, default))
+    # The advice a too-large crop gives (foundir_data.stream.check_crop_fits): one word for
+    # the common case, the same config field.
+    parser.add_argument("--upscale-small", dest="small_pairs", action="store_const", const="upscale",
+                        default=argparse.SUPPRESS, help="same as --small-pairs upscale: resize pairs smaller "
+                        "than --crop up (bicubic, aspect kept) instead of refusing them")
     parser.add_argument("--specialist", default=None, metavar="NAME",
                         help="train the named specialist (see specialists.EXPERTS) on top of --generalist")
     parser.add_argument("--generalist", default=None, help="generalist checkpoint for --specialist")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foundir_model.attention import DEFAULT_BLOCK_BYTES, LINEAR_MAX_BLOCK_BYTES, attention, linear_attention
+from foundir_model.attention import DEFAULT_BLOCK_BYTES, attention, linear_attention, linear_block_cap
 from foundir_model.config import UNetConfig
 
 
@@ -103,7 +103,8 @@ class LinearAttention(nn.Module):
     """Linear attention (softmax over keys' positions), cost linear in pixels.
 
     Without autograd, when its q/k/v would exceed ``block_bytes`` (capped at
-    :data:`~foundir_model.attention.LINEAR_MAX_BLOCK_BYTES`), it is computed a chunk of pixels
+    :func:`~foundir_model.attention.linear_block_cap`: 8 MiB on one thread, more on several), it is
+    computed a chunk of pixels
     at a time (:func:`foundir_model.attention.linear_attention`): the same result to fp32
     rounding, bounded memory. Inference sets ``block_bytes`` from the memory budget
     (:func:`foundir_model.budget.set_attention_block`); training keeps the whole computation.
@@ -122,7 +123,7 @@ class LinearAttention(nn.Module):
         its q/k/v fit the bound)."""
         if torch.is_grad_enabled() and (x.requires_grad or self.to_qkv.weight.requires_grad):
             return None
-        bound = min(int(self.block_bytes), LINEAR_MAX_BLOCK_BYTES)
+        bound = min(int(self.block_bytes), linear_block_cap(torch.get_num_threads()))
         b, _, h, w = x.shape
         whole = b * self.to_qkv.out_channels * h * w * x.element_size()
         return bound if whole > bound else None

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from foundir_model.attention import attention, query_rows  # noqa: E402
+from foundir_model.attention import LINEAR_MAX_BLOCK_BYTES, attention, linear_block_cap, query_rows  # noqa: E402
 from foundir_model.config import UNetConfig  # noqa: E402
 from foundir_model.budget import set_attention_block  # noqa: E402
 from foundir_model.unet import Attention, LinearAttention, PreNormResidual, UNet  # noqa: E402
@@ -211,3 +211,25 @@ def test_unet_output_does_not_depend_on_the_linear_chunk():
             set_attention_block(net, block)  # the --max-memory plumbing reaches the linear attention too
             assert all(m.block_bytes == block for m in linears)
             torch.testing.assert_close(net(x, x, t), whole, rtol=0, atol=1e-5)
+
+
+def test_linear_chunks_grow_with_threads():
+    # One thread: 8 MiB chunks (cache-sized, fastest); more threads: 128 MiB per thread, so the
+    # dozen small operations of a chunk do not make the threads meet thousands of times.
+    assert linear_block_cap(1) == LINEAR_MAX_BLOCK_BYTES == 8 * 2**20
+    assert linear_block_cap(2) == 256 * 2**20 and linear_block_cap(4) == 512 * 2**20
+    att = LinearAttention(8, 4, 32).eval()
+    att.block_bytes = 2**40  # the memory budget allows anything: the thread cap decides
+    x = torch.rand(1, 8, 512, 512)  # q/k/v of 384 channels: 384 MiB, over both caps
+    n = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = att.chunk_bytes(x)
+            torch.set_num_threads(2)
+            two = att.chunk_bytes(x)
+            att.block_bytes = 2**20  # a tight budget still wins over the thread cap
+            tight = att.chunk_bytes(x)
+    finally:
+        torch.set_num_threads(n)
+    assert (one, two, tight) == (8 * 2**20, 256 * 2**20, 2**20)

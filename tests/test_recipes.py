@@ -117,13 +117,18 @@ def test_recipes_validate_names_and_explicit_flags_win(tmp_path, capsys):
     cfg = _parse(["--recipe", "release", "--batch-size", "16", "--no-resume", "--lr-halve-step", "1000"])
     assert cfg == train_recipe("release", batch_size=16, resume=False, lr_halve_step=1000)
     assert (cfg.grad_accum, cfg.schedule, cfg.amp, cfg.steps_per_phase) == (2, "release", "none", 500_000)
+    # The release stretches pairs under the crop (docs/training.md); the plain default refuses them.
+    assert (cfg.small_pairs, TrainConfig().small_pairs) == ("release", "refuse")
+    assert _parse(["--recipe", "release", "--small-pairs", "upscale"]).small_pairs == "upscale"
     # A flag given with the default's value still overrides the recipe.
     assert _parse(["--recipe", "release", "--grad-accum", "1"]).grad_accum == 1
     assert _parse(["--recipe", "paper", "--lr-halve-step", "none"]).lr_halve_step is None
     # An unknown recipe is one line and exit status 2, before any data is touched.
     assert main(["--recipe", "fast", "--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert "unknown training recipe 'fast'" in err and "release, paper" in err and "Traceback" not in err
+    assert "unknown training recipe 'fast'" in err and "release, paper" in err
+    assert main(["--small-pairs", "stretch", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "--small-pairs 'stretch': choose one of refuse, upscale, release" in capsys.readouterr().err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("every,after", [(10, 100), (3, 7), (1, 0)])

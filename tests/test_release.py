@@ -22,7 +22,7 @@ from foundir_model import checkpoint as ckpt  # noqa: E402
 from foundir_model import experts, release  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
 from foundir_model.infer import main as restore_cli  # noqa: E402
-from foundir_model.infer import restore_tiled  # noqa: E402
+from foundir_model.infer import RestoreTiling, restore_tiled  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "fixtures" / "release-golden"
 GEN, WEATHER = GOLDEN / "release-model-dim8.pt", GOLDEN / "release-weather-restormer-dim8.pth"
@@ -86,8 +86,9 @@ def test_online_weights_differ_from_ema(tmp_path, golden):
 def test_restore_cli_seed_123_matches_release(which, converted, golden, tmp_path):
     ck = {"converted": converted, "export": converted.with_suffix(".safetensors"), "release file": GEN}[which]
     src = _png(tmp_path / "lq.png", golden["lq"])
+    # The golden's noise was drawn right after torch.manual_seed(123): the portable stream.
     assert restore_cli([str(src), str(tmp_path / "out"), "--checkpoint", str(ck), "--seed", "123",
-                        "--device", "cpu", "--no-specialists"]) == 0
+                        "--noise", "portable", "--device", "cpu", "--no-specialists"]) == 0
     want = np.round(golden["restored"][0].permute(1, 2, 0).double().numpy() * 255)
     diff = np.abs(_read(tmp_path / "out" / "lq.png") - want)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
@@ -95,9 +96,7 @@ def test_restore_cli_seed_123_matches_release(which, converted, golden, tmp_path
 
 def test_seed_draws_the_releases_start_noise(golden):
     # Untiled: exactly torch.manual_seed(S); torch.randn(1, 3, H, W). Tiled: one draw per tile in
-    # row-major order, whatever the tile batch.
-    from foundir_model.infer import RestoreTiling
-
+    # row-major order, whatever the tile batch (a plain callable has no network to replay).
     seen: list[torch.Tensor] = []
 
     def rec(x, deg=None, noise=None):
@@ -135,17 +134,17 @@ def test_generalist_then_weather_on_haze(converted, golden, tmp_path):
     src = _png(tmp_path / "lq.png", golden["lq"])
     # Blur is not routed to a specialist: the generalist's result (the release's, seed 123).
     assert restore_cli([str(src), str(tmp_path / "b"), "--checkpoint", str(converted), "--seed", "123",
-                        "--device", "cpu", "--degradation", "Blur"]) == 0
+                        "--noise", "portable", "--device", "cpu", "--degradation", "Blur"]) == 0
     gen = _read(tmp_path / "b" / "lq.png")
     assert np.abs(gen - np.round(golden["restored"][0].permute(1, 2, 0).double().numpy() * 255)).max() <= 1
     # Haze is: the weather specialist refines the generalist's 8-bit output, as the release runs
     # inference_weather.py on the generalist's PNGs.
     assert restore_cli([str(src), str(tmp_path / "g"), "--checkpoint", str(converted), "--seed", "123",
-                        "--device", "cpu", "--degradation", "Haze"]) == 0
+                        "--noise", "portable", "--device", "cpu", "--degradation", "Haze"]) == 0
     # The same composed by hand: generalist (seed 123) -> PNG rounding as the release writes it
     # (floor(255 x + 0.5)) -> Restormer on 512 tiles.
     r = ckpt.load_restorer(converted, "cpu", specialists=False)
-    g = restore_tiled(r, golden["lq"], seed=123)
+    g = restore_tiled(r, golden["lq"], cfg=RestoreTiling(noise="portable"), seed=123)
     nets = experts.build(ckpt.load(converted)[experts.KEY])
     want = experts.apply("weather", nets["weather"], (torch.floor(g.clamp(0, 1) * 255 + 0.5) / 255)[None])
     want = np.round(want.clamp(0, 1)[0].permute(1, 2, 0).double().numpy() * 255)

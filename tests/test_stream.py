@@ -17,7 +17,7 @@ from foundir_data.format import FormatError
 from foundir_data.sample import make_sample
 from foundir_data.store import Store
 from foundir_data.stream import FoundIRStream
-from foundir_data.transforms import check_pair, dihedral, resize_up
+from foundir_data.transforms import check_pair, dihedral, release_small, resize_up
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,37 @@ def test_small_images_are_resized_up_like_the_reference_when_asked(packed):
         assert min(lq.shape[:2]) == 128
         y, x, op = b["window"][i].tolist()
         np.testing.assert_array_equal(b["gt"][i].numpy(), dihedral(gt[y:y + 128, x:x + 128], op).transpose(2, 0, 1))
+
+
+def test_release_rule_for_small_pairs(packed):
+    # The release's dataset: no side over the crop -> stretched to crop x crop (bicubic).
+    src = source_arrays(packed)
+    s = FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0,
+                      upscale_small="release")
+    b = next(iter(s))
+    for i, key in enumerate(b["key"]):
+        lq, gt = src[key]
+        assert max(lq.shape[:2]) < 128
+        y, x, op = b["window"][i].tolist()
+        assert (y, x) == (0, 0)
+        for j, name in ((0, "lq"), (1, "gt")):
+            want = np.asarray(Image.fromarray(src[key][j]).resize((128, 128), Image.BICUBIC))
+            np.testing.assert_array_equal(b[name][i].numpy(), dihedral(want, op).transpose(2, 0, 1))
+    # One side over the crop, one under: the pixels are kept, the release's crop box runs past
+    # the short side and PIL fills it black (right or bottom); nothing is resized.
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 256, (300, 200, 3), dtype=np.uint8)
+    lq, gt = release_small(a, a[::-1].copy(), 256)
+    assert lq.shape == gt.shape == (300, 256, 3)
+    np.testing.assert_array_equal(lq[:, :200], a)
+    assert not lq[:, 200:].any() and not gt[:, 200:].any()
+    lq, _ = release_small(a.transpose(1, 0, 2).copy(), a, 256)
+    assert lq.shape == (256, 300, 3) and not lq[200:].any()
+    big = rng.integers(0, 256, (256, 300, 3), dtype=np.uint8)
+    assert release_small(big, big, 256)[0] is big  # nothing under the crop: unchanged, no copy
+    with pytest.raises(ValueError, match="upscale_small must be"):
+        FoundIRStream(packed / "packed", schedule="mix", batch_size=4, crop=128, seed=1, world_size=1, rank=0,
+                      upscale_small="stretch")
 
 
 def test_incremental_labels_and_float_dtype(packed):

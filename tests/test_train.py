@@ -250,4 +250,4 @@ def test_crop_larger_than_the_data_fails_at_start_naming_the_pair_and_upscale_sm
     assert not (tmp_path / "a" / LAST).exists()
     # The flag the message names exists, and trains with the small pairs resized up.
     assert main([*args, "--out-dir", str(tmp_path / "b"), "--upscale-small"]) == 0
-    assert ckpt.load(tmp_path / "b" / LAST)["train"]["upscale_small"] is True
+    assert ckpt.load(tmp_path / "b" / LAST)["train"]["small_pairs"] == "upscale"

@@ -37,3 +37,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert "step 4/4 loss" in p.stdout and (out / "model.safetensors").is_file()
     logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
+    assert r0["live"] == r1["live"]  # each rank's own weights, not only the file rank 0 saved
+    # Killed after step 2 and resumed: the release's stage 2 loads a checkpoint and then trains
+    # unsynchronised replicas (docs/training.md, "Recipes"); ours loads before wrapping in DDP.
+    again = tmp_path / "again"
+    for extra in (["stop-at-2"], []):
+        p = subprocess.run(cmd[:-1] + [str(again)] + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resumed from" in p.stdout
+    a0, a1 = (json.loads((again / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert a0["step"] == a1["step"] == 4 and a0["losses"] == a1["losses"] == r0["losses"][2:]
+    assert a0["live"] == a1["live"] == r0["live"]  # in sync, and the same as the uninterrupted run
