@@ -178,7 +178,7 @@ def pil_reason(e: BaseException) -> str:
     """Why Pillow could not read bytes, without the file object it names
     (``cannot identify image file <_io.BytesIO object at 0x...>``): callers name the file."""
     if isinstance(e, UnidentifiedImageError):
-        return "not a recognised image format (unrecognised content)"
+        return "no image format Pillow knows"
     return f"{type(e).__name__}: {e}"
 
 

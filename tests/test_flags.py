@@ -44,7 +44,7 @@ def test_restore_tiling_defaults_its_batch_for_the_device():
 
 
 @pytest.mark.parametrize("configure, argv, configs, command_only", [
-    (evaluate.configure, ["x", "--pred", "p"], [EvalConfig, RestoreTiling], {"overwrite", "progress", "threads"}),
+    (evaluate.configure, ["x", "--pred", "p"], [EvalConfig, RestoreTiling], {"progress", "threads"}),
     (infer.configure, ["i", "o", "--checkpoint", "c"], [RestoreTiling],
      {"input", "output", "checkpoint", "no_specialists", "only_specialist", "degradation", "seed", "overwrite",
       "progress", "threads"}),
