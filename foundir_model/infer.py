@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module
-from foundir_model import budget, experts, images, outputs, progress
+from foundir_model import budget, experts, images, outputs, precision, progress, resume, shard_run
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 
@@ -57,6 +57,8 @@ class RestoreTiling:
         max_memory: Memory budget in bytes from which the tile batch (at most ``tile_batch``)
             and the attention block are chosen (:mod:`foundir_model.budget`); None = a safe
             share of the free memory of ``device``.
+        precision: ``fp32`` (the release), ``bf16`` or ``fp16``: the network under
+            ``torch.autocast`` (:mod:`foundir_model.precision`).
     """
 
     tile: int = 1024
@@ -66,6 +68,7 @@ class RestoreTiling:
     min_size: int = 16
     device: str | None = None
     max_memory: int | None = None
+    precision: str = precision.DEFAULT
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -81,6 +84,9 @@ class RestoreTiling:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
+        if self.precision not in precision.PRECISIONS:
+            raise precision.PrecisionError(f"unknown precision {self.precision!r}; "
+                                           f"choose one of {', '.join(precision.PRECISIONS)}")
 
 
 def tile_starts(length: int, tile: int, stride: int) -> tuple[int, list[int]]:
@@ -185,18 +191,18 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
-        if gen is None:
-            out = restorer(batch.to(device), deg)
-        else:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
+        noise = None
+        if gen is not None:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
             noise = torch.cat([torch.randn((1, *batch.shape[1:]), generator=gen) for _ in range(batch.shape[0])])
-            out = restorer(batch.to(device), deg, noise=noise)
+        with precision.autocast(cfg.precision, device):  # the network only; the blend stays float32
+            out = restorer(batch.to(device), deg) if noise is None else restorer(batch.to(device), deg, noise=noise)
         if out.shape != batch.shape:
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
         return out.detach().to("cpu", torch.float32)
 
     th, tw, origins = tile_grid(H, W, cfg)
     limit = cfg.max_memory or budget.default_budget(device)
-    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit)
+    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit, cfg.precision)
     budget.apply(restorer, plan)
     done = 0
     with budget.memory_errors(f"{W}x{H} image in {tw}x{th} tiles, {plan.tile_batch} per batch", limit):
@@ -231,7 +237,8 @@ def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None
     out = restore_tiled(restorer, t, degradation, cfg, seed, progress) if getattr(restorer, "tiles", True) else t
     finish = getattr(restorer, "finish", None)
     if finish is not None:
-        out = finish(t, out, degradation)
+        with precision.autocast((cfg or RestoreTiling()).precision, (cfg and cfg.device) or "cpu"):
+            out = finish(t, out, degradation).float()
     out = out.clamp(0, 1)
     return out.permute(1, 2, 0).numpy()
 
@@ -273,6 +280,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_run_flags(parser)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--restart`` (shared with ``foundir-eval``)."""
+    precision.add_precision_flag(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="restore every image again, even those a previous run finished with the same settings "
+                             "(default: skip them, docs/inference.md 'Resuming')")
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
@@ -329,7 +345,7 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
         w, h = max(size[0], cfg.min_size), max(size[1], cfg.min_size)
         th, tw, origins = tile_grid(h, w, cfg)
         try:
-            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit)
+            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit, cfg.precision)
         except budget.MemoryBudgetError as e:
             raise budget.MemoryBudgetError(f"{size[0]}x{size[1]} image: {e}") from None
     for size in sizes:
@@ -339,41 +355,69 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
 
 
 def run(args: argparse.Namespace) -> int:
-    """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
-    cfg = tiling_from_args(args)
+    """Restore every image of ``args.input`` into ``args.output``; returns the exit status.
+
+    Under ``torchrun`` each rank restores its share of the images (``shard_run.py``); a rerun
+    skips the images already restored with the same settings (``resume.py``).
+    """
+    ctx = shard_run.context(args.device)
+    try:
+        return _run(args, ctx)
+    finally:
+        shard_run.close(ctx)
+
+
+def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
+    cfg = dataclasses.replace(tiling_from_args(args), device=ctx.device)
+    cfg = dataclasses.replace(cfg, tile_batch=default_tile_batch(args.tile_batch, ctx.device))
+    precision.check(cfg.precision, ctx.device)
     device = cfg.device
+    say = print if ctx.is_main else (lambda *a, **k: None)
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)
     files = images.list_images(src)
     # Every naming and folder check before the checkpoint is even loaded (outputs.py).
     pairs, left_out = outputs.plan_outputs(files, src, out_root, args.overwrite)
     if left_out:
-        print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
-              "not inputs; left out", file=sys.stderr)
+        say(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
+            "not inputs; left out", file=sys.stderr)
     if not pairs:
-        print(f"foundir-restore: no images under {src}", file=sys.stderr)
+        say(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
     cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
         cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
-    sizes = [progress.header_size(f) for f, _ in pairs]
+    weights = resume.checkpoint_hash(args.checkpoint, specialists=not args.no_specialists)
+
+    def settings(i: int) -> resume.Settings:
+        return resume.Settings(weights, args.seed, cfg.tile, cfg.stride, cfg.blend, cfg.min_size, cfg.precision,
+                               label, not args.no_specialists, args.only_specialist, resume.sha256_file(pairs[i][0]))
+
+    dsts = [dst for _, dst in pairs]
+    jobs = resume.plan_jobs("foundir-restore", ctx, [str(d) for d in dsts], out_root, dsts, settings, args.restart,
+                            log=lambda line: print(line, file=sys.stderr))
+    todo = [j for j in jobs if j.state != resume.DONE]
+    sizes = [progress.header_size(pairs[j.index][0]) for j in todo]
     tiles = preflight(restorer, sizes, cfg)
     failed: list[str] = []
-    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress) as bars:
-        for f, dst in pairs:
+    with progress.Bars(len(todo), tiles if all(sizes) else None, enabled=args.progress and ctx.is_main) as bars:
+        for job in todo:
+            f, dst = pairs[job.index]
             tick = bars.image(f.name)
             try:
                 d = images.load(f)
                 out = restore_array(restorer, d.rgb, label, cfg, seed=args.seed, progress=tick)
                 images.save_png(dst, out, d.alpha)
+                job.finish({"device": device})
             except images.ImageError as e:
                 failed.append(str(e))
                 bars.write(f"skipped: {e}", file=sys.stderr)
                 continue
             bars.write(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    failed = [line for part in shard_run.gather(failed, ctx) for line in part]
     if failed:
-        print(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        say(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 
