@@ -46,8 +46,6 @@ from foundir_model.infer import (
     BLENDS,
     Restorer,
     RestoreTiling,
-    add_run_flags,
-    default_tile_batch,
     preflight,
     restore_array,
     tiling_from_args,
@@ -164,9 +162,9 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
 
     def settings(i: int) -> resume.Settings | None:
         it = items[i]
-        return None if weights is None else resume.Settings(
-            weights, cfg.seed, tile.tile, tile.stride, tile.blend, tile.min_size, tile.precision,
-            _label(it, cfg.blind), cfg.specialists, None, it.lq_sha256 or resume.sha256_bytes(it.read_lq()))
+        return None if weights is None else resume.Settings.of(
+            weights, cfg.seed, tile, _label(it, cfg.blind), cfg.specialists, None,
+            it.lq_sha256 or resume.sha256_bytes(it.read_lq()))
 
     jobs = resume.plan_jobs("foundir-eval", ctx, [it.rel for it in items], out / "restored" if kept and out else None,
                             outs, settings, cfg.restart, log=lambda line: print(line, file=sys.stderr))
@@ -269,21 +267,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="allow an --out that equals or contains the input folder")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    add_run_flags(parser)
+    precision.add_precision_flag(parser)
+    resume.add_restart_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
-    ctx = shard_run.context(args.device)  # under torchrun: this rank's device and share of the frames
-    try:
-        tile = dataclasses.replace(tiling_from_args(args), device=ctx.device,
-                                   tile_batch=default_tile_batch(args.tile_batch, ctx.device))
-        precision.check(tile.precision, ctx.device)
-        cfg = config_from_flags(EvalConfig, args, tile=tile)  # --tile is RestoreTiling's
+    with shard_run.ranks(args.device) as ctx:  # under torchrun: this rank's device and share of the frames
+        cfg = config_from_flags(EvalConfig, args, tile=tiling_from_args(args, ctx.device))  # --tile is RestoreTiling's
         check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
         rep = evaluate(cfg, progress=args.progress, ctx=ctx)
-    finally:
-        shard_run.close(ctx)
     if not ctx.is_main:
         return 1 if rep.missing or rep.problems else 0
     print(rep.to_markdown())

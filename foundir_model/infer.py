@@ -280,15 +280,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output folder that equals or contains the input folder (inputs are never overwritten)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    add_run_flags(parser)
-
-
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--restart`` (shared with ``foundir-eval``)."""
     precision.add_precision_flag(parser)
-    parser.add_argument("--restart", action="store_true",
-                        help="restore every image again, even those a previous run finished with the same settings "
-                             "(default: skip them, docs/inference.md 'Resuming')")
+    resume.add_restart_flag(parser)
 
 
 def default_tile_batch(requested: int | None, device: str) -> int:
@@ -304,14 +297,16 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
+def tiling_from_args(args: argparse.Namespace, device: str | None = None) -> RestoreTiling:
     """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
-    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``), with
-    the device resolved and the tile batch defaulted for it; flags left unset (None) keep the
-    config's defaults."""
-    device = default_device(args.device)
+    (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``,
+    ``--precision``), with the device resolved (``device``: the rank's, under torchrun), the tile
+    batch defaulted for it and the precision checked on it; unset flags keep the defaults."""
+    device = device or default_device(args.device)
     given = flag_values(RestoreTiling, args, given_only=True)
-    return RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
+    cfg = RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
+    precision.check(cfg.precision, device)
+    return cfg
 
 
 #: ``(tile, stride)`` of ``foundir-restore`` for the CPU presets (no linear attention: ``tiny``,
@@ -360,17 +355,12 @@ def run(args: argparse.Namespace) -> int:
     Under ``torchrun`` each rank restores its share of the images (``shard_run.py``); a rerun
     skips the images already restored with the same settings (``resume.py``).
     """
-    ctx = shard_run.context(args.device)
-    try:
+    with shard_run.ranks(args.device) as ctx:
         return _run(args, ctx)
-    finally:
-        shard_run.close(ctx)
 
 
 def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
-    cfg = dataclasses.replace(tiling_from_args(args), device=ctx.device)
-    cfg = dataclasses.replace(cfg, tile_batch=default_tile_batch(args.tile_batch, ctx.device))
-    precision.check(cfg.precision, ctx.device)
+    cfg = tiling_from_args(args, ctx.device)
     device = cfg.device
     say = print if ctx.is_main else (lambda *a, **k: None)
     label = taxonomy.get(args.degradation).index if args.degradation else None
@@ -391,8 +381,8 @@ def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
     weights = resume.checkpoint_hash(args.checkpoint, specialists=not args.no_specialists)
 
     def settings(i: int) -> resume.Settings:
-        return resume.Settings(weights, args.seed, cfg.tile, cfg.stride, cfg.blend, cfg.min_size, cfg.precision,
-                               label, not args.no_specialists, args.only_specialist, resume.sha256_file(pairs[i][0]))
+        return resume.Settings.of(weights, args.seed, cfg, label, not args.no_specialists, args.only_specialist,
+                                  resume.sha256_file(pairs[i][0]))
 
     dsts = [dst for _, dst in pairs]
     jobs = resume.plan_jobs("foundir-restore", ctx, [str(d) for d in dsts], out_root, dsts, settings, args.restart,

@@ -18,6 +18,7 @@ restored (over our own earlier file). ``--restart`` treats every frame as to do
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -93,6 +94,15 @@ class Settings:
     specialists: bool
     only: str | None
     source: str
+
+    @classmethod
+    def of(cls, checkpoint: str, seed: int, tiling: Any, label: int | None, specialists: bool, only: str | None,
+           source: str) -> "Settings":
+        """The settings of a run with ``tiling`` (a :class:`foundir_model.infer.RestoreTiling`:
+        its tile, stride, blend, min_size and precision count; tile batch, budget and device do
+        not change the result's meaning and are not compared)."""
+        return cls(checkpoint, seed, tiling.tile, tiling.stride, tiling.blend, tiling.min_size, tiling.precision,
+                   label, specialists, only, source)
 
 
 def record_path(image: str | os.PathLike, root: str | os.PathLike) -> Path:
@@ -226,6 +236,13 @@ class Job:
             write_record(self.output, self.root, self.settings, extra)
 
 
+def add_restart_flag(parser: argparse.ArgumentParser) -> None:
+    """``--restart`` (``foundir-restore`` and ``foundir-eval``)."""
+    parser.add_argument("--restart", action="store_true",
+                        help="restore every image again, even those an earlier run finished with the same settings "
+                             "(default: skip them; docs/inference.md, 'Resuming')")
+
+
 def plan_jobs(prog: str, ctx: shard_run.RankContext, names: Sequence[str], root: Path | None,
               outputs: Sequence[Path | None], settings_of: Callable[[int], Settings | None], restart: bool = False,
               log: Callable[[str], None] = print) -> list[Job]:
@@ -256,6 +273,6 @@ def plan_jobs(prog: str, ctx: shard_run.RankContext, names: Sequence[str], root:
     return jobs
 
 
-__all__ = ["Job", "plan_jobs", "DONE", "MISSING", "RECORD_DIR", "RECORD_SUFFIX", "RECORD_VERSION", "STALE", "Settings", "Tally", "checkpoint_hash",
+__all__ = ["Job", "add_restart_flag", "plan_jobs", "DONE", "MISSING", "RECORD_DIR", "RECORD_SUFFIX", "RECORD_VERSION", "STALE", "Settings", "Tally", "checkpoint_hash",
            "read_record", "record_path", "sha256_bytes", "sha256_file", "status", "summary", "write_atomic",
            "write_record"]

@@ -18,10 +18,11 @@ single-process run (``docs/inference.md``, "Many GPUs and nodes").
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -122,6 +123,16 @@ def close(ctx: RankContext) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def ranks(requested_device: str | None = None) -> Iterator[RankContext]:
+    """:func:`context` for the block, then :func:`close` (also on an error)."""
+    ctx = context(requested_device)
+    try:
+        yield ctx
+    finally:
+        close(ctx)
+
+
 def shard(count: int, rank: int, world: int) -> np.ndarray:
     """Indices into a sorted list of ``count`` frames that ``rank`` of ``world`` restores.
 
@@ -178,5 +189,5 @@ def total(counts: Sequence[int], ctx: RankContext) -> list[int]:
     return [sum(c) for c in zip(*gather(list(counts), ctx))]
 
 
-__all__ = ["GATHER_TIMEOUT", "RankContext", "close", "context", "gather", "my_frames", "rank_device", "shard",
+__all__ = ["GATHER_TIMEOUT", "RankContext", "close", "context", "gather", "my_frames", "rank_device", "ranks", "shard",
            "sorted_order", "total"]

@@ -1,0 +1,103 @@
+"""Deviation of ``--precision bf16`` / ``fp16`` from fp32: golden fixtures and a real frame.
+
+Each case restores one image through the real path (``restore_array``: the release's tiling,
+``--seed``, the 4-step sampler) once per precision and compares with the fp32 result:
+
+* ``golden``: the release-structure network of ``tests/fixtures/release-golden``
+  (``release-model-dim8.pt``, EMA weights, the release's classes at width 8; random weights)
+  on the fixture's 50x70 ``lq`` with seed 123, as ``tests/test_release.py`` restores it; the fp32
+  line also shows the distance to the release's own output ``restored``.
+* ``real frame``: scikit-image's bundled ``astronaut`` photo (512x512, CC0) with Poisson-Gaussian
+  sensor noise as the LQ, restored by the same golden network (one tile).
+* ``release-size``: the release's 36.26M network (``UNetConfig()``; random weights, its zero
+  last convolution given small random weights so the output is not the input itself) on a
+  256x256 crop of that frame.
+
+Metrics, on the [0, 1] float outputs: max abs difference and PSNR between the two outputs (fp32
+as the reference); on the 8-bit files the tools write: max difference in levels and the share
+of pixels that differ. The networks have random weights (the only ones we hold), so the figures
+say how far the arithmetic moves a result, not how a trained model's PSNR changes.
+
+Run: ``python bench/precision.py`` (about a minute on 2 shared cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from foundir_model import precision
+from foundir_model.checkpoint import load_restorer
+from foundir_model.config import DiffusionConfig, UNetConfig
+from foundir_model.diffusion import ResidualDiffusion
+from foundir_model.infer import RestoreTiling, restore_array
+from foundir_model.restorer import Restorer
+from foundir_model.unet import UNet
+
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "release-golden"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def noisy(rgb8: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Poisson-Gaussian sensor noise on an 8-bit photo -> [0, 1] float32 (then 8-bit, as a file)."""
+    rng = np.random.default_rng(seed)
+    x = rgb8.astype(np.float64) / 255.0
+    y = rng.poisson(x * 60.0) / 60.0 + rng.normal(0, 0.02, x.shape)
+    return (np.round(np.clip(y, 0, 1) * 255) / 255).astype(np.float32)
+
+
+def release_size_restorer(seed: int = 0) -> Restorer:
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig()).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.final_conv.weight, std=0.02)
+    return Restorer(ResidualDiffusion(net, DiffusionConfig(delta_end=1.4e-3)).eval(), device="cpu")
+
+
+def compare(name: str, restorer, lq: np.ndarray, seed: int, names: list[str], ref: np.ndarray | None = None) -> None:
+    outs = {p: restore_array(restorer, lq, None, RestoreTiling(precision=p), seed=seed) for p in ["fp32", *names]}
+    base = outs["fp32"]
+    h, w = lq.shape[:2]
+    if ref is not None:
+        d8 = np.abs(np.round(base * 255) - np.round(ref * 255))
+        print(f"{name} ({w}x{h}) fp32 vs the release's output: max abs {np.abs(base - ref).max():.2e}, "
+              f"8-bit max {d8.max():.0f} levels")
+    for p in names:
+        o = outs[p]
+        d8 = np.abs(np.round(o * 255) - np.round(base * 255))
+        print(f"{name} ({w}x{h}) {p} vs fp32: max abs {np.abs(o - base).max():.2e}, PSNR {psnr(o, base):.1f} dB; "
+              f"8-bit: max {d8.max():.0f} levels, {100 * (d8 > 0).mean():.1f}% of values differ")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"], choices=["bf16", "fp16"])
+    ap.add_argument("--skip-release-size", action="store_true")
+    args = ap.parse_args()
+    from skimage import data  # optional dependency (the demo extra): the bundled CC0 photo
+
+    print(f"torch {torch.__version__}, CPU autocast; precisions: fp32 reference, {', '.join(args.precisions)}")
+    g = load_file(str(GOLDEN / "release-golden-dim8.safetensors"))
+    gen = load_restorer(GOLDEN / "release-model-dim8.pt", "cpu", specialists=False)
+    lq = g["lq"][0].permute(1, 2, 0).numpy()
+    compare("golden", gen, lq, 123, args.precisions, ref=g["restored"][0].permute(1, 2, 0).numpy())
+    photo = noisy(data.astronaut())
+    compare("real frame, golden net", gen, photo, 0, args.precisions)
+    if not args.skip_release_size:
+        compare("real frame crop, release-size net", release_size_restorer(), photo[128:384, 128:384], 0,
+                args.precisions)
+    for p in args.precisions:
+        precision.check(p, "cpu")
+
+
+if __name__ == "__main__":
+    main()
