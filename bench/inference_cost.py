@@ -15,7 +15,9 @@
    was measured by this script.
 
 Run: ``python bench/inference_cost.py`` (about 3 CPU-minutes); ``--cpu-tile 512 --reps 2`` for
-a closer look.
+a closer look. The GPU check (release-size network, one 1024 tile, fp32 vs bf16, time per
+sampler step and peak memory): ``python bench/inference_cost.py --device cuda --cpu-tile 1024
+--reps 5``; written for a GPU session, not yet run on one.
 """
 
 from __future__ import annotations
@@ -54,21 +56,30 @@ def count_flops(cfg: UNetConfig, side: int) -> int:
     return int(counter.get_total_flops())
 
 
-def time_step(cfg: UNetConfig, side: int, name: str, reps: int) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of one forward at ``side``, best of ``reps`` after a warm-up."""
+def time_step(cfg: UNetConfig, side: int, name: str, reps: int, device: str = "cpu") -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, peak device bytes or 0) of one forward at ``side``, best of
+    ``reps`` after a warm-up; on CUDA the wall time is synchronised and the peak is
+    ``torch.cuda.max_memory_allocated``."""
     torch.manual_seed(0)
-    net = UNet(cfg).eval()
-    x = torch.randn(1, cfg.channels, side, side)
-    lq = torch.rand(1, cfg.channels, side, side) * 2 - 1
-    t = torch.full((1,), 500.0)
+    dev = torch.device(device)
+    net = UNet(cfg).eval().to(dev)
+    x = torch.randn(1, cfg.channels, side, side, device=dev)
+    lq = torch.rand(1, cfg.channels, side, side, device=dev) * 2 - 1
+    t = torch.full((1,), 500.0, device=dev)
+    cuda = dev.type == "cuda"
     best = (float("inf"), float("inf"))
-    with torch.no_grad(), precision.autocast(name, "cpu"):
+    with torch.no_grad(), precision.autocast(name, dev):
         net(x, lq, t)  # warm-up (allocator, kernels)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(reps):
             c0, w0 = time.process_time(), time.perf_counter()
             net(x, lq, t)
+            if cuda:
+                torch.cuda.synchronize(dev)
             best = min(best, (time.process_time() - c0, time.perf_counter() - w0))
-    return best
+    return (*best, torch.cuda.max_memory_allocated(dev) if cuda else 0)
 
 
 def main() -> None:
@@ -79,6 +90,8 @@ def main() -> None:
     ap.add_argument("--cpu-tile", type=int, default=256, help="tile side timed on the CPU")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(precision.PRECISIONS))
+    ap.add_argument("--device", default="cpu", help="cuda: the GPU check (time per step and peak memory at "
+                                                      "--cpu-tile 1024; not run in this project so far)")
     args = ap.parse_args()
     cfg = UNetConfig()
     w, h = (int(v) for v in args.frame.lower().split("x"))
@@ -88,14 +101,21 @@ def main() -> None:
     frame = f_tile * tiles * args.steps
     total = frame * args.frames
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"FLOP per 1024 tile per sampler step: {f_tile / 1e12:.3f} TFLOP; per {args.cpu_tile} tile: {f_cpu / 1e12:.4f}")
+    print(f"FLOP per 1024 tile per sampler step: {f_tile / 1e12:.3f} TFLOP; "
+          f"per {args.cpu_tile} tile: {f_cpu / 1e12:.4f}")
     print(f"per {w}x{h} frame: {tiles} tiles x {args.steps} steps = {frame / 1e12:.1f} TFLOP")
     print(f"test set, {args.frames} frames: {total / 1e15:.1f} PFLOP")
     for name in args.precisions:
-        cpu_s, wall_s = time_step(cfg, args.cpu_tile, name, args.reps)
+        cpu_s, wall_s, peak = time_step(cfg, args.cpu_tile, name, args.reps, args.device)
+        if args.device != "cpu":
+            print(f"{args.device} {name}: one step at {args.cpu_tile}: {wall_s:.3f} s ({f_cpu / wall_s / 1e12:.0f} "
+                  f"TFLOP/s), peak {peak / 2**30:.2f} GiB allocated; a {w}x{h} frame ~"
+                  f"{wall_s * f_tile / f_cpu * tiles * args.steps:.2f} s")
+            continue
         scale = f_tile / f_cpu
         per_frame = cpu_s * scale * tiles * args.steps
-        print(f"CPU {name}: one step at {args.cpu_tile}: {cpu_s:.1f} CPU-s ({f_cpu / cpu_s / 1e9:.0f} GFLOP per CPU-s), "
+        print(f"CPU {name}: one step at {args.cpu_tile}: {cpu_s:.1f} CPU-s "
+              f"({f_cpu / cpu_s / 1e9:.0f} GFLOP per CPU-s), "
               f"{wall_s:.1f} wall-s; a 1024 tile-step ~{cpu_s * scale:.0f} CPU-s; a frame ~{per_frame / 3600:.1f} "
               f"CPU-h; the test set ~{per_frame * args.frames / 86400:.0f} CPU-days")
     for name, peak in H100_PEAK.items():

@@ -18,20 +18,27 @@ as the reference); on the 8-bit files the tools write: max difference in levels 
 of pixels that differ. The networks have random weights (the only ones we hold), so the figures
 say how far the arithmetic moves a result, not how a trained model's PSNR changes.
 
-Run: ``python bench/precision.py`` (about a minute on 2 shared cores).
+``--memory`` instead measures the peak memory of one sampler step of the release-size network
+on one ``--memory-tile`` tile per precision, each in a fresh process (peak RSS growth over the
+resident size before the call, ``ru_maxrss``), beside what ``foundir_model/budget.py`` plans.
+
+Run: ``python bench/precision.py`` (a few CPU-minutes); ``python bench/precision.py --memory``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from foundir_model import precision
+from foundir_model import budget, precision
 from foundir_model.checkpoint import load_restorer
 from foundir_model.config import DiffusionConfig, UNetConfig
 from foundir_model.diffusion import ResidualDiffusion
@@ -78,11 +85,39 @@ def compare(name: str, restorer, lq: np.ndarray, seed: int, names: list[str], re
               f"8-bit: max {d8.max():.0f} levels, {100 * (d8 > 0).mean():.1f}% of values differ")
 
 
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def one_step_memory(name: str, side: int) -> None:
+    """(In a fresh process) one sampler step of the release-size network: peak RSS growth vs the plan."""
+    restorer = release_size_restorer()
+    x = torch.rand(1, 3, side, side)
+    plan = budget.plan(restorer, side, side, 1, side * side, 1, 2**40, name)
+    budget.apply(restorer, plan)
+    net = restorer.model.net
+    t = torch.full((1,), 500.0)
+    before = _peak_rss()
+    with torch.no_grad(), precision.autocast(name, "cpu"):
+        net(x * 2 - 1, x * 2 - 1, t)
+    print(f"{name}: one step on a {side} tile: peak RSS growth {(_peak_rss() - before) / 2**30:.2f} GiB "
+          f"(budget.plan's estimate of tile + image + weights: {plan.need / 2**30:.2f} GiB)", flush=True)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--one-step":  # the child of --memory
+        one_step_memory(sys.argv[2], int(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"], choices=["bf16", "fp16"])
     ap.add_argument("--skip-release-size", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="peak memory per precision instead (fresh processes)")
+    ap.add_argument("--memory-tile", type=int, default=512)
     args = ap.parse_args()
+    if args.memory:
+        for name in ["fp32", *args.precisions]:
+            subprocess.run([sys.executable, __file__, "--one-step", name, str(args.memory_tile)], check=True)
+        return
     from skimage import data  # optional dependency (the demo extra): the bundled CC0 photo
 
     print(f"torch {torch.__version__}, CPU autocast; precisions: fp32 reference, {', '.join(args.precisions)}")

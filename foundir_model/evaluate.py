@@ -149,7 +149,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool =
         restorer = load_restorer(cfg.checkpoint, cfg.tile.device or "cpu", specialists=cfg.specialists)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
-        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))
+        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu") // ctx.memory_share)
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)

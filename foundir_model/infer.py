@@ -377,7 +377,7 @@ def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist)
     cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
-        cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
+        cfg.max_memory = budget.default_budget(device) // ctx.memory_share  # once, before our own allocations
     weights = resume.checkpoint_hash(args.checkpoint, specialists=not args.no_specialists)
 
     def settings(i: int) -> resume.Settings:

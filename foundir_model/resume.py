@@ -273,6 +273,6 @@ def plan_jobs(prog: str, ctx: shard_run.RankContext, names: Sequence[str], root:
     return jobs
 
 
-__all__ = ["Job", "add_restart_flag", "plan_jobs", "DONE", "MISSING", "RECORD_DIR", "RECORD_SUFFIX", "RECORD_VERSION", "STALE", "Settings", "Tally", "checkpoint_hash",
-           "read_record", "record_path", "sha256_bytes", "sha256_file", "status", "summary", "write_atomic",
-           "write_record"]
+__all__ = ["DONE", "MISSING", "RECORD_DIR", "RECORD_SUFFIX", "RECORD_VERSION", "STALE", "Job", "Settings", "Tally",
+           "add_restart_flag", "checkpoint_hash", "plan_jobs", "read_record", "record_path", "sha256_bytes",
+           "sha256_file", "status", "summary", "write_atomic", "write_record"]

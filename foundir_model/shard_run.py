@@ -48,6 +48,7 @@ class RankContext:
         local_rank: Rank on this node (picks the GPU).
         device: The torch device this rank restores on.
         initialised: Whether this process initialised the process group (and must destroy it).
+        local_world: Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``).
     """
 
     rank: int = 0
@@ -55,10 +56,17 @@ class RankContext:
     local_rank: int = 0
     device: str = "cpu"
     initialised: bool = False
+    local_world: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def memory_share(self) -> int:
+        """How many ranks share this rank's memory: the node's ranks on the CPU (each takes
+        this fraction of the default memory budget), 1 on a GPU of its own."""
+        return max(1, self.local_world) if torch.device(self.device).type == "cpu" else 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -104,6 +112,7 @@ def context(requested_device: str | None = None) -> RankContext:
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"RANK={rank} / WORLD_SIZE={world} from the environment are not a valid rank of a world")
     device = rank_device(requested_device, local, world)
@@ -114,7 +123,7 @@ def context(requested_device: str | None = None) -> RankContext:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend, timeout=GATHER_TIMEOUT)
         initialised = True
-    return RankContext(rank, world, local, device, initialised)
+    return RankContext(rank, world, local, device, initialised, local_world)
 
 
 def close(ctx: RankContext) -> None:

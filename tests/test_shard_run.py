@@ -62,7 +62,9 @@ def test_without_torchrun_the_world_is_one_cpu_rank(monkeypatch):
     ctx = shard_run.context("cpu")
     assert (ctx.rank, ctx.world, ctx.device, ctx.initialised, ctx.is_main) == (0, 1, "cpu", False, True)
     assert shard_run.gather({"a": 1}, ctx) == [{"a": 1}] and shard_run.total([1, 2], ctx) == [1, 2]
-    assert shard_run.rank_device("cpu", 3, 4) == "cpu"  # CPU ranks share the CPU
+    assert shard_run.rank_device("cpu", 3, 4) == "cpu"  # CPU ranks share the CPU, and its memory:
+    assert shard_run.RankContext(0, 4, 0, "cpu", local_world=2).memory_share == 2
+    assert shard_run.RankContext(0, 4, 0, "cuda:0", local_world=2).memory_share == 1
     if not torch.cuda.is_available():
         assert shard_run.rank_device(None, 1, 2) == "cpu"
 
