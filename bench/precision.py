@@ -7,11 +7,14 @@ Each case restores one image through the real path (``restore_array``: the relea
   (``release-model-dim8.pt``, EMA weights, the release's classes at width 8; random weights)
   on the fixture's 50x70 ``lq`` with seed 123, as ``tests/test_release.py`` restores it; the fp32
   line also shows the distance to the release's own output ``restored``.
-* ``real frame``: scikit-image's bundled ``astronaut`` photo (512x512, CC0) with Poisson-Gaussian
-  sensor noise as the LQ, restored by the same golden network (one tile).
+* ``real frame``: a ``--crop`` square (default 256) of scikit-image's bundled ``astronaut`` photo
+  (CC0) with Poisson-Gaussian sensor noise as the LQ, restored by the same golden network (one
+  tile; the whole 512x512 photo takes ~10 CPU-minutes here: autocast's bf16/fp16 ran that narrow
+  network several times slower than fp32 on this CPU, 4.3 and 4.1 against 1.2 CPU-s for one
+  first call at 128 px).
 * ``release-size``: the release's 36.26M network (``UNetConfig()``; random weights, its zero
-  last convolution given small random weights so the output is not the input itself) on a
-  256x256 crop of that frame.
+  last convolution given small random weights so the output is not the input itself) on half
+  that crop.
 
 Metrics, on the [0, 1] float outputs: max abs difference and PSNR between the two outputs (fp32
 as the reference); on the 8-bit files the tools write: max difference in levels and the share
@@ -22,7 +25,7 @@ say how far the arithmetic moves a result, not how a trained model's PSNR change
 on one ``--memory-tile`` tile per precision, each in a fresh process (peak RSS growth over the
 resident size before the call, ``ru_maxrss``), beside what ``foundir_model/budget.py`` plans.
 
-Run: ``python bench/precision.py`` (a few CPU-minutes); ``python bench/precision.py --memory``.
+Run: ``python bench/precision.py`` (about 5 CPU-minutes); ``python bench/precision.py --memory``.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"], choices=["bf16", "fp16"])
     ap.add_argument("--skip-release-size", action="store_true")
+    ap.add_argument("--crop", type=int, default=256, help="side of the real frame's crop (the release-size net: half)")
     ap.add_argument("--memory", action="store_true", help="peak memory per precision instead (fresh processes)")
     ap.add_argument("--memory-tile", type=int, default=512)
     args = ap.parse_args()
@@ -125,11 +129,11 @@ def main() -> None:
     gen = load_restorer(GOLDEN / "release-model-dim8.pt", "cpu", specialists=False)
     lq = g["lq"][0].permute(1, 2, 0).numpy()
     compare("golden", gen, lq, 123, args.precisions, ref=g["restored"][0].permute(1, 2, 0).numpy())
-    photo = noisy(data.astronaut())
+    photo = noisy(data.astronaut())[: args.crop, 128 : 128 + args.crop]  # the face and the suit's texture
     compare("real frame, golden net", gen, photo, 0, args.precisions)
     if not args.skip_release_size:
-        compare("real frame crop, release-size net", release_size_restorer(), photo[128:384, 128:384], 0,
-                args.precisions)
+        side = args.crop // 2
+        compare("real frame, release-size net", release_size_restorer(), photo[:side, :side], 0, args.precisions)
     for p in args.precisions:
         precision.check(p, "cpu")
 
