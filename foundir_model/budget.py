@@ -25,6 +25,7 @@ import torch
 from foundir_data.errors import FoundIRError
 from foundir_model.attention import query_rows, score_block_bytes
 from foundir_model.config import SpecialistConfig, UNetConfig
+from foundir_model.precision import ACTIVATION_BYTES, WEIGHT_FACTOR
 
 #: Share of the free memory used when no ``--max-memory`` is given (CPU / GPU). The CPU share
 #: leaves room for the rest of the machine, page cache and the estimate's error.
@@ -165,7 +166,7 @@ def network_of(restorer: Any) -> tuple[UNetConfig | None, Any, int, Any]:
 
 
 def plan(restorer: Any, tile_h: int, tile_w: int, tiles: int, image_pixels: int, tile_batch: int,
-         budget: int) -> Plan:
+         budget: int, precision: str = "fp32") -> Plan:
     """Choose the tile batch and the attention block for one image within ``budget`` bytes.
 
     Args:
@@ -176,17 +177,19 @@ def plan(restorer: Any, tile_h: int, tile_w: int, tiles: int, image_pixels: int,
         image_pixels: Pixels of the whole image (its buffers count against the budget).
         tile_batch: The largest tile batch wanted.
         budget: Bytes.
+        precision: ``fp32``, ``bf16`` or ``fp16``: activations and weight copies under autocast
+            (:data:`foundir_model.precision.ACTIVATION_BYTES`, ``WEIGHT_FACTOR``).
 
     Raises:
         MemoryBudgetError: when not even one tile fits, naming the estimate and what to lower.
     """
     cfg, _, weights, pool = network_of(restorer)
-    fixed = weights + IMAGE_BYTES_PER_PIXEL * image_pixels
+    fixed = int(weights * WEIGHT_FACTOR[precision]) + IMAGE_BYTES_PER_PIXEL * image_pixels
     if cfg is None:
         return Plan(max(1, min(tile_batch, tiles)), None, fixed, budget)
     m = cfg.pad_multiple
     ph, pw = math.ceil(tile_h / m) * m, math.ceil(tile_w / m) * m
-    per_tile = unet_bytes_per_pixel(cfg) * ph * pw
+    per_tile = unet_bytes_per_pixel(cfg, ACTIVATION_BYTES[precision]) * ph * pw
     if pool is not None:
         width = getattr(getattr(pool, "cfg", None), "width", SpecialistConfig().width)
         per_tile += 6 * width * 4 * tile_h * tile_w  # the refinement runs after the sampler, on the same tile

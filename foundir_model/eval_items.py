@@ -39,6 +39,8 @@ class Item:
     gt_name: str
     read_lq: Callable[[], bytes]
     read_gt: Callable[[], bytes]
+    #: sha256 of the LQ bytes when the source lists it (a packed index), else None.
+    lq_sha256: str | None = None
 
 
 def pred_rel(lq_path: str) -> str:
@@ -67,7 +69,7 @@ def packed_items(location: str, split: str = "test") -> list[Item]:
         return lambda: read_member(store, r, which)  # range read, checked against the index
 
     return [Item(pred_rel(r["lq_source"] or r["key"]), r["degradation"], f"{store.location}:{r['key']}.lq",
-                 f"{store.location}:{r['key']}.gt", reader(r, "lq"), reader(r, "gt")) for r in rows]
+                 f"{store.location}:{r['key']}.gt", reader(r, "lq"), reader(r, "gt"), r["lq_sha256"]) for r in rows]
 
 
 def _group_name(folder: Path) -> str:

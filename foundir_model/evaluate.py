@@ -29,7 +29,7 @@ from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.output_dir import check_output_dir
 from foundir_data.retry import ShardError
-from foundir_model import budget, eval_page, images, metrics
+from foundir_model import budget, eval_page, images, metrics, precision, resume, shard_run
 from foundir_model.checkpoint import load_restorer
 from foundir_model.eval_items import (
     Item,
@@ -94,6 +94,8 @@ class EvalConfig:
         page_size: Long side of the images of ``out/index.html`` (``eval_page.py``); 0: no page.
         overwrite: Write into an ``out`` that is not empty and not an earlier evaluation's
             (``foundir_data.output_dir``); without it such a folder is refused.
+        restart: Restore every frame again, even those an earlier run into ``out`` finished
+            with the same settings (``resume.py``).
     """
 
     location: str
@@ -116,6 +118,7 @@ class EvalConfig:
     workers: int = 0
     page_size: int = eval_page.DEFAULT_SIZE
     overwrite: bool = False
+    restart: bool = False
     tile: RestoreTiling = field(default_factory=RestoreTiling)
 
     def convention(self) -> metrics.Convention:
@@ -127,15 +130,26 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool | None = False) -> EvalReport:
+def _label(it: Item, blind: bool) -> int | None:
+    """The taxonomy index handed to the model for ``it`` (None: blind, or an unknown group)."""
+    return taxonomy.get(it.degradation).index if it.degradation in taxonomy.NAMES and not blind else None
+
+
+def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool | None = False,
+             ctx: shard_run.RankContext | None = None) -> EvalReport:
     """Score ``restorer`` (or ``cfg.checkpoint``, or ``cfg.pred``) on ``cfg.location``.
 
     ``progress``: bars (True), bars on a terminal else one summary line (None), nothing (False;
-    :class:`foundir_model.progress.Bars`).
+    :class:`foundir_model.progress.Bars`). With a checkpoint and ``cfg.out``, every restored
+    frame is kept under ``out/restored`` with its record, and a rerun with the same settings
+    reads those back instead of restoring them again (``resume.py``). Under ``torchrun``
+    (``ctx``) each rank restores and scores its share of the frames (``shard_run.py``); every
+    rank returns the whole report, rank 0 writes it.
 
     Returns:
         The :class:`EvalReport` (also written under ``cfg.out`` / ``cfg.json`` when set).
     """
+    ctx = ctx or shard_run.RankContext(device=cfg.tile.device or "cpu")
     conv = cfg.convention()
     if sum(x is not None for x in (restorer, cfg.checkpoint, cfg.pred)) != 1:
         raise ValueError("give exactly one of: a restorer, --checkpoint, or --pred")
@@ -150,51 +164,79 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool |
                                  max_memory=cfg.tile.max_memory)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
-        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu"))
+        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu") // ctx.memory_share)
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)
     out = folder.claim(REPORT_FILES, "foundir-eval").path if folder is not None else None
     page = eval_page.EvalPage(out, cfg.method, conv, cfg.page_size) if out is not None and cfg.page_size > 0 else None
-    with Scorer(conv, cfg.workers) as scorer, Bars(len(items), None, enabled=progress,
+    # With a checkpoint, restored frames are kept (with records) so that a rerun resumes.
+    weights = resume.checkpoint_hash(cfg.checkpoint, cfg.specialists) if cfg.checkpoint and out is not None else None
+    kept = out is not None and preds is None and (weights is not None or cfg.save_images)
+    outs = [out / "restored" / f"{it.rel}.png" if kept and out is not None else None for it in items]
+
+    def settings(i: int) -> resume.Settings | None:
+        it = items[i]
+        return None if weights is None else resume.Settings.of(
+            weights, cfg.seed, tile, _label(it, cfg.blind), cfg.specialists, None,
+            it.lq_sha256 or resume.sha256_bytes(it.read_lq()))
+
+    jobs = resume.plan_jobs("foundir-eval", ctx, [it.rel for it in items], out / "restored" if kept and out else None,
+                            outs, settings, cfg.restart, log=lambda line: print(line, file=sys.stderr))
+    index = {it.rel: i for i, it in enumerate(items)}
+    local: dict = {"rows": [], "missing": [], "problems": [], "lq_psnr": {}}
+    with Scorer(conv, cfg.workers) as scorer, Bars(len(jobs), None, enabled=progress if ctx.is_main else False,
                                                       label=f"foundir-eval: {cfg.method}: scored") as bars:
-        for i, it in enumerate(items):
+        for job in jobs:
+            it = items[job.index]
             tick = bars.image(it.rel)
             gt = images.decode_rgb8(it.read_gt(), it.gt_name)
+            lq01 = None
             if preds is not None:
                 p = find_prediction(preds, it.rel)
                 if p is None:
-                    report.missing.append(it.rel)
+                    local["missing"].append((job.index, it.rel))
                     continue
                 pred = images.decode_rgb8(p.read_bytes(), str(p))
-                lq01 = None
+            elif job.state == resume.DONE and job.output is not None:  # restored by an earlier run: read back
+                pred = images.decode_rgb8(job.output.read_bytes(), str(job.output))
             else:
                 lq = images.decode(it.read_lq(), it.lq_name)
-                known = it.degradation in taxonomy.NAMES
-                label = taxonomy.get(it.degradation).index if known and not cfg.blind else None
                 # Every image starts from the same seed (the release's draw, docs/training.md), so its
-                # result does not depend on which other images are evaluated or their order.
-                pred = images.to_uint8(restore_array(restorer, lq.rgb, label, tile, seed=cfg.seed, progress=tick))
+                # result does not depend on which other images are evaluated, their order, or the rank.
+                pred = images.to_uint8(restore_array(restorer, lq.rgb, _label(it, cfg.blind), tile, seed=cfg.seed,
+                                                     progress=tick))
                 lq01 = lq.rgb
+                if job.output is not None:
+                    images.save_png(job.output, pred / 255.0)
+                    job.finish({"device": str(tile.device or "cpu")})
             if pred.shape != gt.shape:
-                report.problems.append(f"{it.rel}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                                       f"GT {it.gt_name} is {gt.shape[1]}x{gt.shape[0]}")
+                local["problems"].append((job.index, f"{it.rel}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                                                     f"GT {it.gt_name} is {gt.shape[1]}x{gt.shape[0]}"))
                 continue
             scorer.submit(it, pred, gt)
             if page is not None:
                 lq8 = images.to_uint8(lq01) if lq01 is not None else images.decode_rgb8(it.read_lq(), it.lq_name)
                 page.add(it.rel, lq8, pred, gt)
-            if out is not None and cfg.save_images and preds is None:
-                images.save_png(out / "restored" / f"{it.rel}.png", pred / 255.0)
             if out is not None and cfg.panels:
                 lq_img = lq01 if lq01 is not None else images.decode(it.read_lq(), it.lq_name).rgb
                 images.save_png(out / "panels" / f"{it.rel}.png",
                                 images.side_by_side(lq_img, pred / 255.0, gt / 255.0))
-        for it, (p_val, s_val) in scorer.results():
-            report.add(it.rel, it.degradation, p_val, s_val)
+        local["rows"] = [(index[it.rel], it.rel, it.degradation, p_val, s_val)
+                         for it, (p_val, s_val) in scorer.results()]
+    local["lq_psnr"] = page.lq_psnr if page is not None else {}
+    parts = shard_run.gather(local, ctx)  # rank order; merged below in the frames' own order
+    for row in sorted((r for part in parts for r in part["rows"]), key=lambda r: r[0]):
+        report.add(*row[1:])
+    report.missing = [rel for _, rel in sorted(m for part in parts for m in part["missing"])]
+    report.problems = [msg for _, msg in sorted(m for part in parts for m in part["problems"])]
+    if not ctx.is_main:
+        return report
     if out is not None:
         report.write(out)
     if page is not None:
+        lq_psnr = {k: v for part in parts for k, v in part["lq_psnr"].items()}
+        page.lq_psnr = {r["rel"]: lq_psnr[r["rel"]] for r in report.per_image if r["rel"] in lq_psnr}
         page.finish(report)
     if cfg.json:
         report.write_json(cfg.json)
@@ -218,7 +260,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--types", nargs="+", default=d.types, help="all, isolated, coupled or type names")
     parser.add_argument("--limit", type=int, help="at most N pairs per type")
     parser.add_argument("--split", default=d.split, help="split of a packed dataset (default: test)")
-    parser.add_argument("--save-images", action="store_true", help="save restored images under OUT/restored")
+    parser.add_argument("--save-images", action="store_true",
+                        help="save restored images under OUT/restored (always done with --checkpoint and --out, "
+                             "so that a rerun resumes)")
     parser.add_argument("--panels", action="store_true", help="save LQ | output | GT panels under OUT/panels")
     parser.add_argument("--blind", action="store_true", help="do not give the model the degradation labels")
     parser.add_argument("--no-specialists", dest="specialists", action="store_false",
@@ -242,14 +286,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "evaluation's, or that equals or contains the input folder")
     add_progress_flag(parser)
     add_threads_flag(parser)
+    precision.add_precision_flag(parser)
+    resume.add_restart_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``foundir-eval``: 0 = all scored, 1 = missing or unusable predictions, 2 = error."""
-    cfg = config_from_flags(EvalConfig, args, tile=tiling_from_args(args))  # --tile is RestoreTiling's
-    check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
-    with use_threads(args.threads, announce="foundir-eval"):
-        rep = evaluate(cfg, progress=args.progress)
+    with use_threads(args.threads, announce="foundir-eval"), shard_run.ranks(args.device) as ctx:
+        # under torchrun: this rank's device and share of the frames
+        cfg = config_from_flags(EvalConfig, args, tile=tiling_from_args(args, ctx.device))  # --tile is RestoreTiling's
+        check_sources([cfg.location, cfg.pred], cfg.out, args.overwrite)
+        rep = evaluate(cfg, progress=args.progress, ctx=ctx)
+    if not ctx.is_main:
+        return 1 if rep.missing or rep.problems else 0
     print(rep.to_markdown())
     if rep.missing or rep.problems:
         print(f"foundir-eval: {len(rep.missing)} missing predictions, {len(rep.problems)} unusable "

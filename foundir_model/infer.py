@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.output_dir import check_output_dir
-from foundir_model import budget, experts, images, outputs, progress, release_seed
+from foundir_model import budget, experts, images, outputs, precision, progress, release_seed, resume, shard_run
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 from foundir_model.threads import add_threads_flag, use_threads
@@ -58,6 +58,8 @@ class RestoreTiling:
         one_pass: One of :data:`ONE_PASS`.
         noise: How ``seed`` becomes start noise, one of
             :data:`foundir_model.release_seed.NOISE_MODES` (docs/inference.md, "Seeds").
+        precision: ``fp32`` (the release), ``bf16`` or ``fp16``: the network under
+            ``torch.autocast`` (:mod:`foundir_model.precision`).
     """
 
     tile: int = 1024
@@ -69,6 +71,7 @@ class RestoreTiling:
     max_memory: int | None = None
     one_pass: str = "area"
     noise: str = "release"
+    precision: str = precision.DEFAULT
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -88,6 +91,9 @@ class RestoreTiling:
             raise ValueError(f"unknown one-pass rule {self.one_pass!r}; choose one of {ONE_PASS}")
         if self.noise not in release_seed.NOISE_MODES:
             raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {release_seed.NOISE_MODES}")
+        if self.precision not in precision.PRECISIONS:
+            raise precision.PrecisionError(f"unknown precision {self.precision!r}; "
+                                           f"choose one of {', '.join(precision.PRECISIONS)}")
 
 
 def _takes_noise(restorer: Restorer) -> bool:
@@ -152,18 +158,18 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         deg = None if label is None else torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
-        if gen is None:
-            out = restorer(batch.to(device), deg)
-        else:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
+        start = None
+        if gen is not None:  # one draw per tile, in order, so a batch of tiles draws what single tiles would
             start = torch.cat([release_seed.draw(gen, (1, *batch.shape[1:])) for _ in range(batch.shape[0])])
-            out = restorer(batch.to(device), deg, noise=start)
+        with precision.autocast(cfg.precision, device):  # the network only; the blend stays float32
+            out = restorer(batch.to(device), deg) if start is None else restorer(batch.to(device), deg, noise=start)
         if out.shape != batch.shape:
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(batch.shape)}")
         return out.detach().to("cpu", torch.float32)
 
     th, tw, origins = tile_grid(H, W, cfg)
     limit = cfg.max_memory or budget.default_budget(device)
-    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit)
+    plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit, cfg.precision)
     budget.apply(restorer, plan)
     done = 0
     with budget.memory_errors(f"{W}x{H} image in {tw}x{th} tiles, {plan.tile_batch} per batch", limit):
@@ -198,7 +204,8 @@ def restore_array(restorer: Restorer, rgb01: np.ndarray, degradation: int | None
     out = restore_tiled(restorer, t, degradation, cfg, seed, progress) if getattr(restorer, "tiles", True) else t
     finish = getattr(restorer, "finish", None)
     if finish is not None:
-        out = finish(t, out, degradation)
+        with precision.autocast((cfg or RestoreTiling()).precision, (cfg and cfg.device) or "cpu"):
+            out = finish(t, out, degradation).float()
     out = out.clamp(0, 1)
     return out.permute(1, 2, 0).numpy()
 
@@ -243,6 +250,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "contains the input folder (inputs are never overwritten)")
     progress.add_progress_flag(parser)
     add_threads_flag(parser)
+    precision.add_precision_flag(parser)
+    resume.add_restart_flag(parser)
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -272,15 +281,17 @@ def default_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def tiling_from_args(args: argparse.Namespace) -> RestoreTiling:
+def tiling_from_args(args: argparse.Namespace, device: str | None = None) -> RestoreTiling:
     """The :class:`RestoreTiling` of parsed ``foundir-restore`` / ``foundir-eval`` flags
     (``--tile``, ``--stride``, ``--blend``, ``--tile-batch``, ``--max-memory``, ``--device``,
-    ``--noise``, ``--one-pass``), with
-    the device resolved and the tile batch defaulted for it; flags left unset (None) keep the
-    config's defaults."""
-    device = default_device(args.device)
+    ``--noise``, ``--one-pass``, ``--precision``), with the device resolved (``device``: the
+    rank's, under torchrun), the tile batch defaulted for it and the precision checked on it;
+    flags left unset (None) keep the config's defaults."""
+    device = device or default_device(args.device)
     given = flag_values(RestoreTiling, args, given_only=True)
-    return RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
+    cfg = RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
+    precision.check(cfg.precision, device)
+    return cfg
 
 
 #: ``(tile, stride)`` of ``foundir-restore`` for the CPU presets (no linear attention: ``tiny``,
@@ -314,7 +325,7 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
         w, h = max(size[0], cfg.min_size), max(size[1], cfg.min_size)
         th, tw, origins = tile_grid(h, w, cfg)
         try:
-            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit)
+            budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit, cfg.precision)
         except budget.MemoryBudgetError as e:
             raise budget.MemoryBudgetError(f"{size[0]}x{size[1]} image: {e}") from None
     for size in sizes:
@@ -324,14 +335,19 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
 
 
 def run(args: argparse.Namespace) -> int:
-    """Restore every image of ``args.input`` into ``args.output``; returns the exit status."""
-    with use_threads(args.threads, announce="foundir-restore"):
-        return _run(args)
+    """Restore every image of ``args.input`` into ``args.output``; returns the exit status.
+
+    Under ``torchrun`` each rank restores its share of the images (``shard_run.py``); a rerun
+    skips the images already restored with the same settings (``resume.py``).
+    """
+    with use_threads(args.threads, announce="foundir-restore"), shard_run.ranks(args.device) as ctx:
+        return _run(args, ctx)
 
 
-def _run(args: argparse.Namespace) -> int:
-    cfg = tiling_from_args(args)
+def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
+    cfg = tiling_from_args(args, ctx.device)
     device = cfg.device
+    say = print if ctx.is_main else (lambda *a, **k: None)
     label = taxonomy.get(args.degradation).index if args.degradation else None
     src, out_root = Path(args.input), Path(args.output)
     files, not_images = images.list_inputs(src)
@@ -339,39 +355,52 @@ def _run(args: argparse.Namespace) -> int:
     pairs, left_out = outputs.plan_outputs(files, src, out_root, args.overwrite)
     folder = check_output_dir(out_root, "restore", args.overwrite)
     if left_out:
-        print(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
-              "not inputs; left out", file=sys.stderr)
+        say(f"foundir-restore: {len(left_out)} files under the output folder {out_root} are earlier results, "
+            "not inputs; left out", file=sys.stderr)
     for path, why in (e for e in not_images if not outputs.is_under(e[0], out_root)):  # earlier results are ours
-        print(f"foundir-restore: left out {path}: {why}", file=sys.stderr)  # every file left out, with the reason
+        say(f"foundir-restore: left out {path}: {why}", file=sys.stderr)  # every file left out, with the reason
     if not pairs:
-        print(f"foundir-restore: no images under {src}", file=sys.stderr)
+        say(f"foundir-restore: no images under {src}", file=sys.stderr)
         return 1
     restorer = load_restorer(args.checkpoint, device, specialists=not args.no_specialists, only=args.only_specialist,
                              max_memory=cfg.max_memory)
     cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
-        cfg.max_memory = budget.default_budget(device)  # once, before our own allocations count
-    sizes = [progress.header_size(f) for f, _ in pairs]
+        cfg.max_memory = budget.default_budget(device) // ctx.memory_share  # once, before our own allocations
+    weights = resume.checkpoint_hash(args.checkpoint, specialists=not args.no_specialists)
+
+    def settings(i: int) -> resume.Settings:
+        return resume.Settings.of(weights, args.seed, cfg, label, not args.no_specialists, args.only_specialist,
+                                  resume.sha256_file(pairs[i][0]))
+
+    dsts = [dst for _, dst in pairs]
+    jobs = resume.plan_jobs("foundir-restore", ctx, [str(d) for d in dsts], out_root, dsts, settings, args.restart,
+                            log=lambda line: print(line, file=sys.stderr))
+    todo = [j for j in jobs if j.state != resume.DONE]
+    sizes = [progress.header_size(pairs[j.index][0]) for j in todo]
     tiles = preflight(restorer, sizes, cfg)
-    folder.claim([dst for _, dst in pairs], "foundir-restore")  # says which earlier results it replaces
+    folder.claim([pairs[j.index][1] for j in todo], "foundir-restore")  # says which earlier results it replaces
     if getattr(restorer, "note", None):  # a demo or under-trained checkpoint: one line, once the run can start
         print(f"foundir-restore: {restorer.note}", file=sys.stderr)
     failed: list[str] = []
-    with progress.Bars(len(pairs), tiles if all(sizes) else None, enabled=args.progress,
+    with progress.Bars(len(todo), tiles if all(sizes) else None, enabled=args.progress and ctx.is_main,
                        label="foundir-restore: restored") as bars:
-        for f, dst in pairs:
+        for job in todo:
+            f, dst = pairs[job.index]
             tick = bars.image(f.name)
             try:
                 d = images.load(f)
                 out = restore_array(restorer, d.rgb, label, cfg, seed=args.seed, progress=tick)
                 images.save_png(dst, out, d.alpha)
+                job.finish({"device": device})
             except images.ImageError as e:
                 failed.append(str(e))
                 bars.write(f"skipped: {e}", file=sys.stderr)
                 continue
             bars.write(f"{f} -> {dst}" + (f" ({d.note})" if d.note else ""))
+    failed = [line for part in shard_run.gather(failed, ctx) for line in part]
     if failed:
-        print(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        say(f"foundir-restore: {len(failed)} of {len(pairs)} files failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 

@@ -46,7 +46,11 @@ class WeightStandardizedConv2d(nn.Conv2d):
     """Conv2d whose weights are standardised per output channel (works with GroupNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        # The release picks eps by the input's dtype (1e-3 for half inputs). The standardisation is
+        # computed in the weights' dtype, so that is what decides here: the same in fp32 (the
+        # release) and for a half model, but under autocast (float32 weights, 16-bit activations,
+        # docs/inference.md "Precision") eps stays 1e-5 instead of changing the function.
+        eps = 1e-5 if self.weight.dtype == torch.float32 else 1e-3
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
@@ -93,10 +97,13 @@ class LayerNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-        var = x.var(dim=1, unbiased=False, keepdim=True)
-        mean = x.mean(dim=1, keepdim=True)
-        return (x - mean) * (var + eps).rsqrt() * self.g
+        # As the weight standardisation: eps and the arithmetic follow the gain's dtype, so under
+        # autocast the statistics are float32 (as autocast runs its own norms) and eps is fp32's.
+        eps = 1e-5 if self.g.dtype == torch.float32 else 1e-3
+        xf = x.to(self.g.dtype)
+        var = xf.var(dim=1, unbiased=False, keepdim=True)
+        mean = xf.mean(dim=1, keepdim=True)
+        return ((xf - mean) * (var + eps).rsqrt() * self.g).to(x.dtype)
 
 
 class LinearAttention(nn.Module):

@@ -34,3 +34,23 @@ class OneThread:
     def __exit__(self, *exc):
         torch.set_num_threads(self.n)
         return False
+
+
+def live_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny-preset checkpoint whose output depends on its input and start noise.
+
+    An untrained network's last convolution starts at zero (it restores to the input itself,
+    whatever the seed); here it gets small random weights, so that tests of seeds, precision and
+    sharding compare results that the noise and the arithmetic really change.
+    """
+    from foundir_model import checkpoint as ck
+    from foundir_model.config import UNET_PRESETS, DiffusionConfig
+
+    torch.manual_seed(seed)
+    unet, diff = UNET_PRESETS["tiny"], DiffusionConfig()
+    model = ck.build_generalist(unet, diff)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.net.final_conv.weight, std=0.05)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ck.save(path, {**ck.model_state(unet, diff), "step": 0, "model": model.net.state_dict()})
+    return path

@@ -30,10 +30,12 @@ def _dests(parser):
 def test_eval_flags_land_on_eval_config_and_tiling():
     _, args = _parse(evaluate.configure, ["data", "--pred", "p", "--tile", "64", "--stride", "32", "--blend", "window",
                                           "--workers", "3", "--method", "m", "--types", "Blur", "--limit", "2",
-                                          "--device", "cpu", "--max-memory", "1G"])
+                                          "--device", "cpu", "--max-memory", "1G", "--precision", "bf16", "--restart"])
     cfg = config_from_flags(EvalConfig, args, tile=infer.tiling_from_args(args))
     assert (cfg.location, cfg.pred, cfg.workers, cfg.method, cfg.types, cfg.limit) == ("data", "p", 3, "m", ["Blur"], 2)
-    assert cfg.tile == RestoreTiling(tile=64, stride=32, blend="window", tile_batch=1, device="cpu", max_memory=2**30)
+    assert cfg.restart
+    assert cfg.tile == RestoreTiling(tile=64, stride=32, blend="window", tile_batch=1, device="cpu", max_memory=2**30,
+                                     precision="bf16")
 
 
 def test_restore_tiling_defaults_its_batch_for_the_device():
@@ -47,7 +49,7 @@ def test_restore_tiling_defaults_its_batch_for_the_device():
     (evaluate.configure, ["x", "--pred", "p"], [EvalConfig, RestoreTiling], {"progress", "threads"}),
     (infer.configure, ["i", "o", "--checkpoint", "c"], [RestoreTiling],
      {"input", "output", "checkpoint", "no_specialists", "only_specialist", "degradation", "seed", "overwrite",
-      "progress", "threads"}),
+      "progress", "threads", "restart"}),
     (quickstart.configure, [], [QuickstartConfig], {"small"}),
     (train_flags.configure, [], [TrainConfig], {"recipe", "specialist", "generalist", "threads"}),
 ])
