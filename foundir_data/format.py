@@ -18,17 +18,11 @@ Each tar holds samples of three consecutive members sharing a dot-free key::
     <key>.gt.png   original GT bytes, untouched
     <key>.json     the sample's metadata record (a JSON object, see ``record_fields``)
 
-Every image member has the extension ``png`` whatever its bytes are (the release itself has
-JPEG bytes in ``.png`` files): WebDataset and ``datasets`` name a column after the member's
-full extension, so ``lq.png`` and ``lq.jpg`` would be two columns and a sample whose format
-differs from the first samples would silently lose its image (docs/format.md, "Member
-names"). ``png`` is an extension both WebDataset's ``.decode("pil")`` and the ``datasets``
-webdataset builder treat as an image, and both decode it with ``PIL.Image.open`` on the
-bytes, i.e. by content. The real format is in the index and the JSON record.
-
-Format version 1 named the image members ``lq.img``/``gt.img``, which both libraries left
-as bytes; readers still read version-1 folders (:func:`members`), writers write only
-:data:`FORMAT_VERSION`.
+Every image member has the extension ``png`` whatever its bytes are (the release has JPEG
+bytes in ``.png`` files): WebDataset and ``datasets`` name a column after the full extension,
+and both decode ``png`` members by content (docs/format.md, "Member names"). Version 1 named
+them ``lq.img``/``gt.img`` (:func:`members`); version 3's index layout and columns:
+docs/format.md, "Version 3". Writers write only :data:`FORMAT_VERSION`.
 """
 
 from __future__ import annotations

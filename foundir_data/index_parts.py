@@ -18,6 +18,7 @@ read through the whole index, once per reader, as before.
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import hashlib
 import json
@@ -243,3 +244,27 @@ def iter_index(store: Any, columns: list[str] | None = None, batch_rows: int = 6
         yield from f.iter_batches(batch_size=batch_rows, columns=columns)
         return
     yield from store.index(columns=columns).to_batches(max_chunksize=batch_rows)
+
+
+def hex_digests(sel: pa.Table, where: str, cols: tuple[str, ...], size: int = 32, width: int = 3) -> np.ndarray:
+    """The index's hex digest columns ``cols`` as an (n, ``width``, ``size``) uint8 array
+    (zeros where ``cols`` has fewer than ``width``).
+
+    Decoded from the Arrow buffer directly (no Python string per row): at the release's
+    million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
+    """
+    n = sel.num_rows
+    out = np.zeros((n, width, size), np.uint8)
+    for j, col in enumerate(cols):
+        arr = sel[col].combine_chunks()
+        want = {"min": 2 * size, "max": 2 * size}
+        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != want):
+            raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
+                                  "re-pack the folder (every member must be checkable)")
+        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4) if n else np.zeros(1, np.int32)
+        hexes = memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if n else b""
+        try:
+            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, size)
+        except (binascii.Error, ValueError):
+            raise fmt.FormatError(f"{where}: the index's {col} column holds non-hex hashes; re-pack the folder") from None
+    return out

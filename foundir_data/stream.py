@@ -24,7 +24,6 @@ the batches the loop received (or pass ``stream.state_dict(step=batch["step"] + 
 
 from __future__ import annotations
 
-import binascii
 import logging
 import os
 from collections import OrderedDict
@@ -39,7 +38,7 @@ import torch.distributed as dist
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
-from foundir_data.index_parts import ShardRows
+from foundir_data.index_parts import ShardRows, hex_digests
 from foundir_data.integrity import check_record
 from foundir_data.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.reader import READ_MODES, PairReader, resolve_read
@@ -47,7 +46,7 @@ from foundir_data.retry import ShardError
 from foundir_data.rng import CROPS, generator
 from foundir_data.schedules import Curriculum, nested_subset
 from foundir_data.store import Store
-from foundir_data.transforms import RELEASE_SMALL, check_augment, random_crops
+from foundir_data.transforms import RELEASE_SMALL, check_augment, check_crop_fits, random_crops
 
 _COLUMNS = ["key", "split", "layout", "degradation_id", "shard", "sample_index",
             "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS,
@@ -64,29 +63,6 @@ def _dist_rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def check_crop_fits(rows: pa.Table, crop: int, where: str) -> None:
-    """Refuse a crop larger than the smallest selected pair, when the stream is built.
-
-    Found here from the index's sizes (Arrow compute over the rows the stream loads anyway),
-    instead of at the first batch inside a DataLoader worker. LQ and GT of a pair have one
-    size (the packer refuses others), so the LQ's is the pair's.
-
-    Raises:
-        ValueError: one line naming the smallest pair, its size, and both ways out.
-    """
-    side = pc.min_element_wise(rows["lq_width"], rows["lq_height"])
-    smallest = pc.min(side).as_py()
-    if smallest is None or smallest >= crop:
-        return
-    i = pc.index(side, smallest).as_py()
-    w, h = rows["lq_width"][i].as_py(), rows["lq_height"][i].as_py()
-    small = pc.sum(pc.less(side, crop)).as_py()
-    raise ValueError(f"{where}: pair {rows['key'][i].as_py()} is {w}x{h}, smaller than the {crop}px crop "
-                     f"({small} of {rows.num_rows} pairs are); use a crop of at most {smallest} (foundir-train "
-                     f"--crop {smallest}) or resize small pairs up first (upscale_small=True, foundir-train "
-                     "--upscale-small)")
 
 
 class FoundIRStream(torch.utils.data.IterableDataset):
@@ -274,8 +250,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
         hit = (t["key"].combine_chunks(),
                np.stack([t[c].to_numpy() for c in ("lq_offset", "lq_size", "gt_offset", "gt_size",
                                                     "json_offset", "json_size")], 1),
-               _digests(t, self.store.url(name), cols), has_json_sha,
-               _digests(t, self.store.url(name), fmt.FAST_HASH_COLUMNS, 16, 2) if fast else None)
+               hex_digests(t, self.store.url(name), cols), has_json_sha,
+               hex_digests(t, self.store.url(name), fmt.FAST_HASH_COLUMNS, 16, 2) if fast else None)
         self._parts.drop(name)  # kept here, in its compact form
         self._open[code] = hit
         while len(self._open) > KEEP_SHARDS:
@@ -420,28 +396,3 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             if info is None:
                 self._start = step + 1
             yield batch
-
-
-
-def _digests(sel: pa.Table, where: str, cols: tuple[str, ...], size: int = 32, width: int = 3) -> np.ndarray:
-    """The index's hex digest columns ``cols`` as an (n, ``width``, ``size``) uint8 array
-    (zeros where ``cols`` has fewer than ``width``).
-
-    Decoded from the Arrow buffer directly (no Python string per row): at the release's
-    million rows this keeps start-up memory and time flat (``bench/plan_scale.py``).
-    """
-    n = sel.num_rows
-    out = np.zeros((n, width, size), np.uint8)
-    for j, col in enumerate(cols):
-        arr = sel[col].combine_chunks()
-        want = {"min": 2 * size, "max": 2 * size}
-        if n and (arr.null_count or pc.min_max(pc.binary_length(arr)).as_py() != want):
-            raise fmt.FormatError(f"{where}: the index's {col} column has missing or malformed hashes; "
-                                  "re-pack the folder (every member must be checkable)")
-        offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4) if n else np.zeros(1, np.int32)
-        hexes = memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]] if n else b""
-        try:
-            out[:, j] = np.frombuffer(binascii.unhexlify(hexes), np.uint8).reshape(n, size)
-        except (binascii.Error, ValueError):
-            raise fmt.FormatError(f"{where}: the index's {col} column holds non-hex hashes; re-pack the folder") from None
-    return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 #: Augmentation variants: how many of the 8 dihedral ops (flip x rot90) may be drawn.
@@ -136,3 +138,26 @@ def random_crops(lq: np.ndarray, gt: np.ndarray, size: int, k: int, rng: np.rand
         for src, dst in ((lq, out_lq), (gt, out_gt)):
             dst[i] = dihedral(src[y: y + size, x: x + size], int(op)).transpose(2, 0, 1)
     return out_lq, out_gt, win
+
+
+def check_crop_fits(rows: pa.Table, crop: int, where: str) -> None:
+    """Refuse a crop larger than the smallest selected pair, when the stream is built.
+
+    Found here from the index's sizes (Arrow compute over the rows the stream loads anyway),
+    instead of at the first batch inside a DataLoader worker. LQ and GT of a pair have one
+    size (the packer refuses others), so the LQ's is the pair's.
+
+    Raises:
+        ValueError: one line naming the smallest pair, its size, and both ways out.
+    """
+    side = pc.min_element_wise(rows["lq_width"], rows["lq_height"])
+    smallest = pc.min(side).as_py()
+    if smallest is None or smallest >= crop:
+        return
+    i = pc.index(side, smallest).as_py()
+    w, h = rows["lq_width"][i].as_py(), rows["lq_height"][i].as_py()
+    small = pc.sum(pc.less(side, crop)).as_py()
+    raise ValueError(f"{where}: pair {rows['key'][i].as_py()} is {w}x{h}, smaller than the {crop}px crop "
+                     f"({small} of {rows.num_rows} pairs are); use a crop of at most {smallest} (foundir-train "
+                     f"--crop {smallest}) or resize small pairs up first (upscale_small=True, foundir-train "
+                     "--upscale-small)")

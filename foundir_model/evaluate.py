@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from foundir_data import taxonomy
 from foundir_data.command import run_module

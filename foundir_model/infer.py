@@ -17,7 +17,6 @@ whole-image specialists).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import sys
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from foundir_model import budget, experts, images, outputs, precision, progress,
 from foundir_model.checkpoint import load_restorer
 from foundir_model.flags import flag_values
 from foundir_model.threads import add_threads_flag, use_threads
-from foundir_model.tiling import BLENDS, ONE_PASS, blend_weights, tile_grid, tile_starts, window_1d  # noqa: F401 (API)
+from foundir_model.tiling import (  # noqa: F401 (API: re-exported)
+    BLENDS, CPU_PRESET_TILING, ONE_PASS, auto_tiling, blend_weights, tile_grid, tile_starts, window_1d)
 
 Restorer = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -291,24 +291,6 @@ def tiling_from_args(args: argparse.Namespace, device: str | None = None) -> Res
     given = flag_values(RestoreTiling, args, given_only=True)
     cfg = RestoreTiling(**{**given, "device": device, "tile_batch": default_tile_batch(args.tile_batch, device)})
     precision.check(cfg.precision, device)
-    return cfg
-
-
-#: ``(tile, stride)`` of ``foundir-restore`` for the CPU presets (no linear attention: ``tiny``,
-#: ``small``) when ``--tile``/``--stride`` are not given. The release's 1024/512 computes every
-#: pixel about three times; 512 tiles overlapping by 64 px keep blended seams at about 1.2x
-#: the work (41 against 160 CPU-s for a 2560x1600 photo with ``tiny``, bench/README.md
-#: "Restore"). The release's network keeps the release's tiling (``--seed`` reproduces it).
-CPU_PRESET_TILING = (512, 448)
-
-
-def auto_tiling(cfg: RestoreTiling, restorer: Restorer, args: argparse.Namespace) -> RestoreTiling:
-    """``cfg`` with :data:`CPU_PRESET_TILING` when neither ``--tile`` nor ``--stride`` was given
-    and the generalist is a CPU preset (a network without linear attention)."""
-    net = getattr(getattr(restorer, "model", None), "net", None)
-    cpu_preset = net is not None and not getattr(net.cfg, "linear_attention", True)
-    if cpu_preset and args.tile is None and args.stride is None:
-        return dataclasses.replace(cfg, tile=CPU_PRESET_TILING[0], stride=CPU_PRESET_TILING[1])
     return cfg
 
 

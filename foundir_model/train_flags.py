@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         else:
             conv = tp if not optional else (lambda s, tp=tp: None if s.lower() == "none" else tp(s))
             parser.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=_help(f.name, default))
-    # The advice a too-large crop gives (foundir_data.stream.check_crop_fits): one word for
+    # The advice a too-large crop gives (foundir_data.transforms.check_crop_fits): one word for
     # the common case, the same config field.
     parser.add_argument("--upscale-small", dest="small_pairs", action="store_const", const="upscale",
                         default=argparse.SUPPRESS, help="same as --small-pairs upscale: resize pairs smaller "

@@ -363,7 +363,7 @@ def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
 def test_crop_check_names_the_smallest_pair_from_the_index_sizes():
     import pyarrow as pa
 
-    from foundir_data.stream import check_crop_fits
+    from foundir_data.transforms import check_crop_fits
 
     rows = pa.table({"key": ["a", "b", "c"], "lq_width": [300, 90, 500], "lq_height": [200, 400, 64]})
     check_crop_fits(rows, 64, "here")  # fits every pair: nothing raised

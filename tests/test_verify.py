@@ -7,7 +7,6 @@ import shutil
 import struct
 import tarfile
 import zlib
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
