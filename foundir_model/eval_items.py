@@ -63,7 +63,7 @@ def packed_items(location: str, split: str = "test") -> list[Item]:
     # The index rows of the split's full-frame shards only: their parts (format 3), not the
     # whole index of a million training pairs (foundir_data/index_parts.py).
     parts = ShardRows(store, columns=cols, keep=1)
-    # In the index's order: degradation in release order, then shard (docs/format.md).
+    # In the order merge writes the index: degradation in release order, then shard.
     shards = sorted(store.manifest().select(split=split), key=lambda s: (taxonomy.get(s.degradation).index, s.path))
     rows = [r for s in shards
             for r in parts.rows(s.path).select(cols).to_pylist()]
