@@ -81,14 +81,21 @@ def test_stream_serves_the_batches_of_the_whole_index_plan(folder, layout, fract
                                           world=world, nodes=nodes)
 
 
+def _post(moto_s3, verb: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{moto_s3.endpoint}/moto-api/recorder/{verb}", method="POST")).read()
+
+
 def _recording(moto_s3, tmp_path, monkeypatch) -> Path:
-    """Start moto's request recorder (it runs in this process: its file goes to tmp_path)."""
+    """Start moto's request recorder (it runs in this process: its file goes to tmp_path);
+    it is stopped when the test ends, before its file location is restored."""
     from moto.moto_api import recorder
 
     log = tmp_path / "moto_requests.jsonl"
     monkeypatch.setattr(recorder, "_location", str(log))
+    # monkeypatch undoes in reverse order: this runs first, so no later request is recorded.
+    monkeypatch.setattr(recorder, "_user_enabled", False)
     for verb in ("reset-recording", "start-recording"):
-        urllib.request.urlopen(urllib.request.Request(f"{moto_s3.endpoint}/moto-api/recorder/{verb}", method="POST")).read()
+        _post(moto_s3, verb)
     return log
 
 
