@@ -24,7 +24,8 @@ on a real packed folder (``bench/release_run.py`` makes one), after and before.
 Time is CPU seconds of the child, not wall (the machine is shared: bench/README.md,
 "Machine and method"). Run::
 
-    PYTHONPATH=$PWD python bench/scale.py --rows 1000000 15000000 30000000 --before /work/main \\
+    git worktree add --detach /tmp/base 1313017     # the code before issue 18
+    PYTHONPATH=$PWD python bench/scale.py --rows 1000000 15000000 30000000 --before /tmp/base \\
         --before-max 15000000 --work /tmp/scale
 
 ``--before DIR``: a checkout of the code to compare with (omit for after only).

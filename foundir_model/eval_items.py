@@ -21,6 +21,7 @@ import numpy as np
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.access import read_member
+from foundir_data.index_parts import ShardRows
 from foundir_data.store import Store
 from foundir_model import images, metrics
 
@@ -61,7 +62,13 @@ def packed_items(location: str, split: str = "test") -> list[Item]:
     store = Store.open(location)
     cols = ["key", "split", "layout", "degradation", "lq_source", "gt_source", "shard",
             "lq_offset", "lq_size", "gt_offset", "gt_size", "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS]
-    rows = [r for r in store.index(cols).to_pylist() if r["split"] == split and r["layout"] == fmt.LAYOUT_FULL]
+    # The index rows of the split's full-frame shards only: their parts (format 3), not the
+    # whole index of a million training pairs (foundir_data/index_parts.py).
+    parts = ShardRows(store, columns=cols, keep=1)
+    # In the order merge writes the index: degradation in release order, then shard.
+    shards = sorted(store.manifest().select(split=split), key=lambda s: (taxonomy.get(s.degradation).index, s.path))
+    rows = [r for s in shards
+            for r in parts.rows(s.path).select(cols).to_pylist()]
     if not rows:
         raise ValueError(f"{store.location}: no full-frame pairs of split {split!r} in the index")
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.decode import decode_pair
+from foundir_data.index_parts import ShardRows
 from foundir_data.reader import PairReader
 from foundir_data.store import Store
 from foundir_model.diffusion import ResidualDiffusion
@@ -55,12 +55,13 @@ def load_val_pairs(location: str, per_type: int, size: int, split: str = "test",
     cols = ["key", "split", "layout", "degradation", "shard", "lq_offset", "lq_size", "gt_offset", "gt_size",
             "lq_sha256", "gt_sha256", *fmt.FAST_HASH_COLUMNS]
     reader = PairReader(store)  # checked against the index's xxh3 (else sha256) before decoding
-    t = store.index(columns=cols)
     if isinstance(config, str):  # "Lowlight,Lowlight_Blur" as on the CLI (train.type_selector)
         config = [c.strip() for c in config.split(",") if c.strip()]
     names = {ty.name for ty in taxonomy.select(list(config))}
-    t = t.filter(pc.and_(pc.equal(t["split"], split), pc.equal(t["layout"], "full")))
-    rows = [r for r in t.to_pylist() if r["degradation"] in names]
+    # The index rows of the selected shards only: their parts (format 3), not the whole index.
+    parts = ShardRows(store, columns=cols, keep=1)
+    rows = [r for s in sorted(store.manifest().select(split=split, degradations=names), key=lambda s: s.path)
+            for r in parts.rows(s.path).select(cols).to_pylist()]
     if not rows:
         print(f"note: {location} has no {split!r} pairs; validation skipped", file=sys.stderr)
         return []

@@ -53,17 +53,31 @@ def _parquet_bytes(table: pa.Table, row_group: int | None = None) -> bytes:
 
 
 def _shard_runs(index: pa.Table) -> tuple[pa.Table, list[tuple[str, int, int]]]:
-    """The index sorted by (shard, sample_index) and its ``(shard, start, stop)`` runs."""
+    """The index with each shard's rows together in sample order, and its ``(shard, start,
+    stop)`` runs. Merge writes rows that way already: then the table itself (no copy of the
+    whole index), else a sorted copy."""
+    runs = _runs(index)
+    names = [n for n, _, _ in runs]
+    if len(set(names)) == len(names):
+        pos = index["sample_index"].to_numpy()
+        start = np.repeat(np.array([a for _, a, _ in runs], np.int64), [b - a for _, a, b in runs])
+        if np.array_equal(pos, np.arange(len(pos)) - start):
+            return index, runs
     order = pc.sort_indices(index, [("shard", "ascending"), ("sample_index", "ascending")])
     srt = index.take(order)
-    shard = srt["shard"].combine_chunks()
+    return srt, _runs(srt)
+
+
+def _runs(index: pa.Table) -> list[tuple[str, int, int]]:
+    """``(shard, start, stop)`` of each run of equal ``shard`` values, in row order."""
+    shard = index["shard"].combine_chunks()
     if not len(shard):
-        return srt, []
+        return []
     change = pc.not_equal(shard[1:], shard[:-1]).to_numpy(zero_copy_only=False)
     starts = np.concatenate([[0], np.flatnonzero(change) + 1])
     stops = np.concatenate([starts[1:], [len(shard)]])
     names = shard.take(pa.array(starts)).to_pylist()  # one string per shard, not per row
-    return srt, list(zip(names, starts.tolist(), stops.tolist()))
+    return list(zip(names, starts.tolist(), stops.tolist()))
 
 
 def write_parts(root: Path, index: pa.Table, manifest: fmt.Manifest) -> None:

@@ -81,14 +81,21 @@ def test_stream_serves_the_batches_of_the_whole_index_plan(folder, layout, fract
                                           world=world, nodes=nodes)
 
 
+def _post(moto_s3, verb: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{moto_s3.endpoint}/moto-api/recorder/{verb}", method="POST")).read()
+
+
 def _recording(moto_s3, tmp_path, monkeypatch) -> Path:
-    """Start moto's request recorder (it runs in this process: its file goes to tmp_path)."""
+    """Start moto's request recorder (it runs in this process: its file goes to tmp_path);
+    it is stopped when the test ends, before its file location is restored."""
     from moto.moto_api import recorder
 
     log = tmp_path / "moto_requests.jsonl"
     monkeypatch.setattr(recorder, "_location", str(log))
+    # monkeypatch undoes in reverse order: this runs first, so no later request is recorded.
+    monkeypatch.setattr(recorder, "_user_enabled", False)
     for verb in ("reset-recording", "start-recording"):
-        urllib.request.urlopen(urllib.request.Request(f"{moto_s3.endpoint}/moto-api/recorder/{verb}", method="POST")).read()
+        _post(moto_s3, verb)
     return log
 
 
@@ -197,3 +204,14 @@ def test_verify_reports_a_damaged_part_and_passes_a_clean_folder(folder, tmp_pat
     part.write_bytes(part.read_bytes()[:-9] + b"012345678")
     found = [(p.path, p.what) for p in verify(bad).problems]
     assert len(found) == 1 and found[0][0] == fmt.index_part(sh) and "sha256" in found[0][1]
+
+
+def test_parts_do_not_depend_on_the_index_row_order(folder, tmp_path):
+    from shard_tools.index_write import write_parts
+
+    t = pq.read_table(folder / fmt.INDEX_FILE)
+    m = fmt.Manifest.from_json((folder / fmt.MANIFEST_FILE).read_text())
+    shuffled = t.take(pa.array(np.random.default_rng(0).permutation(t.num_rows)))
+    write_parts(tmp_path, shuffled, m)  # the sorting path; merge's own order takes the no-copy path
+    for s in m.shards:
+        assert (tmp_path / fmt.index_part(s.path)).read_bytes() == (folder / fmt.index_part(s.path)).read_bytes()
