@@ -41,6 +41,11 @@ class UsageError(FoundIRError, ValueError):
     """Bad arguments or bad input (exit status 2)."""
 
 
+class FormatError(FoundIRError, ValueError):
+    """A packed folder, manifest or record that does not follow the packed format
+    (``foundir_data.format``; re-exported there as ``format.FormatError``)."""
+
+
 class OutputFolderError(FoundIRError, ValueError):
     """An output folder that is not ours to write into (exit status 2)."""
 
