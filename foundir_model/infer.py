@@ -21,7 +21,7 @@ import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -105,11 +105,6 @@ def _takes_noise(restorer: Restorer) -> bool:
     return any(p.name == "noise" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _batches(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
 @torch.no_grad()
 def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None = None,
                   cfg: RestoreTiling | None = None, seed: int | None = None,
@@ -182,7 +177,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
             win = (window_1d(th, cfg.blend)[:, None] * window_1d(tw, cfg.blend)[None, :]).float()
             acc = torch.zeros(3, H, W, dtype=torch.float32)
             total = blend_weights(H, W, cfg).float()
-            for group in _batches(origins, plan.tile_batch):
+            for group in (origins[i : i + plan.tile_batch] for i in range(0, len(origins), plan.tile_batch)):
                 batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in group])
                 res = run(batch)
                 for (y, xx), tile in zip(group, res):
