@@ -194,7 +194,8 @@ class FoundIRStream(torch.utils.data.IterableDataset):
             if small:
                 worst = min(small, key=lambda sh: sh.min_side)
                 rows = ShardRows(self.store, columns=["key", "lq_width", "lq_height"], keep=1).rows(worst.path)
-                check_crop_fits(rows, self.crop, f"{where}, {len(small)} of {len(info)} shards, {worst.path}")
+                check_crop_fits(rows, self.crop, f"{where}, shard {worst.path} ({len(small)} of {len(info)} shards "
+                                                 "hold smaller pairs)")
             return
         t = self.store.index(columns=["key", "shard", "lq_width", "lq_height"])
         check_crop_fits(t.filter(pc.is_in(t["shard"], value_set=pa.array(self._shard_names, pa.string()))),
