@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from foundir_data.atomic import write_atomic
 from foundir_model import shard_run
 from foundir_model.specialists import SPECIALISTS_FILE
 
@@ -110,25 +111,6 @@ def record_path(image: str | os.PathLike, root: str | os.PathLike) -> Path:
     ``<root>/.foundir-resume/<path under root>.json``."""
     rel = Path(image).relative_to(root)
     return Path(root) / RECORD_DIR / rel.with_name(rel.name + RECORD_SUFFIX)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename (never a half file).
-
-    The temporary name carries the process id, so two writers never share one; a temporary
-    left by a killed run is a hidden ``.<name>.<pid>.tmp`` file that no reader takes for a result.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_record(image: str | os.PathLike, root: str | os.PathLike, settings: Settings,
@@ -275,4 +257,4 @@ def plan_jobs(prog: str, ctx: shard_run.RankContext, names: Sequence[str], root:
 
 __all__ = ["DONE", "MISSING", "RECORD_DIR", "RECORD_SUFFIX", "RECORD_VERSION", "STALE", "Job", "Settings", "Tally",
            "add_restart_flag", "checkpoint_hash", "plan_jobs", "read_record", "record_path", "sha256_bytes",
-           "sha256_file", "status", "summary", "write_atomic", "write_record"]
+           "sha256_file", "status", "summary", "write_record"]

@@ -35,6 +35,7 @@ from huggingface_hub import DatasetCardData
 import cards
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.atomic import write_atomic
 from shard_tools.stats import counts_by, resolution_stats
 from shard_tools.summary import plural
 
@@ -300,10 +301,4 @@ def write_card(root: str | os.PathLike, manifest: fmt.Manifest, index: pa.Table,
     """
     root = Path(root)
     text = render_card(manifest, index, name=root.resolve().name, **kwargs)
-    # Atomic (temp name, then rename), like every other output of pack/merge.
-    tmp = root / f"{fmt.CARD_FILE}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, root / fmt.CARD_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(root / fmt.CARD_FILE, text.encode("utf-8"))  # like every other output of pack/merge

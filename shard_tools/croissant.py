@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
+from foundir_data.atomic import write_atomic
 from shard_tools.card import CITATION, DESCRIPTION, LICENSE_TEXT
 
 CROISSANT_FILE = "croissant.json"
@@ -246,12 +247,7 @@ def write_croissant(root: str | os.PathLike, manifest: fmt.Manifest, *, manifest
                 index_sha256=_sha256(index_path), index_bytes=index_path.stat().st_size,
                 name=root.resolve().name)
     out = root / CROISSANT_FILE
-    tmp = root / f"{CROISSANT_FILE}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
     return out
 
 

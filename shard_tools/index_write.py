@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.errors import FoundIRError
 from shard_tools.summary import plural
-from shard_tools.writer import write_atomic
+from foundir_data.atomic import write_atomic
 
 #: Rows per row group of ``index/pairs.parquet``: tools read it one group at a time.
 ROW_GROUP = 65536

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.atomic import write_atomic
 from foundir_data.integrity import repeated_keys
 from shard_tools import out_store
 from shard_tools.build import PlannedShard
@@ -38,7 +39,7 @@ from shard_tools.index_write import write_index
 from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.summary import plural
 from shard_tools.tile_index import with_tiles
-from shard_tools.writer import read_part_meta, write_atomic
+from shard_tools.writer import read_part_meta
 from foundir_data.errors import FoundIRError
 
 

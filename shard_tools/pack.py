@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterable
 
 from foundir_data import format as fmt
+from foundir_data.atomic import write_atomic
 from foundir_data import taxonomy
 from shard_tools import ingest, out_store, scheduler, sources
 from shard_tools.build import PackError, PlannedPair, PlannedShard, is_done, remove_stale
@@ -50,7 +51,7 @@ from shard_tools.pack_guard import INGEST_REJECTS_PART, PLAN_FILE, check_output,
 from shard_tools.runner import build_shards
 from shard_tools.summary import format_rejects, plural, read_rejects
 from shard_tools.tiles import pack_tiles
-from shard_tools.writer import read_part_meta, write_atomic
+from shard_tools.writer import read_part_meta
 
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).

@@ -36,6 +36,7 @@ import xxhash
 from tqdm import tqdm
 
 from foundir_data import format as fmt
+from foundir_data.atomic import write_atomic
 from foundir_data.command import run_module
 from foundir_data.decode import DecodeError, decode_image
 from foundir_data.integrity import check_manifest_shards
@@ -65,7 +66,7 @@ from shard_tools.summary import plural
 from shard_tools.tile_index import part_info, read_index, with_tiles  # with_tiles: re-exported
 from shard_tools.tile_codec import (DEFAULT_UP_LEVEL, DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png,
                                     zstd_level_of)
-from shard_tools.writer import TarShardWriter, add_sample, write_atomic, write_part
+from shard_tools.writer import TarShardWriter, add_sample, write_part
 
 __all__ = ["DEFAULT_CODEC", "DEFAULT_PNG_LEVEL", "DEFAULT_ZSTD_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
            "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
+from foundir_data.atomic import write_atomic
 
 #: Fixed header fields (2000-01-01T00:00:00Z; any constant works, this one is not 0 so
 #: tools that treat mtime 0 as "unset" stay quiet).
@@ -178,48 +179,6 @@ class TarShardWriter:
 
 
 _ZEROS = bytes(_BLOCK)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` + fsync + rename.
-
-    Args:
-        path: Final path.
-        data: The bytes.
-        sync_dir: Also fsync the folder so the rename itself survives a power loss (not
-            needed for a shard's index part: losing it only means the shard is redone).
-        fsync: Flush the file to disk before the rename (False: safe against a killed
-            process, not against a power loss).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_dir and fsync:
-        _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------- index parts

@@ -143,4 +143,4 @@ def test_kill_one_rank_then_rerun_resumes_with_the_same_report(frames, live_chec
     # The finished frames were read back, not restored again (the same files, not replaced).
     assert all((out / "restored" / rel).stat().st_ino == ino for rel, ino in finished.items())
     _same_report(reference, out)
-    assert not [p for p in (out / "restored").rglob("*") if p.name.endswith((".part", ".tmp"))]
+    assert not [p for p in (out / "restored").rglob("*") if p.name.endswith((".part", ".tmp")) or ".tmp-" in p.name]
