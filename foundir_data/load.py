@@ -154,10 +154,12 @@ def checked_samples(store: Store, rel: str, rows: dict[str, dict[str, Any]]) -> 
             if row is None or key in served:
                 raise ChecksumError(url, f"sample {key!r} is {'in the shard twice' if row else 'not in the index'}; "
                                          "the shard does not match its index: re-pack or re-upload")
-            for m in ("lq", "gt") + (("json",) if row.get("json_sha256") else ()):
+            has_sha = bool(row.get("json_sha256"))  # version 3: the record checked by its sha256 here
+            for m in ("lq", "gt") + (("json",) if has_sha else ()):
                 if not check_member(row, m, sample.get(names[m]), f"{url}: member {key}.{names[m]}"):
                     sample[names[m]] = reader.read_member(row, m)  # second read, or ChecksumError
-            check_record(sample.get(names["json"]), row, url)  # after a second read: field by field in v1/2
+            if not has_sha:  # version 1/2: the record compared field by field, the key included
+                check_record(sample.get(names["json"]), row, url)
             served.add(key)
         except (ChecksumError, fmt.FormatError) as e:
             if store.on_error != "skip":
