@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
-from foundir_data.integrity import check_unique_keys
+from foundir_data.integrity import check_shard_rows
 from foundir_data.limits import max_index_bytes
 from foundir_data.retry import ChecksumError
 
@@ -64,7 +64,8 @@ class ShardRows:
 
     def __init__(self, store: Any, columns: list[str] | None = None, keep: int = KEEP_PARTS) -> None:
         self.store, self.keep = store, int(keep)
-        self.columns = None if columns is None else list(dict.fromkeys(["shard", "sample_index", *columns]))
+        # shard, position and key: what every part is checked by (check_rows).
+        self.columns = None if columns is None else list(dict.fromkeys(["shard", "sample_index", "key", *columns]))
         self.bytes_read = self.parts_read = 0
         self._cache: OrderedDict[str, pa.Table] = OrderedDict()
         self._whole: tuple[pa.Table, dict[str, tuple[int, int]]] | None = None
@@ -177,10 +178,7 @@ def check_rows(table: pa.Table, info: fmt.ShardInfo, where: str) -> None:
     if pos[0] != 0 or not np.array_equal(pos, np.arange(n, dtype=pos.dtype)):
         raise fmt.FormatError(f"{where}: the index rows of shard {info.path} are not samples 0..{n - 1} in "
                               "order; re-pack or run `shard_tools upgrade`")
-    if not pc.all(pc.equal(table["shard"], info.path)).as_py():
-        raise fmt.FormatError(f"{where}: index part of {info.path} holds rows of another shard")
-    if "key" in table.column_names:
-        check_unique_keys(table["key"], f"{where} (shard {info.path})")
+    check_shard_rows(table, info.path, where)  # every row names this shard (nulls too), no key twice
     if "degradation" in table.column_names and not pc.all(pc.equal(table["degradation"], info.degradation)).as_py():
         # Planning from the manifest counts every row of a shard as the shard's type.
         raise fmt.FormatError(f"{where}: index rows of shard {info.path} are not all of its type {info.degradation}")

@@ -93,11 +93,6 @@ def check_shard_rows(table: pa.Table, shard: str, where: str) -> pa.Table:
     return table
 
 
-def record_digest(data: bytes | memoryview) -> str:
-    """The ``json_sha256`` of a record member (hex)."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def check_record(data: bytes | memoryview | None, row: Mapping[str, Any], where: str,
                  fields: Iterable[str] | None = None) -> dict[str, Any] | None:
     """Check a ``<key>.json`` member against its index row before anything is handed on.
