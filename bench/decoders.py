@@ -3,7 +3,7 @@
 Camera-like 2560x1600 frames (``bench/frames.py``: native-resolution photo mosaics with sensor
 noise, a noisy and a blurred LQ) encoded as the release stores them (PNG) and as JPEG, plus
 512 tiles: CPU ms per decode through Pillow (``backend="pillow"``) and through
-``foundir_data.decode.decode_image`` (libspng / libjpeg-turbo via simplejpeg, into a reused
+``foundir_data.read.decode.decode_image`` (libspng / libjpeg-turbo via simplejpeg, into a reused
 buffer), the speed-up, and a pixel-equality check of every pair of results. This is the
 measurement behind making ``pyspng`` and ``simplejpeg`` default dependencies (bench/README.md
 "Decoder").
@@ -21,7 +21,7 @@ import numpy as np
 from frames import _photos, degrade, mosaic
 from PIL import Image
 
-from foundir_data.decode import available, decode_image
+from foundir_data.read.decode import available, decode_image
 
 
 def cpu_ms(fn, repeat: int) -> float:

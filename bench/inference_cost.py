@@ -28,10 +28,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from foundir_model import precision
+from foundir_model.restore import precision
 from foundir_model.config import UNetConfig
-from foundir_model.infer import RestoreTiling, tile_grid
-from foundir_model.unet import UNet
+from foundir_model.restore.infer import RestoreTiling, tile_grid
+from foundir_model.nets.unet import UNet
 
 #: NVIDIA H100 SXM5 datasheet peaks (dense, no sparsity), TFLOP/s: FP32 on CUDA cores; TF32 and
 #: BF16 on tensor cores. PyTorch runs fp32 convolutions as TF32 by default

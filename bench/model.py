@@ -38,13 +38,13 @@ from PIL import Image
 
 from foundir_model.config import unet_preset
 from foundir_model.diffusion import ResidualDiffusion, to_model_range
-from foundir_model.unet import UNet, count_parameters
+from foundir_model.nets.unet import UNet, count_parameters
 
 
 def packed_sample(root: Path, size: int) -> tuple[Path, Path]:
     """A list-layout sample (2 pairs per type) and its packed form."""
     from foundir_data.sample import LIST_FILE, make_sample
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     make_sample(root / "src", per_type=2, size=size, layout="list", seed=0)
     if pack(PackConfig(source=str(root / "src" / LIST_FILE), out=str(root / "packed"), progress=False)) != 0:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         release_networks(a.release_networks, device, a.repeat)
         return 0
     amp = device.type == "cuda"
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     with tempfile.TemporaryDirectory() as tmp:
         src, packed = packed_sample(Path(tmp), a.sample_size)
@@ -221,8 +221,8 @@ def release_networks(size: int, device: torch.device, repeat: int) -> None:
     tiles) and the low-light WaveMamba (reflect pad to 128, the whole image, plain-PyTorch
     selective scan). s/MP counts the input's pixels; "processed" is the padded size.
     """
-    from foundir_model import lowlight
-    from foundir_model.wavemamba import WaveMamba, WaveMambaConfig
+    from foundir_model.release import lowlight
+    from foundir_model.nets.wavemamba import WaveMamba, WaveMambaConfig
 
     torch.manual_seed(0)
     x = torch.rand(1, 3, size, size, device=device)
@@ -233,7 +233,7 @@ def release_networks(size: int, device: torch.device, repeat: int) -> None:
                  _timed(lambda: gen.restore(x), device, repeat)))
     del gen
     try:
-        from foundir_model import restormer
+        from foundir_model.nets import restormer
     except ImportError:  # the weather Restormer lands with the release-models work
         restormer = None
     if restormer is not None:

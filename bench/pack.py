@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from foundir_data.sample import make_sample  # noqa: E402
-from shard_tools.merge import merge  # noqa: E402
-from shard_tools.pack import PackConfig, pack  # noqa: E402
+from shard_tools.pack.merge import merge  # noqa: E402
+from shard_tools.pack.packer import PackConfig, pack  # noqa: E402
 
 from frames import build_frames  # noqa: E402
 from pack_sources import compare_sources  # noqa: E402

@@ -7,7 +7,7 @@ release's list layout, packed from the list file with ``--data-root``:
 
 * ``folder``: the unzipped ``Train`` folder (the baseline every ratio is against);
 * ``zip (deflated)`` / ``zip (stored)``: one archive per degradation folder, as ``zip -r``
-  (deflate) and ``zip -0`` write them, read in place (``shard_tools.zip_source``);
+  (deflate) and ``zip -0`` write them, read in place (``shard_tools.ingest.zips``);
 * ``S3 zip``: the deflated archives on moto's S3 server (its own process on loopback: real
   HTTP, range requests), ``--data-root 's3://bench/Train/*.zip'``;
 * ``-> S3``: the output written straight to that server (multipart uploads).
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from foundir_data.sample import LIST_FILE
-from shard_tools.pack import PackConfig, pack
+from shard_tools.pack.packer import PackConfig, pack
 
 
 def _cpu() -> float:

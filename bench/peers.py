@@ -167,7 +167,7 @@ def tile_specs(root: Path) -> list[tuple[str, int, int, int, int]]:
 
 def tile_item(spec: tuple[str, int, int, int, int]) -> dict:
     """The decoded LQ/GT pixels of one tile (``tile_specs``), as fresh arrays."""
-    from foundir_data.decode import decode_image
+    from foundir_data.read.decode import decode_image
 
     path, lo, ls, go, gs = spec
     with open(path, "rb") as f:

@@ -48,7 +48,7 @@ def write_skeleton(root: Path, rows: int, shards: int, distribution: str) -> Non
 
     from foundir_data import format as fmt
     from foundir_data import taxonomy
-    from foundir_data.counts import hamilton
+    from foundir_data.sampling.counts import hamilton
 
     if distribution == "test":
         w = np.array([t.test_ids[1] - t.test_ids[0] + 1 for t in taxonomy.TYPES], np.float64)
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 def measure(root: Path, a: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    import foundir_data.store  # noqa: F401  (imports are not part of the plan's cost)
-    from foundir_data.stream import FoundIRStream
+    import foundir_data.remote.store  # noqa: F401  (imports are not part of the plan's cost)
+    from foundir_data.streaming.stream import FoundIRStream
 
     world = a.nodes * a.gpus
     batch = world * a.per_gpu_batch
@@ -162,7 +162,7 @@ def measure(root: Path, a: argparse.Namespace) -> int:
             np.testing.assert_array_equal(rows, glob[s, r * b:(r + 1) * b])
     served = np.bincount(glob.ravel(), minlength=stream.num_pairs)
     # Whole-shard caching (read="cache"): how many nodes touch each shard in the epoch.
-    from foundir_data.plan import node_affinity_order
+    from foundir_data.sampling.plan import node_affinity_order
 
     node_of_col = np.arange(batch) // (batch // a.nodes)
     sh = plan.locate(glob)[0]

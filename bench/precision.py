@@ -23,7 +23,7 @@ say how far the arithmetic moves a result, not how a trained model's PSNR change
 
 ``--memory`` instead measures the peak memory of one sampler step of the release-size network
 on one ``--memory-tile`` tile per precision, each in a fresh process (peak RSS growth over the
-resident size before the call, ``ru_maxrss``), beside what ``foundir_model/budget.py`` plans.
+resident size before the call, ``ru_maxrss``), beside what ``foundir_model/restore/budget.py`` plans.
 
 Run: ``python bench/precision.py`` (about 5 CPU-minutes); ``python bench/precision.py --memory``.
 """
@@ -41,13 +41,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from foundir_model import budget, precision
+from foundir_model.restore import budget, precision
 from foundir_model.checkpoint import load_restorer
 from foundir_model.config import DiffusionConfig, UNetConfig
 from foundir_model.diffusion import ResidualDiffusion
-from foundir_model.infer import RestoreTiling, restore_array
-from foundir_model.restorer import Restorer
-from foundir_model.unet import UNet
+from foundir_model.restore.infer import RestoreTiling, restore_array
+from foundir_model.restore.restorer import Restorer
+from foundir_model.nets.unet import UNet
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "release-golden"
 

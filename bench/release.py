@@ -32,8 +32,8 @@ import torch
 
 from foundir_model.config import RELEASE_DIFFUSION, UNetConfig
 from foundir_model.diffusion import make_schedule
-from foundir_model.restormer import Restormer
-from foundir_model.unet import UNet
+from foundir_model.nets.restormer import Restormer
+from foundir_model.nets.unet import UNet
 
 
 def cpu_time(fn, repeat: int) -> list[float]:
@@ -96,7 +96,7 @@ def release_shaped_file(path: Path) -> None:
 
 
 def bench_convert(repeat: int) -> None:
-    from foundir_model.convert_release import convert
+    from foundir_model.release.convert import convert
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model-2000.pt"

@@ -92,7 +92,7 @@ def make_source(src: Path, pairs: int) -> Path:
 _RANK = """
 import json, resource, sys, time
 t0 = time.process_time()
-from foundir_data.stream import FoundIRStream
+from foundir_data.streaming.stream import FoundIRStream
 s = FoundIRStream(sys.argv[1], layout=sys.argv[4], split="train", schedule="mix", batch_size=64, crop=16,
                   rank=int(sys.argv[2]), world_size=8, seed=0)
 t1 = time.process_time()

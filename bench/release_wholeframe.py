@@ -107,7 +107,8 @@ def child_release(repo: Path, model: Path, frame: Path, out: Path, seed: int) ->
 
 def child_ours(model: Path, frame: Path, out: Path, seed: int, extra: list[str]) -> dict:
     """``foundir convert-release`` then ``foundir-restore`` on one frame (CPU), in this process."""
-    from foundir_model import convert_release, infer
+    from foundir_model.release import convert as convert_release
+    from foundir_model.restore import infer
 
     t0 = _usage()["cpu_s"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,8 +131,9 @@ def forward_only(repo: Path, model: Path, size: str, repeat: int, cap_mib: int |
     forces our linear attention's chunk bound (0: computed whole)."""
     import torch
 
-    from foundir_model import release, unet
-    from foundir_model.unet import UNet
+    from foundir_model.release import files as release
+    from foundir_model.nets import unet
+    from foundir_model.nets.unet import UNet
 
     if cap_mib is not None:
         cap = cap_mib * 2**20 if cap_mib > 0 else 2**62

@@ -88,12 +88,13 @@ def child(spec: dict) -> dict:
     """One run in this (fresh) process; returns its numbers."""
     import torch
 
-    from foundir_model import budget, unet
+    from foundir_model.restore import budget
+    from foundir_model.nets import unet
 
     FORMER_TINY = _former_tiny()  # noqa: N806 - a constant of this run
     from foundir_model.config import unet_preset
     from foundir_model.diffusion import ResidualDiffusion
-    from foundir_model.infer import RestoreTiling, default_tile_batch, restore_array, tile_grid
+    from foundir_model.restore.infer import RestoreTiling, default_tile_batch, restore_array, tile_grid
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

@@ -69,7 +69,7 @@ def write_skeleton(root: Path, rows: int, per_shard: int) -> dict:
 
     from foundir_data import format as fmt
     from foundir_data import taxonomy
-    from foundir_data.counts import hamilton
+    from foundir_data.sampling.counts import hamilton
 
     w = np.array([t.test_ids[1] - t.test_ids[0] + 1 for t in taxonomy.TYPES], np.float64)
     per_type = hamilton(rows, w)
@@ -147,10 +147,10 @@ def _rchar() -> int:
 
 
 def child_startup(root: str) -> dict:
-    import foundir_data.store  # noqa: F401 - imports are not start-up
+    import foundir_data.remote.store  # noqa: F401 - imports are not start-up
     import pyarrow.parquet  # noqa: F401
     import torch  # noqa: F401
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     rss0, c0, io0 = _reset_peak(), time.process_time(), _rchar()
     st = FoundIRStream(root, schedule="incremental", batch_size=512, rank=0, world_size=64, crop=256)
@@ -167,7 +167,7 @@ def child_startup(root: str) -> dict:
         out["index_bytes_read"] = parts.bytes_read
     else:  # the column chunks of index/pairs.parquet that the stream's read_table reads
         import pyarrow.parquet as pq
-        from foundir_data import stream
+        from foundir_data.streaming import stream
 
         md = pq.ParquetFile(Path(root) / "index" / "pairs.parquet").metadata
         cols = set(c for c in stream._COLUMNS if c != "source_key")
@@ -177,8 +177,8 @@ def child_startup(root: str) -> dict:
 
 
 def child_lookup(url: str, key: str) -> dict:
-    import foundir_data.access as access
-    from foundir_data.store import Store
+    import foundir_data.read.access as access
+    from foundir_data.remote.store import Store
 
     Store.open(url).manifest()  # warm the s3fs client and imports, not the lookup
     rss0, c0 = _reset_peak(), time.process_time()

@@ -47,7 +47,7 @@ GPU_RATE = 1000  # patch pairs/s one modern GPU trains on (issue 5)
 
 
 def build(work: Path, size: int, per_type: int) -> tuple[Path, Path]:
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     src, out = work / "src", work / "packed"
     make_sample(src, per_type=per_type, size=size, layout="list", seed=0)
@@ -94,7 +94,7 @@ def datasets_loader(packed: Path) -> Iterator[int]:
 
 def stream_loader(packed: Path, crops: int) -> Iterator[int]:
     """FoundIRStream, ``mix`` schedule run for many epochs' worth of steps (streams cycle)."""
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     st = FoundIRStream(str(packed), schedule="mix", batch_size=4 * crops, crop=CROP, crops_per_pair=crops,
                        steps_per_phase=10**6, seed=0, world_size=1, rank=0)
@@ -117,7 +117,7 @@ def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[flo
     Both read the data ``k`` times per round (``k`` brings a round near ``target_bytes``) so
     ``cat``'s process start-up does not count.
     """
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     st = FoundIRStream(str(packed), schedule="mix", batch_size=1, crop=CROP, world_size=1, rank=0)
     rows = np.concatenate([r for _, r in st.plan.batches()])[: st.num_pairs].tolist()
@@ -147,7 +147,7 @@ def raw_rates(packed: Path, rounds: int, target_bytes: float = 1e9) -> tuple[flo
 
 def _spans(st, rows: list[int]) -> list[tuple[str, list[tuple[int, int]]]]:
     """The reader's pread spans of ``rows`` (for the unchecked comparison)."""
-    from foundir_data.reader import MAX_GAP
+    from foundir_data.read.reader import MAX_GAP
 
     out = []
     codes, within = st.plan.locate(np.asarray(rows, np.int64))
@@ -166,8 +166,8 @@ def integrity_cost(packed: Path, rounds: int) -> tuple[list[float], int]:
     The unchecked read is the reader's own pread path without the sha256 step
     (``PairReader._read``), so each difference is one check alone.
     """
-    from foundir_data.decode import decode_pair
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.read.decode import decode_pair
+    from foundir_data.streaming.stream import FoundIRStream
 
     st = FoundIRStream(str(packed), schedule="mix", batch_size=1, crop=CROP, world_size=1, rank=0)
     rows = list(range(st.num_pairs))

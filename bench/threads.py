@@ -48,7 +48,7 @@ def _checkpoint(path: Path) -> None:
 
 def run_once(src: Path, out: Path, ckpt: Path, threads: str) -> tuple[float, float]:
     """CPU seconds and wall seconds of one ``foundir-restore`` run."""
-    cmd = [sys.executable, "-m", "foundir_model.infer", str(src), str(out), "--checkpoint", str(ckpt),
+    cmd = [sys.executable, "-m", "foundir_model.restore", str(src), str(out), "--checkpoint", str(ckpt),
            "--no-specialists", "--device", "cpu", "--no-progress"]
     if threads != "auto":
         cmd += ["--threads", threads]

@@ -34,9 +34,9 @@ import zstandard
 from frames import HEIGHT, WIDTH, build_frames
 from PIL import Image
 
-from foundir_data.decode import decode_image
-from shard_tools.tile_codec import encode, encode_png, filter_up
-from shard_tools.tile_plan import windows
+from foundir_data.read.decode import decode_image
+from shard_tools.tiles.codec import encode, encode_png, filter_up
+from shard_tools.tiles.plan import windows
 
 CROP = 256
 

@@ -3,13 +3,13 @@
 One run, the same camera-like frames for every loader (``bench/frames.py``: 2514x1516, the
 release's average size, mosaics of the real photos bundled with scikit-image at native
 resolution, noisy or blurred LQs, stored as PNG), packed with ``shard_tools pack`` and tiled
-with ``shard_tools.tiles`` once per setting in :data:`TILINGS`. Loaders, one process (= one
+with ``shard_tools.tiles.tiler`` once per setting in :data:`TILINGS`. Loaders, one process (= one
 core, every library pinned to one thread), each yielding aligned 256 crops with a shared
 horizontal flip:
 
 * ``folder (BasicSR-style)``: read the LQ/GT PNG files, decode with Pillow, one crop per pair
   (BasicSR's ``PairedImageDataset`` + ``paired_random_crop``; the baseline of every ratio);
-  ``folder + foundir decoder``: the same through ``foundir_data.decode`` (libspng);
+  ``folder + foundir decoder``: the same through ``foundir_data.read.decode`` (libspng);
 * ``datasets streaming``, ``webdataset``: the packed full-frame shards through plain
   ``datasets.load_dataset("webdataset", streaming=True)`` / ``wds.WebDataset``, Pillow decode;
 * ``MDS ... tiles`` (MosaicML streaming) and ``litdata ... tiles``: foundir's raw tiles written
@@ -47,9 +47,9 @@ import peers
 from frames import build_frames
 
 from foundir_data import format as fmt
-from foundir_data.decode import available, decode_image
+from foundir_data.read.decode import available, decode_image
 from foundir_data.sample import LIST_FILE
-from shard_tools.tile_plan import DEFAULT_CODEC, DEFAULT_SIZE
+from shard_tools.tiles.plan import DEFAULT_CODEC, DEFAULT_SIZE
 
 CROP = 256
 GPU_RATE = 1000  # crops/s one modern GPU trains on (issue 5)
@@ -63,8 +63,8 @@ PEERS = {"mds-raw512": (peers.build_mds_tiles, "raw512"), "litdata-raw512": (pee
 
 def build(work: Path, pairs: int, workers: int, with_peers: bool) -> dict[str, Path]:
     """Frames -> full-frame pack -> tiled copies (:data:`TILINGS`) -> peers' formats."""
-    from shard_tools.pack import PackConfig, pack
-    from shard_tools.tiles import pack_tiles
+    from shard_tools.pack.packer import PackConfig, pack
+    from shard_tools.tiles.tiler import pack_tiles
 
     src = work / "src"
     build_frames(src, pairs)
@@ -97,7 +97,7 @@ def src_pairs(src: Path) -> list[tuple[Path, Path]]:
 def stream_loader(root: Path, layout: str, batch: int, keep: list, k: int = 1) -> Iterator[int]:
     """``FoundIRStream`` (the training stream), ``mix`` schedule, endless epochs, ``k`` crops
     per decoded pair; keeps its first 6 batches for the exactness check."""
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     st = FoundIRStream(str(root), layout=layout, schedule="mix", batch_size=batch, crop=CROP,
                        augment="hflip", seed=0, crops_per_pair=k)

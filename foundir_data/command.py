@@ -27,14 +27,14 @@ from foundir_data.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, FoundIREr
 #: stays fast; a missing optional module breaks only its command), so naming them here is no
 #: import of ``shard_tools``.
 DATA_COMMANDS: dict[str, tuple[str, str]] = {
-    "pack": ("shard_tools.pack", "pack paired LQ/GT images into tar shards + Parquet index"),
-    "merge": ("shard_tools.merge", "merge the index parts of a multi-job pack"),
-    "upgrade": ("shard_tools.index_write", "add per-shard index parts to an older packed folder"),
-    "verify": ("shard_tools.verify", "re-read every shard against manifest and index"),
-    "stats": ("shard_tools.stats", "print counts per degradation type, class and split"),
-    "tile": ("shard_tools.tiles", "cut lossless aligned LQ/GT training tiles from a packed folder"),
-    "preview": ("shard_tools.preview", "render a preview of some pairs"),
-    "push": ("shard_tools.push", "upload a packed folder to the Hub, S3, a folder or any fsspec URL"),
+    "pack": ("shard_tools.pack.packer", "pack paired LQ/GT images into tar shards + Parquet index"),
+    "merge": ("shard_tools.pack.merge", "merge the index parts of a multi-job pack"),
+    "upgrade": ("shard_tools.pack.index_write", "add per-shard index parts to an older packed folder"),
+    "verify": ("shard_tools.inspect.verify", "re-read every shard against manifest and index"),
+    "stats": ("shard_tools.inspect.stats", "print counts per degradation type, class and split"),
+    "tile": ("shard_tools.tiles.tiler", "cut lossless aligned LQ/GT training tiles from a packed folder"),
+    "preview": ("shard_tools.inspect.preview", "render a preview of some pairs"),
+    "push": ("shard_tools.publish.push", "upload a packed folder to the Hub, S3, a folder or any fsspec URL"),
 }
 
 

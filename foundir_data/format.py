@@ -82,7 +82,7 @@ MEMBERS_BY_VERSION = {1: ("lq.img", "gt.img", JSON_MEMBER), 2: MEMBERS, 3: MEMBE
 #: holding a binary 8-bit PPM (raw pixels; ``zstd -d`` gives a ``.ppm``), ``ppm`` = that PPM
 #: uncompressed (read as a view, no decode), and ``up.zst`` = a zstd frame of the pixels
 #: after the PNG "Up" row filter behind a ``foundir-up`` header (docs/format.md, "Tile
-#: codecs"). Readers decode every one by content (``foundir_data.decode``).
+#: codecs"). Readers decode every one by content (``foundir_data.read.decode``).
 TILE_CODECS = {"png": "png", "qoi": "qoi", "zstd": "ppm.zst", "raw": "ppm", "zstd-up": "up.zst"}
 
 LAYOUT_FULL = "full"

@@ -1,6 +1,6 @@
 """``load_dataset("foundir", name=..., split=..., streaming=...)``: FoundIR as a ``datasets`` dataset.
 
-The examples come from the manifest's shards read through :class:`~foundir_data.store.Store`
+The examples come from the manifest's shards read through :class:`~foundir_data.remote.store.Store`
 (local, ``s3://``, ``http(s)://``, ``hf://``) with ``datasets``' ``from_generator``: the shard
 list is passed in ``gen_kwargs``, so ``datasets`` splits it over DataLoader workers and
 ``split_dataset_by_node`` ranks. This does not go through ``datasets``' own remote tar path,
@@ -26,13 +26,13 @@ from typing import Any, Iterator
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from foundir_data.decode import pillow_readable
+from foundir_data.read.decode import pillow_readable
 from foundir_data.errors import EXIT_IO, FoundIRError
-from foundir_data.index_parts import ShardRows
+from foundir_data.read.index_parts import ShardRows
 from foundir_data.integrity import check_record
-from foundir_data.reader import PairReader, check_member
-from foundir_data.retry import ChecksumError
-from foundir_data.store import Store
+from foundir_data.read.reader import PairReader, check_member
+from foundir_data.remote.retry import ChecksumError
+from foundir_data.remote.store import Store
 
 log = logging.getLogger(__name__)
 #: Index columns the member checks need (every record field: version 1/2 records are

@@ -10,7 +10,7 @@ readers open:
   ``curl`` and ``datasets`` with fsspec;
 * any other fsspec protocol (``s3://``, ...): a WebDataset ``pipe:`` URL running
   ``python -m foundir_data.urls LOCATION SHARD``, which streams the shard through
-  :class:`~foundir_data.store.Store` (fsspec, the endpoint and credentials from the
+  :class:`~foundir_data.remote.store.Store` (fsspec, the endpoint and credentials from the
   environment, retries and resume, size and sha256 checked against the manifest) to stdout.
   WebDataset has no S3 opener of its own, and a ``pipe:`` URL works in every DataLoader
   worker without registering anything.
@@ -41,7 +41,7 @@ import sys
 
 from foundir_data import format as fmt
 from foundir_data.load import config_types, resolve_location
-from foundir_data.store import Store
+from foundir_data.remote.store import Store
 
 #: ``opener`` values of :func:`webdataset_urls`.
 OPENERS = ("auto", "pipe")

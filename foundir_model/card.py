@@ -29,7 +29,7 @@ from foundir_model import checkpoint as ckpt
 from foundir_model.checkpoint import read_any
 from foundir_model.config import TrainConfig, from_dict
 
-#: What each named schedule does (foundir_data.schedules; paper section 4.2, Table 3(a)).
+#: What each named schedule does (foundir_data.sampling.schedules; paper section 4.2, Table 3(a)).
 SCHEDULE_TEXT = {
     "incremental": "the paper's incremental learning (section 4.2, Algorithm 1): n steps on the isolated "
                    "types, which join the task pool one after another, then 2n steps in which every batch "

@@ -15,7 +15,7 @@ Layout (``FORMAT`` / ``VERSION``)::
      "specialist_nets": {...}}   # optional, the release's specialists (experts.py)
 
 ``read_any`` also reads the release's own files (``model-2000.pt``, ``weather.pth``,
-``lowlight.pth``) through :mod:`foundir_model.release`.
+``lowlight.pth``) through :mod:`foundir_model.release.files`.
 
 Every size a file claims is bounded before it is allocated (:mod:`foundir_model.model_bounds`):
 the file before ``torch.load``, the stored configs against the stored weights' shapes (on the
@@ -39,12 +39,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from foundir_data.errors import FoundIRError, one_line
-from foundir_model import budget, experts, model_bounds, release
-from foundir_model import specialists as sp
+from foundir_model.restore import budget
+from foundir_model.release import experts, files as release
+from foundir_model import model_bounds
+from foundir_model.nets import specialists as sp
 from foundir_model.config import DiffusionConfig, UNetConfig, check_diffusion, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion
-from foundir_model.restorer import Restorer as _Restorer
-from foundir_model.unet import UNet
+from foundir_model.restore.restorer import Restorer as _Restorer
+from foundir_model.nets.unet import UNet
 
 FORMAT = "foundir-checkpoint"
 #: 2: the UNet computes the release's function (linear attention ``v / (h*w)``, encoder skip
@@ -216,7 +218,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, Any]:
 def read_any(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, Any]:
     """Load a ``.safetensors`` export, a ``.pt`` checkpoint, or one of the release's model files
     (``model-2000.pt``, ``weather.pth``, ``lowlight.pth``: converted in memory,
-    :mod:`foundir_model.release`). ``max_bytes``: the most the file may bring into memory
+    :mod:`foundir_model.release.files`). ``max_bytes``: the most the file may bring into memory
     (default: the free RAM)."""
     if str(path).endswith(".safetensors"):
         model_bounds.check_safetensors_file(path, max_bytes, CheckpointError)
@@ -258,7 +260,7 @@ def load_generalist(path_or_state: str | os.PathLike | dict[str, Any], device: s
 def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", specialists: bool = True,
                   steps: int | None = None, specialists_path: str | os.PathLike | None = None,
                   only: str | None = None, max_memory: int | None = None) -> Restorer:
-    """The :class:`foundir_model.restorer.Restorer` of a checkpoint, for tiled inference.
+    """The :class:`foundir_model.restore.restorer.Restorer` of a checkpoint, for tiled inference.
 
     Called as ``f(lq, degradation=None, noise=None)`` on ``[B, 3, H, W]`` tiles in [0, 1]
     (``degradation``: ``LongTensor[B]`` of taxonomy indices or None, then a classifier picks

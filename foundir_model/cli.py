@@ -14,10 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("foundir_model.quickstart",
                    "sample -> pack -> verify -> load -> stream -> train -> evaluate -> preview, offline"),
     **command.DATA_COMMANDS,
-    "train": ("foundir_model.train", "train the residual-diffusion generalist on the streams"),
-    "eval": ("foundir_model.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
-    "restore": ("foundir_model.infer", "tiled restoration of images of any size"),
-    "convert-release": ("foundir_model.convert_release",
+    "train": ("foundir_model.train.loop", "train the residual-diffusion generalist on the streams"),
+    "eval": ("foundir_model.eval.evaluate", "PSNR/SSIM per degradation type, Table 1-style report"),
+    "restore": ("foundir_model.restore.infer", "tiled restoration of images of any size"),
+    "convert-release": ("foundir_model.release.convert",
                         "the release's model-2000.pt (+ weather.pth, lowlight.pth) -> a foundir checkpoint"),
 }
 

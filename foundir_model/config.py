@@ -113,7 +113,7 @@ class TrainConfig:
     data: str = ""  # packed dataset location (folder, s3://, https://, hf://)
     config: str = "all"  # types of the stream: "all", "isolated", "coupled", a name or "A,B,..."
     split: str = "train"
-    schedule: str = "incremental"  # sampler schedule name (foundir_data.schedules) or a .yaml
+    schedule: str = "incremental"  # sampler schedule name (foundir_data.sampling.schedules) or a .yaml
     steps_per_phase: int | None = None  # the schedule's n (None: one pass over the data per epoch)
     layout: str = "full"  # "full" frames or "tile" training tiles
     crops_per_pair: int = 1  # crops cut from each decoded pair (decoding is the loader's cost)
@@ -130,7 +130,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     grad_clip: float = 1.0
-    ema_decay: float = 0.995  # ema-pytorch's beta (foundir_model/ema.py)
+    ema_decay: float = 0.995  # ema-pytorch's beta (foundir_model/train/ema.py)
     ema_update_every: int = 10  # the release's ema-pytorch schedule: update every 10 steps,
     ema_update_after_step: int = 100  # copying the weights up to step 100, then averaging
     ema_power: float = 2 / 3  # ema-pytorch's warm-up of the decay (library defaults)

@@ -11,9 +11,9 @@ Steps (each prints a numbered header, long ones a progress bar, and its time):
 4. load:     ``foundir_data.load.load_dataset`` (the ``datasets`` view of the folder);
 5. stream:   ``FoundIRStream`` batches in the paper's incremental-learning order (isolated
              types join the pool one by one, then isolated + coupled mini-batches);
-6. train:    the tiny generalist for a short run on that stream (``foundir_model.train``);
+6. train:    the tiny generalist for a short run on that stream (``foundir_model.train.loop``);
 7. evaluate: per-degradation PSNR/SSIM on the 20 test types, Table 1-style, beside the
-             paper's row and the LQ input's (``foundir_model.evaluate``); ``eval/index.html``;
+             paper's row and the LQ input's (``foundir_model.eval.evaluate``); ``eval/index.html``;
 8. preview:  ``preview.png``, one row per type: LQ | ours | GT with each tile's PSNR; the type distribution
              chart (``distribution.png``, paper Figure 3b) when matplotlib is installed;
              and the model card ``run/README.md`` filled from the checkpoint.
@@ -44,22 +44,22 @@ from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from foundir_data.decode import decode_pair
+from foundir_data.read.decode import decode_pair
 from foundir_data.load import load_dataset
 from foundir_data.sample import load_photos, make_sample
-from foundir_data.stream import FoundIRStream
+from foundir_data.streaming.stream import FoundIRStream
 from foundir_model.card import write_model_card
 from foundir_model.config import TrainConfig
-from foundir_model.evaluate import EvalConfig, evaluate, packed_items
+from foundir_model.eval.evaluate import EvalConfig, evaluate, packed_items
 from foundir_model.flags import flag_values
-from foundir_model.infer import RestoreTiling
-from foundir_model.progress import add_progress_flag, bars_wanted
+from foundir_model.restore.infer import RestoreTiling
+from foundir_model.restore.progress import add_progress_flag, bars_wanted
 from foundir_model.threads import use_threads
-from foundir_model.train import train
-from shard_tools.pack import PackConfig, pack
-from shard_tools.plot import plot_distribution
-from shard_tools.preview import render_sheet
-from shard_tools.verify import verify
+from foundir_model.train.loop import train
+from shard_tools.pack.packer import PackConfig, pack
+from shard_tools.inspect.plot import plot_distribution
+from shard_tools.inspect.preview import render_sheet
+from shard_tools.inspect.verify import verify
 
 #: Environment variable that selects the reduced CI size (same as ``--small``).
 SMALL_ENV = "FOUNDIR_QUICKSTART_SMALL"

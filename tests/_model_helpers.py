@@ -12,7 +12,7 @@ def pack_train_sample(root: Path, per_type: int = 2, size: int = 64, types: tupl
     """``make_sample`` in the release's list layout, packed with ``shard_tools pack``;
     returns the packed folder (train split)."""
     from foundir_data.sample import LIST_FILE, make_sample
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     src = root / "src"
     make_sample(src, per_type=per_type, size=size, layout="list", seed=seed, types=types)

@@ -40,7 +40,7 @@ def sample_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def packed(tmp_path_factory, sample_source) -> Path:
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     out = tmp_path_factory.mktemp("packed") / "out"
     rc = pack(PackConfig(source=str(sample_source), out=str(out), progress=False))

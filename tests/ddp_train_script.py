@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from foundir_model.config import TrainConfig
-from foundir_model.train import train
+from foundir_model.train.loop import train
 
 WRAPPED: list[torch.nn.Module] = []
 

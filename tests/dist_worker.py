@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from foundir_data.stream import FoundIRStream
+from foundir_data.streaming.stream import FoundIRStream
 
 
 def main() -> int:

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from foundir_data import format as fmt
-from foundir_data.access import get_pair, get_record, read_pair_bytes
-from foundir_data.store import ChecksumError, Store
+from foundir_data.read.access import get_pair, get_record, read_pair_bytes
+from foundir_data.remote.store import ChecksumError, Store
 
 
 def test_every_pair_equals_its_source(packed, sample_source):

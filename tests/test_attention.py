@@ -8,10 +8,10 @@ torch = pytest.importorskip("torch")
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from foundir_model.attention import LINEAR_MAX_BLOCK_BYTES, attention, linear_block_cap, query_rows  # noqa: E402
+from foundir_model.nets.attention import LINEAR_MAX_BLOCK_BYTES, attention, linear_block_cap, query_rows  # noqa: E402
 from foundir_model.config import UNetConfig  # noqa: E402
-from foundir_model.budget import set_attention_block  # noqa: E402
-from foundir_model.unet import Attention, LinearAttention, PreNormResidual, UNet  # noqa: E402
+from foundir_model.restore.budget import set_attention_block  # noqa: E402
+from foundir_model.nets.unet import Attention, LinearAttention, PreNormResidual, UNet  # noqa: E402
 
 
 def _plain(q, k, v):
@@ -109,7 +109,7 @@ def test_unet_output_does_not_depend_on_the_block():
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
 
 
-# --- The linear attention at every level, chunked over pixels (foundir_model.attention.linear_attention) ---
+# --- The linear attention at every level, chunked over pixels (foundir_model.nets.attention.linear_attention) ---
 
 
 class _Allocations(TorchDispatchMode):

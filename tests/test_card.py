@@ -22,9 +22,9 @@ from PIL import Image
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.sample import make_sample
-from shard_tools import stats
-from shard_tools.card import card_data, dataset_card, features_yaml, front_matter, render_card, write_card
-from shard_tools.pack import PackConfig, pack
+from shard_tools.inspect import stats
+from shard_tools.publish.card import card_data, dataset_card, features_yaml, front_matter, render_card, write_card
+from shard_tools.pack.packer import PackConfig, pack
 
 TRAIN_TYPES = ("Blur", "Noise", "Blur_Noise", "Lowlight_Haze")
 
@@ -200,7 +200,7 @@ def test_card_loading_snippets_run(packed, tmp_path):
 
 
 def test_card_examples_name_configs_the_data_has():
-    from shard_tools.card import _example_class, config_selectors
+    from shard_tools.publish.card import _example_class, config_selectors
 
     for degs, want in ((set(), "all"), ({"Rain_Haze"}, "coupled"),
                        ({"Blur", "Rain_Haze"}, "isolated")):

@@ -15,10 +15,10 @@ import pytest
 from foundir_data import format as fmt
 from foundir_data import limits
 from foundir_data.limits import SizeLimitError, read_limited
-from foundir_data.access import get_pair
+from foundir_data.read.access import get_pair
 from foundir_data.load import load_dataset
-from foundir_data.store import Store
-from foundir_data.stream import FoundIRStream
+from foundir_data.remote.store import Store
+from foundir_data.streaming.stream import FoundIRStream
 
 REPO = "foundir/Sizes"
 GIB = 1 << 30
@@ -114,8 +114,8 @@ def test_a_stream_without_a_length_is_cut_at_the_cap():
 
 def test_a_manifest_at_the_cap_still_reads(packed_copy, monkeypatch):
     size = os.path.getsize(packed_copy / fmt.MANIFEST_FILE)
-    monkeypatch.setattr("foundir_data.store.MAX_MANIFEST_BYTES", size)
+    monkeypatch.setattr("foundir_data.remote.store.MAX_MANIFEST_BYTES", size)
     assert Store.open(str(packed_copy)).manifest().num_samples > 0
-    monkeypatch.setattr("foundir_data.store.MAX_MANIFEST_BYTES", size - 1)
+    monkeypatch.setattr("foundir_data.remote.store.MAX_MANIFEST_BYTES", size - 1)
     with pytest.raises(SizeLimitError, match=f"the manifest claims {size:,} bytes, more than the {size - 1:,}"):
         Store.open(str(packed_copy)).manifest()

@@ -1,4 +1,4 @@
-"""Cluster packs on the cluster's own scheduler (shard_tools/scheduler.py), and the Slurm
+"""Cluster packs on the cluster's own scheduler (shard_tools/pack/scheduler.py), and the Slurm
 array script and Kubernetes Indexed Job manifest of docs/packing.md, run as written on a
 tiny zipped release (the manifest's commands against moto's S3 server)."""
 
@@ -18,7 +18,7 @@ from foundir_data import format as fmt
 from foundir_data.errors import UsageError
 from foundir_data.sample import make_sample
 from shard_tools.cli import main
-from shard_tools.scheduler import NUM_JOBS_ENV, job_slot
+from shard_tools.pack.scheduler import NUM_JOBS_ENV, job_slot
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "packing.md").read_text()

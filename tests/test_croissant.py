@@ -17,10 +17,10 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from foundir_data.decode import decode_image
-from shard_tools import croissant
-from shard_tools.card import CITATION
-from shard_tools.push import PushConfig, push
+from foundir_data.read.decode import decode_image
+from shard_tools.publish import croissant
+from shard_tools.publish.card import CITATION
+from shard_tools.publish.push import PushConfig, push
 
 mlc = pytest.importorskip("mlcroissant")
 

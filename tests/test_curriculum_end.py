@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from foundir_data import counts as C
-from foundir_data import schedules as S
+from foundir_data.sampling import counts as C
+from foundir_data.sampling import schedules as S
 from foundir_data import taxonomy
-from foundir_data.plan import CurriculumPlan
+from foundir_data.sampling.plan import CurriculumPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -112,7 +112,7 @@ def packed(tmp_path_factory) -> Path:
 
 
 def test_stream_refuses_to_resume_a_run_of_another_length(packed):
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     kw = dict(schedule="incremental", steps_per_phase=2, batch_size=4, crop=32, seed=1)
     a = FoundIRStream(packed, run_steps=12, **kw)
@@ -131,9 +131,9 @@ def test_train_runs_the_curriculum_for_all_steps_with_accumulation(packed, tmp_p
     4 batches, stage 2 lasts the other 10 (it used to end after 8 and restart stage 1)."""
     from _model_helpers import OneThread
 
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
     from foundir_model.config import TrainConfig
-    from foundir_model.train import train
+    from foundir_model.train.loop import train
 
     seen: list[list[int]] = []
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foundir_data import decode
-from foundir_data.decode import DecodeError, decode_image
+from foundir_data.read import decode
+from foundir_data.read.decode import DecodeError, decode_image
 from foundir_data.sample import PHOTOS, photo_dir
 
 
@@ -113,7 +113,7 @@ def test_exif_orientation_is_not_applied(photo, cases):
 
 
 def test_zstd_ppm_tile_roundtrip_and_errors(photo):
-    from shard_tools.tile_codec import encode_ppm_zst
+    from shard_tools.tiles.codec import encode_ppm_zst
 
     a = np.asarray(photo)
     data = encode_ppm_zst(a)
@@ -152,7 +152,7 @@ def test_environment_forces_pillow(cases, monkeypatch):
 
 
 def test_decode_pair_reuses_scratch_buffers(photo, cases):
-    from shard_tools.tile_codec import encode_ppm_zst
+    from shard_tools.tiles.codec import encode_ppm_zst
 
     a = np.asarray(photo)
     for lq, gt in ((encode_ppm_zst(a), encode_ppm_zst(a[::-1].copy())), (cases["jpeg 4:2:0"], cases["jpeg grey"]),

@@ -11,7 +11,7 @@ from _model_helpers import OneThread  # noqa: E402
 
 from foundir_model.config import RELEASE_DIFFUSION, DiffusionConfig, UNetConfig  # noqa: E402
 from foundir_model.diffusion import ResidualDiffusion, make_schedule, sampling_grid  # noqa: E402
-from foundir_model.unet import UNet  # noqa: E402
+from foundir_model.nets.unet import UNet  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

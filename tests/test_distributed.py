@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from foundir_data.sample import make_sample
-from foundir_data.store import Store
+from foundir_data.remote.store import Store
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     root = tmp_path_factory.mktemp("dist")
     make_sample(root / "src", per_type=2, size=64, layout="list", seed=1)

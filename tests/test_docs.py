@@ -59,8 +59,8 @@ def _parser(line: str):
     from foundir_model.cli import COMMANDS as FOUNDIR_COMMANDS
     from shard_tools.cli import COMMANDS as SHARD_COMMANDS
 
-    modules = {"foundir-train": "foundir_model.train", "foundir_model.train": "foundir_model.train",
-               "foundir-eval": "foundir_model.evaluate", "foundir-restore": "foundir_model.infer",
+    modules = {"foundir-train": "foundir_model.train.loop", "foundir_model.train": "foundir_model.train.loop",
+               "foundir-eval": "foundir_model.eval.evaluate", "foundir-restore": "foundir_model.restore.infer",
                "foundir_model.card": None}
     m = re.search(r"(?:^|\s)(foundir-train|foundir-eval|foundir-restore|-m foundir_model\.train|"
                   r"shard_tools \w+|foundir [\w-]+)(?=\s|$)", line)
@@ -96,7 +96,7 @@ def test_doc_commands_use_real_flags():
 def test_doc_curriculum_yaml_parses():
     import yaml
 
-    from foundir_data.schedules import Curriculum
+    from foundir_data.sampling.schedules import Curriculum
 
     blocks = re.findall(r"```yaml\n(.*?)```", (DOCS / "sampler.md").read_text(), re.S)
     assert blocks

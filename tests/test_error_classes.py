@@ -18,8 +18,8 @@ PACKAGES = ("foundir_data", "shard_tools", "foundir_model")
 #: Signals that never leave the module that raises them (caught there and turned into a
 #: FoundIRError or a worker's stop), so they are not errors a user sees.
 INTERNAL = {
-    "foundir_data.retry.Truncated",  # a short read, retried; retry.py raises TruncatedShardError when it persists
-    "shard_tools.runner._Stopped",  # a worker told to stop by its parent
+    "foundir_data.remote.retry.Truncated",  # a short read, retried; retry.py raises TruncatedShardError when it persists
+    "shard_tools.pack.runner._Stopped",  # a worker told to stop by its parent
 }
 
 #: Defined in files another change owns at the moment (one-line base change each, due at the
@@ -49,8 +49,8 @@ def _defined_exceptions() -> dict[str, type[BaseException]]:
 def test_every_exception_class_derives_from_foundir_error():
     found = _defined_exceptions()
     # The walk saw the model's errors and the data package's (a walk that imports nothing passes nothing).
-    for name in ("foundir_model.images.ImageError", "foundir_model.checkpoint.CheckpointError",
-                 "foundir_data.decode.DecodeError", "shard_tools.build.PackError"):
+    for name in ("foundir_model.restore.images.ImageError", "foundir_model.checkpoint.CheckpointError",
+                 "foundir_data.read.decode.DecodeError", "shard_tools.pack.build.PackError"):
         assert name in found, name
     outside = sorted(n for n, cls in found.items()
                      if not issubclass(cls, FoundIRError) and n not in INTERNAL | PENDING)
@@ -59,13 +59,13 @@ def test_every_exception_class_derives_from_foundir_error():
 
 
 @pytest.mark.parametrize("name, builtin", [
-    ("foundir_data.decode.DecodeError", ValueError),
-    ("foundir_model.images.ImageError", ValueError),
+    ("foundir_data.read.decode.DecodeError", ValueError),
+    ("foundir_model.restore.images.ImageError", ValueError),
     ("foundir_model.checkpoint.CheckpointError", ValueError),
-    ("foundir_model.release.ReleaseError", ValueError),
-    ("foundir_model.lowlight.LowlightFileError", ValueError),
-    ("foundir_model.budget.MemoryBudgetError", ValueError),
-    ("foundir_model.outputs.OutputError", ValueError),
+    ("foundir_model.release.files.ReleaseError", ValueError),
+    ("foundir_model.release.lowlight.LowlightFileError", ValueError),
+    ("foundir_model.restore.budget.MemoryBudgetError", ValueError),
+    ("foundir_model.restore.outputs.OutputError", ValueError),
 ])
 def test_model_errors_keep_their_builtin_and_exit_with_usage(name, builtin):
     module, _, cls_name = name.rpartition(".")
@@ -77,7 +77,7 @@ def test_model_errors_keep_their_builtin_and_exit_with_usage(name, builtin):
 
 
 def test_an_unreadable_image_is_caught_as_the_base(tmp_path):
-    from foundir_model import images
+    from foundir_model.restore import images
 
     bad = tmp_path / "not-an-image.png"
     bad.write_bytes(b"plain text, not a PNG")
@@ -95,7 +95,7 @@ def test_every_foundir_error_round_trips_through_pickle_and_one_message():
     import pickle
 
     found = _foundir_errors()
-    assert "foundir_data.retry.ChecksumError" in found and "foundir_data.retry.TruncatedShardError" in found
+    assert "foundir_data.remote.retry.ChecksumError" in found and "foundir_data.remote.retry.TruncatedShardError" in found
     for name, cls in found.items():
         try:  # a class with its own __init__ (ShardError: url, reason); else the built-in's one message
             params = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]

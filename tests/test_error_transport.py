@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from foundir_data import format as fmt
-from shard_tools.index_write import upgrade
-from foundir_data.decode import decode_image
+from shard_tools.pack.index_write import upgrade
+from foundir_data.read.decode import decode_image
 from foundir_data.load import load_dataset
-from foundir_data.retry import ChecksumError, ShardError, TruncatedShardError
-from foundir_data.stream import FoundIRStream
+from foundir_data.remote.retry import ChecksumError, ShardError, TruncatedShardError
+from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.cli import main as cli
 
 REPO = "foundir/Transport"
@@ -139,7 +139,7 @@ def test_tile_on_a_broken_index_is_one_line(packed_copy, content, capsys):
 
 
 def test_undecodable_bytes_name_the_file_not_a_buffer():
-    from foundir_model.images import ImageError, decode
+    from foundir_model.restore.images import ImageError, decode
 
     with pytest.raises(Exception) as e:
         decode_image(b"plain text" * 10, "shards/x.tar member k.lq.png")

@@ -11,15 +11,15 @@ from foundir_data.errors import FoundIRError
 
 def test_every_error_class_derives_from_the_base_and_keeps_its_builtin():
     from foundir_data.format import FormatError
-    from foundir_data.retry import ChecksumError, ShardError, TruncatedShardError
-    from foundir_data.store import NoManifestError
+    from foundir_data.remote.retry import ChecksumError, ShardError, TruncatedShardError
+    from foundir_data.remote.store import NoManifestError
     from foundir_data.taxonomy import UnknownDegradationError
-    from shard_tools.build import PackError
-    from shard_tools.ingest import IngestError
-    from shard_tools.merge import MergeError
-    from shard_tools.probe import BadImage
-    from shard_tools.push import PushError, PushIOError
-    from shard_tools.tiles import TileError
+    from shard_tools.pack.build import PackError
+    from shard_tools.ingest.layouts import IngestError
+    from shard_tools.pack.merge import MergeError
+    from shard_tools.pack.probe import BadImage
+    from shard_tools.publish.push import PushError, PushIOError
+    from shard_tools.tiles.tiler import TileError
 
     pairs = [(FormatError, ValueError), (ShardError, OSError), (ChecksumError, OSError),
              (TruncatedShardError, OSError), (NoManifestError, FileNotFoundError),

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from foundir_data.sample import make_sample
-from foundir_model.evaluate import main as eval_main
-from foundir_model.resume import RECORD_DIR
+from foundir_model.eval.evaluate import main as eval_main
+from foundir_model.restore.resume import RECORD_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import live_tiny_checkpoint  # noqa: E402

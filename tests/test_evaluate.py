@@ -15,9 +15,10 @@ from PIL import Image
 
 from foundir_data import taxonomy
 from foundir_data.sample import make_sample
-from foundir_model import evaluate as ev
-from foundir_model import images, metrics, paper
-from foundir_model.infer import RestoreTiling
+from foundir_model.eval import evaluate as ev
+from foundir_model.restore import images
+from foundir_model.eval import metrics, paper
+from foundir_model.restore.infer import RestoreTiling
 from shard_tools.cli import main as shard_tools_main
 
 TYPES = ("Blur", "Noise_JPEG", "Lowlight", "Haze")
@@ -259,7 +260,7 @@ def test_two_predictions_for_one_pair_is_an_error(data, tmp_path):
 def test_bad_location_is_one_line_error_from_both_entry_points(tmp_path, capsys):
     """`foundir eval` and `foundir-eval` share one runner: bad input is exit 2, no traceback."""
     from foundir_model.cli import main as foundir_main
-    from foundir_model.evaluate import main as eval_main
+    from foundir_model.eval.evaluate import main as eval_main
 
     missing = str(tmp_path / "nowhere")
     for call, prog in ((lambda: foundir_main(["eval", missing, "--pred", missing]), "foundir eval"),
@@ -277,7 +278,7 @@ def test_corrupt_member_in_packed_split_is_named(data, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from foundir_data import format as fmt
-    from foundir_model.evaluate import main as eval_main
+    from foundir_model.eval.evaluate import main as eval_main
 
     packed = tmp_path / "packed"
     shutil.copytree(data["packed"], packed)

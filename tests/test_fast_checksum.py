@@ -13,18 +13,18 @@ import pytest
 import xxhash
 
 from foundir_data import format as fmt
-from shard_tools.index_write import upgrade
+from shard_tools.pack.index_write import upgrade
 from _folders import as_version2
-from foundir_data.access import get_pair
-from foundir_data.decode import decode_image, decode_pair
-from foundir_data.reader import PairReader, check_member
-from foundir_data.retry import ChecksumError
+from foundir_data.read.access import get_pair
+from foundir_data.read.decode import decode_image, decode_pair
+from foundir_data.read.reader import PairReader, check_member
+from foundir_data.remote.retry import ChecksumError
 from foundir_data.sample import make_sample
-from foundir_data.store import Store
-from foundir_data.stream import FoundIRStream
-from shard_tools import tiles
-from shard_tools.pack import PackConfig, pack
-from shard_tools.verify import verify
+from foundir_data.remote.store import Store
+from foundir_data.streaming.stream import FoundIRStream
+from shard_tools.tiles import tiler as tiles
+from shard_tools.pack.packer import PackConfig, pack
+from shard_tools.inspect.verify import verify
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,14 @@ from dataclasses import fields
 
 import pytest
 
-from foundir_model import evaluate, infer, quickstart, train_flags
+from foundir_model.eval import evaluate
+from foundir_model.restore import infer
+from foundir_model import quickstart
+from foundir_model.train import flags as train_flags
 from foundir_model.config import TrainConfig, train_recipe
-from foundir_model.evaluate import EvalConfig
+from foundir_model.eval.evaluate import EvalConfig
 from foundir_model.flags import config_from_flags, flag_values
-from foundir_model.infer import RestoreTiling
+from foundir_model.restore.infer import RestoreTiling
 from foundir_model.quickstart import SMALL_ENV, QuickstartConfig
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data.errors import FoundIRError
-from foundir_data.store import Store
+from foundir_data.remote.store import Store
 from shard_tools.cli import main as cli
-from shard_tools.verify import verify
+from shard_tools.inspect.verify import verify
 
 
 def _manifest(root: Path) -> dict:

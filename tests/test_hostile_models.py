@@ -34,10 +34,10 @@ from _model_helpers import OneThread  # noqa: E402
 from foundir_data.errors import FoundIRError  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model import experts, lowlight, release  # noqa: E402
-from foundir_model import specialists as sp  # noqa: E402
+from foundir_model.release import experts, lowlight, files as release  # noqa: E402
+from foundir_model.nets import specialists as sp  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
-from foundir_model.infer import main as restore_cli  # noqa: E402
+from foundir_model.restore.infer import main as restore_cli  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "fixtures" / "release-golden"
 GEN, WEATHER = GOLDEN / "release-model-dim8.pt", GOLDEN / "release-weather-restormer-dim8.pth"

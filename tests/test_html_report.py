@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from foundir_model import images
-from foundir_model.evaluate import load_items
-from foundir_model.evaluate import main as eval_main
+from foundir_model.restore import images
+from foundir_model.eval.evaluate import load_items
+from foundir_model.eval.evaluate import main as eval_main
 from shard_tools.cli import main as shard_main
 
 BROWSERS = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
@@ -171,7 +171,7 @@ def test_preview_html_in_browser(browser, packed, tmp_path):
 
 
 def test_save_view_scales_down_and_keeps_small_images(tmp_path):
-    from foundir_data.html_report import save_view
+    from foundir_data.output.html_report import save_view
 
     big = np.random.default_rng(0).integers(0, 256, (300, 900, 3), dtype=np.uint8)
     with Image.open(save_view(big, tmp_path / "a.png", 450)) as im:

@@ -23,21 +23,21 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from foundir_data.access import get_pair, get_record
-from foundir_data.plan import CurriculumPlan
-from foundir_data.retry import ChecksumError
-from foundir_data.schedules import nested_subset
-from foundir_data.store import Store
-from foundir_data.stream import FoundIRStream
-from shard_tools.index_write import DuplicateKeyError, upgrade, write_keys
+from foundir_data.read.access import get_pair, get_record
+from foundir_data.sampling.plan import CurriculumPlan
+from foundir_data.remote.retry import ChecksumError
+from foundir_data.sampling.schedules import nested_subset
+from foundir_data.remote.store import Store
+from foundir_data.streaming.stream import FoundIRStream
+from shard_tools.pack.index_write import DuplicateKeyError, upgrade, write_keys
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """3 types x 7 pairs in shards of at most 3 pairs, tiled to 32 px (several tiles a frame)."""
     from foundir_data.sample import make_sample
-    from shard_tools.pack import PackConfig, pack
-    from shard_tools.tiles import pack_tiles
+    from shard_tools.pack.packer import PackConfig, pack
+    from shard_tools.tiles.tiler import pack_tiles
 
     base = tmp_path_factory.mktemp("parts")
     make_sample(base / "src", per_type=7, size=64, layout="test", types=("Blur", "Haze", "Rain"))
@@ -194,7 +194,7 @@ def test_types_come_from_the_manifest_and_are_checked(folder):
 
 
 def test_verify_reports_a_damaged_part_and_passes_a_clean_folder(folder, tmp_path):
-    from shard_tools.verify import verify
+    from shard_tools.inspect.verify import verify
 
     assert verify(folder).ok
     bad = tmp_path / "bad"
@@ -207,7 +207,7 @@ def test_verify_reports_a_damaged_part_and_passes_a_clean_folder(folder, tmp_pat
 
 
 def test_parts_do_not_depend_on_the_index_row_order(folder, tmp_path):
-    from shard_tools.index_write import write_parts
+    from shard_tools.pack.index_write import write_parts
 
     t = pq.read_table(folder / fmt.INDEX_FILE)
     m = fmt.Manifest.from_json((folder / fmt.MANIFEST_FILE).read_text())

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from foundir_data.sample import load_photos
-from foundir_model import images
-from foundir_model.infer import RestoreTiling, blend_weights, restore_array, restore_tiled, tile_grid, tile_starts
+from foundir_model.restore import images
+from foundir_model.restore.infer import RestoreTiling, blend_weights, restore_array, restore_tiled, tile_grid, tile_starts
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -208,7 +208,7 @@ def test_bad_images_name_the_file(tmp_path):
 
 # ---------------------------------------------------------------- CLI with a real (tiny) checkpoint
 def test_restore_cli_folder_with_modes(tiny_checkpoint, tmp_path):
-    from foundir_model.infer import main
+    from foundir_model.restore.infer import main
 
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

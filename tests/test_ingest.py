@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundir_data.sample import LIST_FILE, make_sample
-from shard_tools import ingest
-from shard_tools.ingest import IngestError, PairSpec, Reject
+from shard_tools.ingest import layouts as ingest
+from shard_tools.ingest.layouts import IngestError, PairSpec, Reject
 
 TYPES = ("Blur", "Noise_JPEG", "NightRain")
 

@@ -17,10 +17,10 @@ import pytest
 from foundir_data import format as fmt
 from foundir_data.errors import FoundIRError
 from foundir_data.load import load_dataset
-from foundir_data.retry import ChecksumError, ShardError
-from foundir_data.store import Store
-from foundir_data.stream import FoundIRStream
-from shard_tools.index_write import upgrade
+from foundir_data.remote.retry import ChecksumError, ShardError
+from foundir_data.remote.store import Store
+from foundir_data.streaming.stream import FoundIRStream
+from shard_tools.pack.index_write import upgrade
 
 REPO = "foundir/Integrity"
 TOKEN = "hf_IntegrityTokenNeverShown42"
@@ -150,8 +150,8 @@ def test_load_dataset_over_the_hub_reads_a_corrupted_member_again(hub, packed_co
 
 # ---------------------------------------------------------------- other readers
 def test_validation_and_preview_refuse_a_damaged_member(packed_copy, tmp_path):
-    from foundir_model.validation import load_val_pairs
-    from shard_tools.preview import PreviewConfig, preview
+    from foundir_model.train.validation import load_val_pairs
+    from shard_tools.inspect.preview import PreviewConfig, preview
 
     rows = sorted((r for r in _rows(packed_copy) if r["split"] == "test"), key=lambda r: r["key"])
     for r in rows:  # every test pair: whichever the readers pick is damaged
@@ -177,7 +177,7 @@ def test_hostile_index_size_is_refused_before_allocating(packed_copy):
     pq.write_table(t, packed_copy / fmt.INDEX_FILE)
     rec = t.slice(0, 1).to_pylist()[0]
     before = _peak_rss()
-    from foundir_data.reader import PairReader
+    from foundir_data.read.reader import PairReader
 
     for mode in ("pread", "range"):
         with pytest.raises(fmt.FormatError, match="past the end"):
@@ -217,7 +217,7 @@ def test_stream_cache_download_corrupted_in_transit_is_fetched_again(hub, packed
 
 
 def test_range_read_of_a_shard_the_manifest_does_not_list_is_refused(packed_copy):
-    from foundir_data.reader import PairReader
+    from foundir_data.read.reader import PairReader
 
     rec = dict(_one_shard_row(packed_copy), shard="shards/full/test/Blur/not-listed.tar")
     with pytest.raises(fmt.FormatError, match="does not list"):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from foundir_data import taxonomy
 from foundir_data.load import DEFAULT_LOCATION, config_types, load_dataset, resolve_location
-from foundir_data.store import NoManifestError, Store
+from foundir_data.remote.store import NoManifestError, Store
 
 
 def _check_pairs(ds, packed, sample_source, expect_keys):

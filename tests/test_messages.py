@@ -6,9 +6,9 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data.load import LOCATION_ENV, DefaultLocationError, load_dataset
-from foundir_data.store import NoManifestError
+from foundir_data.remote.store import NoManifestError
 from shard_tools.cli import main as cli
-from shard_tools.summary import format_rejects, kind_of, plural
+from shard_tools.pack.summary import format_rejects, kind_of, plural
 
 
 def test_missing_path_is_named_missing(tmp_path):

@@ -10,7 +10,7 @@ from scipy.signal import correlate2d
 from skimage.metrics import structural_similarity
 
 from foundir_data.sample import load_photos
-from foundir_model import metrics
+from foundir_model.eval import metrics
 
 
 @pytest.fixture(scope="module")

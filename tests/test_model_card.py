@@ -9,9 +9,9 @@ from huggingface_hub import ModelCard
 from foundir_data import taxonomy
 from foundir_model.card import render_model_card, write_model_card
 from foundir_model.config import TrainConfig
-from foundir_model.evaluate import EvalConfig, evaluate
-from foundir_model.infer import RestoreTiling
-from foundir_model.train import train
+from foundir_model.eval.evaluate import EvalConfig, evaluate
+from foundir_model.restore.infer import RestoreTiling
+from foundir_model.train.loop import train
 
 
 @pytest.fixture(scope="module")

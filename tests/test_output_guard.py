@@ -1,4 +1,4 @@
-"""Output folders are ours or refused: one rule (foundir_data/output_dir.py) for ``foundir-restore
+"""Output folders are ours or refused: one rule (foundir_data/output/output_dir.py) for ``foundir-restore
 OUT``, ``foundir-eval --out``, ``shard_tools preview --html`` and ``pack`` (docs/inference.md,
 "Output folders").
 
@@ -20,10 +20,10 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from foundir_data.output_dir import MARKER, OutputDir, check_output_dir, claim_output_dir, marker_kinds  # noqa: E402
+from foundir_data.output.output_dir import MARKER, OutputDir, check_output_dir, claim_output_dir, marker_kinds  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
-from foundir_model.evaluate import main as eval_main  # noqa: E402
-from foundir_model.infer import main as restore_main  # noqa: E402
+from foundir_model.eval.evaluate import main as eval_main  # noqa: E402
+from foundir_model.restore.infer import main as restore_main  # noqa: E402
 from shard_tools.cli import main as shard_main  # noqa: E402
 
 
@@ -79,7 +79,7 @@ COMMANDS: dict[str, tuple[Callable[..., int], str, str]] = {
 }
 
 #: What a rerun into a command's own folder says where it is not "replacing": foundir-restore
-#: resumes (foundir_model/resume.py) and replaces nothing an earlier run finished.
+#: resumes (foundir_model/restore/resume.py) and replaces nothing an earlier run finished.
 RERUN_SAYS = {"foundir-restore": "1 done, 0 to do"}
 
 #: (situation, what is in the folder before, extra flags, exit status, stderr says, user files kept)

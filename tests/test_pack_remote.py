@@ -1,4 +1,4 @@
-"""Packing into object storage (shard_tools/out_store.py) on moto's S3 server: a pack killed
+"""Packing into object storage (shard_tools/pack/out_store.py) on moto's S3 server: a pack killed
 with SIGKILL in the middle of a shard's multipart upload leaves no object under the shard's
 name, and its rerun aborts the stale upload and ends with the bytes of a local pack."""
 
@@ -37,7 +37,7 @@ def noisy(tmp_path_factory) -> Path:
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from shard_tools import build, out_store
+    from shard_tools.pack import build, out_store
     out_store.UPLOAD_BLOCK = 5 << 20  # S3's smallest part: the first part goes out after 2 pairs
     calls, add = [0], build.add_sample
     def add_then_die(*a):
@@ -81,7 +81,7 @@ def test_kill_during_upload_then_rerun(noisy, moto_s3, tmp_path):
 
 def test_error_during_upload_aborts_it(noisy, moto_s3, tmp_path, monkeypatch):
     """An exception (not a kill) aborts the multipart upload at once: nothing is left."""
-    from shard_tools import build, out_store
+    from shard_tools.pack import build, out_store
 
     monkeypatch.setattr(out_store, "UPLOAD_BLOCK", 5 << 20)
     calls, add = [0], build.add_sample

@@ -165,7 +165,7 @@ def test_a_second_writer_is_refused_with_status_3(tmp_path):
     _pairs(src, "01Blur", 1)
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from shard_tools.pack_guard import "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from shard_tools.pack.guard import "
          "writer_lock\nwith writer_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)", str(out)],
         env=ENV, stdout=subprocess.PIPE, text=True)
     try:

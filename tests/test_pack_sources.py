@@ -1,4 +1,4 @@
-"""Packing from zip archives and object storage (shard_tools/sources.py, zip_source.py):
+"""Packing from zip archives and object storage (shard_tools/ingest/sources.py, zip_source.py):
 the same pairs from a folder, a zip of it, that zip on moto's S3 server, and into S3 give
 the same shards, index and manifest, byte for byte; damaged archives give rejects."""
 
@@ -14,7 +14,8 @@ import pytest
 
 from foundir_data import format as fmt
 from foundir_data.sample import make_sample
-from shard_tools import out_store, sources, zip_source
+from shard_tools.pack import out_store
+from shard_tools.ingest import sources, zips as zip_source
 from shard_tools.cli import main
 
 TYPES = ("Blur", "Noise", "Haze")
@@ -295,8 +296,8 @@ def test_pack_into_another_fsspec_store(src, reference):
 
 
 def test_a_remote_read_that_keeps_failing_is_a_reject_naming_its_url(monkeypatch):
-    from foundir_data.retry import ShardError
-    from shard_tools import build
+    from foundir_data.remote.retry import ShardError
+    from shard_tools.pack import build
 
     def fail(path: str) -> bytes:
         raise ShardError(path, "range read failed after 7 attempts: HTTP 503")

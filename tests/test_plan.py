@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from foundir_data import taxonomy
-from foundir_data.plan import CurriculumPlan, partition_columns, plan_batches, shard_codes
+from foundir_data.sampling.plan import CurriculumPlan, partition_columns, plan_batches, shard_codes
 
 
 def synthetic(n_rows: int, seed: int, per_shard: int = 7, types: int = 20):

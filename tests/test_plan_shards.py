@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from foundir_data import taxonomy
-from foundir_data.plan import CurriculumPlan
-from foundir_data.schedules import SCHEDULES
+from foundir_data.sampling.plan import CurriculumPlan
+from foundir_data.sampling.schedules import SCHEDULES
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "rng_golden.json").read_text())
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foundir_model import budget, precision
+from foundir_model.restore import budget, precision
 from foundir_model.checkpoint import load_restorer
-from foundir_model.infer import RestoreTiling, restore_array
+from foundir_model.restore.infer import RestoreTiling, restore_array
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import live_tiny_checkpoint  # noqa: E402

@@ -10,7 +10,7 @@ from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from shard_tools import preview as pv
+from shard_tools.inspect import preview as pv
 from shard_tools.cli import main
 
 
@@ -62,7 +62,7 @@ def test_preview_bad_input(packed, tmp_path, capsys):
 
 def test_plot_distribution_png(packed, tmp_path):
     pytest.importorskip("matplotlib")
-    from shard_tools.plot import DPI, FIGSIZE, distribution_title, plot_distribution, type_counts
+    from shard_tools.inspect.plot import DPI, FIGSIZE, distribution_title, plot_distribution, type_counts
 
     table = pq.read_table(packed / fmt.INDEX_FILE)
     counts = type_counts(table)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from foundir_data.sample import make_sample
-from shard_tools.probe import BadImage, ImageInfo, check_pair, probe_image
+from shard_tools.pack.probe import BadImage, ImageInfo, check_pair, probe_image
 
 
 @pytest.fixture(scope="module")

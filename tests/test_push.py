@@ -23,10 +23,10 @@ import pytest
 import servers
 
 from foundir_data import format as fmt
-from foundir_data.store import Store
-from shard_tools import push as push_mod
+from foundir_data.remote.store import Store
+from shard_tools.publish import push as push_mod
 from shard_tools.cli import main
-from shard_tools.croissant import CROISSANT_FILE
+from shard_tools.publish.croissant import CROISSANT_FILE
 
 TOKEN = "hf_push_test_token_do_not_print"
 # huggingface_hub's basic LFS upload passes a file object as ``data=`` (its code, not ours).
@@ -334,7 +334,7 @@ def test_hub_push_commits_manifest_last_and_reads_back(packed, hub, capsys):
 
 def test_hub_repush_of_changed_data_withdraws_old_manifest_first(packed, tmp_path, hub):
     from foundir_data.sample import make_sample
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     dest = "hf://datasets/foundir-test/changing"
     assert push(packed, dest) == 0
@@ -354,7 +354,7 @@ def test_hub_repush_of_changed_data_withdraws_old_manifest_first(packed, tmp_pat
 
 def test_hub_commit_plan_with_subdir(packed):
     _, _, items = push_mod.load_local(packed)
-    from shard_tools.push_hub import hub_commits
+    from shard_tools.publish.hub import hub_commits
 
     commits = hub_commits(items, batch_files=100, delete_manifest=False, prefix="v2")
     assert [op.path_in_repo for op in commits[-1][1]][-1] == "v2/manifest.json"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from foundir_data import format as fmt
 from foundir_data import taxonomy
-from shard_tools import preview as pv
+from shard_tools.inspect import preview as pv
 from foundir_model.cli import main as foundir_main
 from foundir_model.quickstart import QuickstartConfig
 
@@ -37,7 +37,7 @@ def test_quickstart_small_runs_every_step(tmp_path, capsys, monkeypatch):
     # pack + verify: both splits in one folder, and it verifies again now.
     packed = Path(res["packed"])
     assert res["pairs"] == {"test": 20 * small.test_per_type, "train": 20 * small.per_type}
-    from shard_tools.verify import verify
+    from shard_tools.inspect.verify import verify
 
     assert res["verified"] and verify(packed).ok
     index = pq.read_table(packed / fmt.INDEX_FILE, columns=["split", "degradation"]).to_pydict()

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from foundir_data import counts as C
-from foundir_data import schedules as S
+from foundir_data.sampling import counts as C
+from foundir_data.sampling import schedules as S
 from foundir_data import taxonomy
 from foundir_model.config import TRAIN_RECIPES, TrainConfig, train_recipe
-from foundir_model.ema import COPY, EMASchedule, ema_update
-from foundir_model.train import ema_schedule, lr_at, main, stream_steps
-from foundir_model.train_flags import config_from_args, configure
+from foundir_model.train.ema import COPY, EMASchedule, ema_update
+from foundir_model.train.loop import ema_schedule, lr_at, main, stream_steps
+from foundir_model.train.flags import config_from_args, configure
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 NAMES = list(taxonomy.NAMES)

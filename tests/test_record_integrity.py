@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundir_data import format as fmt
-from shard_tools.index_write import upgrade
+from shard_tools.pack.index_write import upgrade
 from _folders import as_version2
-from foundir_data.access import get_pair
+from foundir_data.read.access import get_pair
 from foundir_data.load import load_dataset
-from foundir_data.retry import ChecksumError
-from foundir_data.stream import FoundIRStream
+from foundir_data.remote.retry import ChecksumError
+from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.cli import main as cli
-from shard_tools.verify import verify
+from shard_tools.inspect.verify import verify
 
 DEG = "Blur"  # the damaged sample's type: each reader reads this config only (fast)
 

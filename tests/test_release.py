@@ -19,10 +19,10 @@ from _model_helpers import OneThread  # noqa: E402
 
 from foundir_data import taxonomy  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model import experts, release  # noqa: E402
+from foundir_model.release import experts, files as release  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
-from foundir_model.infer import main as restore_cli  # noqa: E402
-from foundir_model.infer import RestoreTiling, restore_tiled  # noqa: E402
+from foundir_model.restore.infer import main as restore_cli  # noqa: E402
+from foundir_model.restore.infer import RestoreTiling, restore_tiled  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "fixtures" / "release-golden"
 GEN, WEATHER = GOLDEN / "release-model-dim8.pt", GOLDEN / "release-weather-restormer-dim8.pth"
@@ -220,7 +220,7 @@ def test_eval_takes_the_release_file_and_seed(tmp_path):
     # foundir-eval --checkpoint model-2000.pt: --seed changes the result, the same seed repeats it,
     # and each image equals foundir-restore --seed on its LQ (seeded per image, order-free).
     from foundir_data.sample import make_sample
-    from foundir_model.evaluate import main as eval_cli
+    from foundir_model.eval.evaluate import main as eval_cli
 
     root = tmp_path / "test"
     make_sample(root, per_type=2, size=48, layout="test", seed=0, types=("Blur",))
@@ -242,8 +242,8 @@ def test_eval_takes_the_release_file_and_seed(tmp_path):
 def test_widths_inferred_at_release_size():
     # The release's sizes: UNet dim 64 (36.26M parameters), Restormer dim 48 (~26.1M).
     from foundir_model.config import UNetConfig
-    from foundir_model.restormer import Restormer, RestormerConfig, infer_config
-    from foundir_model.unet import UNet
+    from foundir_model.nets.restormer import Restormer, RestormerConfig, infer_config
+    from foundir_model.nets.unet import UNet
 
     assert release.unet_config(UNet(UNetConfig()).state_dict(), "x") == UNetConfig()
     net = Restormer()
@@ -258,8 +258,8 @@ def test_widths_inferred_at_release_size():
 
 def test_whole_image_routing_by_label_or_classifier(converted):
     # A label routes by type; without one the classifier decides; with neither nothing runs.
-    from foundir_model import specialists as sp
-    from foundir_model.restorer import Restorer
+    from foundir_model.nets import specialists as sp
+    from foundir_model.restore.restorer import Restorer
 
     nets = experts.build(ckpt.load(converted)[experts.KEY])
     pool = sp.SpecialistPool()

@@ -19,12 +19,12 @@ from _model_helpers import OneThread  # noqa: E402
 
 from foundir_data import taxonomy  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model import experts, release  # noqa: E402
+from foundir_model.release import experts, files as release  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
-from foundir_model.infer import main as restore_cli  # noqa: E402
-from foundir_model.infer import restore_tiled  # noqa: E402
-from foundir_model.restorer import Restorer  # noqa: E402
-from foundir_model.specialists import SpecialistPool  # noqa: E402
+from foundir_model.restore.infer import main as restore_cli  # noqa: E402
+from foundir_model.restore.infer import restore_tiled  # noqa: E402
+from foundir_model.restore.restorer import Restorer  # noqa: E402
+from foundir_model.nets.specialists import SpecialistPool  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "fixtures" / "release-golden"
 GEN = GOLDEN / "release-model-dim8.pt"

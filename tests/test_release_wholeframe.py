@@ -20,12 +20,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import OneThread  # noqa: E402
 
-from foundir_model import release_seed  # noqa: E402
+from foundir_model.release import seed as release_seed  # noqa: E402
 from foundir_model.cli import main as foundir  # noqa: E402
 from foundir_model.config import UNET_PRESETS, UNetConfig  # noqa: E402
-from foundir_model.infer import RestoreTiling, add_sampling_flags, restore_tiled, tile_grid, tiling_from_args  # noqa: E402
-from foundir_model.infer import main as restore_cli  # noqa: E402
-from foundir_model.unet import UNet  # noqa: E402
+from foundir_model.restore.infer import RestoreTiling, add_sampling_flags, restore_tiled, tile_grid, tiling_from_args  # noqa: E402
+from foundir_model.restore.infer import main as restore_cli  # noqa: E402
+from foundir_model.nets.unet import UNet  # noqa: E402
 
 WHOLE = Path(__file__).parent / "fixtures" / "release-golden" / "wholeframe"
 
@@ -83,7 +83,7 @@ def test_release_noise_on_a_gpu_is_the_cuda_generators_first_draws():
 
 
 class _Net:
-    """A restorer with a network config (as foundir_model.restorer.Restorer has), recording noise."""
+    """A restorer with a network config (as foundir_model.restore.restorer.Restorer has), recording noise."""
 
     def __init__(self, cfg: UNetConfig):
         self.model = torch.nn.Module()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from foundir_data.access import get_pair
+from foundir_data.read.access import get_pair
 from foundir_data.errors import FoundIRError
-from foundir_data.store import Store
+from foundir_data.remote.store import Store
 
 TOKEN = "hf_SecretTokenMustNeverLeak987"
 REPO = "foundir/Faults"

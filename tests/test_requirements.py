@@ -3,7 +3,7 @@
 scikit-image (demo photos) and webdataset (users' own pipelines over ``webdataset_urls``) are
 extras, so importing every module of the three packages must not import them, and the demo
 sample must name the extra to install when scikit-image is missing; scipy, which
-``foundir_model.metrics`` imports, is a requirement.
+``foundir_model.eval.metrics`` imports, is a requirement.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from foundir_data.output_dir import MARKER  # noqa: E402
+from foundir_data.output.output_dir import MARKER  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
-from foundir_model import budget, outputs  # noqa: E402
-from foundir_model.infer import RestoreTiling, main, restore_tiled  # noqa: E402
+from foundir_model.restore import budget, outputs  # noqa: E402
+from foundir_model.restore.infer import RestoreTiling, main, restore_tiled  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_same_stem_different_extensions_give_distinct_outputs(tiny_checkpoint, t
     before = _digest(src)
     out = tmp_path / "out"
     assert _restore(src, out, tiny_checkpoint, "--no-progress") == 0
-    # The results, and the marker that makes the folder ours (foundir_data/output_dir.py); the
+    # The results, and the marker that makes the folder ours (foundir_data/output/output_dir.py); the
     # resume records live in a hidden folder (.foundir-resume).
     assert sorted(p.name for p in out.iterdir() if p.name == MARKER or not p.name.startswith(".")) == \
         [MARKER, "a.jpg.png", "a.png.png", "a.tif.png", "b.png"]
@@ -136,7 +136,7 @@ def test_stderr_to_a_pipe_gets_one_summary_line_not_bars(tiny_checkpoint, tmp_pa
     Image.fromarray(_photo(40, 0)).save(src / "a.png")
     Image.fromarray(_photo(40, 1)[:32, :24]).save(src / "b.png")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "foundir_model.infer", str(src), str(tmp_path / "out"), "--checkpoint",
+    cmd = [sys.executable, "-m", "foundir_model.restore", str(src), str(tmp_path / "out"), "--checkpoint",
            str(tiny_checkpoint), "--no-specialists", "--device", "cpu", "--tile", "32", "--stride", "16",
            "--threads", "1"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
@@ -197,7 +197,7 @@ def test_budget_lowers_the_tile_batch_and_keeps_results(tiny_checkpoint):
 
 
 def test_tile_batch_defaults_to_one_on_a_cpu():
-    from foundir_model.infer import default_tile_batch
+    from foundir_model.restore.infer import default_tile_batch
 
     assert default_tile_batch(None, "cpu") == 1 and default_tile_batch(None, "cuda") == RestoreTiling().tile_batch
     assert default_tile_batch(3, "cpu") == 3
@@ -218,9 +218,9 @@ def test_estimate_is_above_the_measured_peak():
         pytest.skip("needs Linux /proc to reset the peak RSS")
     script = textwrap.dedent("""
         import torch
-        from foundir_model.budget import unet_bytes_per_pixel
+        from foundir_model.restore.budget import unet_bytes_per_pixel
         from foundir_model.config import unet_preset
-        from foundir_model.unet import UNet
+        from foundir_model.nets.unet import UNet
 
         def status(key):
             for line in open("/proc/self/status"):
@@ -261,7 +261,7 @@ def test_layout(tmp_path):
 
 
 def _eval(root, ckpt, *extra) -> int:
-    from foundir_model.evaluate import main as eval_main
+    from foundir_model.eval.evaluate import main as eval_main
 
     return eval_main([str(root), "--checkpoint", str(ckpt), "--no-specialists", "--device", "cpu",
                       "--tile", "32", "--stride", "16", *extra])
@@ -301,7 +301,7 @@ def test_cpu_presets_restore_with_smaller_tiles_unless_told(tiny_checkpoint):
 
     from foundir_model.checkpoint import load_restorer
     from foundir_model.config import UNET_PRESETS
-    from foundir_model.infer import CPU_PRESET_TILING, RestoreTiling, auto_tiling
+    from foundir_model.restore.infer import CPU_PRESET_TILING, RestoreTiling, auto_tiling
 
     tiny = load_restorer(tiny_checkpoint)
     assert not tiny.model.net.cfg.linear_attention

@@ -21,10 +21,10 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from foundir_data.decode import DecodeError, decode_image  # noqa: E402
+from foundir_data.read.decode import DecodeError, decode_image  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
-from foundir_model import images  # noqa: E402
-from foundir_model.infer import main as restore_main  # noqa: E402
+from foundir_model.restore import images  # noqa: E402
+from foundir_model.restore.infer import main as restore_main  # noqa: E402
 
 PHOTOS = load_photos(40)
 

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from foundir_data.sample import make_sample
-from foundir_model import resume
-from foundir_model.evaluate import main as eval_main
-from foundir_model.infer import main as restore_main
+from foundir_model.restore import resume
+from foundir_model.eval.evaluate import main as eval_main
+from foundir_model.restore.infer import main as restore_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import live_tiny_checkpoint  # noqa: E402

@@ -1,4 +1,4 @@
-"""Named RNG streams: the refactor to ``foundir_data.rng`` kept every plan and subset.
+"""Named RNG streams: the refactor to ``foundir_data.sampling.rng`` kept every plan and subset.
 
 ``fixtures/rng_golden.json`` was written by the code before the stream numbers got names
 (bare ``1..7`` in counts.py / plan.py / stream.py, ``0x5B5E7`` in schedules.py): global
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundir_data import rng, taxonomy
-from foundir_data.plan import CurriculumPlan
-from foundir_data.schedules import SCHEDULES, nested_subset
+from foundir_data.sampling import rng
+from foundir_data import taxonomy
+from foundir_data.sampling.plan import CurriculumPlan
+from foundir_data.sampling.schedules import SCHEDULES, nested_subset
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "rng_golden.json").read_text())
 

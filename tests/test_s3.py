@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from foundir_data import format as fmt
-from foundir_data.access import get_pair
+from foundir_data.read.access import get_pair
 from foundir_data.load import load_dataset
-from foundir_data.store import NoManifestError, Store
+from foundir_data.remote.store import NoManifestError, Store
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foundir_data import counts as C
-from foundir_data import schedules as S
+from foundir_data.sampling import counts as C
+from foundir_data.sampling import schedules as S
 from foundir_data import taxonomy
 
 # Type sizes shaped like the release's test set (docs/release.md, "Data"), times 3.

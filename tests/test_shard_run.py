@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from foundir_data.errors import UsageError
-from foundir_model import shard_run
-from foundir_model.infer import RestoreTiling, restore_array
+from foundir_model.restore import shard_run
+from foundir_model.restore.infer import RestoreTiling, restore_array
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 20, 1500, 1501])

@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import OneThread, pack_train_sample  # noqa: E402
 
 from foundir_data import taxonomy  # noqa: E402
-from foundir_data.stream import FoundIRStream  # noqa: E402
+from foundir_data.streaming.stream import FoundIRStream  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
-from foundir_model import specialists as sp  # noqa: E402
-from foundir_model import specialists_train as spt  # noqa: E402
+from foundir_model.nets import specialists as sp  # noqa: E402
+from foundir_model.train import specialists as spt  # noqa: E402
 from foundir_model.config import TrainConfig  # noqa: E402
-from foundir_model.train import main, train  # noqa: E402
+from foundir_model.train.loop import main, train  # noqa: E402
 
 CLS_TYPES = ("Blur", "Haze", "Lowlight", "Noise")
 
@@ -45,7 +45,7 @@ def _idx(name: str) -> int:
 def test_expert_assignment_matches_release():
     # The release's folders: weather (its Restormer, experts.py) for Haze and Rain_Haze; the small
     # illumination expert for the low-light folders 09, 14, 15, 17-20.
-    from foundir_model import experts
+    from foundir_model.release import experts
 
     weather = [t.folder[:2] for t in taxonomy.TYPES if experts.route(t.index) == "weather"]
     light = [t.folder[:2] for t in taxonomy.TYPES if sp.expert_for_type(t.index) == "illumination"]

@@ -12,8 +12,8 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.sample import make_sample
 from shard_tools.cli import main as cli
-from shard_tools.pack import PackConfig, pack
-from shard_tools.stats import summarize
+from shard_tools.pack.packer import PackConfig, pack
+from shard_tools.inspect.stats import summarize
 
 TYPES = ("Blur", "Blur_JPEG", "Haze", "Lowlight_Noise")
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from foundir_data import format as fmt
-from foundir_data.cache import DiskCache
-from foundir_data.retry import Truncated, is_transient, retry_after, retry_delay
-from foundir_data.store import (
+from foundir_data.remote.cache import DiskCache
+from foundir_data.remote.retry import Truncated, is_transient, retry_after, retry_delay
+from foundir_data.remote.store import (
     ChecksumError, NoManifestError, ShardError, Store, TruncatedShardError, parse_hf_location,
 )
 
@@ -132,7 +132,7 @@ def test_iter_samples_on_error_policy(packed_copy, caplog):
         list(store.iter_samples(sh.path))
     skipping = Store.open(str(packed_copy), on_error="skip")
     skipping.manifest()
-    with caplog.at_level(logging.WARNING, logger="foundir_data.store"):
+    with caplog.at_level(logging.WARNING, logger="foundir_data.remote.store"):
         list(skipping.iter_samples(sh.path))
     assert [u for u, _ in skipping.skipped] == [str(path)]
     assert str(path) in caplog.text and "skip" in caplog.text

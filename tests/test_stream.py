@@ -12,17 +12,17 @@ import torch
 from PIL import Image
 
 from foundir_data import taxonomy
-from foundir_data.decode import DecodeError, decode_image, decode_pair
+from foundir_data.read.decode import DecodeError, decode_image, decode_pair
 from foundir_data.format import FormatError
 from foundir_data.sample import make_sample
-from foundir_data.store import Store
-from foundir_data.stream import FoundIRStream
-from foundir_data.transforms import check_pair, dihedral, release_small, resize_up
+from foundir_data.remote.store import Store
+from foundir_data.streaming.stream import FoundIRStream
+from foundir_data.streaming.transforms import check_pair, dihedral, release_small, resize_up
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    from shard_tools.pack import PackConfig, pack
+    from shard_tools.pack.packer import PackConfig, pack
 
     root = tmp_path_factory.mktemp("stream")
     make_sample(root / "src", per_type=2, size=96, layout="list", seed=0)
@@ -259,7 +259,7 @@ def test_mismatched_pair_sizes_name_the_key():
 
 
 def test_tile_layout_with_the_same_schedules_and_pair_level_subsets(packed, tmp_path):
-    from shard_tools.tiles import pack_tiles
+    from shard_tools.tiles.tiler import pack_tiles
 
     copy = tmp_path / "tiled"
     shutil.copytree(packed / "packed", copy)
@@ -330,7 +330,7 @@ def test_node_affinity_deals_the_same_global_batches_and_crops(packed):
 
 def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
     """No step= to remember: StreamLoader's state comes from the batches the loop received."""
-    from foundir_data.loader import StreamLoader
+    from foundir_data.streaming.loader import StreamLoader
 
     kw = dict(schedule="combine", batch_size=4, crop=32, seed=2, world_size=1, rank=0, steps_per_phase=7)
     ref = collect(FoundIRStream(packed / "packed", **kw))
@@ -363,7 +363,7 @@ def test_stream_loader_state_is_where_the_loop_is_with_workers(packed):
 def test_crop_check_names_the_smallest_pair_from_the_index_sizes():
     import pyarrow as pa
 
-    from foundir_data.transforms import check_crop_fits
+    from foundir_data.streaming.transforms import check_crop_fits
 
     rows = pa.table({"key": ["a", "b", "c"], "lq_width": [300, 90, 500], "lq_height": [200, 400, 64]})
     check_crop_fits(rows, 64, "here")  # fits every pair: nothing raised

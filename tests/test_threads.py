@@ -9,7 +9,10 @@ import os
 import pytest
 import torch
 
-from foundir_model import evaluate, infer, quickstart, threads, train_flags
+from foundir_model.eval import evaluate
+from foundir_model.restore import infer
+from foundir_model import quickstart, threads
+from foundir_model.train import flags as train_flags
 
 
 @pytest.mark.parametrize("cpus,load,torch_default,want", [

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundir_data import format as fmt
-from foundir_data.access import get_pair
-from foundir_data.decode import decode_image
+from foundir_data.read.access import get_pair
+from foundir_data.read.decode import decode_image
 from foundir_data.sample import make_sample
-from foundir_data.stream import FoundIRStream
-from shard_tools import tiles
-from shard_tools.pack import PackConfig, pack
-from shard_tools.verify import verify
+from foundir_data.streaming.stream import FoundIRStream
+from shard_tools.tiles import tiler as tiles
+from shard_tools.pack.packer import PackConfig, pack
+from shard_tools.inspect.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,8 @@ def test_raw_and_zstd_codecs_round_trip_any_shape(codec, shape):
 
     from PIL import Image
 
-    from foundir_data.decode import pillow_readable
-    from shard_tools.tile_codec import encode
+    from foundir_data.read.decode import pillow_readable
+    from shard_tools.tiles.codec import encode
 
     rng = np.random.default_rng(sum(shape))
     tile = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)

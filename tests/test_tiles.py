@@ -1,4 +1,4 @@
-"""shard_tools.tiles: lossless aligned LQ/GT tiles from packed full frames."""
+"""shard_tools.tiles.tiler: lossless aligned LQ/GT tiles from packed full frames."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundir_data import format as fmt
-from foundir_data.decode import decode_image
+from foundir_data.read.decode import decode_image
 from foundir_data.sample import make_sample
-from shard_tools import tiles
-from shard_tools.pack import PackConfig, pack
+from shard_tools.tiles import tiler as tiles
+from shard_tools.pack.packer import PackConfig, pack
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_manifest_lists_both_layouts(root: Path):
 
 
 def test_shard_tools_verify_accepts_the_tiled_folder(root: Path):
-    from shard_tools.verify import verify
+    from shard_tools.inspect.verify import verify
 
     tiles.pack_tiles(str(root), size=64, stride=48)
     report = verify(str(root))
@@ -218,7 +218,7 @@ def test_damaged_source_is_named(root: Path):
     data = bytearray(shard.read_bytes())
     data[r["lq_offset"] + 100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    from foundir_data.retry import ChecksumError
+    from foundir_data.remote.retry import ChecksumError
 
     with pytest.raises(ChecksumError, match=r"xxh3 mismatch.*damaged"):
         tiles.pack_tiles(str(root), size=64)
@@ -226,7 +226,7 @@ def test_damaged_source_is_named(root: Path):
 
 def test_stream_over_tiles_yields_crops_of_the_right_tile_in_schedule_order(root: Path):
     from foundir_data import taxonomy
-    from foundir_data.stream import FoundIRStream
+    from foundir_data.streaming.stream import FoundIRStream
 
     tiles.pack_tiles(str(root), size=64, stride=48)
     by_key = {r["key"]: r for r in read_index(root)}
@@ -273,7 +273,7 @@ def test_cli_run(root: Path, capsys):
 def test_pack_tile_flag_then_remerge_keeps_tiles(tmp_path: Path):
     """`pack --tile` writes both layouts; a later `merge` (e.g. a resumed pack) keeps the tiles."""
     from shard_tools.cli import main as cli_main
-    from shard_tools.merge import merge
+    from shard_tools.pack.merge import merge
 
     make_sample(tmp_path / "src", per_type=1, size=96, layout="list", types=("Blur", "Rain_Haze"))
     out = tmp_path / "out"

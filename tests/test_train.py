@@ -14,10 +14,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import OneThread, pack_train_sample  # noqa: E402
 
-from foundir_data.stream import FoundIRStream  # noqa: E402
+from foundir_data.streaming.stream import FoundIRStream  # noqa: E402
 from foundir_model import checkpoint as ckpt  # noqa: E402
 from foundir_model.config import TrainConfig, unet_preset  # noqa: E402
-from foundir_model.train import LAST, WEIGHTS, lr_at, main, train  # noqa: E402
+from foundir_model.train.loop import LAST, WEIGHTS, lr_at, main, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

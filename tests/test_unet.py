@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import OneThread  # noqa: E402
 
 from foundir_model.config import UNET_PRESETS, UNetConfig, unet_preset  # noqa: E402
-from foundir_model.unet import UNet, count_parameters  # noqa: E402
+from foundir_model.nets.unet import UNet, count_parameters  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_tiny_preset_is_small():
 
 
 def test_inference_presets_keep_only_the_middle_attention():
-    from foundir_model.unet import Attention, LinearAttention
+    from foundir_model.nets.unet import Attention, LinearAttention
 
     for name in ("tiny", "small"):
         net = UNet(unet_preset(name))
@@ -146,9 +146,9 @@ def test_release_golden_output_through_chunked_linear_attention():
     from safetensors.torch import load_file
 
     from foundir_model import checkpoint as ckpt
-    from foundir_model import release
-    from foundir_model.budget import set_attention_block
-    from foundir_model.unet import LinearAttention
+    from foundir_model.release import files as release
+    from foundir_model.restore.budget import set_attention_block
+    from foundir_model.nets.unet import LinearAttention
 
     golden_dir = Path(__file__).parent / "fixtures" / "release-golden"
     golden = load_file(str(golden_dir / "release-golden-dim8.safetensors"))

@@ -15,8 +15,8 @@ from PIL import Image
 from foundir_data import format as fmt
 from foundir_data.sample import make_sample
 from shard_tools.cli import main as cli
-from shard_tools.pack import PackConfig, pack
-from shard_tools.verify import verify
+from shard_tools.pack.packer import PackConfig, pack
+from shard_tools.inspect.verify import verify
 
 TYPES = ("Blur", "Blur_JPEG", "Haze")
 

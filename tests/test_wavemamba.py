@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import OneThread  # noqa: E402
 
-from foundir_model import lowlight  # noqa: E402
-from foundir_model.selective_scan import selective_scan, selective_scan_sequential  # noqa: E402
-from foundir_model.wavemamba import WaveMamba, WaveMambaConfig, haar_merge, haar_split  # noqa: E402
+from foundir_model.release import lowlight  # noqa: E402
+from foundir_model.nets.selective_scan import selective_scan, selective_scan_sequential  # noqa: E402
+from foundir_model.nets.wavemamba import WaveMamba, WaveMambaConfig, haar_merge, haar_split  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-golden" / "release-lowlight-wavemamba-small"
 

@@ -18,7 +18,7 @@ import webdataset as wds
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data import webdataset_urls
-from foundir_data.decode import decode_image
+from foundir_data.read.decode import decode_image
 
 
 def _index(packed) -> dict[str, dict]:
@@ -154,10 +154,10 @@ def _as_version_1(root) -> None:
 
 
 def test_version_1_folders_still_read(packed_copy, sample_source):
-    from foundir_data.access import get_pair
+    from foundir_data.read.access import get_pair
     from foundir_data.load import load_dataset
-    from shard_tools.tiles import pack_tiles
-    from shard_tools.verify import verify
+    from shard_tools.tiles.tiler import pack_tiles
+    from shard_tools.inspect.verify import verify
 
     _as_version_1(packed_copy)
     index = _index(packed_copy)
@@ -178,9 +178,9 @@ def test_version_1_folders_still_read(packed_copy, sample_source):
 
 
 def test_pack_rerun_over_a_version_1_folder_rebuilds_it(packed_copy, sample_source):
-    from shard_tools.pack import PackConfig, pack
-    from shard_tools.verify import verify
-    from shard_tools.writer import VERSION_META_KEY
+    from shard_tools.pack.packer import PackConfig, pack
+    from shard_tools.inspect.verify import verify
+    from shard_tools.pack.writer import VERSION_META_KEY
 
     _as_version_1(packed_copy)
     for part in (packed_copy / fmt.INDEX_PARTS_DIR).rglob("*.parquet"):  # parts as version 1 wrote them

@@ -1,0 +1,1 @@
+"""foundir_data.remote: TODO."""

@@ -1,0 +1,1 @@
+"""foundir_model.nets: TODO."""
