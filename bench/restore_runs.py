@@ -88,6 +88,7 @@ def child(spec: dict) -> dict:
     """One run in this (fresh) process; returns its numbers."""
     import torch
 
+    from foundir_model import memory
     from foundir_model.restore import budget
     from foundir_model.nets import unet
 
@@ -124,7 +125,7 @@ def child(spec: dict) -> dict:
     th, tw, origins = tile_grid(h, w, cfg)
     with torch.no_grad():  # warm-up on a small input: allocator pools and oneDNN kernels
         restorer(torch.rand(1, 3, 64, 64))
-    limit = budget.default_budget("cpu")
+    limit = memory.default_budget("cpu")
     plan = budget.plan(restorer, th, tw, len(origins), h * w, cfg.tile_batch, limit) if spec["way"] == "ours" else None
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on
     base = _status("VmRSS:")

@@ -60,6 +60,36 @@ class BusyError(IOFailure):
     """Another process is writing the same output folder (exit status 3)."""
 
 
+# The errors of a packed folder's files (raised by every reader: remote/retry.py, read/,
+# integrity.py): here, below the readers, so the integrity checks need no remote module.
+class ShardError(FoundIRError, OSError):
+    """A file of a packed folder could not be read correctly; ``url`` names it."""
+
+    exit_code = EXIT_IO
+
+    def __init__(self, url: str, reason: str | None = None) -> None:
+        # One argument is the whole message: torch's DataLoader rebuilds a worker's error as
+        # ``type(message)`` and turns it into a RuntimeError when that call fails.
+        super().__init__(url if reason is None else f"{url}: {reason}")
+        self.url = url if reason is not None else ""
+        self.reason = reason if reason is not None else url
+
+    def __reduce__(self) -> tuple:  # picklable across DataLoader workers
+        return (type(self), (self.url, self.reason) if self.url else (self.reason,))
+
+
+class ChecksumError(ShardError):
+    """The bytes read do not match the sha256 recorded in the manifest or index."""
+
+    exit_code = EXIT_USAGE
+
+
+class TruncatedShardError(ShardError):
+    """A file still ended before its recorded size after every retry."""
+
+    exit_code = EXIT_USAGE
+
+
 def exit_code(exc: BaseException) -> int:
     """The exit status a command ends with when ``exc`` escapes it.
 

@@ -15,7 +15,7 @@ where it has the data (docs/format.md, "Integrity"):
   is the row's, ``format.record_from_row``), the key included.
 
 Errors name the file and the problem on one line: :class:`~foundir_data.format.FormatError`
-for a folder that contradicts itself (duplicates), :class:`~foundir_data.remote.retry.ChecksumError`
+for a folder that contradicts itself (duplicates), :class:`~foundir_data.errors.ChecksumError`
 for a member that differs from its index row (so ``on_error="skip"`` leaves that sample out).
 """
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from foundir_data import format as fmt
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 
 #: Largest record member parsed (records are a few hundred bytes).
 MAX_RECORD_BYTES = 1 << 20

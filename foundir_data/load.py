@@ -31,7 +31,7 @@ from foundir_data.errors import EXIT_IO, FoundIRError
 from foundir_data.read.index_parts import ShardRows
 from foundir_data.integrity import check_record
 from foundir_data.read.reader import PairReader, check_member
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 from foundir_data.remote.store import Store
 
 log = logging.getLogger(__name__)

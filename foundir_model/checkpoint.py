@@ -39,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from foundir_data.errors import FoundIRError, one_line
+from foundir_model import memory
 from foundir_model.restore import budget
 from foundir_model.release import experts, files as release
 from foundir_model import model_bounds
@@ -248,10 +249,10 @@ def load_generalist(path_or_state: str | os.PathLike | dict[str, Any], device: s
     unet, diffusion = configs(state, where)
     weights = state.get("ema") if use_ema and state.get("ema") else state.get("model")
     need = model_bounds.check_fits(lambda: UNet(unet), weights, where, "unet", CheckpointError)
-    limit = max_memory or budget.default_budget(device)
+    limit = max_memory or memory.default_budget(device)
     if need > limit:
-        raise budget.MemoryBudgetError(f"{where}: the network's weights alone need {budget.format_size(need)}, over "
-                                       f"the memory budget of {budget.format_size(limit)}; raise --max-memory")
+        raise budget.MemoryBudgetError(f"{where}: the network's weights alone need {memory.format_size(need)}, over "
+                                       f"the memory budget of {memory.format_size(limit)}; raise --max-memory")
     model = build_generalist(unet, diffusion)
     model.net.load_state_dict(weights)
     return model.to(device).eval()

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from foundir_data.errors import FoundIRError, one_line
-from foundir_model.restore.budget import format_size, free_memory
+from foundir_model.memory import format_size, free_memory
 
 #: Tensors (and modules) a meta build may create per stored tensor before it is stopped.
 _BUILD_FACTOR, _BUILD_SLACK = 4, 64

@@ -50,7 +50,7 @@ def test_every_exception_class_derives_from_foundir_error():
     found = _defined_exceptions()
     # The walk saw the model's errors and the data package's (a walk that imports nothing passes nothing).
     for name in ("foundir_model.restore.images.ImageError", "foundir_model.checkpoint.CheckpointError",
-                 "foundir_data.read.decode.DecodeError", "shard_tools.pack.build.PackError"):
+                 "foundir_data.read.decode.DecodeError", "shard_tools.pack.plan.PackError"):
         assert name in found, name
     outside = sorted(n for n, cls in found.items()
                      if not issubclass(cls, FoundIRError) and n not in INTERNAL | PENDING)
@@ -95,7 +95,7 @@ def test_every_foundir_error_round_trips_through_pickle_and_one_message():
     import pickle
 
     found = _foundir_errors()
-    assert "foundir_data.remote.retry.ChecksumError" in found and "foundir_data.remote.retry.TruncatedShardError" in found
+    assert "foundir_data.errors.ChecksumError" in found and "foundir_data.errors.TruncatedShardError" in found
     for name, cls in found.items():
         try:  # a class with its own __init__ (ShardError: url, reason); else the built-in's one message
             params = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]

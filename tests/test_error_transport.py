@@ -23,7 +23,7 @@ from foundir_data import format as fmt
 from shard_tools.pack.index_write import upgrade
 from foundir_data.read.decode import decode_image
 from foundir_data.load import load_dataset
-from foundir_data.remote.retry import ChecksumError, ShardError, TruncatedShardError
+from foundir_data.errors import ChecksumError, ShardError, TruncatedShardError
 from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.cli import main as cli
 

@@ -11,10 +11,10 @@ from foundir_data.errors import FoundIRError
 
 def test_every_error_class_derives_from_the_base_and_keeps_its_builtin():
     from foundir_data.format import FormatError
-    from foundir_data.remote.retry import ChecksumError, ShardError, TruncatedShardError
+    from foundir_data.errors import ChecksumError, ShardError, TruncatedShardError
     from foundir_data.remote.store import NoManifestError
     from foundir_data.taxonomy import UnknownDegradationError
-    from shard_tools.pack.build import PackError
+    from shard_tools.pack.plan import PackError
     from shard_tools.ingest.layouts import IngestError
     from shard_tools.pack.merge import MergeError
     from shard_tools.pack.probe import BadImage

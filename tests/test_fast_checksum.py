@@ -18,7 +18,7 @@ from _folders import as_version2
 from foundir_data.read.access import get_pair
 from foundir_data.read.decode import decode_image, decode_pair
 from foundir_data.read.reader import PairReader, check_member
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 from foundir_data.sample import make_sample
 from foundir_data.remote.store import Store
 from foundir_data.streaming.stream import FoundIRStream

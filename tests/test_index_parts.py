@@ -25,7 +25,7 @@ from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.read.access import get_pair, get_record
 from foundir_data.sampling.plan import CurriculumPlan
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 from foundir_data.sampling.schedules import nested_subset
 from foundir_data.remote.store import Store
 from foundir_data.streaming.stream import FoundIRStream

@@ -17,7 +17,7 @@ import pytest
 from foundir_data import format as fmt
 from foundir_data.errors import FoundIRError
 from foundir_data.load import load_dataset
-from foundir_data.remote.retry import ChecksumError, ShardError
+from foundir_data.errors import ChecksumError, ShardError
 from foundir_data.remote.store import Store
 from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.pack.index_write import upgrade

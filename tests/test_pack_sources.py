@@ -296,7 +296,7 @@ def test_pack_into_another_fsspec_store(src, reference):
 
 
 def test_a_remote_read_that_keeps_failing_is_a_reject_naming_its_url(monkeypatch):
-    from foundir_data.remote.retry import ShardError
+    from foundir_data.errors import ShardError
     from shard_tools.pack import build
 
     def fail(path: str) -> bytes:

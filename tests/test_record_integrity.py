@@ -26,7 +26,7 @@ from shard_tools.pack.index_write import upgrade
 from _folders import as_version2
 from foundir_data.read.access import get_pair
 from foundir_data.load import load_dataset
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.cli import main as cli
 from shard_tools.inspect.verify import verify

@@ -19,6 +19,7 @@ from PIL import Image  # noqa: E402
 
 from foundir_data.output.output_dir import MARKER  # noqa: E402
 from foundir_data.sample import load_photos  # noqa: E402
+from foundir_model import memory
 from foundir_model.restore import budget, outputs  # noqa: E402
 from foundir_model.restore.infer import RestoreTiling, main, restore_tiled  # noqa: E402
 
@@ -204,11 +205,11 @@ def test_tile_batch_defaults_to_one_on_a_cpu():
 
 
 def test_parse_size():
-    assert budget.parse_size("4G") == 4 * 2**30 == budget.parse_size("4GiB") == budget.parse_size("4gb")
-    assert budget.parse_size("512M") == 2**29 and budget.parse_size("1.5K") == 1536 and budget.parse_size("100") == 100
+    assert memory.parse_size("4G") == 4 * 2**30 == memory.parse_size("4GiB") == memory.parse_size("4gb")
+    assert memory.parse_size("512M") == 2**29 and memory.parse_size("1.5K") == 1536 and memory.parse_size("100") == 100
     for bad in ("", "four", "4X", "-1G", "0"):
         with pytest.raises(ValueError):
-            budget.parse_size(bad)
+            memory.parse_size(bad)
 
 
 def test_estimate_is_above_the_measured_peak():

@@ -218,7 +218,7 @@ def test_damaged_source_is_named(root: Path):
     data = bytearray(shard.read_bytes())
     data[r["lq_offset"] + 100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    from foundir_data.remote.retry import ChecksumError
+    from foundir_data.errors import ChecksumError
 
     with pytest.raises(ChecksumError, match=r"xxh3 mismatch.*damaged"):
         tiles.pack_tiles(str(root), size=64)

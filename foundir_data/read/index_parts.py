@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.integrity import check_shard_rows
 from foundir_data.limits import max_index_bytes
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 
 #: Parts a :class:`ShardRows` keeps (least recently used dropped first): a rank reads a few
 #: shards at a time (``plan.DEFAULT_SHUFFLE_BLOCK`` shards per shuffle block).

@@ -16,7 +16,7 @@ where the index has one (format version 3), else its sha256 (:func:`expected`): 
 * A mismatch on a remote read (``range``, or a cached copy of a remote shard) is read once
   more with a fresh range request (a corrupted transfer passes the second time; a cached
   copy that was damaged on disk is dropped); a local mismatch, or a second one, raises
-  :class:`~foundir_data.remote.retry.ChecksumError` naming the shard, the member and both hashes.
+  :class:`~foundir_data.errors.ChecksumError` naming the shard, the member and both hashes.
   Whether that stops the caller or skips the pair is the caller's ``on_error`` policy.
 """
 
@@ -32,7 +32,7 @@ import xxhash
 
 from foundir_data import format as fmt
 from foundir_data.integrity import MAX_RECORD_BYTES, check_record
-from foundir_data.remote.retry import ChecksumError
+from foundir_data.errors import ChecksumError
 
 log = logging.getLogger(__name__)
 

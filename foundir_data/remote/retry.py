@@ -18,7 +18,8 @@ import logging
 import random
 import time
 from typing import Any, BinaryIO, Callable, TypeVar
-from foundir_data.errors import EXIT_IO, EXIT_USAGE, FoundIRError
+
+from foundir_data.errors import ChecksumError, FoundIRError, ShardError, TruncatedShardError
 
 log = logging.getLogger(__name__)  # "foundir_data.remote.retry" (a child of "foundir_data")
 T = TypeVar("T")
@@ -33,34 +34,6 @@ _TRANSIENT_NAMES = {
     "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
     "ResponseStreamingError", "IncompleteReadError", "ProtocolError",
 }
-
-
-class ShardError(FoundIRError, OSError):
-    """A file of a packed folder could not be read correctly; ``url`` names it."""
-
-    exit_code = EXIT_IO
-
-    def __init__(self, url: str, reason: str | None = None) -> None:
-        # One argument is the whole message: torch's DataLoader rebuilds a worker's error as
-        # ``type(message)`` and turns it into a RuntimeError when that call fails.
-        super().__init__(url if reason is None else f"{url}: {reason}")
-        self.url = url if reason is not None else ""
-        self.reason = reason if reason is not None else url
-
-    def __reduce__(self) -> tuple:  # picklable across DataLoader workers
-        return (type(self), (self.url, self.reason) if self.url else (self.reason,))
-
-
-class ChecksumError(ShardError):
-    """The bytes read do not match the sha256 recorded in the manifest or index."""
-
-    exit_code = EXIT_USAGE
-
-
-class TruncatedShardError(ShardError):
-    """A file still ended before its recorded size after every retry."""
-
-    exit_code = EXIT_USAGE
 
 
 class Truncated(Exception):

@@ -32,14 +32,11 @@ import pyarrow.parquet as pq
 
 from foundir_data import format as fmt
 from foundir_data.remote.cache import DiskCache, default_cache_dir
-from foundir_data.errors import FoundIRError
+from foundir_data.errors import ChecksumError, FoundIRError, ShardError, TruncatedShardError
 from foundir_data.integrity import check_manifest_shards
 from foundir_data.limits import MAX_MANIFEST_BYTES, check_file_size, max_index_bytes, read_limited
 from foundir_data.remote.locations import Location, check_rel, hf_endpoint, parse_hf_location, resolve
-from foundir_data.remote.retry import (
-    ChecksumError, ShardError, ShardStream, Truncated, TruncatedShardError, call_with_retries,
-    http_status,
-)
+from foundir_data.remote.retry import ShardStream, Truncated, call_with_retries, http_status
 
 __all__ = ["Store", "ShardError", "ChecksumError", "TruncatedShardError", "NoManifestError",
            "hf_endpoint", "parse_hf_location"]

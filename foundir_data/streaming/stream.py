@@ -42,7 +42,7 @@ from foundir_data.read.index_parts import ShardRows, hex_digests
 from foundir_data.integrity import check_record
 from foundir_data.sampling.plan import DEFAULT_SHUFFLE_BLOCK, CurriculumPlan, shard_codes
 from foundir_data.read.reader import READ_MODES, PairReader, resolve_read
-from foundir_data.remote.retry import ShardError
+from foundir_data.errors import ShardError
 from foundir_data.sampling.rng import CROPS, generator
 from foundir_data.sampling.schedules import Curriculum, nested_subset
 from foundir_data.remote.store import Store

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.output.output_dir import check_output_dir
-from foundir_data.remote.retry import ShardError
+from foundir_data.errors import ShardError
+from foundir_model import memory
 from foundir_model.restore import budget, images, precision, resume, shard_run
 from foundir_model.eval import page as eval_page, metrics
 from foundir_model.checkpoint import load_restorer
@@ -164,7 +165,7 @@ def evaluate(cfg: EvalConfig, restorer: Restorer | None = None, progress: bool |
                                  max_memory=cfg.tile.max_memory)
     tile = cfg.tile
     if restorer is not None and tile.max_memory is None:  # measured once, before our own allocations
-        tile = dataclasses.replace(tile, max_memory=budget.default_budget(tile.device or "cpu") // ctx.memory_share)
+        tile = dataclasses.replace(tile, max_memory=memory.default_budget(tile.device or "cpu") // ctx.memory_share)
     if restorer is not None:  # a whole tile must fit before any work (test frames are larger than one)
         preflight(restorer, [(tile.tile, tile.tile)], tile)
     report = EvalReport(method=cfg.method, convention=conv.describe(), location=cfg.location)

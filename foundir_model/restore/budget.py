@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -25,11 +22,8 @@ import torch
 from foundir_data.errors import FoundIRError
 from foundir_model.nets.attention import query_rows, score_block_bytes
 from foundir_model.config import SpecialistConfig, UNetConfig
+from foundir_model.memory import format_size, parse_size
 from foundir_model.restore.precision import ACTIVATION_BYTES, WEIGHT_FACTOR
-
-#: Share of the free memory used when no ``--max-memory`` is given (CPU / GPU). The CPU share
-#: leaves room for the rest of the machine, page cache and the estimate's error.
-DEFAULT_SHARE = {"cpu": 0.5, "cuda": 0.8}
 
 #: Bytes per image pixel held outside the network while a whole image is restored: the float32
 #: input, accumulator and output, the blend weights, and the numpy conversions on the way out.
@@ -38,73 +32,8 @@ IMAGE_BYTES_PER_PIXEL = 100
 #: Upper bound of one attention score block; more buys no speed (measured, docs/inference.md).
 MAX_BLOCK_BYTES = 256 * 2**20
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
 class MemoryBudgetError(FoundIRError, ValueError):
     """The work cannot fit the memory budget; the message says what to lower."""
-
-
-def parse_size(text: str) -> int:
-    """``"4G"``, ``"4GB"``, ``"4GiB"``, ``"512M"``, ``"1.5G"`` or plain bytes -> bytes (binary units).
-
-    Raises:
-        ValueError: for anything else.
-    """
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise ValueError(f"memory size {text!r}: expected a number with an optional unit K, M, G or T (e.g. 4G)")
-    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if n <= 0:
-        raise ValueError(f"memory size {text!r} must be positive")
-    return n
-
-
-def format_size(n: float) -> str:
-    """Bytes as ``1.5 GiB`` / ``300 MiB``."""
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def _cgroup_free() -> int | None:
-    # In a container the cgroup limit, not the host's RAM, is what the kernel enforces.
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            lim = Path(limit).read_text().strip()
-            if lim == "max" or int(lim) >= 2**60:
-                return None
-            return max(0, int(lim) - int(Path(usage).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def free_memory(device: str | torch.device = "cpu") -> int:
-    """Free bytes on ``device``: ``MemAvailable`` (and the cgroup's room) on CPU, the driver's
-    free memory on CUDA."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    free = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if free is None:  # not Linux: total physical memory as the fallback
-        try:
-            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            free = 8 * 2**30
-    cg = _cgroup_free()
-    return min(free, cg) if cg is not None else free
-
-
-def default_budget(device: str | torch.device = "cpu") -> int:
-    """The budget used without ``--max-memory``: :data:`DEFAULT_SHARE` of :func:`free_memory`."""
-    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
-    return int(free_memory(device) * DEFAULT_SHARE[kind])
 
 
 def unet_bytes_per_pixel(cfg: UNetConfig, itemsize: int = 4) -> float:
@@ -266,5 +195,5 @@ def add_memory_flag(parser: argparse.ArgumentParser) -> None:
                              "tile batch and attention block are chosen to fit it")
 
 
-__all__ = ["MemoryBudgetError", "Plan", "parse_size", "format_size", "free_memory", "default_budget",
+__all__ = ["MemoryBudgetError", "Plan",
            "unet_bytes_per_pixel", "plan", "apply", "set_attention_block", "memory_errors", "is_out_of_memory", "add_memory_flag"]

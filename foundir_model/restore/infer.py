@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from foundir_data import taxonomy
 from foundir_data.command import run_module
 from foundir_data.output.output_dir import check_output_dir
+from foundir_model import memory
 from foundir_model.restore import budget, images, outputs, precision, progress, resume, shard_run
 from foundir_model.release import experts, seed as release_seed
 from foundir_model.checkpoint import load_restorer
@@ -164,7 +165,7 @@ def restore_tiled(restorer: Restorer, lq: torch.Tensor, degradation: int | None 
         return out.detach().to("cpu", torch.float32)
 
     th, tw, origins = tile_grid(H, W, cfg)
-    limit = cfg.max_memory or budget.default_budget(device)
+    limit = cfg.max_memory or memory.default_budget(device)
     plan = budget.plan(restorer, th, tw, len(origins), H * W, cfg.tile_batch, limit, cfg.precision)
     budget.apply(restorer, plan)
     done = 0
@@ -298,7 +299,7 @@ def preflight(restorer: Restorer, sizes: list[tuple[int, int] | None], cfg: Rest
         budget.MemoryBudgetError: for the first size that cannot fit, naming it.
     """
     tiles = 0
-    limit = cfg.max_memory or budget.default_budget(cfg.device or "cpu")
+    limit = cfg.max_memory or memory.default_budget(cfg.device or "cpu")
     for size in dict.fromkeys(s for s in sizes if s):
         w, h = max(size[0], cfg.min_size), max(size[1], cfg.min_size)
         th, tw, origins = tile_grid(h, w, cfg)
@@ -344,7 +345,7 @@ def _run(args: argparse.Namespace, ctx: shard_run.RankContext) -> int:
                              max_memory=cfg.max_memory)
     cfg = auto_tiling(cfg, restorer, args)
     if cfg.max_memory is None:
-        cfg.max_memory = budget.default_budget(device) // ctx.memory_share  # once, before our own allocations
+        cfg.max_memory = memory.default_budget(device) // ctx.memory_share  # once, before our own allocations
     weights = resume.checkpoint_hash(args.checkpoint, specialists=not args.no_specialists)
 
     def settings(i: int) -> resume.Settings:

@@ -1,10 +1,7 @@
-"""Building one planned shard: the plan's data types and :func:`build_shard`, which reads,
-probes and hashes each pair on a loader thread and writes the shard's tar
-(``writer.TarShardWriter``), then its index part (``writer.write_part``).
-
-A shard is *done* when its index part ``index/parts/<shard>.parquet`` exists (written last,
-atomically, with the tar's size and sha256 and the shard's rejected pairs in its Parquet
-metadata) and its tar has that size: that is what resume checks (:func:`is_done`).
+"""Building one planned shard: :func:`build_shard` reads, probes and hashes each pair on a
+loader thread and writes the shard's tar (``writer.TarShardWriter``), then its index part
+(``parts.write_part``), which marks the shard done (:mod:`shard_tools.pack.parts`). The plan's
+data types are :mod:`shard_tools.pack.plan`.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import xxhash
 
@@ -23,50 +20,9 @@ from foundir_data import taxonomy
 from shard_tools.pack import out_store
 from shard_tools.ingest import sources
 from shard_tools.pack.probe import BadImage, check_pair, probe_image
-from shard_tools.pack.writer import TarShardWriter, add_sample, read_part_meta, write_part
-from foundir_data.errors import FoundIRError
-
-
-class PackError(FoundIRError, RuntimeError):
-    """A pack that must stop (``--strict`` problem, plan mismatch)."""
-
-
-class PlannedPair(NamedTuple):
-    """One pair in the plan: relative paths and sizes only (a plain tuple: the plan of a
-    million pairs stays small and pickles cheaply to worker processes). The local path of a
-    file is ``shard.roots[root] + lq_rel``."""
-
-    root: int
-    lq_rel: str
-    gt_rel: str
-    key: str
-    lq_size: int
-    gt_size: int
-    origin: str
-
-
-@dataclass
-class PlannedShard:
-    """One shard of the plan: its path and the pairs (paths, sizes) it will hold."""
-
-    path: str
-    split: str
-    degradation: str
-    pairs: list[PlannedPair]
-    roots: tuple[str, ...] = ("",)  # path prefixes shared by the pairs (usually one)
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name[: -len(".tar")]
-
-    @property
-    def part(self) -> str:
-        return f"{fmt.INDEX_PARTS_DIR}/{self.name}.parquet"
-
-    def local_paths(self, pair: PlannedPair) -> tuple[str, str]:
-        """Local (LQ, GT) paths of one of this shard's pairs."""
-        root = self.roots[pair.root]
-        return root + pair.lq_rel, root + pair.gt_rel
+from shard_tools.pack.parts import write_part
+from shard_tools.pack.plan import PackError, PlannedShard
+from shard_tools.pack.writer import TarShardWriter, add_sample
 
 
 @dataclass
@@ -178,7 +134,7 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     except BadImage as e:
         return lq, gt, None, None, str(e), None, None
     except OSError as e:
-        # A remote read's error (retry.ShardError) names its URL in its text, not in .filename.
+        # A remote read's error (errors.ShardError) names its URL in its text, not in .filename.
         reason = f"unreadable file: {e.filename} ({e.strerror})" if e.filename else f"unreadable file: {e}"
         return lq, gt, None, None, reason, None, None
     try:
@@ -186,24 +142,3 @@ def _load_pair(lq_path: str, gt_path: str, full_decode: bool):
     except BadImage as e:
         return lq, gt, li, gi, str(e), None, None
     return lq, gt, li, gi, None, hashlib.sha256(lq).hexdigest(), hashlib.sha256(gt).hexdigest()
-
-
-def is_done(root: Path, shard: PlannedShard) -> bool:
-    part = root / shard.part
-    if not part.exists():
-        return False
-    try:
-        info, _ = read_part_meta(part)
-    except Exception:
-        return False
-    # A part whose tar was removed or altered since is not done.
-    return info.count == 0 or ((root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes)
-
-
-def remove_stale(root: Path, shard: PlannedShard) -> None:
-    for rel in (shard.path, shard.part):
-        p = root / rel
-        if p.parent.exists():
-            for tmp in p.parent.glob(f"{p.name}.tmp-*"):
-                tmp.unlink(missing_ok=True)
-

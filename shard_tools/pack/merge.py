@@ -32,14 +32,14 @@ from foundir_data import format as fmt
 from foundir_data.output.atomic import write_atomic
 from foundir_data.integrity import repeated_keys
 from shard_tools.pack import out_store
-from shard_tools.pack.build import PlannedShard
+from shard_tools.pack.parts import read_part_meta
+from shard_tools.pack.plan import PlannedShard
 from shard_tools.publish.card import write_card
 from shard_tools.publish.croissant import write_croissant
 from shard_tools.pack.index_write import write_index
 from shard_tools.pack.guard import INGEST_REJECTS_PART, PLAN_FILE, remove_temps, writer_lock
 from shard_tools.pack.summary import plural
 from shard_tools.tiles.index import with_tiles
-from shard_tools.pack.writer import read_part_meta
 from foundir_data.errors import FoundIRError
 
 

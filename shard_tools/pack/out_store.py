@@ -37,7 +37,8 @@ from foundir_data.errors import IOFailure, OutputFolderError
 from foundir_data.remote.locations import resolve as resolve_location
 from foundir_data.remote.retry import call_with_retries, describe
 from foundir_data.remote.store import filesystem
-from shard_tools.pack.writer import TarShardWriter, _StreamHash, read_part_meta, write_part
+from shard_tools.pack.parts import done, read_part_meta, write_part
+from shard_tools.pack.writer import TarShardWriter, _StreamHash
 
 T = TypeVar("T")
 #: Multipart part size of a shard upload (S3's minimum is 5 MiB; 1 GB shards take ~60 parts).
@@ -142,7 +143,7 @@ class RemoteOut:
         return RemoteTarWriter(self, rel)
 
     def put_part(self, rel: str, rows: list[dict], info: fmt.ShardInfo, rejects: list[dict]) -> None:
-        """Write a shard's index part (``writer.write_part``'s bytes) as one object."""
+        """Write a shard's index part (``parts.write_part``'s bytes) as one object."""
         with tempfile.TemporaryDirectory(prefix="foundir-part-") as tmp:
             local = Path(tmp) / "part.parquet"
             write_part(local, rows, info, rejects, sync_dir=False, fsync=False)
@@ -169,7 +170,7 @@ class RemoteOut:
         return {k[cut:]: int(v.get("size") or 0) for k, v in found.items() if k.startswith(self.root + "/")}
 
     def is_done(self, shard_path: str, part: str, sizes: dict[str, int] | None = None) -> bool:
-        """A part exists and its tar has the size it records (``build.is_done``'s rule).
+        """Whether a shard in the store is done (``parts.done``: the rule local packs use).
 
         Args:
             shard_path: The shard's tar.
@@ -179,9 +180,10 @@ class RemoteOut:
         if sizes is not None and part not in sizes:
             return False
         meta = self.part_meta(part)
-        if meta is None or meta[0].count == 0:
-            return meta is not None
-        return (sizes.get(shard_path) if sizes is not None else self.size(shard_path)) == meta[0].bytes
+        info = meta[0] if meta is not None else None
+        if info is None or info.count == 0:  # no tar to ask about
+            return done(info, None)
+        return done(info, sizes.get(shard_path) if sizes is not None else self.size(shard_path))
 
     def abort_uploads(self, rel: str) -> int:
         """Abort the unfinished multipart uploads of ``rel`` (a killed run's); how many.

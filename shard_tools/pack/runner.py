@@ -26,7 +26,8 @@ import pyarrow.parquet  # noqa: F401 - loaded before workers fork (_warm_imports
 from PIL import Image
 from tqdm import tqdm
 
-from shard_tools.pack.build import PlannedShard, ShardResult, build_shard
+from shard_tools.pack.build import ShardResult, build_shard
+from shard_tools.pack.plan import PlannedShard
 
 
 class BuildSettings(Protocol):

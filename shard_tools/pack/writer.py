@@ -1,5 +1,5 @@
 """Shard writing: a reproducible, atomic tar writer that records where each member's bytes
-are, and the on-disk form of a shard's index part (its Parquet metadata).
+are, and :func:`add_sample`, which writes one sample's members and completes its index row.
 
 Reproducible: every header has a fixed mtime, uid/gid, owner names and mode, and members
 are written in the order they are added (the packer adds them in sorted key order, LQ,
@@ -11,16 +11,13 @@ the next run removes. Member bytes are written as given (never re-encoded).
 The byte offset of each member's *data* is recorded, so a reader can fetch one image
 with a single HTTP range request (``format.INDEX_SCHEMA`` ``*_offset``/``*_size``).
 
-An index part ``index/parts/<shard>.parquet`` carries the shard's rows and, in its Parquet
-metadata, the shard's ``ShardInfo`` (size and sha256 of the tar) and rejected pairs
-(:func:`write_part`, :func:`read_part_meta`). Building a planned shard is
-``shard_tools.pack.build``.
+The shard's index part, written after its tar, is :mod:`shard_tools.pack.parts`; building a
+planned shard is :mod:`shard_tools.pack.build`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import tarfile
@@ -28,11 +25,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from foundir_data import format as fmt
-from foundir_data.output.atomic import write_atomic
 
 #: Fixed header fields (2000-01-01T00:00:00Z; any constant works, this one is not 0 so
 #: tools that treat mtime 0 as "unset" stay quiet).
@@ -181,17 +174,6 @@ class TarShardWriter:
 _ZEROS = bytes(_BLOCK)
 
 
-# ---------------------------------------------------------------- index parts
-#: Parquet key-value metadata keys of an index part: the shard's ShardInfo, and the pairs
-#: of this shard that were rejected (a JSON list of rejects.jsonl records). Keeping both in
-#: the one done-marker file means one atomic write and one fsync per shard.
-SHARD_META_KEY = b"foundir.shard"
-REJECTS_META_KEY = b"foundir.rejects"
-#: The format version of the part's shard (parts without it are version 1): a resumed pack
-#: rebuilds, and merge refuses, parts of another version, so one folder never mixes member names.
-VERSION_META_KEY = b"foundir.format_version"
-
-
 def add_sample(w: TarShardWriter, row: dict, lq: bytes, gt: bytes) -> dict:
     """Write one sample's members (LQ, GT, then its JSON record made from ``row``).
 
@@ -215,45 +197,3 @@ def add_sample(w: TarShardWriter, row: dict, lq: bytes, gt: bytes) -> dict:
                gt_size=m_gt.size, json_offset=m_js.offset, json_size=m_js.size,
                json_sha256=hashlib.sha256(record).hexdigest())
     return row
-
-
-def write_part(path: str | os.PathLike, rows: list[dict], info: fmt.ShardInfo, rejects: list[dict] | None = None,
-               *, sync_dir: bool = True, fsync: bool = True) -> None:
-    """Write an index part atomically: ``rows`` as Parquet, ``info`` (and ``rejects``) in its metadata.
-
-    Args:
-        path: The part (``index/parts/<shard>.parquet``).
-        rows: The shard's index rows, in member order.
-        info: The shard's ShardInfo (stored under :data:`SHARD_META_KEY`).
-        rejects: The shard's rejected pairs (stored under :data:`REJECTS_META_KEY`); None
-            leaves that key out (tile shards reject nothing).
-        sync_dir: Passed to :func:`write_atomic`.
-        fsync: Passed to :func:`write_atomic`.
-    """
-    meta = {SHARD_META_KEY: json.dumps(info.__dict__, sort_keys=True).encode(),
-            VERSION_META_KEY: str(fmt.FORMAT_VERSION).encode()}
-    if rejects is not None:
-        meta[REJECTS_META_KEY] = json.dumps(rejects, sort_keys=True).encode()
-    sink = pa.BufferOutputStream()
-    pq.write_table(fmt.index_table(rows).replace_schema_metadata(meta), sink)
-    write_atomic(path, sink.getvalue().to_pybytes(), sync_dir=sync_dir, fsync=fsync)
-
-
-def read_part_meta(path: str | os.PathLike, schema=None) -> tuple[fmt.ShardInfo, list[dict]]:
-    """The ShardInfo and the rejects stored in an index part's metadata.
-
-    Args:
-        path: The part (read unless ``schema`` is given; used in messages).
-        schema: The part's already-read Arrow schema.
-    """
-    if schema is None:
-        schema = pq.read_schema(path)
-    meta = schema.metadata or {}
-    if SHARD_META_KEY not in meta:
-        raise fmt.FormatError(f"{path}: index part without {SHARD_META_KEY.decode()} metadata")
-    version = int(meta.get(VERSION_META_KEY, b"1"))
-    if version != fmt.FORMAT_VERSION:
-        raise fmt.FormatError(f"{path}: index part of format version {version}; this foundir writes "
-                              f"version {fmt.FORMAT_VERSION} and does not mix versions in one folder: "
-                              "pack into a new folder (or rerun pack here to rebuild every shard)")
-    return fmt.ShardInfo(**json.loads(meta[SHARD_META_KEY])), json.loads(meta.get(REJECTS_META_KEY, b"[]"))

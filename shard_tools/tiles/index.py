@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from foundir_data import format as fmt
 from foundir_data.integrity import check_unique_keys
 from shard_tools.tiles.plan import TILE_PLAN_FILE, TileError, TileShard
-from shard_tools.pack.writer import read_part_meta
+from shard_tools.pack.parts import part_info
 
 
 def read_index(path: Path) -> pa.Table:
@@ -35,14 +35,6 @@ def read_index(path: Path) -> pa.Table:
     table = fmt.check_index_schema(table, str(path)).replace_schema_metadata(None)
     check_unique_keys(table["key"], str(path))
     return table
-
-
-def part_info(path: Path) -> fmt.ShardInfo | None:
-    """The ShardInfo of an index part, or None where it is missing or unreadable."""
-    try:
-        return read_part_meta(path)[0]
-    except Exception:
-        return None
 
 
 def with_tiles(root: str | Path, index, manifest: fmt.Manifest):

@@ -63,10 +63,11 @@ from shard_tools.publish.croissant import write_croissant
 from shard_tools.pack.index_write import write_index
 from shard_tools.pack.merge import merge
 from shard_tools.pack.summary import plural
-from shard_tools.tiles.index import part_info, read_index, with_tiles  # with_tiles: re-exported
+from shard_tools.tiles.index import read_index, with_tiles  # with_tiles: re-exported
 from shard_tools.tiles.codec import (DEFAULT_UP_LEVEL, DEFAULT_ZSTD_LEVEL, CodecError, check_codec, encode, encode_png,
                                     zstd_level_of)
-from shard_tools.pack.writer import TarShardWriter, add_sample, write_part
+from shard_tools.pack.parts import is_done, write_part
+from shard_tools.pack.writer import TarShardWriter, add_sample
 
 __all__ = ["DEFAULT_CODEC", "DEFAULT_PNG_LEVEL", "DEFAULT_ZSTD_LEVEL", "DEFAULT_SIZE", "TILE_PARTS_DIR", "TILE_PLAN_FILE", "TileConfig", "TileError",
            "TileShard", "build_tile_shard", "configure", "encode_png", "grid", "main", "merge_tiles", "pack_tiles",
@@ -109,12 +110,6 @@ def build_tile_shard(root: str, shard: TileShard, sources: list[dict], cfg: Tile
     info = fmt.ShardInfo(shard.path, shard.split, shard.degradation, fmt.LAYOUT_TILE, len(rows), w.bytes, w.sha256)
     write_part(base / shard.part, rows, info)
     return len(rows)
-
-
-def _is_done(root: Path, shard: TileShard) -> bool:
-    """Done iff its index part exists and names a tar of exactly the recorded size."""
-    info = part_info(root / shard.part)
-    return info is not None and (root / shard.path).exists() and (root / shard.path).stat().st_size == info.bytes
 
 
 # ---------------------------------------------------------------- the command
@@ -184,7 +179,7 @@ def pack_tiles(root: str, size: int = DEFAULT_SIZE, stride: int | None = None, *
                         f"source); delete {base / fmt.SHARDS_DIR / fmt.LAYOUT_TILE} and {base / TILE_PARTS_DIR} "
                         f"to re-tile")
     write_atomic(old, plan.encode())
-    todo = [s for s in shards if not _is_done(base, s)]
+    todo = [s for s in shards if not is_done(base, s)]
     for s in todo:
         for p in (base / s.path, base / s.part):
             for tmp in p.parent.glob(f"{p.name}.tmp-*") if p.parent.exists() else ():
