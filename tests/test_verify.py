@@ -173,7 +173,7 @@ def test_not_a_packed_folder(tmp_path, capsys):
 
 
 def test_remote_folder_over_http_reports_like_local(copy, hub_server):
-    """verify reads an hf:// location through foundir_data.Store (a Hub-like HTTP server)."""
+    """verify reads an hf:// location through foundir_data.remote.store.Store (a Hub-like HTTP server)."""
     root, rows = copy
     hub_server.add_repo("org/foundir", root)
     location = "hf://datasets/org/foundir"

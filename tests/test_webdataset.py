@@ -180,7 +180,7 @@ def test_version_1_folders_still_read(packed_copy, sample_source):
 def test_pack_rerun_over_a_version_1_folder_rebuilds_it(packed_copy, sample_source):
     from shard_tools.pack.packer import PackConfig, pack
     from shard_tools.inspect.verify import verify
-    from shard_tools.pack.writer import VERSION_META_KEY
+    from shard_tools.pack.parts import VERSION_META_KEY
 
     _as_version_1(packed_copy)
     for part in (packed_copy / fmt.INDEX_PARTS_DIR).rglob("*.parquet"):  # parts as version 1 wrote them

@@ -10,3 +10,15 @@ May import: ``foundir_model.checkpoint``, ``foundir_model.config``, ``foundir_mo
 ``foundir_model.eval`` (its metrics), ``foundir_model.flags``, ``foundir_model.nets`` and
 ``foundir_model.threads``.
 """
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # start-up: ``from foundir_model.train import train`` (docs/sampler.md) works, and importing
+    # one sub-module (``train.flags``, ``train.ema``) does not bring in the loop and the stream.
+    if name == "train":
+        from foundir_model.train.loop import train  # start-up (above)
+
+        return train
+    raise AttributeError(f"module 'foundir_model.train' has no attribute {name!r}")
