@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = [p for pattern in ("foundir_data/*.py", "shard_tools/*.py", "foundir_model/*.py", "bench/*.py", "tests/*.py",
+FILES = [p for pattern in ("foundir_data/**/*.py", "shard_tools/**/*.py", "foundir_model/**/*.py", "bench/*.py", "tests/*.py",
                            "cards/*.md", "docs/*.md", "README.md", ".ci/run", "setup.cfg")
          for p in ROOT.glob(pattern) if p.name != "test_citations.py"]
 

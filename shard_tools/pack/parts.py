@@ -1,9 +1,10 @@
 """Index parts: the file that finishes a shard and marks it done, and the rules resume reads.
 
 A shard is *done* when its index part ``index/parts/<shard>.parquet`` (tile shards:
-``index/parts/tile/...``) exists and its tar has the size the part records (docs/format.md). The part is written last, atomically, with the shard's rows and, in its Parquet
-metadata, the shard's ``ShardInfo`` (size and sha256 of the tar) and rejected pairs, so one
-atomic write and one fsync finish a shard. Everything that asks "is this shard done?" (pack,
+``index/parts/tile/...``) exists and its tar has the size the part records (docs/format.md).
+The part is written last, atomically, with the shard's rows and, in its Parquet metadata, the
+shard's ``ShardInfo`` (size and sha256 of the tar) and rejected pairs, so one atomic write and
+one fsync finish a shard. Everything that asks "is this shard done?" (pack,
 tile, a pack into object storage) or clears what a killed writer left (``.tmp-`` files) uses
 this module; merge reads the parts it wrote.
 """
