@@ -40,7 +40,7 @@ from pathlib import Path
 from foundir_data import format as fmt
 from foundir_data.output.atomic import write_atomic
 from foundir_data import taxonomy
-from shard_tools.ingest import layouts as ingest
+from shard_tools.ingest import layouts
 from shard_tools.pack import out_store, scheduler
 from shard_tools.pack.merge import merge_locked, merge_remote
 from shard_tools.pack.parts import is_done, read_part_meta, remove_stale
@@ -91,7 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="release list file, test-layout folder, lq/+gt/ folder, or CSV/Parquet "
                                        "manifest; local, in .zip archives (a.zip, 'Train/*.zip', a.zip!/sub) or a URL")
     parser.add_argument("out", help="output folder or store URL (s3://...); rerun with the same arguments to resume")
-    parser.add_argument("--kind", choices=ingest.KINDS, default="auto", help="source layout (default: detect)")
+    parser.add_argument("--kind", choices=layouts.KINDS, default="auto", help="source layout (default: detect)")
     parser.add_argument("--split", choices=fmt.SPLITS, help="force the split of every pair")
     parser.add_argument("--degradation", help="force the degradation type of every pair")
     parser.add_argument("--data-root", help="root that list/manifest paths are relative to: a folder, .zip "
@@ -144,7 +144,7 @@ def pack(cfg: PackConfig) -> int:
         0 when every input pair was packed, 1 when some were rejected.
 
     Raises:
-        PackError, ingest.IngestError: bad arguments, plan mismatch, ``--strict`` problem.
+        PackError, layouts.IngestError: bad arguments, plan mismatch, ``--strict`` problem.
     """
     if cfg.num_jobs < 1 or not 0 <= cfg.job_index < cfg.num_jobs:
         raise PackError(f"--job-index {cfg.job_index} must be in 0..{cfg.num_jobs - 1} (--num-jobs {cfg.num_jobs})")
@@ -166,7 +166,7 @@ def pack(cfg: PackConfig) -> int:
 
 
 def _pack_locked(cfg: PackConfig, root: Path, remote: out_store.RemoteOut | None = None) -> int:
-    records = ingest.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
+    records = layouts.iter_pairs(cfg.source, kind=cfg.kind, split=cfg.split, degradation=cfg.degradation,
                                 data_root=cfg.data_root, mapping=cfg.mapping(), exclude=None if remote else root)
     plan = make_plan(records, shard_bytes=cfg.shard_bytes, shard_count=cfg.shard_count, strict=cfg.strict)
     plan_json = plan.to_json()

@@ -19,9 +19,8 @@ from typing import Iterable, NamedTuple
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.errors import FoundIRError
-from shard_tools.ingest import layouts as ingest
 from shard_tools.ingest import sources
-from shard_tools.ingest.records import not_regular
+from shard_tools.ingest.records import PairSpec, Reject, not_regular
 
 #: Tar overhead per sample: three 512-byte headers, the JSON record and padding (estimate
 #: used only to roll shards over near the target size).
@@ -73,7 +72,7 @@ class PlannedShard:
 @dataclass
 class Plan:
     shards: list[PlannedShard]
-    rejects: list[ingest.Reject]
+    rejects: list[Reject]
     num_input: int
 
     def fingerprint(self) -> str:
@@ -93,7 +92,7 @@ class Plan:
         }, indent=1, sort_keys=True) + "\n"
 
 
-def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes: float,
+def make_plan(records: Iterable[PairSpec | Reject], *, shard_bytes: float,
               shard_count: int, strict: bool = False) -> Plan:
     """Stat every pair and cut the (split, degradation) groups into shards.
 
@@ -105,23 +104,23 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
     """
     groups: dict[tuple[str, str], list] = {}
     roots: dict[str, int] = {}
-    rejects: list[ingest.Reject] = []
+    rejects: list[Reject] = []
     seen: dict[str, str] = {}
     n = 0
 
-    def reject(r: ingest.Reject) -> None:
+    def reject(r: Reject) -> None:
         if strict:
             raise PackError(f"{r.origin}: {r.reason}")
         rejects.append(r)
 
     for rec in records:
         n += 1
-        if isinstance(rec, ingest.Reject):
+        if isinstance(rec, Reject):
             reject(rec)
             continue
         key = rec.key
         if key in seen:
-            reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+            reject(Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
                                  f"duplicate pair: same sample key {key} as {seen[key]}", rec.origin))
             continue
         sizes = []
@@ -133,12 +132,12 @@ def make_plan(records: Iterable[ingest.PairSpec | ingest.Reject], *, shard_bytes
                 st = os.stat(path)
             except OSError as e:
                 reason = "missing partner" if isinstance(e, FileNotFoundError) else "unreadable file"
-                reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+                reject(Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
                                      f"{reason}: {what} file {path} ({e.strerror})", rec.origin))
                 break
             kind = not_regular(st.st_mode)
             if kind is not None:  # never opened: a FIFO would block the packer forever
-                reject(ingest.Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
+                reject(Reject(rec.lq_rel, rec.gt_rel, rec.split, rec.degradation,
                                      f"not a regular file: {what} file {path} is {kind} (not read)", rec.origin))
                 break
             sizes.append(st.st_size)
