@@ -27,11 +27,10 @@ from typing import Any, Iterator
 from foundir_data import format as fmt
 from foundir_data import taxonomy
 from foundir_data.read.decode import pillow_readable
-from foundir_data.errors import EXIT_IO, FoundIRError
+from foundir_data.errors import EXIT_IO, ChecksumError, FoundIRError
 from foundir_data.read.index_parts import ShardRows
 from foundir_data.integrity import check_record
 from foundir_data.read.reader import PairReader, check_member
-from foundir_data.errors import ChecksumError
 from foundir_data.remote.store import Store
 
 log = logging.getLogger(__name__)

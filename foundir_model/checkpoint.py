@@ -39,10 +39,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from foundir_data.errors import FoundIRError, one_line
-from foundir_model import memory
-from foundir_model.restore import budget
+from foundir_model import memory, model_bounds
 from foundir_model.release import experts, files as release
-from foundir_model import model_bounds
+from foundir_model.restore import budget
 from foundir_model.nets import specialists as sp
 from foundir_model.config import DiffusionConfig, UNetConfig, check_diffusion, diff_fields, from_dict, to_dict
 from foundir_model.diffusion import ResidualDiffusion

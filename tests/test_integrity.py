@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundir_data import format as fmt
-from foundir_data.errors import FoundIRError
+from foundir_data.errors import ChecksumError, FoundIRError, ShardError
 from foundir_data.load import load_dataset
-from foundir_data.errors import ChecksumError, ShardError
 from foundir_data.remote.store import Store
 from foundir_data.streaming.stream import FoundIRStream
 from shard_tools.pack.index_write import upgrade
