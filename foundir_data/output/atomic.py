@@ -1,10 +1,13 @@
 """Files written whole or not at all: a temporary sibling, fsync, then a rename.
 
 Every writer of the three packages (pack, merge, tile, the dataset card, ``croissant.json``,
-the resume records of ``foundir-restore``/``foundir-eval``) writes its files through
-:func:`write_atomic`, so a killed run never leaves a half file under a final name; a
-temporary a ``kill -9`` leaves behind is ``<name>.tmp-<pid>`` (pack removes them on resume,
-docs/packing.md).
+the resume records, restored images and result pages of ``foundir-restore``/``foundir-eval``,
+an output folder's marker) writes its files through :func:`write_atomic`, so a killed run
+never leaves a half file under a final name; a temporary a ``kill -9`` leaves behind is
+``<name>.tmp-<pid>`` (pack removes them on resume, docs/packing.md). Two writers keep their
+own way, for reasons of their own: a checkpoint is streamed by ``torch.save`` into a
+``mkstemp`` file (it may not fit in memory twice), and the download cache names its
+temporaries per thread (threads of one process fetch into it at once).
 """
 
 from __future__ import annotations

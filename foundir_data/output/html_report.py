@@ -14,6 +14,7 @@ add JPEG artefacts of its own), scaled down to ``max_side`` when larger.
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,8 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
+
+from foundir_data.output.atomic import write_atomic
 
 __all__ = ["esc", "slug", "save_view", "table", "filter_bar", "compare_card", "page", "write_page"]
 
@@ -41,14 +44,13 @@ def save_view(rgb: np.ndarray, path: str | os.PathLike, max_side: int = 512) -> 
     """Write an ``HxWx3`` uint8 image as a PNG for a page, scaled down (area filter, aspect
     kept) so its long side is at most ``max_side``; written to a temporary name and renamed."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     if max_side > 0 and max(im.size) > max_side:
         s = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BOX)
-    tmp = p.with_name(p.name + ".tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, p)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    write_atomic(p, buf.getvalue(), fsync=False)
     return p
 
 
@@ -193,8 +195,5 @@ def page(title: str, body: Sequence[str]) -> str:
 def write_page(path: str | os.PathLike, title: str, body: Sequence[str]) -> Path:
     """Write :func:`page` to ``path`` atomically (temporary name, then rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(page(title, body), encoding="utf-8")
-    os.replace(tmp, p)
+    write_atomic(p, page(title, body).encode("utf-8"), fsync=False)
     return p

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from foundir_data.errors import OutputFolderError
+from foundir_data.output.atomic import write_atomic
 
 #: The marker file of a folder foundir wrote: ``{"format": "foundir-output", "kinds": [...]}``.
 MARKER = ".foundir-output.json"
@@ -124,9 +125,8 @@ class OutputDir:
         self.path.mkdir(parents=True, exist_ok=True)
         kinds = marker_kinds(self.path)
         if self.kind not in kinds:
-            tmp = self.path / f"{MARKER}.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps({"format": "foundir-output", "kinds": [*kinds, self.kind]}) + "\n")
-            os.replace(tmp, self.path / MARKER)
+            marker = json.dumps({"format": "foundir-output", "kinds": [*kinds, self.kind]}) + "\n"
+            write_atomic(self.path / MARKER, marker.encode(), fsync=False)
         return self
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from foundir_data.output import html_report as hr
+from foundir_data.output.atomic import write_atomic
 from foundir_data import taxonomy
 from foundir_model.eval import metrics
 from foundir_model.eval.paper import EvalReport
@@ -65,9 +66,7 @@ class EvalPage:
         rec = {"method": report.method, "slug": hr.slug(report.method), "convention": report.convention,
                "location": report.location, "per_image": report.per_image, "lq_psnr": self.lq_psnr,
                "missing": report.missing, "problems": report.problems}
-        tmp = d / f"{hr.slug(report.method)}.json.tmp"
-        tmp.write_text(json.dumps(rec) + "\n")
-        os.replace(tmp, d / f"{hr.slug(report.method)}.json")
+        write_atomic(d / f"{hr.slug(report.method)}.json", (json.dumps(rec) + "\n").encode(), fsync=False)
         return render(self.root)
 
 

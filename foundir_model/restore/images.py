@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from foundir_data.read.decode import DecodeError, decode_image, pil_reason
 from foundir_data.errors import FoundIRError
+from foundir_data.output.atomic import write_atomic
 from foundir_data.output.output_dir import MARKER
 
 #: File name endings treated as images when a folder is given (case-insensitive).
@@ -177,10 +178,7 @@ def encode_png(rgb01: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
 def save_png(path: str | os.PathLike, rgb01: np.ndarray, alpha: np.ndarray | None = None) -> Path:
     """Write :func:`encode_png` to ``path`` (parents created, written atomically)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".part")
-    tmp.write_bytes(encode_png(rgb01, alpha))
-    os.replace(tmp, p)
+    write_atomic(p, encode_png(rgb01, alpha), fsync=False)
     return p
 
 
