@@ -13,6 +13,9 @@ import sys
 import tokenize
 from pathlib import Path
 
+from foundir_data.command import DATA_COMMANDS
+from foundir_model.cli import COMMANDS as FOUNDIR_COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -280,11 +283,9 @@ def _unit(module: str) -> str:
 
 def _command_modules() -> set[str]:
     """The modules of every sub-command (the runner's tables) and every ``__main__``."""
-    code = ("from foundir_data.command import DATA_COMMANDS\nfrom foundir_model.cli import COMMANDS\n"
-            "print('\\n'.join(sorted({m for t in (DATA_COMMANDS, COMMANDS) for m, _ in t.values()})))\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    tables = {m for table in (DATA_COMMANDS, FOUNDIR_COMMANDS) for m, _ in table.values()}
     mains = {".".join(p.relative_to(ROOT).with_suffix("").parts) for pkg in PACKAGES for p in (ROOT / pkg).rglob("__main__.py")}
-    return set(r.stdout.split()) | mains
+    return tables | mains
 
 
 def _unit_arrows(graph: dict[str, set[str]], commands: set[str]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
